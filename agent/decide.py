@@ -1,0 +1,127 @@
+"""From reconstructions to scores, from scores to alarms: the same rule on the workstation and the gateway.
+
+score          = mean |x - x_hat| over the window's T frames and F features (the articles' MAE)
+contribution_c = sum of |x - x_hat| over channel c's features / (T * F); contributions add up to the score
+An alarm is raised after ``raise_after`` consecutive windows above the threshold and cleared after
+``clear_after`` consecutive windows below ``hysteresis * threshold``: one noisy window neither raises
+nor clears it. The channel an alarm names is the one whose contribution is largest relative to its own
+healthy level, so a naturally noisy bearing is not blamed for another's fault.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from agent.errors import ConfigError
+
+
+def reconstruction_scores(
+    x: np.ndarray, x_hat: np.ndarray, n_channels: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(n, T, F) inputs and reconstructions -> scores (n,) and per-channel contributions (n, C)."""
+    if x.shape != x_hat.shape or x.ndim != 3:
+        raise ValueError(f"input {x.shape} and reconstruction {x_hat.shape} must both be (n, T, F)")
+    n, t, f = x.shape
+    if f % n_channels:
+        raise ValueError(f"{f} features do not split into {n_channels} channels")
+    err = np.abs(np.asarray(x, np.float64) - np.asarray(x_hat, np.float64))
+    per_channel = err.reshape(n, t, n_channels, f // n_channels).sum(axis=(1, 3)) / (t * f)
+    return per_channel.sum(axis=1), per_channel
+
+
+@dataclass(frozen=True)
+class AlarmRule:
+    """k-of-k debouncing with hysteresis; defaults suit windows that overlap (hop < T)."""
+
+    raise_after: int = 3
+    clear_after: int = 6
+    hysteresis: float = 0.8
+
+    def __post_init__(self) -> None:
+        if self.raise_after < 1 or self.clear_after < 1:
+            raise ConfigError("alarm: raise_after and clear_after must be >= 1")
+        if not 0 < self.hysteresis <= 1:
+            raise ConfigError(f"alarm.hysteresis: {self.hysteresis} must be in (0, 1]")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"raise_after": self.raise_after, "clear_after": self.clear_after, "hysteresis": self.hysteresis}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> AlarmRule:
+        known = {"raise_after", "clear_after", "hysteresis"}
+        extra = set(d) - known
+        if extra:
+            raise ConfigError(f"alarm: unknown key(s) {sorted(extra)}; known: {sorted(known)}")
+        return cls(**{k: (float(v) if k == "hysteresis" else int(v)) for k, v in d.items()})
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the alarm state machine says about one window."""
+
+    above: bool  # this window's score exceeds the threshold
+    active: bool  # an alarm is active after this window
+    event: str | None  # "raised", "cleared" or None
+    channel: int  # index of the channel most responsible (relative to its healthy level)
+
+
+@dataclass
+class AlarmState:
+    """Streaming alarm state: feed it one window at a time (the gateway) or a whole run (evaluation)."""
+
+    threshold: float
+    rule: AlarmRule
+    channel_thresholds: np.ndarray | None = None  # (C,) healthy level of each channel's contribution
+    active: bool = False
+    since_index: int | None = None
+    _above_run: int = 0
+    _below_run: int = 0
+    _index: int = field(default=-1)
+
+    def update(self, score: float, contributions: np.ndarray | None = None) -> Decision:
+        self._index += 1
+        above = bool(score > self.threshold)
+        event = None
+        if above:
+            self._above_run += 1
+            self._below_run = 0
+        else:
+            self._above_run = 0
+            self._below_run = self._below_run + 1 if score < self.rule.hysteresis * self.threshold else 0
+        if not self.active and self._above_run >= self.rule.raise_after:
+            self.active, event, self.since_index = True, "raised", self._index
+        elif self.active and self._below_run >= self.rule.clear_after:
+            self.active, event, self.since_index = False, "cleared", None
+        channel = blame(contributions, self.channel_thresholds) if contributions is not None else -1
+        return Decision(above, self.active, event, channel)
+
+
+def blame(contributions: np.ndarray, channel_thresholds: np.ndarray | None) -> int:
+    """Channel with the largest contribution relative to its healthy threshold (or absolute if none)."""
+    c = np.asarray(contributions, dtype=np.float64)
+    if channel_thresholds is not None:
+        c = c / np.maximum(channel_thresholds, 1e-12)
+    return int(np.argmax(c))
+
+
+def run_alarms(
+    scores: np.ndarray,
+    threshold: float,
+    rule: AlarmRule,
+    contributions: np.ndarray | None = None,
+    channel_thresholds: np.ndarray | None = None,
+) -> list[Decision]:
+    """The alarm state machine over a whole run: exactly what the gateway would have decided."""
+    state = AlarmState(threshold, rule, channel_thresholds)
+    return [
+        state.update(float(s), None if contributions is None else contributions[i]) for i, s in enumerate(scores)
+    ]
+
+
+def alarm_events(decisions: Sequence[Decision]) -> list[tuple[int, str, int]]:
+    """(window index, "raised"/"cleared", channel) for every change of alarm state."""
+    return [(i, d.event, d.channel) for i, d in enumerate(decisions) if d.event]

@@ -1,0 +1,275 @@
+"""Per-channel features of vibration frames: the one implementation training and the gateway share.
+
+A frame is N contiguous samples of every channel, shape (n_frames, N, C). Every feature maps a frame
+to one number per channel; the feature vector is laid out channel-major (all features of channel 0,
+then channel 1, ...), so a channel's share of a reconstruction error is a contiguous slice.
+
+Formulas (x is one channel of one frame, N samples, X its real FFT):
+- ``mean``      : sum(x) / N (for N=1 the raw sample: the IBM Lorenz article feeds raw samples)
+- ``mean_abs``  : sum(|x|) / N (the IMS article's feature)
+- ``rms``       : sqrt(sum(x^2) / N)
+- ``peak``      : max |x|
+- ``crest``     : peak / rms (1 for a square wave, sqrt(2) for a sine; impacts raise it)
+- ``kurtosis``  : m4 / m2^2 with m_k = mean((x - mean(x))^k) (Pearson; 3 for Gaussian noise)
+- ``band_energy`` (params ``bands_hz``: [[lo, hi], ...], or ``bands_nyquist``: fractions of fs/2):
+  log10(sum over lo <= f < hi of |X(f)|^2 / N^2 + 1e-12) per band: the spectral shape, where a
+  defect's resonance shows before the overall level moves.
+- ``envelope`` (params ``band_hz`` [lo, hi] demodulation band, ``defects_hz`` {name: Hz},
+  ``harmonics`` (3), ``width_hz`` (2 bins)): the envelope is |analytic signal| of x band-passed
+  to band_hz; its spectrum's energy within +-width_hz of k * f for k = 1..harmonics, log10 as above,
+  one feature per defect frequency. This is classic bearing envelope analysis (BPFO, BPFI, BSF).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from agent.errors import ConfigError
+
+_EPS = 1e-12
+SIMPLE_FEATURES = ("mean", "mean_abs", "rms", "peak", "crest", "kurtosis")
+SPECTRAL_FEATURES = ("band_energy", "envelope")
+DEFAULT_FEATURES = ("rms", "kurtosis", "crest", "band_energy")
+# Log-spaced bands as fractions of Nyquist: on any sample rate they cover low-frequency imbalance up to
+# the high-frequency resonances that bearing impacts excite.
+DEFAULT_BANDS_NYQUIST = ((0.0, 0.0625), (0.0625, 0.125), (0.125, 0.25), (0.25, 0.375), (0.375, 0.5),
+                         (0.5, 0.75), (0.75, 1.0))
+
+
+@dataclass(frozen=True)
+class FeatureDef:
+    """One configured feature: its name and parameters (plain JSON values)."""
+
+    name: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "params": dict(self.params)}
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """What turns raw samples into feature vectors; shipped in the model bundle so the edge matches training.
+
+    ``input == "table"`` means the data already are per-snapshot features (one column per channel
+    feature, e.g. the IMS article's table): frames are rows and the features are the values themselves.
+    """
+
+    fs_hz: float
+    frame_length: int
+    channels: tuple[str, ...]
+    features: tuple[FeatureDef, ...]
+    input: str = "samples"
+
+    def __post_init__(self) -> None:
+        if self.input not in ("samples", "table"):
+            raise ConfigError(f"features.input: {self.input!r} is not 'samples' or 'table'")
+        if self.input == "samples":
+            if self.frame_length < 1:
+                raise ConfigError(f"features.frame_length: {self.frame_length} must be >= 1")
+            if not self.fs_hz > 0:
+                raise ConfigError(f"features.fs_hz: {self.fs_hz} must be > 0")
+            for f in self.features:
+                _check_def(f, self.fs_hz, self.frame_length)
+
+    @property
+    def names(self) -> list[str]:
+        """Feature names, channel-major, e.g. ``bearing1:rms``."""
+        if self.input == "table":
+            return list(self.channels)
+        per = [n for f in self.features for n in _feature_columns(f, self.fs_hz)]
+        return [f"{ch}:{n}" for ch in self.channels for n in per]
+
+    @property
+    def per_channel(self) -> int:
+        """Features per channel (1 for a table)."""
+        return len(self.names) // len(self.channels)
+
+    @property
+    def n_features(self) -> int:
+        return len(self.names)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "input": self.input,
+            "fs_hz": self.fs_hz,
+            "frame_length": self.frame_length,
+            "channels": list(self.channels),
+            "features": [f.to_dict() for f in self.features],
+            "names": self.names,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> FeatureSpec:
+        try:
+            return cls(
+                fs_hz=float(d["fs_hz"]),
+                frame_length=int(d["frame_length"]),
+                channels=tuple(str(c) for c in d["channels"]),
+                features=tuple(FeatureDef(f["name"], dict(f.get("params", {}))) for f in d["features"]),
+                input=str(d.get("input", "samples")),
+            )
+        except KeyError as e:
+            raise ConfigError(f"feature spec: missing key {e.args[0]!r}") from None
+
+
+def parse_features(items: Sequence[Any]) -> tuple[FeatureDef, ...]:
+    """Feature definitions from config: a name (``"rms"``) or a table (``{name = "band_energy", ...}``)."""
+    out = []
+    for i, item in enumerate(items):
+        if isinstance(item, str):
+            out.append(FeatureDef(item, {}))
+        elif isinstance(item, Mapping) and "name" in item:
+            out.append(FeatureDef(str(item["name"]), {k: v for k, v in item.items() if k != "name"}))
+        else:
+            raise ConfigError(f"features.list[{i}]: {item!r} is neither a feature name nor a table with 'name'")
+    return tuple(out)
+
+
+def _bands(fdef: FeatureDef, fs_hz: float) -> list[tuple[float, float]]:
+    nyq = fs_hz / 2.0
+    if "bands_hz" in fdef.params:
+        return [(float(lo), float(hi)) for lo, hi in fdef.params["bands_hz"]]
+    fr = fdef.params.get("bands_nyquist", DEFAULT_BANDS_NYQUIST)
+    return [(float(lo) * nyq, float(hi) * nyq) for lo, hi in fr]
+
+
+def _feature_columns(fdef: FeatureDef, fs_hz: float) -> list[str]:
+    if fdef.name in SIMPLE_FEATURES:
+        return [fdef.name]
+    if fdef.name == "band_energy":
+        return [f"band_{lo:g}_{hi:g}Hz" for lo, hi in _bands(fdef, fs_hz)]
+    if fdef.name == "envelope":
+        return [f"env_{name}" for name in fdef.params["defects_hz"]]
+    raise ConfigError(f"unknown feature {fdef.name!r}; known: {', '.join(SIMPLE_FEATURES + SPECTRAL_FEATURES)}")
+
+
+def _check_def(fdef: FeatureDef, fs_hz: float, n: int) -> None:
+    names = _feature_columns(fdef, fs_hz)  # raises for unknown names
+    nyq = fs_hz / 2.0
+    if fdef.name in SPECTRAL_FEATURES and n < 8:
+        raise ConfigError(f"feature {fdef.name!r} needs frames of at least 8 samples, frame_length is {n}")
+    if fdef.name == "band_energy":
+        df = fs_hz / n
+        for lo, hi in _bands(fdef, fs_hz):
+            if not (0 <= lo < hi <= nyq + 1e-9):
+                raise ConfigError(f"band_energy: band [{lo:g}, {hi:g}] Hz must satisfy 0 <= lo < hi <= {nyq:g} (fs/2)")
+            if hi - lo < df:
+                raise ConfigError(
+                    f"band_energy: band [{lo:g}, {hi:g}] Hz is narrower than one FFT bin ({df:g} Hz); "
+                    "widen it or use longer frames"
+                )
+    if fdef.name == "envelope":
+        if "defects_hz" not in fdef.params or "band_hz" not in fdef.params:
+            raise ConfigError("envelope: needs params 'band_hz' = [lo, hi] and 'defects_hz' = {name = Hz, ...}")
+        lo, hi = (float(v) for v in fdef.params["band_hz"])
+        if not (0 <= lo < hi <= nyq):
+            raise ConfigError(f"envelope: band_hz [{lo:g}, {hi:g}] must lie within 0..{nyq:g} Hz")
+        harmonics = int(fdef.params.get("harmonics", 3))
+        for name, f in fdef.params["defects_hz"].items():
+            if not 0 < float(f) * harmonics < nyq:
+                raise ConfigError(f"envelope: defect {name} = {f} Hz (x{harmonics}) must lie within 0..{nyq:g} Hz")
+    if not names:
+        raise ConfigError(f"feature {fdef.name!r} yields no columns")
+
+
+def extract(frames: np.ndarray, spec: FeatureSpec) -> np.ndarray:
+    """Feature vectors of frames (n_frames, N, C) -> (n_frames, C * per_channel), float64, channel-major.
+
+    Pure and vectorised; a batch of frames gives the same rows as the frames one by one, which is what
+    makes a window score the same on the workstation and on the gateway.
+    """
+    if spec.input == "table":
+        raise ValueError("extract() is for raw samples; table rows are already features")
+    if frames.ndim != 3 or frames.shape[1] != spec.frame_length or frames.shape[2] != len(spec.channels):
+        raise ValueError(
+            f"frames of shape {frames.shape} do not match the spec "
+            f"(n, {spec.frame_length}, {len(spec.channels)})"
+        )
+    x = np.asarray(frames, dtype=np.float64)
+    n_frames, n, n_ch = x.shape
+    cols: list[np.ndarray] = []  # each (n_frames, C, k)
+    spectrum = None
+    for fdef in spec.features:
+        if fdef.name in SIMPLE_FEATURES:
+            cols.append(_simple(x, fdef.name)[:, :, None])
+        elif fdef.name == "band_energy":
+            if spectrum is None:
+                spectrum = np.abs(np.fft.rfft(x, axis=1)) ** 2 / float(n) ** 2
+            cols.append(band_energies(spectrum, spec.fs_hz, n, _bands(fdef, spec.fs_hz)))
+        elif fdef.name == "envelope":
+            cols.append(_envelope(x, spec.fs_hz, fdef.params))
+    out = np.concatenate(cols, axis=2)  # (n_frames, C, per_channel)
+    return out.reshape(n_frames, n_ch * out.shape[2])
+
+
+def _simple(x: np.ndarray, name: str) -> np.ndarray:
+    """(n_frames, N, C) -> (n_frames, C)."""
+    if name == "mean":
+        return x.mean(axis=1)
+    if name == "mean_abs":
+        return np.abs(x).mean(axis=1)
+    rms = np.sqrt(np.mean(x * x, axis=1))
+    if name == "rms":
+        return rms
+    peak = np.abs(x).max(axis=1)
+    if name == "peak":
+        return peak
+    if name == "crest":
+        return peak / np.maximum(rms, _EPS)
+    # kurtosis
+    d = x - x.mean(axis=1, keepdims=True)
+    d2 = d * d
+    m2 = d2.mean(axis=1)
+    m4 = (d2 * d2).mean(axis=1)
+    return m4 / np.maximum(m2 * m2, _EPS)
+
+
+def band_energies(power: np.ndarray, fs_hz: float, n: int, bands: Sequence[tuple[float, float]]) -> np.ndarray:
+    """log10 power per band from a one-sided power spectrum (n_frames, n//2+1, C) -> (n_frames, C, n_bands)."""
+    freqs = np.fft.rfftfreq(n, 1.0 / fs_hz)
+    # One cumulative sum makes every band an O(1) difference, whatever the number of bands.
+    csum = np.concatenate([np.zeros_like(power[:, :1]), np.cumsum(power, axis=1)], axis=1)
+    lo_idx = np.searchsorted(freqs, [lo for lo, _ in bands], side="left")
+    hi_idx = np.array(
+        [len(freqs) if hi >= fs_hz / 2.0 else np.searchsorted(freqs, hi, side="left") for _, hi in bands]
+    )
+    energy = csum[:, hi_idx, :] - csum[:, lo_idx, :]  # (n_frames, n_bands, C)
+    return np.log10(np.maximum(energy, 0.0) + _EPS).transpose(0, 2, 1)
+
+
+def _envelope(x: np.ndarray, fs_hz: float, params: Mapping[str, Any]) -> np.ndarray:
+    n = x.shape[1]
+    lo, hi = (float(v) for v in params["band_hz"])
+    harmonics = int(params.get("harmonics", 3))
+    width = float(params.get("width_hz", 2.0 * fs_hz / n))
+    freqs = np.fft.fftfreq(n, 1.0 / fs_hz)
+    # Analytic signal of the band-passed frame: keep positive frequencies in the band, doubled.
+    gain = np.where((freqs >= lo) & (freqs < hi), 2.0, 0.0)
+    analytic = np.fft.ifft(np.fft.fft(x, axis=1) * gain[None, :, None], axis=1)
+    env = np.abs(analytic)
+    env -= env.mean(axis=1, keepdims=True)
+    power = np.abs(np.fft.rfft(env, axis=1)) ** 2 / float(n) ** 2
+    rf = np.fft.rfftfreq(n, 1.0 / fs_hz)
+    cols = []
+    for f0 in params["defects_hz"].values():
+        mask = np.zeros(rf.shape, dtype=bool)
+        for k in range(1, harmonics + 1):
+            mask |= np.abs(rf - k * float(f0)) <= width
+        cols.append(power[:, mask, :].sum(axis=1))
+    return np.log10(np.stack(cols, axis=2) + _EPS)
+
+
+def default_spec(fs_hz: float, snapshot_samples: int, channels: Sequence[str]) -> FeatureSpec:
+    """Features that need no knowledge of the machine: level, impulsiveness and spectral shape.
+
+    Frames are 1 s of signal or the whole snapshot if shorter, so a frame never straddles a gap.
+    """
+    frame = int(min(snapshot_samples, max(1, round(fs_hz * 1.0))))
+    # Frames too short for a spectrum are raw samples (the IBM Lorenz case): the feature is the value itself.
+    feats = tuple(FeatureDef(n, {}) for n in DEFAULT_FEATURES) if frame >= 64 else (FeatureDef("mean", {}),)
+    return FeatureSpec(fs_hz=float(fs_hz), frame_length=frame, channels=tuple(channels), features=feats)

@@ -1,0 +1,76 @@
+"""Cut raw samples into frames of N contiguous samples, never across a gap between snapshots."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from agent.recording import Recording
+
+
+@dataclass(frozen=True)
+class FrameBatch:
+    """Frames of consecutive snapshots with the time each frame starts and the snapshot it came from."""
+
+    frames: np.ndarray  # (n_frames, N, C), the recording's dtype (a view where possible)
+    times: np.ndarray  # (n_frames,) float64 seconds
+    snapshot: np.ndarray  # (n_frames,) int64 index into the recording
+
+
+def frames_per_snapshot(snapshot_samples: int, frame_length: int) -> int:
+    """Whole frames in one snapshot; the tail shorter than a frame is dropped, as on the gateway."""
+    return snapshot_samples // frame_length
+
+
+def iter_frames(rec: Recording, frame_length: int, batch_snapshots: int = 32) -> Iterator[FrameBatch]:
+    """Frames of a recording in batches of snapshots, so a 300 MB run never needs a float64 copy at once."""
+    k = frames_per_snapshot(rec.data.shape[1], frame_length)
+    if k == 0:
+        raise ValueError(
+            f"{rec.source}: snapshots of {rec.data.shape[1]} samples are shorter than one frame "
+            f"({frame_length} samples); use a shorter frame_length"
+        )
+    offsets = np.arange(k) * (frame_length / rec.fs_hz)
+    for s0 in range(0, rec.n_snapshots, batch_snapshots):
+        s1 = min(rec.n_snapshots, s0 + batch_snapshots)
+        block = rec.data[s0:s1, : k * frame_length, :]
+        frames = block.reshape((s1 - s0) * k, frame_length, rec.n_channels)
+        times = (rec.timestamps[s0:s1, None] + offsets[None, :]).reshape(-1)
+        snap = np.repeat(np.arange(s0, s1, dtype=np.int64), k)
+        yield FrameBatch(frames, times.astype(np.float64), snap)
+
+
+class Framer:
+    """Streaming counterpart of ``iter_frames``: accepts chunks of any size, emits whole frames.
+
+    ``reset()`` drops a partial frame, which a source calls at a gap (a new snapshot, a sensor fault),
+    so a frame always holds contiguous samples.
+    """
+
+    def __init__(self, frame_length: int, n_channels: int, fs_hz: float) -> None:
+        self.frame_length = frame_length
+        self.n_channels = n_channels
+        self.fs_hz = fs_hz
+        self._buf = np.empty((0, n_channels), dtype=np.float32)
+        self._t0: float | None = None  # time of the first buffered sample
+
+    def reset(self) -> None:
+        self._buf = self._buf[:0]
+        self._t0 = None
+
+    def push(self, samples: np.ndarray, t_start: float) -> tuple[np.ndarray, np.ndarray]:
+        """Add samples (m, C) starting at ``t_start``; return (frames (k, N, C), frame start times (k,))."""
+        if samples.ndim != 2 or samples.shape[1] != self.n_channels:
+            raise ValueError(f"expected samples of shape (m, {self.n_channels}), got {samples.shape}")
+        if self._t0 is None or len(self._buf) == 0:
+            self._t0 = t_start
+        buf = np.concatenate([self._buf, samples.astype(np.float32, copy=False)]) if len(self._buf) else samples
+        k = len(buf) // self.frame_length
+        n = k * self.frame_length
+        frames = np.asarray(buf[:n], dtype=np.float32).reshape(k, self.frame_length, self.n_channels)
+        times = self._t0 + np.arange(k) * (self.frame_length / self.fs_hz)
+        self._buf = np.array(buf[n:], dtype=np.float32)
+        self._t0 = self._t0 + n / self.fs_hz
+        return frames, times

@@ -1,0 +1,322 @@
+"""Read vibration data from disk into a ``Recording`` (raw samples) or a ``FeatureTable`` (per-snapshot rows).
+
+Formats, recognised from the path (``detect_format``):
+- ``ims_dir``: a directory of IMS snapshot files, tab-separated ASCII, one row per sample, one column per
+  channel, each file named by the time it was taken (``YYYY.MM.DD.HH.MM.SS``, read as UTC).
+- ``npz``: a snapshot archive with ``data`` (snapshots, samples, channels), ``timestamps``, ``fs_hz`` and
+  ``channels``; loaded with ``allow_pickle=False``. Timestamps before 1980 are taken as seconds since the
+  start of the run (FEMTO, simulators).
+- ``csv``: a feature table: a header, then one row per snapshot; the first column is the time (ISO date-time
+  or seconds since the start), the others are numbers.
+- ``json``: a Lorenz demo stream: a JSON list of ``{"x", "y", "z"}`` records, or one such object per line.
+
+Nothing is guessed or silently coerced: a short row, a word where a number belongs, a NaN, two files for
+one moment all stop the load with the file, the line or array, and what was expected.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from agent.errors import DataFormatError
+from agent.recording import FeatureTable, Recording
+
+IMS_NAME = re.compile(r"^(\d{4})\.(\d{2})\.(\d{2})\.(\d{2})\.(\d{2})\.(\d{2})$")
+IMS_FS_HZ = 20000.0
+RELATIVE_BEFORE = 315532800.0  # 1980-01-01: earlier timestamps count from the start of the run
+FORMATS = ("ims_dir", "npz", "csv", "json")
+
+
+def detect_format(path: str | Path) -> str:
+    """The format of ``path`` from what it is: a directory, or the file's extension."""
+    p = Path(path)
+    if p.is_dir():
+        return "ims_dir"
+    if not p.exists():
+        raise DataFormatError(p, "no such file or directory")
+    ext = p.suffix.lower()
+    if ext == ".npz":
+        return "npz"
+    if ext == ".csv":
+        return "csv"
+    if ext in (".json", ".jsonl"):
+        return "json"
+    raise DataFormatError(
+        p, f"unknown data format {ext or '(no extension)'!r}",
+        expected="an IMS snapshot directory, a .npz snapshot archive, a .csv feature table or a .json stream",
+    )
+
+
+def load(path: str | Path) -> Recording | FeatureTable:
+    """Load any supported format (see the module docstring)."""
+    fmt = detect_format(path)
+    if fmt == "ims_dir":
+        return load_ims_dir(path)
+    if fmt == "npz":
+        return load_snapshot_npz(path)
+    if fmt == "csv":
+        return load_feature_csv(path)
+    return load_lorenz_json(path)
+
+
+def ims_time(name: str) -> float | None:
+    """Seconds since the epoch (UTC) of an IMS file name, or None if the name is not one."""
+    m = IMS_NAME.match(name)
+    if not m:
+        return None
+    y, mo, d, h, mi, s = (int(g) for g in m.groups())
+    try:
+        return datetime(y, mo, d, h, mi, s, tzinfo=timezone.utc).timestamp()
+    except ValueError:
+        return None
+
+
+def read_ims_file(path: Path, n_channels: int | None = None, n_rows: int | None = None) -> np.ndarray:
+    """One IMS snapshot file -> (samples, channels) float32, checking every row."""
+    try:
+        text = path.read_text(encoding="ascii")
+    except UnicodeDecodeError as e:
+        raise DataFormatError(path, f"not ASCII text (byte {e.start})", expected="tab-separated numbers") from None
+    lines = text.splitlines()
+    while lines and not lines[-1].strip():
+        lines.pop()
+    if not lines:
+        raise DataFormatError(path, "empty file", expected="one row of tab-separated numbers per sample")
+    width = n_channels if n_channels is not None else len(lines[0].split("\t"))
+    if width not in (4, 8):
+        raise DataFormatError(path, f"{width} columns on line 1", where="line 1", expected="4 or 8 channels")
+    try:
+        arr = np.array([ln.split("\t") for ln in lines], dtype=np.float64)
+    except ValueError:
+        arr = None  # ragged or non-numeric: find the first bad line below
+    if arr is None or arr.ndim != 2 or arr.shape[1] != width:
+        for i, ln in enumerate(lines, start=1):
+            cells = ln.split("\t")
+            if len(cells) != width:
+                raise DataFormatError(path, f"{len(cells)} columns", where=f"line {i}",
+                                      expected=f"{width} tab-separated numbers, as on line 1")
+            for j, c in enumerate(cells, start=1):
+                try:
+                    float(c)
+                except ValueError:
+                    raise DataFormatError(path, f"{c.strip()!r} is not a number", where=f"line {i}, column {j}",
+                                          expected="a decimal number") from None
+        raise DataFormatError(path, "could not be read as a table of numbers")  # pragma: no cover
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        i, j = (int(v) for v in np.argwhere(bad)[0])
+        raise DataFormatError(path, f"{lines[i].split(chr(9))[j].strip()!r} is not a finite number",
+                              where=f"line {i + 1}, column {j + 1}", expected="a finite decimal number")
+    if n_rows is not None and len(arr) != n_rows:
+        raise DataFormatError(path, f"{len(arr)} rows", expected=f"{n_rows} rows like the first snapshot file")
+    return arr.astype(np.float32)
+
+
+def load_ims_dir(path: str | Path, fs_hz: float = IMS_FS_HZ) -> Recording:
+    """An IMS test directory: every file named by time is one snapshot; other names are an error."""
+    d = Path(path)
+    entries = sorted(p for p in d.iterdir() if not p.name.startswith("."))
+    if not entries:
+        raise DataFormatError(d, "empty directory", expected="IMS snapshot files named YYYY.MM.DD.HH.MM.SS")
+    timed: list[tuple[float, Path]] = []
+    for p in entries:
+        t = ims_time(p.name)
+        if t is None or not p.is_file():
+            raise DataFormatError(d, f"{p.name!r} is not an IMS snapshot file name",
+                                  expected="only files named YYYY.MM.DD.HH.MM.SS (move other files elsewhere)")
+        timed.append((t, p))
+    timed.sort(key=lambda tp: tp[0])  # the names sort by time, but say so rather than trust a listing order
+    for (t0, p0), (t1, p1) in zip(timed, timed[1:], strict=False):
+        if t1 == t0:
+            raise DataFormatError(d, f"{p0.name} and {p1.name} are the same moment", expected="one file per time")
+    first = read_ims_file(timed[0][1])
+    data = np.empty((len(timed), *first.shape), dtype=np.float32)
+    data[0] = first
+    for i, (_, p) in enumerate(timed[1:], start=1):
+        data[i] = read_ims_file(p, n_channels=first.shape[1], n_rows=first.shape[0])
+    channels = tuple(f"bearing{i + 1}" for i in range(first.shape[1])) if first.shape[1] == 4 else tuple(
+        f"bearing{i // 2 + 1}{'xy'[i % 2]}" for i in range(first.shape[1])
+    )
+    times = np.array([t for t, _ in timed], dtype=np.float64)
+    return Recording(data, times, float(fs_hz), channels, str(d))
+
+
+def load_snapshot_npz(path: str | Path) -> Recording:
+    """A snapshot archive (see the module docstring); every array is checked before it is trusted."""
+    p = Path(path)
+    try:
+        z = np.load(p, allow_pickle=False)
+    except ValueError as e:
+        raise DataFormatError(p, f"cannot be read without pickle ({e})", expected="plain numeric arrays") from None
+    except (OSError, EOFError) as e:
+        raise DataFormatError(p, f"not a readable .npz archive ({e})") from None
+    with z:
+        missing = [k for k in ("data", "timestamps", "fs_hz", "channels") if k not in z.files]
+        if missing:
+            raise DataFormatError(p, f"missing array(s) {missing}; it has {sorted(z.files)}",
+                                  expected="data (snapshots, samples, channels), timestamps, fs_hz, channels")
+        data = z["data"]
+        times = z["timestamps"]
+        fs = z["fs_hz"]
+        channels = z["channels"]
+        labels = z["labels"] if "labels" in z.files else None
+    if data.ndim != 3 or not np.issubdtype(data.dtype, np.number):
+        raise DataFormatError(p, f"array 'data' is {data.dtype} {data.shape}", where="array 'data'",
+                              expected="numbers shaped (snapshots, samples, channels)")
+    if data.shape[0] == 0 or data.shape[1] == 0:
+        raise DataFormatError(p, f"array 'data' is empty {data.shape}", where="array 'data'")
+    if times.shape != (data.shape[0],) or not np.issubdtype(times.dtype, np.number):
+        raise DataFormatError(p, f"array 'timestamps' is {times.dtype} {times.shape}", where="array 'timestamps'",
+                              expected=f"one number per snapshot, shape ({data.shape[0]},)")
+    times = times.astype(np.float64)
+    if not np.all(np.isfinite(times)) or np.any(np.diff(times) <= 0):
+        i = int(np.flatnonzero(~np.isfinite(times) | np.r_[False, np.diff(times) <= 0])[0])
+        raise DataFormatError(p, f"timestamp {times[i]!r} does not follow {times[i - 1] if i else None!r}",
+                              where=f"array 'timestamps', index {i}", expected="strictly increasing times")
+    if fs.size != 1 or not np.issubdtype(fs.dtype, np.number) or not float(fs.reshape(-1)[0]) > 0:
+        raise DataFormatError(p, f"array 'fs_hz' is {fs!r}", where="array 'fs_hz'", expected="one positive number")
+    if channels.shape != (data.shape[2],) or channels.dtype.kind not in "US":
+        raise DataFormatError(p, f"array 'channels' is {channels.dtype} {channels.shape}", where="array 'channels'",
+                              expected=f"{data.shape[2]} channel names")
+    finite = np.isfinite(data).all(axis=(1, 2))
+    if not finite.all():
+        i = int(np.flatnonzero(~finite)[0])
+        j, c = (int(v) for v in np.argwhere(~np.isfinite(data[i]))[0])
+        raise DataFormatError(p, f"non-finite value {data[i, j, c]!r}", where=f"array 'data'[{i}, {j}, {c}]",
+                              expected="finite samples")
+    if labels is not None and labels.shape != (data.shape[0],):
+        raise DataFormatError(p, f"array 'labels' has shape {labels.shape}", where="array 'labels'",
+                              expected=f"({data.shape[0]},), 0 healthy / 1 faulty")
+    return Recording(
+        data.astype(np.float32, copy=False),
+        times,
+        float(fs.reshape(-1)[0]),
+        tuple(str(c) for c in channels),
+        str(p),
+        relative_time=bool(times[0] < RELATIVE_BEFORE),
+        labels=None if labels is None else labels.astype(np.int64),
+    )
+
+
+def save_snapshot_npz(rec: Recording, path: str | Path) -> None:
+    """Write a Recording in the snapshot archive format ``load_snapshot_npz`` reads."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {
+        "data": rec.data.astype(np.float32, copy=False),
+        "timestamps": rec.timestamps,
+        "fs_hz": np.float64(rec.fs_hz),
+        "channels": np.array(rec.channels),
+    }
+    if rec.labels is not None:
+        arrays["labels"] = rec.labels
+    np.savez_compressed(p, **arrays)
+
+
+def _parse_row_time(text: str) -> tuple[float, bool] | None:
+    """(seconds, relative) of a time cell: ISO date-time (UTC) or a number of seconds since the start."""
+    s = text.strip()
+    try:
+        return float(s), True
+    except ValueError:
+        pass
+    try:
+        dt = datetime.fromisoformat(s.replace("/", "-"))
+    except ValueError:
+        return None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return dt.timestamp(), False
+
+
+def load_feature_csv(path: str | Path) -> FeatureTable:
+    """A per-snapshot feature table: time in the first column, one number per other column, every row."""
+    p = Path(path)
+    with p.open(newline="", encoding="utf-8") as fh:
+        rows = list(csv.reader(fh))
+    if not rows:
+        raise DataFormatError(p, "empty file", expected="a header row, then one row per snapshot")
+    header = [h.strip() for h in rows[0]]
+    if len(header) < 2:
+        raise DataFormatError(p, f"{len(header)} column(s) in the header", where="line 1",
+                              expected="a time column and at least one feature column")
+    columns = tuple(h or f"column{j}" for j, h in enumerate(header[1:], start=2))
+    body = [(i, r) for i, r in enumerate(rows[1:], start=2) if any(c.strip() for c in r)]
+    if not body:
+        raise DataFormatError(p, "no data rows after the header", expected="one row per snapshot")
+    times = np.empty(len(body))
+    values = np.empty((len(body), len(columns)))
+    relative: bool | None = None
+    for k, (line, r) in enumerate(body):
+        if len(r) != len(header):
+            raise DataFormatError(p, f"{len(r)} columns", where=f"line {line}",
+                                  expected=f"{len(header)} like the header")
+        t = _parse_row_time(r[0])
+        if t is None:
+            raise DataFormatError(p, f"time {r[0]!r} is not a date-time nor seconds", where=f"line {line}, column 1",
+                                  expected="YYYY-MM-DD HH:MM:SS or a number of seconds")
+        if relative is None:
+            relative = t[1]
+        elif relative != t[1]:
+            raise DataFormatError(p, f"time {r[0]!r} mixes dates and seconds", where=f"line {line}, column 1")
+        times[k] = t[0]
+        for j, cell in enumerate(r[1:], start=2):
+            try:
+                v = float(cell)
+            except ValueError:
+                raise DataFormatError(p, f"{cell!r} is not a number", where=f"line {line}, column {j}",
+                                      expected=f"a number for {header[j - 1]!r}") from None
+            if not np.isfinite(v):
+                raise DataFormatError(p, f"{cell!r} is not a finite number", where=f"line {line}, column {j}",
+                                      expected=f"a finite number for {header[j - 1]!r}")
+            values[k, j - 2] = v
+    bad = np.flatnonzero(np.diff(times) <= 0)
+    if bad.size:
+        i = int(bad[0]) + 1
+        raise DataFormatError(p, f"time {body[i][1][0]!r} does not follow {body[i - 1][1][0]!r}",
+                              where=f"line {body[i][0]}", expected="rows in strictly increasing time")
+    return FeatureTable(values, times, columns, str(p), relative_time=bool(relative))
+
+
+def load_lorenz_json(path: str | Path, fs_hz: float = 1.0) -> Recording:
+    """The IBM demo's stream: a list of {x, y, z} records (or one per line) -> one snapshot, 3 channels."""
+    p = Path(path)
+    text = p.read_text(encoding="utf-8")
+    records: list[tuple[int, object]]
+    try:
+        doc = json.loads(text)
+        if not isinstance(doc, list):
+            raise DataFormatError(p, f"top level is {type(doc).__name__}", expected="a list of {x, y, z} records")
+        records = [(i + 1, r) for i, r in enumerate(doc)]
+        where = "record"
+    except json.JSONDecodeError:
+        records = []
+        for i, ln in enumerate(text.splitlines(), start=1):
+            if not ln.strip():
+                continue
+            try:
+                records.append((i, json.loads(ln)))
+            except json.JSONDecodeError as e:
+                raise DataFormatError(
+                    p, f"not JSON ({e.msg})", where=f"line {i}", expected='{"x":..,"y":..,"z":..}'
+                ) from None
+        where = "line"
+    if not records:
+        raise DataFormatError(p, "no records", expected="a list of {x, y, z} records")
+    out = np.empty((len(records), 3))
+    for k, (i, r) in enumerate(records):
+        if not isinstance(r, dict) or set(r) != {"x", "y", "z"}:
+            raise DataFormatError(p, f"{str(r)[:60]!r}", where=f"{where} {i}", expected="exactly the keys x, y, z")
+        for j, key in enumerate("xyz"):
+            v = r[key]
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v):
+                raise DataFormatError(p, f"{key} = {v!r}", where=f"{where} {i}", expected="a finite number")
+            out[k, j] = v
+    return Recording(out[None].astype(np.float32), np.zeros(1), float(fs_hz), ("x", "y", "z"), str(p),
+                     relative_time=True)

@@ -1,0 +1,228 @@
+"""The ``vibrawatch`` command line.
+
+Workstation commands (train, evaluate, convert, ...) import TensorFlow and scikit-learn only inside the
+command, so a gateway with just the ``edge`` extra can run ``vibrawatch agent ...``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from agent.cli import agent_app
+from agent.errors import VibrawatchError
+
+app = typer.Typer(
+    name="vibrawatch",
+    help=(
+        "Predictive maintenance at the edge.\n\n"
+        "On a workstation: `simulate` or bring data -> `train` on the healthy period -> `evaluate` the lead "
+        "time -> `convert` to a signed model bundle. On a gateway: `agent run` scores live vibration and "
+        "publishes scores and alarms over MQTT."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+simulate_app = typer.Typer(help="Write built-in simulated data (no downloads needed).", no_args_is_help=True)
+app.add_typer(simulate_app, name="simulate")
+app.add_typer(agent_app, name="agent")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def user_errors(fn: F) -> F:
+    """Turn a VibrawatchError into one clear line on stderr and exit code 2, not a traceback."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except VibrawatchError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+DataOpt = Annotated[
+    Path,
+    typer.Option(
+        "--data",
+        help="Vibration data: an IMS snapshot directory, a snapshot archive .npz, a feature table .csv, "
+        "or a Lorenz .json stream. The format is recognised from the path.",
+    ),
+]
+
+
+@app.command()
+@user_errors
+def train(
+    data: DataOpt,
+    out: Annotated[Path, typer.Option("--out", help="Run directory to write (model, run.json, plots).")],
+    healthy_until: Annotated[
+        str | None,
+        typer.Option(
+            "--healthy-until",
+            help="End of the healthy period: a time (2004-02-15 12:52:39, UTC; or 3600 / 1.5h for runs timed "
+            "from their start) or a share of the run (30%). Default: the config's, else 30%.",
+        ),
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", help="TOML settings (features, window, threshold); see configs/.")
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
+) -> None:
+    """Fit the LSTM autoencoder on the healthy period of a run and pick its alarm threshold.
+
+    Example: vibrawatch train --data ../shared/data/ims/2nd_test_full.npz --healthy-until "2004-02-15 12:52:39"
+    --config configs/ims2.toml --out runs/ims2
+    """
+    from train.run import train_run
+
+    summary = train_run(data, out, healthy_until, config, progress=not quiet)
+    typer.echo(json.dumps(summary, indent=2))
+
+
+@app.command()
+@user_errors
+def evaluate(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory made by `vibrawatch train`.")],
+    data: DataOpt,
+    failure_at: Annotated[
+        str | None, typer.Option("--failure-at", help="When the machine failed (default: the last snapshot).")
+    ] = None,
+    failed: Annotated[
+        str | None,
+        typer.Option("--failed", help="Comma-separated channels that failed; alarms naming others are false."),
+    ] = None,
+    normal_data: Annotated[
+        Path | None,
+        typer.Option("--normal-data", help="Known-healthy data of the same machine: its windows count as "
+                     "negatives, the --data windows as positives, for the AUC."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (for scripts).")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
+) -> None:
+    """Score a run with the trained detector and the baselines; report first alarm, lead time, false alarms.
+
+    Example: vibrawatch evaluate runs/ims2 --data ../shared/data/ims/2nd_test_full.npz --failed bearing1 --json
+    """
+    from train.evaluate import evaluate_run
+
+    names = [s.strip() for s in failed.split(",") if s.strip()] if failed else []
+    report = evaluate_run(str(run_dir), str(data), failure_at, names, str(normal_data) if normal_data else None,
+                          progress=not quiet)
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    _print_report(report)
+
+
+def _print_report(r: dict[str, Any]) -> None:
+    typer.echo(f"data {r['data']}: {r['windows']} windows, failure at {r['failure_at']}")
+    rows = [("lstm_autoencoder", r)] + list(r.get("baselines", {}).items())
+    typer.echo(f"{'detector':20s} {'first alarm':22s} {'lead h':>8s} {'channel':12s} {'false':>5s}")
+    for name, d in rows:
+        if not isinstance(d, dict):
+            continue
+        lead = f"{d['lead_hours']:.1f}" if d.get("lead_hours") is not None else "-"
+        typer.echo(f"{name:20s} {str(d.get('first_alarm')):22s} {lead:>8s} {str(d.get('alarm_channel')):12s} "
+                   f"{d.get('false_alarms', '-')!s:>5s}")
+    if r.get("auc") is not None:
+        typer.echo(f"AUC {r['auc']}")
+
+
+@simulate_app.command("bearing")
+@user_errors
+def simulate_bearing(
+    out: Annotated[Path, typer.Option("--out", help="Snapshot archive .npz to write.")],
+    snapshots: Annotated[int, typer.Option(help="Number of snapshots in the run.")] = 200,
+    samples: Annotated[int, typer.Option(help="Samples per snapshot.")] = 20480,
+    fs_hz: Annotated[float, typer.Option("--fs-hz", help="Sample rate.")] = 20000.0,
+    interval_s: Annotated[float, typer.Option("--interval-s", help="Seconds between snapshots.")] = 600.0,
+    channels: Annotated[int, typer.Option(help="Bearings (one accelerometer each).")] = 4,
+    failing: Annotated[int, typer.Option(help="Index of the bearing that fails.")] = 0,
+    fault: Annotated[str, typer.Option(help="outer, inner or ball.")] = "outer",
+    onset: Annotated[float, typer.Option(help="Share of the run after which the defect grows.")] = 0.7,
+    seed: Annotated[int, typer.Option(help="Random seed (same seed, same data).")] = 0,
+) -> None:
+    """A rolling-bearing run to failure: defect impacts at BPFO/BPFI/BSF ringing a resonance, in noise."""
+    from agent.loaders import save_snapshot_npz
+    from agent.simulate import simulate_bearing_run
+
+    rec = simulate_bearing_run(n_snapshots=snapshots, snapshot_samples=samples, fs_hz=fs_hz, interval_s=interval_s,
+                               n_channels=channels, failing_channel=failing, fault=fault, onset=onset, seed=seed)
+    save_snapshot_npz(rec, out)
+    typer.echo(f"wrote {out}: {rec.n_snapshots} snapshots x {rec.data.shape[1]} samples x {rec.n_channels} channels")
+
+
+@simulate_app.command("lorenz")
+@user_errors
+def simulate_lorenz(
+    out: Annotated[Path, typer.Option("--out", help="Snapshot archive .npz to write.")],
+    kind: Annotated[str, typer.Option(help="healthy (10, 28, 8/3) or broken (30, 128, 28/3).")] = "healthy",
+    n: Annotated[int, typer.Option(help="Euler steps (samples).")] = 3000,
+) -> None:
+    """The IBM article's Lorenz-attractor 'vibration' (Euler step 0.008 from (2, 3, 4))."""
+    from agent.loaders import save_snapshot_npz
+    from agent.simulate import simulate_lorenz as sim
+
+    rec = sim(kind, n)
+    save_snapshot_npz(rec, out)
+    typer.echo(f"wrote {out}: {kind} Lorenz stream of {n} samples")
+
+
+@app.command()
+@user_errors
+def demo(
+    out: Annotated[Path, typer.Option("--out", help="Where to write the simulated data and the run.")] = Path(
+        "runs/demo"
+    ),
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
+) -> None:
+    """The whole job on built-in data: simulate a bearing run -> train -> evaluate -> report."""
+    from agent.loaders import save_snapshot_npz
+    from agent.simulate import simulate_bearing_run
+    from train.evaluate import evaluate_run
+    from train.run import train_run
+
+    out.mkdir(parents=True, exist_ok=True)
+    data = out / "bearing_run.npz"
+    typer.echo("1/3 simulating a bearing run to failure (outer-race defect on bearing1) ...")
+    rec = simulate_bearing_run(n_snapshots=240, snapshot_samples=8192, fs_hz=20000.0, seed=7)
+    save_snapshot_npz(rec, data)
+    typer.echo("2/3 training on the first 40% (healthy) ...")
+    train_run(data, out / "run", "40%", None, progress=not quiet)
+    typer.echo("3/3 evaluating ...")
+    report = evaluate_run(str(out / "run"), str(data), None, ["bearing1"], progress=not quiet)
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    _print_report(report)
+    typer.echo(f"report: {out / 'report.json'}; plots: {out / 'run'}/*.png")
+
+
+def _register_workstation_commands() -> None:
+    from convert.commands import register
+
+    register(app)
+
+
+_register_workstation_commands()
+
+
+def main() -> None:
+    """Console entry point."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,124 @@
+"""Training configuration: TOML on disk, dataclasses in code, defaults that adapt to the data.
+
+Every key is optional. What is left out is derived from the data (sample rate, snapshot length,
+channels), so ``vibrawatch train`` without ``--config`` does something sensible on a machine it has
+never seen. Unknown keys are errors: a typo must not silently fall back to a default.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomllib
+
+from agent.decide import AlarmRule
+from agent.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class FeaturesConfig:
+    frame_length: int | None = None  # samples; default: 1 s, or the whole snapshot if shorter
+    list: tuple[Any, ...] | None = None  # feature names / tables; default: agent.features.DEFAULT_FEATURES
+    fs_hz: float | None = None  # override the data's sample rate (IMS text files do not carry one)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    window: int = 10  # T: consecutive frames per sequence
+    hop: int = 1  # frames between windows
+    encoder: tuple[int, ...] = (16, 4)  # the IMS article's widths; the decoder mirrors them
+    epochs: int = 100
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    validation_fraction: float = 0.2  # the chronologically last part of the healthy windows
+    patience: int = 15
+    seed: int = 42
+
+
+@dataclass(frozen=True)
+class ThresholdConfig:
+    method: str = "max"  # "max" | "quantile" | "mean_std"
+    q: float = 0.995  # for quantile
+    k: float = 4.0  # for mean_std
+    margin: float = 1.1  # multiplies the result: headroom over what healthy data ever did
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    threshold: ThresholdConfig = field(default_factory=ThresholdConfig)
+    alarm: AlarmRule = field(default_factory=AlarmRule)
+    healthy_until: str | None = None  # used when the CLI gives none
+    source: str = "<defaults>"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["alarm"] = self.alarm.to_dict()
+        return d
+
+
+_SECTIONS = {"features": FeaturesConfig, "model": ModelConfig, "threshold": ThresholdConfig}
+
+
+def load_config(path: str | Path | None) -> TrainConfig:
+    """Read a TOML training config; errors name the file and the key."""
+    if path is None:
+        return TrainConfig()
+    p = Path(path)
+    try:
+        raw = tomllib.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: config file not found") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{p}: not valid TOML: {e}") from None
+    return config_from_dict(raw, source=str(p))
+
+
+def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> TrainConfig:
+    known = set(_SECTIONS) | {"alarm", "data"}
+    unknown = set(raw) - known
+    if unknown:
+        raise ConfigError(f"{source}: unknown section(s) {sorted(unknown)}; known: {sorted(known)}")
+    parts: dict[str, Any] = {}
+    for name, cls in _SECTIONS.items():
+        section = raw.get(name, {})
+        fields = set(cls.__dataclass_fields__)
+        bad = set(section) - fields
+        if bad:
+            raise ConfigError(f"{source}: [{name}] unknown key(s) {sorted(bad)}; known: {sorted(fields)}")
+        values = {k: (tuple(v) if isinstance(v, list) else v) for k, v in section.items()}
+        try:
+            parts[name] = cls(**values)
+        except TypeError as e:
+            raise ConfigError(f"{source}: [{name}] {e}") from None
+    try:
+        parts["alarm"] = AlarmRule.from_dict(raw.get("alarm", {}))
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+    data = raw.get("data", {})
+    bad = set(data) - {"healthy_until"}
+    if bad:
+        raise ConfigError(f"{source}: [data] unknown key(s) {sorted(bad)}; known: ['healthy_until']")
+    cfg = TrainConfig(healthy_until=data.get("healthy_until"), source=source, **parts)
+    _validate(cfg)
+    return cfg
+
+
+def _validate(cfg: TrainConfig) -> None:
+    m, t = cfg.model, cfg.threshold
+    checks = [
+        (m.window >= 1, "[model] window must be >= 1"),
+        (m.hop >= 1, "[model] hop must be >= 1"),
+        (len(m.encoder) >= 1 and all(int(u) >= 1 for u in m.encoder), "[model] encoder must list widths >= 1"),
+        (m.epochs >= 1, "[model] epochs must be >= 1"),
+        (0 < m.validation_fraction < 0.9, "[model] validation_fraction must be in (0, 0.9)"),
+        (t.method in ("max", "quantile", "mean_std"), "[threshold] method must be max, quantile or mean_std"),
+        (0 < t.q < 1, "[threshold] q must be in (0, 1)"),
+        (t.margin > 0, "[threshold] margin must be > 0"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise ConfigError(f"{cfg.source}: {msg}")

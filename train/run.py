@@ -1,0 +1,211 @@
+"""``vibrawatch train``: data -> features -> healthy windows -> scaler -> autoencoder -> threshold -> run dir.
+
+A run directory holds everything later steps need, in open formats: ``model.keras`` (tf-keras),
+``run.json`` (feature spec, scaler numbers, threshold, alarm rule, training summary) and
+``windows.npz`` (the run's scaled windows and scores, for conversion checks), plus the plots.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import agent
+from agent.decide import AlarmRule, reconstruction_scores
+from agent.errors import ConfigError
+from agent.features import FeatureSpec
+from agent.loaders import detect_format, load
+from agent.scale import MinMaxScaling
+from train.config import TrainConfig, load_config
+from train.dataset import build_spec, featurize, format_time, healthy_end_time, make_windows
+from train.threshold import fit_channel_thresholds, fit_threshold
+
+RUN_SCHEMA = "vibrawatch.run/1"
+DEFAULT_HEALTHY = "30%"
+MIN_HEALTHY_WINDOWS = 20
+
+
+@dataclass(frozen=True)
+class Run:
+    """A trained run, as read back from its directory."""
+
+    path: Path
+    meta: dict[str, Any]
+    spec: FeatureSpec
+    scaler: MinMaxScaling
+    threshold: float
+    channel_thresholds: np.ndarray
+    rule: AlarmRule
+    window: int
+    hop: int
+
+    @classmethod
+    def open(cls, path: str | Path) -> Run:
+        p = Path(path)
+        meta_path = p / "run.json"
+        if not meta_path.is_file():
+            raise ConfigError(f"{p}: not a training run (no run.json); make one with `vibrawatch train`")
+        meta = json.loads(meta_path.read_text())
+        if meta.get("schema") != RUN_SCHEMA:
+            raise ConfigError(f"{meta_path}: schema {meta.get('schema')!r}, expected {RUN_SCHEMA!r}")
+        return cls(
+            path=p,
+            meta=meta,
+            spec=FeatureSpec.from_dict(meta["feature_spec"]),
+            scaler=MinMaxScaling.from_dict(meta["scaler"]),
+            threshold=float(meta["threshold"]["value"]),
+            channel_thresholds=np.asarray(meta["threshold"]["channels"], dtype=np.float64),
+            rule=AlarmRule.from_dict(meta["alarm"]),
+            window=int(meta["window"]["length"]),
+            hop=int(meta["window"]["hop"]),
+        )
+
+    def keras_model(self):  # -> tf_keras.Model; TensorFlow is imported only when asked for
+        from train import model as m
+
+        return m.load(self.path / "model.keras")
+
+
+def score(model: Any, x_scaled: np.ndarray, n_channels: int) -> tuple[np.ndarray, np.ndarray]:
+    """Keras scores and per-channel contributions of scaled windows."""
+    from train import model as m
+
+    return reconstruction_scores(x_scaled.astype(np.float32), m.reconstruct(model, x_scaled), n_channels)
+
+
+def versions() -> dict[str, str]:
+    import sklearn
+    import tensorflow as tf
+    import tf_keras
+
+    return {
+        "vibrawatch": agent.__version__,
+        "tensorflow": tf.__version__,
+        "tf_keras": tf_keras.__version__,
+        "scikit_learn": sklearn.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def train_run(
+    data_path: str | Path,
+    out_dir: str | Path,
+    healthy_until: str | None = None,
+    config_path: str | Path | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train on the healthy period of one run and write a run directory; returns its summary."""
+    from sklearn.preprocessing import MinMaxScaler
+
+    from train import model as m
+    from train import plots
+
+    cfg: TrainConfig = load_config(config_path)
+    data = load(data_path)
+    spec = build_spec(data, cfg)
+    ff = featurize(data, spec, progress=progress)
+    T, hop = cfg.model.window, cfg.model.hop
+    wins = make_windows(ff, T, hop)
+    healthy_text = healthy_until or cfg.healthy_until or DEFAULT_HEALTHY
+    t_end = healthy_end_time(healthy_text, ff.times, ff.relative_time)
+    healthy = wins.end_times <= t_end
+    n_healthy = int(healthy.sum())
+    if n_healthy < MIN_HEALTHY_WINDOWS:
+        raise ConfigError(
+            f"--healthy-until {healthy_text!r} leaves {n_healthy} healthy windows of T={T} frames; at least "
+            f"{MIN_HEALTHY_WINDOWS} are needed: name a later time, a larger share, or a smaller [model] window"
+        )
+    # Scale by the healthy frames only: the failing part must not shape what 'normal' means.
+    healthy_frames = ff.values[: int(wins.end_frames[healthy][-1]) + 1]
+    sk = MinMaxScaler().fit(healthy_frames)
+    scaler = MinMaxScaling(sk.scale_, sk.min_, sk.data_min_, sk.data_max_)
+    x_all = scaler.transform(wins.x).astype(np.float32)
+
+    # Chronological split; T-1 windows between train and validation so they share no frame.
+    idx = np.flatnonzero(healthy)
+    n_val = max(1, int(round(len(idx) * cfg.model.validation_fraction)))
+    val_idx = idx[-n_val:]
+    train_idx = idx[: max(1, len(idx) - n_val - (T - 1) // hop)]
+    model, history = m.fit(
+        x_all[train_idx],
+        x_all[val_idx],
+        encoder=cfg.model.encoder,
+        epochs=cfg.model.epochs,
+        batch_size=cfg.model.batch_size,
+        learning_rate=cfg.model.learning_rate,
+        patience=cfg.model.patience,
+        seed=cfg.model.seed,
+        progress=progress,
+    )
+    scores, contrib = score(model, x_all, len(spec.channels))
+    threshold = fit_threshold(scores[healthy], cfg.threshold)
+    ch_thr = fit_channel_thresholds(contrib[healthy], cfg.threshold)
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    m.save(model, out / "model.keras")
+    val_mask = np.zeros(len(x_all), bool)
+    val_mask[val_idx] = True
+    np.savez_compressed(
+        out / "windows.npz",
+        x=x_all,
+        end_times=wins.end_times,
+        healthy=healthy,
+        validation=val_mask,
+        scores=scores,
+        contributions=contrib,
+    )
+    meta = {
+        "schema": RUN_SCHEMA,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "feature_spec": spec.to_dict(),
+        "window": {"length": T, "hop": hop},
+        "scaler": scaler.to_dict(),
+        "threshold": {
+            "value": threshold,
+            "channels": ch_thr.tolist(),
+            **cfg.threshold.__dict__,
+            "healthy_score_max": float(scores[healthy].max()),
+            "healthy_score_p99": float(np.quantile(scores[healthy], 0.99)),
+        },
+        "alarm": cfg.alarm.to_dict(),
+        "model": {"encoder": list(cfg.model.encoder), "activation": "tanh", "loss": "mae", "optimizer": "adam"},
+        "training": {
+            "source": str(data_path),
+            "format": detect_format(data_path),
+            "relative_time": ff.relative_time,
+            "healthy_until": healthy_text,
+            "healthy_end": format_time(t_end, ff.relative_time),
+            "healthy_end_time": t_end,
+            "frames": len(ff.values),
+            "windows": len(x_all),
+            "healthy_windows": n_healthy,
+            "train_windows": len(train_idx),
+            "validation_windows": len(val_idx),
+            "epochs_run": len(history["loss"]),
+            "final_loss": history["loss"][-1],
+            "best_val_loss": min(history["val_loss"]),
+            "history": history,
+            "config": cfg.to_dict(),
+        },
+        "versions": versions(),
+    }
+    (out / "run.json").write_text(json.dumps(meta, indent=2))
+    plots.training_plots(out, history, scores, healthy, threshold, wins.end_times, ff.relative_time)
+    return {
+        "run_dir": str(out),
+        "features": spec.n_features,
+        "windows": len(x_all),
+        "healthy_windows": n_healthy,
+        "epochs_run": len(history["loss"]),
+        "best_val_loss": min(history["val_loss"]),
+        "threshold": threshold,
+        "healthy_end": format_time(t_end, ff.relative_time),
+    }
