@@ -2,10 +2,12 @@
 
 score          = mean |x - x_hat| over the window's T frames and F features (the articles' MAE)
 contribution_c = sum of |x - x_hat| over channel c's features / (T * F); contributions add up to the score
-An alarm is raised after ``raise_after`` consecutive windows above the threshold and cleared after
-``clear_after`` consecutive windows below ``hysteresis * threshold``: one noisy window neither raises
-nor clears it. The channel an alarm names is the one whose contribution is largest relative to its own
-healthy level, so a naturally noisy bearing is not blamed for another's fault.
+A window is *above* when its score exceeds the threshold or, where per-channel thresholds are known, any
+channel's contribution exceeds that channel's healthy threshold (``AlarmState.level``). An alarm is raised
+after ``raise_after`` consecutive windows above and cleared after ``clear_after`` consecutive windows below
+``hysteresis`` times every threshold: one noisy window neither raises nor clears it. The channel an alarm
+names is the one whose contribution is largest relative to its own healthy level, so a naturally noisy
+bearing is not blamed for another's fault.
 """
 
 from __future__ import annotations
@@ -63,7 +65,7 @@ class AlarmRule:
 class Decision:
     """What the alarm state machine says about one window."""
 
-    above: bool  # this window's score exceeds the threshold
+    above: bool  # this window exceeds the threshold or a channel threshold
     active: bool  # an alarm is active after this window
     event: str | None  # "raised", "cleared" or None
     channel: int  # index of the channel most responsible (relative to its healthy level)
@@ -82,16 +84,30 @@ class AlarmState:
     _below_run: int = 0
     _index: int = field(default=-1)
 
+    def level(self, score: float, contributions: np.ndarray | None = None) -> float:
+        """How far this window is from healthy, in units of its thresholds (> 1 is above).
+
+        The larger of score / threshold and, where channel thresholds are known, the largest
+        contribution_c / channel_threshold_c: a defect on one bearing moves that bearing's share long
+        before it moves the mean over every channel's features.
+        """
+        lv = score / self.threshold
+        if contributions is not None and self.channel_thresholds is not None:
+            c = np.asarray(contributions, dtype=np.float64) / np.maximum(self.channel_thresholds, 1e-12)
+            lv = max(lv, float(c.max()))
+        return float(lv)
+
     def update(self, score: float, contributions: np.ndarray | None = None) -> Decision:
         self._index += 1
-        above = bool(score > self.threshold)
+        lv = self.level(score, contributions)
+        above = lv > 1.0
         event = None
         if above:
             self._above_run += 1
             self._below_run = 0
         else:
             self._above_run = 0
-            self._below_run = self._below_run + 1 if score < self.rule.hysteresis * self.threshold else 0
+            self._below_run = self._below_run + 1 if lv < self.rule.hysteresis else 0
         if not self.active and self._above_run >= self.rule.raise_after:
             self.active, event, self.since_index = True, "raised", self._index
         elif self.active and self._below_run >= self.rule.clear_after:

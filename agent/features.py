@@ -144,6 +144,8 @@ def _feature_columns(fdef: FeatureDef, fs_hz: float) -> list[str]:
     if fdef.name == "band_energy":
         return [f"band_{lo:g}_{hi:g}Hz" for lo, hi in _bands(fdef, fs_hz)]
     if fdef.name == "envelope":
+        if "defects_hz" not in fdef.params or "band_hz" not in fdef.params:
+            raise ConfigError("envelope: needs params 'band_hz' = [lo, hi] and 'defects_hz' = {name = Hz, ...}")
         return [f"env_{name}" for name in fdef.params["defects_hz"]]
     raise ConfigError(f"unknown feature {fdef.name!r}; known: {', '.join(SIMPLE_FEATURES + SPECTRAL_FEATURES)}")
 
@@ -164,8 +166,6 @@ def _check_def(fdef: FeatureDef, fs_hz: float, n: int) -> None:
                     "widen it or use longer frames"
                 )
     if fdef.name == "envelope":
-        if "defects_hz" not in fdef.params or "band_hz" not in fdef.params:
-            raise ConfigError("envelope: needs params 'band_hz' = [lo, hi] and 'defects_hz' = {name = Hz, ...}")
         lo, hi = (float(v) for v in fdef.params["band_hz"])
         if not (0 <= lo < hi <= nyq):
             raise ConfigError(f"envelope: band_hz [{lo:g}, {hi:g}] must lie within 0..{nyq:g} Hz")

@@ -161,11 +161,14 @@ def load_snapshot_npz(path: str | Path) -> Recording:
         if missing:
             raise DataFormatError(p, f"missing array(s) {missing}; it has {sorted(z.files)}",
                                   expected="data (snapshots, samples, channels), timestamps, fs_hz, channels")
-        data = z["data"]
-        times = z["timestamps"]
-        fs = z["fs_hz"]
-        channels = z["channels"]
-        labels = z["labels"] if "labels" in z.files else None
+        try:  # arrays are read lazily: an object array fails here, not at np.load
+            data = z["data"]
+            times = z["timestamps"]
+            fs = z["fs_hz"]
+            channels = z["channels"]
+            labels = z["labels"] if "labels" in z.files else None
+        except ValueError as e:
+            raise DataFormatError(p, f"cannot be read without pickle ({e})", expected="plain numeric arrays") from None
     if data.ndim != 3 or not np.issubdtype(data.dtype, np.number):
         raise DataFormatError(p, f"array 'data' is {data.dtype} {data.shape}", where="array 'data'",
                               expected="numbers shaped (snapshots, samples, channels)")

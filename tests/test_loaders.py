@@ -1,0 +1,209 @@
+"""Loaders: real files load with the right shape and time; broken ones fail naming file, place and expectation."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import shared
+
+from agent.errors import DataFormatError
+from agent.loaders import detect_format, load, load_ims_dir, save_snapshot_npz
+from agent.recording import FeatureTable, Recording
+
+
+def test_ims_sample_directory_loads_in_time_order() -> None:
+    rec = load(shared("ims", "2nd_test_sample"))
+    assert isinstance(rec, Recording)
+    assert rec.data.shape == (8, 20480, 4)
+    assert rec.channels == ("bearing1", "bearing2", "bearing3", "bearing4")
+    assert np.all(np.diff(rec.timestamps) > 0)
+    assert rec.timestamps[0] == 1076583159  # 2004-02-12 10:52:39 UTC
+    assert rec.fs_hz == 20000.0
+
+
+def test_ims_directory_matches_the_npz_archive_of_the_same_test() -> None:
+    rec = load(shared("ims", "2nd_test_sample"))
+    with np.load(shared("ims", "2nd_test_full.npz"), allow_pickle=False) as z:
+        idx = np.searchsorted(z["timestamps"], rec.timestamps.astype(np.int64))
+        np.testing.assert_array_equal(z["data"][idx], rec.data)
+
+
+def _ims_copy(tmp_path: Path, n: int = 3) -> Path:
+    src = shared("ims", "2nd_test_sample")
+    d = tmp_path / "ims"
+    d.mkdir()
+    for p in sorted(src.iterdir())[:n]:
+        shutil.copy(p, d / p.name)
+    return d
+
+
+def test_unsorted_listing_still_loads_chronologically(tmp_path: Path) -> None:
+    d = _ims_copy(tmp_path)
+    # names written newest first: the loader orders by the time in the name, not by the listing
+    names = sorted(p.name for p in d.iterdir())
+    for p in d.iterdir():
+        p.rename(d / ("x" + p.name))
+    for name in reversed(names):
+        (d / ("x" + name)).rename(d / name)
+    rec = load_ims_dir(d)
+    assert list(rec.timestamps) == sorted(rec.timestamps)
+
+
+def test_foreign_file_name_in_ims_directory_is_refused(tmp_path: Path) -> None:
+    d = _ims_copy(tmp_path, 2)
+    (d / "notes.txt").write_text("hello")
+    with pytest.raises(DataFormatError, match=r"'notes.txt' is not an IMS snapshot file name"):
+        load(d)
+
+
+def test_empty_directory(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataFormatError, match="empty directory"):
+        load(tmp_path / "empty")
+
+
+@pytest.mark.parametrize(
+    ("line_5", "message"),
+    [
+        ("0.1\t0.2\t0.3", r"line 5: 3 columns \(expected 4 tab-separated numbers"),
+        ("0.1\t0.2\t0.3\t0.4\t0.5", r"line 5: 5 columns"),
+        ("0.1\tabc\t0.3\t0.4", r"line 5, column 2: 'abc' is not a number"),
+        ("0.1\t0.2\tnan\t0.4", r"line 5, column 3: 'nan' is not a finite number"),
+    ],
+)
+def test_broken_ims_file_names_file_line_and_expectation(tmp_path: Path, line_5: str, message: str) -> None:
+    d = _ims_copy(tmp_path, 2)
+    victim = sorted(d.iterdir())[1]
+    lines = victim.read_text().splitlines()
+    lines[4] = line_5
+    victim.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataFormatError, match=message) as e:
+        load(d)
+    assert victim.name in str(e.value)
+
+
+def test_truncated_ims_file_is_refused(tmp_path: Path) -> None:
+    d = _ims_copy(tmp_path, 2)
+    victim = sorted(d.iterdir())[1]
+    victim.write_text("\n".join(victim.read_text().splitlines()[:100]) + "\n")
+    with pytest.raises(DataFormatError, match=r"100 rows \(expected 20480 rows"):
+        load(d)
+
+
+def test_ims_file_cut_mid_row_is_refused(tmp_path: Path) -> None:
+    d = _ims_copy(tmp_path, 2)
+    victim = sorted(d.iterdir())[1]
+    text = victim.read_text()
+    victim.write_text(text[: len(text) // 2].rsplit("\t", 1)[0])  # the writer died in the middle of a row
+    with pytest.raises(DataFormatError, match=r"line \d+: \d columns"):
+        load(d)
+
+
+def test_snapshot_archives_load_with_their_own_time_base() -> None:
+    ims = load(shared("ims", "2nd_test_full.npz"))
+    assert isinstance(ims, Recording) and ims.data.shape == (984, 20480, 4) and not ims.relative_time
+    femto = load(shared("femto", "Learning_set_Bearing2_1.npz"))
+    assert isinstance(femto, Recording)
+    assert femto.data.shape == (911, 2560, 2) and femto.fs_hz == 25600.0 and femto.relative_time
+    assert femto.timestamps[1] - femto.timestamps[0] == 10
+
+
+def _write_npz(path: Path, **overrides: object) -> Path:
+    arrays: dict[str, object] = {
+        "data": np.zeros((3, 64, 2), np.float32),
+        "timestamps": np.array([0, 10, 20]),
+        "fs_hz": np.float64(1000.0),
+        "channels": np.array(["a", "b"]),
+    }
+    arrays.update(overrides)
+    np.savez(path, **{k: v for k, v in arrays.items() if v is not None})
+    return path
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"fs_hz": None}, r"missing array\(s\) \['fs_hz'\]"),
+        ({"timestamps": np.array([0, 20, 10])}, r"array 'timestamps', index 2.*strictly increasing"),
+        ({"channels": np.array(["a"])}, r"array 'channels'.*expected 2 channel names"),
+        ({"data": np.full((3, 64, 2), np.nan, np.float32)}, r"array 'data'\[0, 0, 0\]: non-finite value"),
+        ({"data": np.zeros((3, 64), np.float32)}, r"array 'data'.*\(snapshots, samples, channels\)"),
+        ({"channels": np.array([{"a": 1}, {"b": 2}], dtype=object)}, r"cannot be read without pickle"),
+    ],
+)
+def test_broken_snapshot_archive(tmp_path: Path, overrides: dict[str, object], message: str) -> None:
+    p = _write_npz(tmp_path / "bad.npz", **overrides)
+    with pytest.raises(DataFormatError, match=message):
+        load(p)
+
+
+def test_snapshot_archive_round_trip(tmp_path: Path) -> None:
+    rec = Recording(np.random.default_rng(0).normal(size=(4, 128, 3)).astype(np.float32), np.arange(4) * 60.0,
+                    2000.0, ("a", "b", "c"), "mem", relative_time=True, labels=np.array([0, 0, 1, 1]))
+    save_snapshot_npz(rec, tmp_path / "r.npz")
+    back = load(tmp_path / "r.npz")
+    assert isinstance(back, Recording)
+    np.testing.assert_array_equal(back.data, rec.data)
+    np.testing.assert_array_equal(back.labels, rec.labels)
+    assert back.channels == rec.channels and back.relative_time
+
+
+def test_the_articles_feature_table() -> None:
+    t = load(shared("ims", "features", "Averaged_BearingTest_Dataset.csv"))
+    assert isinstance(t, FeatureTable)
+    assert t.values.shape == (982, 4) and t.columns[0] == "Bearing 1" and not t.relative_time
+    assert t.values[0, 0] == pytest.approx(0.0602364373260413)
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        ("2004-02-12 11:12:39,0.1,0.2", r"line 4: 3 columns \(expected 5 like the header\)"),
+        ("2004-02-12 11:12:39,0.1,x,0.3,0.4", r"line 4, column 3: 'x' is not a number"),
+        ("2004-02-12 11:12:39,0.1,NaN,0.3,0.4", r"line 4, column 3: 'NaN' is not a finite number"),
+        ("yesterday,0.1,0.2,0.3,0.4", r"line 4, column 1: time 'yesterday'"),
+        ("2004-02-12 10:00:00,0.1,0.2,0.3,0.4", r"line 4: time .* does not follow"),
+    ],
+)
+def test_broken_feature_table(tmp_path: Path, row: str, message: str) -> None:
+    p = tmp_path / "t.csv"
+    p.write_text(",b1,b2,b3,b4\n2004-02-12 10:52:39,1,2,3,4\n2004-02-12 11:02:39,1,2,3,4\n" + row + "\n")
+    with pytest.raises(DataFormatError, match=message):
+        load(p)
+
+
+def test_lorenz_json_lines_and_list_forms(tmp_path: Path) -> None:
+    rec = load(shared("lorenz", "watsoniotp.healthy.phase_aligned.json"))
+    assert isinstance(rec, Recording) and rec.data.shape == (1, 3000, 3) and rec.channels == ("x", "y", "z")
+    with np.load(shared("lorenz", "lorenz.npz"), allow_pickle=False) as z:
+        np.testing.assert_allclose(rec.data[0], z["healthy_phase_aligned"], rtol=1e-6)
+    p = tmp_path / "list.json"
+    p.write_text(json.dumps([{"x": 1, "y": 2, "z": 3}, {"x": 4, "y": 5, "z": 6}]))
+    assert load(p).data.shape == (1, 2, 3)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('{"x": 1, "y": 2, "z": 3}\n{"x": 1, "y": 2}\n', r"line 2.*exactly the keys x, y, z"),
+        ('{"x": 1, "y": 2, "z": 3}\n{"x": 1, "y": "a", "z": 3}\n', r"line 2: y = 'a'"),
+        ('{"x": 1, "y": 2, "z": 3}\n{"x": 1, "y": 2, "z": \n', r"line 2: not JSON"),
+        ("[]", r"no records"),
+    ],
+)
+def test_broken_lorenz_stream(tmp_path: Path, text: str, message: str) -> None:
+    p = tmp_path / "s.json"
+    p.write_text(text)
+    with pytest.raises(DataFormatError, match=message):
+        load(p)
+
+
+def test_unknown_format_says_what_is_supported(tmp_path: Path) -> None:
+    p = tmp_path / "data.parquet"
+    p.write_bytes(b"PAR1")
+    with pytest.raises(DataFormatError, match="unknown data format '.parquet'.*IMS snapshot directory"):
+        detect_format(p)
