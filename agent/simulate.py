@@ -8,7 +8,7 @@ Bearing model (per snapshot, per accelerometer):
   (a damped sine, ``resonance_hz``, ``damping``); inner-race and ball hits are amplitude-modulated by the
   shaft (cage) rotation as the defect passes through the load zone; hit times jitter by ~1% (slip);
 - a degradation schedule: no defect before ``onset`` (share of the run), then the impact amplitude grows
-  exponentially to ``severity`` at the end, and in the last 5% the noise floor rises (spalling).
+  exponentially to ``severity`` at the end, and in the last 5% its noise floor rises (spalling).
 Defect frequencies use the classic kinematics with ``n_balls``, ball and pitch diameters, contact angle;
 the defaults are the IMS Rexnord ZA-2115 (16 rollers, 0.331", 2.815", 15.17 deg) at 2000 rpm.
 """
@@ -28,14 +28,20 @@ LORENZ_START = (2.0, 3.0, 4.0)
 
 def lorenz(kind: str = "healthy", n: int = 3000, h: float = LORENZ_STEP,
            start: tuple[float, float, float] = LORENZ_START) -> np.ndarray:
-    """Forward-Euler Lorenz trajectory (n, 3) after n steps, as the IBM demo's Node-RED flow integrates it."""
+    """Euler Lorenz trajectory (n, 3), the states after steps 1..n, as the IBM demo's Node-RED flow integrates it.
+
+    The flow updates x, then y with the new x, then z with the new x and y (a semi-implicit Euler step);
+    that order is what keeps the 'broken' parameters bounded at h = 0.008 and what reproduces its data.
+    """
     if kind not in LORENZ_PARAMS:
         raise ValueError(f"kind {kind!r}: expected one of {sorted(LORENZ_PARAMS)}")
     sigma, rho, beta = LORENZ_PARAMS[kind]
     out = np.empty((n, 3))
     x, y, z = start
     for i in range(n):  # a recurrence: each step needs the previous one, so no vectorising
-        x, y, z = x + h * sigma * (y - x), y + h * (x * (rho - z) - y), z + h * (x * y - beta * z)
+        x = x + h * sigma * (y - x)
+        y = y + h * (x * (rho - z) - y)
+        z = z + h * (x * y - beta * z)
         out[i] = (x, y, z)
     return out
 
@@ -126,7 +132,8 @@ class BearingSimulator:
         x = (amp1 * np.sin(2 * np.pi * speed * t[:, None] + phase[0])
              + 0.5 * amp1 * np.sin(4 * np.pi * speed * t[:, None] + phase[1]))
         noise_scale = self.noise * (1 + 0.15 * np.arange(self.n_channels))
-        late = np.clip((u - 0.95) / 0.05, 0, 1) if u > self.onset else 0.0
+        late = np.zeros(self.n_channels)  # spalling: the failing bearing's broadband floor rises at the end
+        late[self.failing_channel] = np.clip((u - 0.95) / 0.05, 0, 1) if u > self.onset else 0.0
         x = x + rng.standard_normal((n, self.n_channels)) * noise_scale * (1 + 2.0 * late)
         level = float(self.defect_level(i))
         if level > 0:

@@ -112,8 +112,8 @@ def healthy_end_time(spec_text: str, times: np.ndarray, relative: bool) -> float
             share = float(text[:-1]) / 100.0
         except ValueError:
             raise ConfigError(f"--healthy-until {spec_text!r}: expected a share such as 30%") from None
-        if not 0 < share < 1:
-            raise ConfigError(f"--healthy-until {spec_text!r}: the share must be between 0% and 100%")
+        if not 0 < share <= 1:
+            raise ConfigError(f"--healthy-until {spec_text!r}: the share must be more than 0% and at most 100%")
         return float(times[0] + share * (times[-1] - times[0]))
     t = parse_time(text, relative)
     if t < times[0]:

@@ -12,8 +12,10 @@ Definitions (the README repeats them):
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -165,7 +167,8 @@ def evaluate_run(
     scores, contrib = score(model, x, len(channels))
     decisions = run_alarms(scores, run.threshold, run.rule, contrib, run.channel_thresholds)
     relative = ff.relative_time
-    t_fail = parse_time(failure_at, relative) if failure_at else float(data.timestamps[-1])
+    # Default failure time: the end of the data (the last frame of one long stream, the last snapshot of many).
+    t_fail = parse_time(failure_at, relative) if failure_at else float(max(data.timestamps[-1], ff.times[-1]))
     ae = Detection(wins.end_times, scores, decisions, run.threshold)
     report: dict[str, Any] = {
         "data": str(data_path),
@@ -210,11 +213,15 @@ def evaluate_run(
     # Baselines, from the same data and the same healthy period as the run.
     tcfg = ThresholdConfig(**{k: run.meta["threshold"][k] for k in ("method", "q", "k", "margin")})
     baselines: dict[str, Any] = {}
-    try:
-        t_healthy = healthy_end_time(run.meta["training"]["healthy_until"], ff.times, relative)
-    except ConfigError as e:
-        report["baselines"] = {"skipped": str(e)}
-        t_healthy = None
+    t_healthy = None
+    if normal_data is not None:
+        # The baselines learn 'healthy' from the evaluated run's own healthy period; here that run is faulty.
+        report["baselines"] = {"skipped": "with --normal-data the evaluated data has no healthy period to fit on"}
+    else:
+        try:
+            t_healthy = healthy_end_time(run.meta["training"]["healthy_until"], ff.times, relative)
+        except ConfigError as e:
+            report["baselines"] = {"skipped": str(e)}
     if t_healthy is not None:
         h_frames = ff.times <= t_healthy
         h_windows = wins.end_times <= t_healthy
@@ -246,7 +253,13 @@ def evaluate_run(
         from train import plots as p
 
         p.evaluation_plots(run.path, data, spec, ae, report, relative, t_healthy)
+    (run.path / f"evaluation_{data_stem(data_path)}.json").write_text(json.dumps(report, indent=2))
     return report
+
+
+def data_stem(path: str | Path) -> str:
+    """A file-name-safe name for a data set, used for the evaluation's JSON and plots in the run directory."""
+    return Path(str(path).rstrip("/")).stem or "data"
 
 
 def _simple_features(data: Recording | FeatureTable, spec: FeatureSpec, progress: bool) -> dict[str, np.ndarray]:

@@ -66,7 +66,9 @@ def evaluation_plots(
     t_healthy: float | None,
 ) -> None:
     """scores_<data>.png (log score over time) and, for raw data, spectra_<data>.png (healthy vs failing)."""
-    stem = Path(str(report["data"]).rstrip("/")).stem or "data"
+    from train.evaluate import data_stem
+
+    stem = data_stem(report["data"])
     fig, ax = plt.subplots(figsize=(10, 4.5), dpi=100)
     ax.semilogy(_axis_times(det.times, relative), np.maximum(det.scores, 1e-6), lw=1, label="score")
     ax.axhline(det.threshold, color="tab:red", lw=1, label="threshold")

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Set up a fresh machine for the test suite and run it: the one test command of the README and of CI.
+#   - Debian's Mosquitto broker (the MQTT tests start their own on 127.0.0.1, on a free port);
+#   - .venv: the project with its train, edge and dev extras (TensorFlow is real in the tests);
+#   - .venv-tflite: a second environment with tflite-runtime and numpy<2, the way some gateways run,
+#     so a bundle is really invoked through that runtime too.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
+    if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq mosquitto mosquitto-clients >/dev/null
+fi
+
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/pip install -q --disable-pip-version-check -e ".[train,edge,dev]"
+
+if [ ! -x .venv-tflite/bin/python ]; then
+    "$PY" -m venv .venv-tflite
+fi
+.venv-tflite/bin/pip install -q --disable-pip-version-check "numpy<2" "tflite-runtime>=2.14" "paho-mqtt>=2.0"
+export VIBRAWATCH_TFLITE_RUNTIME_PYTHON="$PWD/.venv-tflite/bin/python"
+
+.venv/bin/ruff check .
+exec .venv/bin/python -m pytest "$@"
