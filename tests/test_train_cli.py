@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from conftest import cli
+from conftest import TINY_CONFIG, cli
 
 
 def test_train_writes_a_complete_run(tiny_run: Path) -> None:
@@ -27,3 +27,43 @@ def test_evaluate_json_reports_the_failing_bearing(tiny_run: Path, tiny_data: Pa
     assert report["auc"] > 0.8  # the simulator labels every snapshot after the defect's onset
     assert set(report["baselines"]) == {"rms", "mean_abs", "isolation_forest", "pca"}
     assert set(report["per_channel"]) == {"bearing1", "bearing2", "bearing3", "bearing4"}
+
+
+def _fails(*args: object) -> str:
+    from typer.testing import CliRunner
+
+    from convert.cli import app
+
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert result.exit_code == 2, result.output
+    return result.output
+
+
+def test_config_typo_is_an_error_naming_file_and_key(tmp_path: Path, tiny_data: Path) -> None:
+    cfg = tmp_path / "typo.toml"
+    cfg.write_text("[model]\nwindwo = 5\n")
+    out = _fails("train", "--data", tiny_data, "--config", cfg, "--out", tmp_path / "r")
+    assert f"{cfg}: [model] unknown key(s) ['windwo']" in out
+    assert not (tmp_path / "r").exists()  # nothing half-written
+
+
+def test_healthy_period_too_short_says_what_to_do(tmp_path: Path, tiny_data: Path) -> None:
+    out = _fails("train", "--data", tiny_data, "--healthy-until", "1%", "--config", TINY_CONFIG,
+                 "--out", tmp_path / "r")
+    assert "healthy windows" in out and "name a later time" in out
+
+
+def test_dates_for_relative_data_and_unknown_channels_are_refused(tiny_run: Path, tiny_data: Path) -> None:
+    out = _fails("evaluate", tiny_run, "--data", tiny_data, "--failure-at", "2004-02-19 06:22:39")
+    assert "this run's times count from its start" in out
+    out = _fails("evaluate", tiny_run, "--data", tiny_data, "--failed", "bearing9")
+    assert "--failed 'bearing9': no such channel; channels are bearing1, bearing2, bearing3, bearing4" in out
+
+
+def test_training_is_reproducible(tiny_run: Path, tiny_data: Path, tmp_path: Path) -> None:
+    cli("train", "--data", tiny_data, "--healthy-until", "50%", "--config", TINY_CONFIG,
+        "--out", tmp_path / "again", "--quiet")
+    a = json.loads((tiny_run / "run.json").read_text())
+    b = json.loads((tmp_path / "again" / "run.json").read_text())
+    assert a["threshold"]["value"] == b["threshold"]["value"]
+    assert a["training"]["history"] == b["training"]["history"]
