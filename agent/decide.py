@@ -35,6 +35,25 @@ def reconstruction_scores(
     return per_channel.sum(axis=1), per_channel
 
 
+def alarm_levels(
+    scores: np.ndarray,
+    threshold: float,
+    contributions: np.ndarray | None = None,
+    channel_thresholds: np.ndarray | None = None,
+) -> np.ndarray:
+    """How far windows are from healthy, in units of their thresholds (> 1 is above), shape (n,).
+
+    The larger of score / threshold and, where channel thresholds are known, the largest
+    contribution_c / channel_threshold_c: a defect on one bearing moves that bearing's share long
+    before it moves the mean over every channel's features.
+    """
+    lv = np.asarray(scores, dtype=np.float64) / threshold
+    if contributions is not None and channel_thresholds is not None:
+        ratio = np.asarray(contributions, dtype=np.float64) / np.maximum(channel_thresholds, 1e-12)
+        lv = np.maximum(lv, ratio.max(axis=-1))
+    return lv
+
+
 @dataclass(frozen=True)
 class AlarmRule:
     """k-of-k debouncing with hysteresis; defaults suit windows that overlap (hop < T)."""
@@ -85,17 +104,9 @@ class AlarmState:
     _index: int = field(default=-1)
 
     def level(self, score: float, contributions: np.ndarray | None = None) -> float:
-        """How far this window is from healthy, in units of its thresholds (> 1 is above).
-
-        The larger of score / threshold and, where channel thresholds are known, the largest
-        contribution_c / channel_threshold_c: a defect on one bearing moves that bearing's share long
-        before it moves the mean over every channel's features.
-        """
-        lv = score / self.threshold
-        if contributions is not None and self.channel_thresholds is not None:
-            c = np.asarray(contributions, dtype=np.float64) / np.maximum(self.channel_thresholds, 1e-12)
-            lv = max(lv, float(c.max()))
-        return float(lv)
+        """This window's ``alarm_levels``: how far it is from healthy, in units of its thresholds."""
+        c = None if contributions is None else np.asarray(contributions)[None]
+        return float(alarm_levels(np.array([score]), self.threshold, c, self.channel_thresholds)[0])
 
     def update(self, score: float, contributions: np.ndarray | None = None) -> Decision:
         self._index += 1

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from agent.decide import AlarmRule, Decision, reconstruction_scores, run_alarms
+from agent.decide import AlarmRule, Decision, alarm_levels, reconstruction_scores, run_alarms
 from agent.errors import ConfigError
 from agent.features import FeatureDef, FeatureSpec, extract
 from agent.frames import iter_frames
@@ -41,6 +41,10 @@ class Detection:
     scores: np.ndarray
     decisions: list[Decision]
     threshold: float
+    levels: np.ndarray | None = None  # alarm level (1 = at a threshold); default scores / threshold
+
+    def alarm_levels(self) -> np.ndarray:
+        return self.scores / self.threshold if self.levels is None else self.levels
 
 
 def check_data(run: Run, data: Recording | FeatureTable) -> None:
@@ -169,7 +173,8 @@ def evaluate_run(
     relative = ff.relative_time
     # Default failure time: the end of the data (the last frame of one long stream, the last snapshot of many).
     t_fail = parse_time(failure_at, relative) if failure_at else float(max(data.timestamps[-1], ff.times[-1]))
-    ae = Detection(wins.end_times, scores, decisions, run.threshold)
+    levels = alarm_levels(scores, run.threshold, contrib, run.channel_thresholds)
+    ae = Detection(wins.end_times, scores, decisions, run.threshold, levels)
     report: dict[str, Any] = {
         "data": str(data_path),
         "run": str(run_dir),
