@@ -1,0 +1,252 @@
+"""Open and verify a model bundle before the gateway trusts it (numpy + standard library; ``cryptography``
+only when a signature is checked).
+
+A bundle is a directory or a single ``.tar`` holding ``manifest.json``, ``model.tflite`` and, when signed,
+``manifest.sig`` (an Ed25519 signature of the manifest's bytes, base64). ``load_bundle`` checks, in this
+order, each with its own error: the layout (and, for a tar, that it is small and holds only those regular
+files: nothing is extracted to disk), the schema version, the sha256 of every file, the signature when a
+public key is given, that this runtime is one the bundle can run on, and a golden self-test that runs the
+model on the real interpreter over several different windows in a row.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agent.decide import AlarmRule
+from agent.errors import ConfigError, VibrawatchError
+from agent.features import FeatureSpec
+from agent.infer import TFLiteModel, find_runtime
+from agent.scale import MinMaxScaling
+
+SCHEMA = "vibrawatch.bundle/1"
+MANIFEST, SIGNATURE, MODEL = "manifest.json", "manifest.sig", "model.tflite"
+ALLOWED = (MANIFEST, SIGNATURE, MODEL)
+MAX_BUNDLE_BYTES = 64 * 1024 * 1024  # a few hundred KB is normal; anything near this is not a bundle
+
+
+class BundleError(VibrawatchError):
+    """The bundle cannot be used; the subclass says which check failed."""
+
+
+class BundleLayoutError(BundleError):
+    """Missing, extra, oversized or unsafe files (a tar with links, absolute paths or '..')."""
+
+
+class BundleSchemaError(BundleError):
+    """The manifest is not JSON of a schema version this agent understands."""
+
+
+class BundleChecksumError(BundleError):
+    """A file's sha256 differs from the manifest's: the bundle was altered or damaged."""
+
+
+class BundleSignatureError(BundleError):
+    """The manifest's signature is missing or does not verify with the configured public key."""
+
+
+class BundleRuntimeError(BundleError):
+    """This gateway's interpreter cannot run this bundle's model."""
+
+
+class BundleSelfTestError(BundleError):
+    """The model, run here, does not reproduce the bundle's golden outputs."""
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A verified bundle: everything the agent needs to turn samples into decisions."""
+
+    path: Path
+    manifest: dict[str, Any]
+    spec: FeatureSpec
+    scaler: MinMaxScaling
+    window: int
+    hop: int
+    threshold: float
+    channel_thresholds: np.ndarray
+    rule: AlarmRule
+    version: str
+    model: TFLiteModel
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def read_bundle_files(path: str | Path) -> dict[str, bytes]:
+    """The bundle's files by name, read from a directory or a tar without extracting anything."""
+    p = Path(path)
+    if p.is_dir():
+        files = {}
+        for name in ALLOWED:
+            f = p / name
+            if f.is_symlink():
+                raise BundleLayoutError(f"{f}: is a symbolic link; a bundle holds regular files only")
+            if f.is_file():
+                if f.stat().st_size > MAX_BUNDLE_BYTES:
+                    raise BundleLayoutError(f"{f}: larger than {MAX_BUNDLE_BYTES} bytes")
+                files[name] = f.read_bytes()
+        return _require(p, files)
+    if not p.is_file():
+        raise BundleLayoutError(f"{p}: no such bundle (expected a directory or a .tar)")
+    if p.stat().st_size > MAX_BUNDLE_BYTES:
+        raise BundleLayoutError(f"{p}: {p.stat().st_size} bytes, larger than the {MAX_BUNDLE_BYTES}-byte limit")
+    try:
+        with tarfile.open(p, "r:") as tar:
+            files = {}
+            for m in tar.getmembers():
+                if not m.isfile():
+                    kind = "link" if m.issym() or m.islnk() else "directory" if m.isdir() else "special file"
+                    raise BundleLayoutError(f"{p}: member {m.name!r} is a {kind}; a bundle holds regular files only")
+                if m.name not in ALLOWED:
+                    raise BundleLayoutError(
+                        f"{p}: member {m.name!r} is not one of {', '.join(ALLOWED)} (paths and '..' are refused)"
+                    )
+                if m.name in files:
+                    raise BundleLayoutError(f"{p}: member {m.name!r} appears twice")
+                fh = tar.extractfile(m)
+                assert fh is not None  # a regular file always has content
+                files[m.name] = fh.read()
+    except tarfile.TarError as e:
+        raise BundleLayoutError(f"{p}: not a readable tar archive ({e})") from None
+    return _require(p, files)
+
+
+def _require(p: Path, files: dict[str, bytes]) -> dict[str, bytes]:
+    missing = [n for n in (MANIFEST, MODEL) if n not in files]
+    if missing:
+        raise BundleLayoutError(f"{p}: missing {', '.join(missing)}; make bundles with `vibrawatch convert`")
+    return files
+
+
+def parse_manifest(p: Path, raw: bytes) -> dict[str, Any]:
+    try:
+        manifest = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BundleSchemaError(f"{p}: {MANIFEST} is not JSON ({e})") from None
+    if not isinstance(manifest, dict) or manifest.get("schema") != SCHEMA:
+        got = manifest.get("schema") if isinstance(manifest, dict) else type(manifest).__name__
+        raise BundleSchemaError(
+            f"{p}: {MANIFEST} schema {got!r}; this agent reads {SCHEMA!r}: rebuild the bundle with this "
+            "version's `vibrawatch convert`, or update the agent"
+        )
+    return manifest
+
+
+def verify_checksums(p: Path, manifest: dict[str, Any], files: dict[str, bytes]) -> None:
+    listed = manifest.get("files", {})
+    if MODEL not in listed:
+        raise BundleChecksumError(f"{p}: {MANIFEST} lists no sha256 for {MODEL}")
+    for name, digest in listed.items():
+        if name not in files:
+            raise BundleChecksumError(f"{p}: {MANIFEST} lists {name!r}, which the bundle does not hold")
+        if sha256(files[name]) != digest:
+            raise BundleChecksumError(
+                f"{p}: {name} has sha256 {sha256(files[name])[:16]}..., the manifest says {digest[:16]}...: "
+                "the bundle was altered or damaged; fetch it again"
+            )
+
+
+def verify_signature(p: Path, files: dict[str, bytes], public_key: str | Path) -> None:
+    """Ed25519 over the manifest's exact bytes; the manifest in turn pins every file by sha256."""
+    try:
+        from cryptography.exceptions import InvalidSignature
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+        from cryptography.hazmat.primitives.serialization import load_pem_public_key
+    except ImportError:
+        raise BundleSignatureError(
+            "checking a bundle signature needs the 'cryptography' package: pip install 'vibrawatch[edge]'"
+        ) from None
+    key_path = Path(public_key)
+    try:
+        key = load_pem_public_key(key_path.read_bytes())
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{key_path}: not a readable PEM public key ({e})") from None
+    if not isinstance(key, Ed25519PublicKey):
+        raise ConfigError(f"{key_path}: not an Ed25519 public key; make keys with `vibrawatch keys new`")
+    if SIGNATURE not in files:
+        raise BundleSignatureError(f"{p}: unsigned ({SIGNATURE} missing) but a public key is configured")
+    try:
+        sig = base64.b64decode(files[SIGNATURE], validate=True)
+        key.verify(sig, files[MANIFEST])
+    except (InvalidSignature, ValueError):
+        raise BundleSignatureError(
+            f"{p}: the signature does not verify with {key_path}: the manifest was altered, or it was signed "
+            "with another key"
+        ) from None
+
+
+def check_runtime(p: Path, manifest: dict[str, Any], runtime: str | None) -> None:
+    """Refuse a bundle that conversion ran on this runtime and saw fail."""
+    name, version, _ = find_runtime(runtime)
+    seen = manifest.get("runtimes", {}).get(name)
+    if seen is not None and not seen.get("ok", False):
+        raise BundleRuntimeError(
+            f"{p}: conversion ran this {manifest['model']['quantize']} model on {name} {seen.get('version')} and it "
+            f"failed ({seen.get('error', 'wrong results')}); build a variant this runtime can run, e.g. "
+            "`vibrawatch convert RUN_DIR --quantize none`, or install ai-edge-litert"
+        )
+
+
+def self_test(p: Path, model: TFLiteModel, manifest: dict[str, Any]) -> float:
+    """Run the golden windows in a row and compare: returns the largest absolute difference."""
+    golden = manifest["golden"]
+    x = np.asarray(golden["inputs"], dtype=np.float32)
+    want = np.asarray(golden["outputs"], dtype=np.float32)
+    got = model.reconstruct_batch(x)
+    err = float(np.max(np.abs(got - want)))
+    if not np.isfinite(err) or err > float(golden["atol"]):
+        raise BundleSelfTestError(
+            f"{p}: golden self-test failed on {model.runtime}: outputs differ by {err:.3g} "
+            f"(allowed {golden['atol']:.3g}) over {len(x)} windows; this runtime does not run the model as "
+            "conversion did: rebuild the bundle as float32 (--quantize none) or use ai-edge-litert"
+        )
+    return err
+
+
+def load_bundle(path: str | Path, public_key: str | Path | None = None, runtime: str | None = None) -> Bundle:
+    """Read, verify (see module docstring) and load a bundle; raises a BundleError subclass on any failure."""
+    p = Path(path)
+    files = read_bundle_files(p)
+    manifest = parse_manifest(p, files[MANIFEST])
+    verify_checksums(p, manifest, files)
+    if public_key is not None:
+        verify_signature(p, files, public_key)
+    check_runtime(p, manifest, runtime)
+    try:
+        model = TFLiteModel(files[MODEL], runtime=runtime)
+    except (ValueError, RuntimeError) as e:
+        raise BundleRuntimeError(
+            f"{p}: the interpreter cannot load this model ({str(e).splitlines()[0]}); a {manifest['model']['quantize']}"
+            " model may need a newer runtime: build the float32 variant (`vibrawatch convert RUN_DIR --quantize "
+            "none`) or install ai-edge-litert"
+        ) from None
+    self_test(p, model, manifest)
+    try:
+        spec = FeatureSpec.from_dict(manifest["features"])
+        window = manifest["window"]
+        thr = manifest["threshold"]
+        return Bundle(
+            path=p,
+            manifest=manifest,
+            spec=spec,
+            scaler=MinMaxScaling.from_dict(manifest["scaler"]),
+            window=int(window["length"]),
+            hop=int(window["hop"]),
+            threshold=float(thr["value"]),
+            channel_thresholds=np.asarray(thr["channels"], dtype=np.float64),
+            rule=AlarmRule.from_dict(manifest["alarm"]),
+            version=str(manifest["version"]),
+            model=model,
+        )
+    except (KeyError, TypeError, ConfigError) as e:
+        raise BundleSchemaError(f"{p}: {MANIFEST} is incomplete or wrong ({e})") from None

@@ -1,0 +1,239 @@
+"""A trained run directory -> the one artifact a gateway receives: a verified, self-describing model bundle.
+
+``build_bundle`` converts, checks the op list, measures parity against Keras with the agent's own
+interpreter adapter (several different windows in a row, state reset between them), records which runtimes
+it ran the model on, writes ``manifest.json`` (schema ``vibrawatch.bundle/1``) with a golden input/output
+pair, signs it when given a key, and writes a directory or a ``.tar``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import platform
+import subprocess
+import tarfile
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agent.bundle import MANIFEST, MODEL, SCHEMA, SIGNATURE, load_bundle, sha256
+from agent.decide import Decision, reconstruction_scores, run_alarms
+from agent.infer import TFLiteModel
+from convert.tflite import ConversionError, check_ops, convert_keras, n_lstm_layers, rebuild_batch1
+
+PARITY_REL = 1e-5  # float32: max |score difference| relative to the score
+AGREEMENT = 0.995  # quantized: share of windows whose alarm state agrees with Keras
+GOLDEN_WINDOWS = 4
+GOLDEN_ATOL = {"none": 1e-4, "float16": 1e-3, "dynamic": 5e-2, "int8": 5e-2}
+TFLITE_RUNTIME_PYTHON = "VIBRAWATCH_TFLITE_RUNTIME_PYTHON"
+
+
+def _first_alarm(decisions: list[Decision]) -> int | None:
+    return next((i for i, d in enumerate(decisions) if d.event == "raised"), None)
+
+
+def parity(run: Any, model: TFLiteModel, keras_model: Any) -> tuple[dict[str, Any], np.ndarray]:
+    """Compare TFLite with Keras on every window of the training run; returns (metrics, TFLite outputs)."""
+    from train.model import reconstruct
+
+    w = np.load(run.path / "windows.npz", allow_pickle=False)
+    x, healthy, t_end = w["x"], w["healthy"], w["end_times"]
+    n_ch = len(run.spec.channels)
+    y_tfl = model.reconstruct_batch(x)
+    s_tfl, c_tfl = reconstruction_scores(x, y_tfl, n_ch)
+    s_ker, c_ker = reconstruction_scores(x, reconstruct(keras_model, x), n_ch)
+    diff = np.abs(s_tfl - s_ker)
+    d_ker = run_alarms(s_ker, run.threshold, run.rule, c_ker, run.channel_thresholds)
+    d_tfl = run_alarms(s_tfl, run.threshold, run.rule, c_tfl, run.channel_thresholds)
+    agree = float(np.mean([a.active == b.active for a, b in zip(d_ker, d_tfl, strict=True)]))
+    i_k, i_t = _first_alarm(d_ker), _first_alarm(d_tfl)
+
+    def lead(i: int | None) -> float | None:
+        return None if i is None else round(float(t_end[-1] - t_end[i]) / 3600.0, 3)
+
+    metrics = {
+        "windows": int(len(x)),
+        "healthy_windows": int(healthy.sum()),
+        "failing_windows": int((~healthy).sum()),
+        "max_abs_score_diff": float(diff.max()),
+        "max_rel_score_diff": float(np.max(diff / np.maximum(np.abs(s_ker), 1e-12))),
+        "max_rel_score_diff_healthy": float(np.max(diff[healthy] / np.maximum(np.abs(s_ker[healthy]), 1e-12))),
+        "decision_agreement": agree,
+        "lead_hours_keras": lead(i_k),
+        "lead_hours_tflite": lead(i_t),
+    }
+    return metrics, y_tfl
+
+
+def golden_indices(healthy: np.ndarray) -> np.ndarray:
+    """A few different windows: the last healthy ones and the last failing ones (or spread over the run)."""
+    h = np.flatnonzero(healthy)
+    f = np.flatnonzero(~healthy)
+    half = GOLDEN_WINDOWS // 2
+    idx = np.concatenate([h[-half:], f[-half:]]) if len(f) >= half else np.linspace(0, len(healthy) - 1,
+                                                                                    GOLDEN_WINDOWS).astype(int)
+    return np.unique(idx)
+
+
+def run_on_tflite_runtime(model_content: bytes, inputs: np.ndarray, expected: np.ndarray,
+                          atol: float) -> dict[str, Any] | None:
+    """Run the golden windows through tflite-runtime in its own environment (numpy<2), if one is configured."""
+    python = os.environ.get(TFLITE_RUNTIME_PYTHON)
+    if not python:
+        return None
+    root = Path(__file__).resolve().parents[1]
+    with tempfile.TemporaryDirectory() as d:
+        (Path(d) / "m.tflite").write_bytes(model_content)
+        np.save(Path(d) / "x.npy", inputs)
+        code = (
+            "import sys, numpy as np; from agent.infer import TFLiteModel; "
+            f"m = TFLiteModel(open({str(Path(d) / 'm.tflite')!r}, 'rb').read(), runtime='tflite-runtime'); "
+            f"np.save({str(Path(d) / 'y.npy')!r}, m.reconstruct_batch(np.load({str(Path(d) / 'x.npy')!r}))); "
+            "print(m.runtime_version)"
+        )
+        env = {**os.environ, "PYTHONPATH": str(root)}
+        res = subprocess.run([python, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+        if res.returncode != 0:
+            last = (res.stderr.strip().splitlines() or ["unknown error"])[-1]
+            return {"ok": False, "version": "2.14", "error": last[:300]}
+        err = float(np.max(np.abs(np.load(Path(d) / "y.npy") - expected)))
+    return {"ok": bool(err <= atol), "version": res.stdout.strip(), "max_abs_output_diff": err}
+
+
+def build_bundle(run_dir: str | Path, out: str | Path, quantize: str = "none", sign_key: str | Path | None = None,
+                 force: bool = False) -> dict[str, Any]:
+    """Convert a run and write a bundle (a directory, or a tar when ``out`` ends in .tar); returns a summary."""
+    import tensorflow as tf
+
+    from train.run import Run, versions
+
+    run = Run.open(run_dir)
+    keras_model = run.keras_model()
+    fixed = rebuild_batch1(keras_model)
+    w = np.load(run.path / "windows.npz", allow_pickle=False)
+    rep = w["x"][w["healthy"] & ~w["validation"]][:256]
+    content = convert_keras(fixed, quantize, rep)
+    ops = check_ops(content, n_lstm_layers(fixed))
+    model = TFLiteModel(content, runtime="ai-edge-litert")
+    metrics, y_tfl = parity(run, model, keras_model)
+    problems = []
+    if quantize == "none" and metrics["max_rel_score_diff"] > PARITY_REL:
+        problems.append(f"max relative score difference {metrics['max_rel_score_diff']:.2e} > {PARITY_REL:g}")
+    if quantize != "none" and metrics["decision_agreement"] < AGREEMENT:
+        problems.append(f"alarm decisions agree on {metrics['decision_agreement']:.2%} of windows < {AGREEMENT:.1%}")
+    if problems and not force:
+        raise ConversionError(
+            f"the {quantize} model misses its accuracy target: {'; '.join(problems)}. Use another --quantize, or "
+            "--force to write it anyway (the numbers go into the manifest)"
+        )
+    gi = golden_indices(w["healthy"])
+    g_in, g_out = w["x"][gi].astype(np.float32), y_tfl[gi]
+    atol = GOLDEN_ATOL[quantize]
+    runtimes: dict[str, Any] = {"ai-edge-litert": {"ok": True, "version": model.runtime_version,
+                                                   "max_rel_score_diff": metrics["max_rel_score_diff"]}}
+    other = run_on_tflite_runtime(content, g_in, g_out, atol)
+    if other is not None:
+        runtimes["tflite-runtime"] = other
+    digest = sha256(content)
+    meta = run.meta
+    manifest = {
+        "schema": SCHEMA,
+        "version": f"{run.path.name}-{quantize}-{digest[:10]}",
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "model": {
+            "file": MODEL,
+            "quantize": quantize,
+            "size_bytes": len(content),
+            "input": model.input.__dict__,
+            "output": model.output.__dict__,
+            "ops": dict(sorted(ops.items())),
+            "encoder": meta["model"]["encoder"],
+        },
+        "features": run.spec.to_dict(),
+        "window": {"length": run.window, "hop": run.hop},
+        "scaler": run.scaler.to_dict(),
+        "threshold": {"value": run.threshold, "channels": run.channel_thresholds.tolist(),
+                      "method": meta["threshold"]["method"], "margin": meta["threshold"]["margin"]},
+        "alarm": run.rule.to_dict(),
+        "training": {k: meta["training"][k] for k in ("source", "healthy_until", "healthy_end", "windows",
+                                                      "healthy_windows", "train_windows", "validation_windows")},
+        "metrics": {"parity": metrics, "evaluations": _evaluations(run.path)},
+        "runtimes": runtimes,
+        "versions": {**versions(), "tensorflow_converter": tf.__version__, "python": platform.python_version()},
+        "golden": {"inputs": g_in.tolist(), "outputs": g_out.tolist(), "atol": atol},
+        "files": {MODEL: digest},
+    }
+    files = {MODEL: content, MANIFEST: json.dumps(manifest, indent=1).encode()}
+    if sign_key is not None:
+        from convert.keys import sign
+
+        files[SIGNATURE] = sign(files[MANIFEST], sign_key)
+    write_bundle(files, Path(out))
+    load_bundle(out)  # the agent's own checks, before anyone ships it
+    return {"bundle": str(out), "version": manifest["version"], "quantize": quantize, "size_bytes": len(content),
+            "ops": dict(sorted(ops.items())), "parity": metrics, "runtimes": runtimes, "signed": sign_key is not None,
+            "forced": bool(problems)}
+
+
+def _evaluations(run_dir: Path) -> dict[str, Any]:
+    """Lead time and false alarms from the run's `vibrawatch evaluate` reports, where there are any."""
+    out = {}
+    for p in sorted(run_dir.glob("evaluation_*.json")):
+        r = json.loads(p.read_text())
+        out[p.stem.removeprefix("evaluation_")] = {k: r.get(k) for k in ("first_alarm", "lead_hours",
+                                                                          "alarm_channel", "false_alarms", "auc")}
+    return out
+
+
+def write_bundle(files: dict[str, bytes], out: Path) -> None:
+    """A directory, or a tar of regular files (no paths, fixed metadata) when ``out`` ends in .tar."""
+    if out.suffix == ".tar":
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(out, "w") as tar:
+            for name, data in files.items():
+                info = tarfile.TarInfo(name)
+                info.size, info.mode, info.mtime = len(data), 0o644, 0
+                tar.addfile(info, io.BytesIO(data))
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in (SIGNATURE,):
+        if stale not in files and (out / stale).exists():
+            (out / stale).unlink()  # an old signature would not match the new manifest
+    for name, data in files.items():
+        (out / name).write_bytes(data)
+
+
+def describe(path: str | Path) -> str:
+    """A human summary of a bundle's manifest (no verification beyond reading it)."""
+    from agent.bundle import parse_manifest, read_bundle_files
+
+    p = Path(path)
+    files = read_bundle_files(p)
+    m = parse_manifest(p, files[MANIFEST])
+    par = m["metrics"]["parity"]
+    spec = m["features"]
+    lines = [
+        f"bundle    {p}  ({'signed' if SIGNATURE in files else 'unsigned'})",
+        f"version   {m['version']}   created {m['created']}",
+        f"model     {m['model']['quantize']}, {m['model']['size_bytes']} bytes, input {m['model']['input']['shape']} "
+        f"{m['model']['input']['dtype']}",
+        f"ops       {', '.join(f'{k} x{v}' for k, v in m['model']['ops'].items())}",
+        f"features  {', '.join(spec['channels'])}: {len(spec['names'])} features, frame {spec['frame_length']} "
+        f"samples at {spec['fs_hz']:g} Hz; window T={m['window']['length']} hop {m['window']['hop']}",
+        f"threshold {m['threshold']['value']:.5g} ({m['threshold']['method']} x {m['threshold']['margin']}); alarm "
+        f"after {m['alarm']['raise_after']}, clear after {m['alarm']['clear_after']}",
+        f"trained   {m['training']['source']} healthy until {m['training']['healthy_end']} "
+        f"({m['training']['healthy_windows']} windows)",
+        f"parity    max rel score diff {par['max_rel_score_diff']:.2e}, "
+        f"decisions agree {par['decision_agreement']:.2%}, "
+        f"lead {par['lead_hours_keras']} h (Keras) vs {par['lead_hours_tflite']} h (TFLite)",
+        "runtimes  " + "; ".join(f"{k} {v.get('version')}: {'ok' if v.get('ok') else 'FAILS ' + v.get('error', '')}"
+                                 for k, v in m["runtimes"].items()),
+    ]
+    return "\n".join(lines)
+
