@@ -8,15 +8,12 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable
-from functools import wraps
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
 
-from agent.cli import agent_app
-from agent.errors import VibrawatchError
+from agent.cli import agent_app, user_errors
 
 app = typer.Typer(
     name="vibrawatch",
@@ -33,23 +30,6 @@ app = typer.Typer(
 simulate_app = typer.Typer(help="Write built-in simulated data (no downloads needed).", no_args_is_help=True)
 app.add_typer(simulate_app, name="simulate")
 app.add_typer(agent_app, name="agent")
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def user_errors(fn: F) -> F:
-    """Turn a VibrawatchError into one clear line on stderr and exit code 2, not a traceback."""
-
-    @wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except VibrawatchError as e:
-            typer.echo(f"error: {e}", err=True)
-            raise typer.Exit(2) from None
-
-    return wrapper  # type: ignore[return-value]
-
 
 DataOpt = Annotated[
     Path,

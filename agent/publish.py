@@ -1,0 +1,201 @@
+"""Scores, alarms and status to the broker: paho-mqtt 2.x, QoS 1, every score and alarm through the spool.
+
+- MQTT 5, falling back to 3.1.1 if the broker refuses the protocol; TLS with a CA and optional client
+  certificate; username and password (the password from a file, see ``agent.config``).
+- paho reconnects with capped exponential backoff; on every (re)connect the agent re-subscribes,
+  publishes its retained ``online`` status, and sends the spool oldest first.
+- A message leaves the spool only on its PUBACK. At most ``inflight`` are unacknowledged at a time; after
+  a reconnect the unacknowledged ones go again (at-least-once: a consumer drops repeats by ``seq``).
+  paho's own queue is in memory and unbounded, so nothing is handed to paho while disconnected.
+- The last will is a retained ``offline`` status; a clean stop publishes it too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from agent.config import AgentConfig
+from agent.spool import Spool
+from agent.topics import encode, status_payload, topic
+
+log = logging.getLogger("vibrawatch.publish")
+
+
+class Publisher:
+    """Owns the MQTT client; one sender thread does all publishing, paho's callbacks only report events.
+
+    (paho holds its own locks while it runs a callback: a callback that waited for a lock of ours while
+    our thread waited inside ``publish`` would deadlock, so callbacks never wait for anything.)
+    """
+
+    def __init__(self, cfg: AgentConfig, spool: Spool, birth: dict[str, Any]) -> None:
+        self.cfg, self.spool = cfg, spool
+        self.status_topic = topic(cfg.agent.site, cfg.agent.device, "status")
+        self.birth = birth
+        self._status: dict[str, Any] = status_payload("online", **birth)
+        self._status_dirty = False
+        self._inflight: dict[int, int] = {}  # paho mid -> spool id; touched by the sender thread only
+        self._last_sent = 0
+        self._acks: queue.SimpleQueue[int] = queue.SimpleQueue()
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._reconnected = False
+        self.connected = False
+        self._subscriptions: dict[str, Callable[[bytes], None]] = {}
+        self._protocol = mqtt.MQTTv5
+        self._client = self._make_client()
+        self._sender = threading.Thread(target=self._send_loop, name="vibrawatch-sender", daemon=True)
+
+    def _make_client(self) -> mqtt.Client:
+        m = self.cfg.mqtt
+        client_id = m.client_id or f"vibrawatch-{self.cfg.agent.site}-{self.cfg.agent.device}"
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=self._protocol)
+        c.will_set(self.status_topic, encode(status_payload("offline", reason="connection lost")), qos=1, retain=True)
+        if m.username:
+            c.username_pw_set(m.username, self.cfg.password())
+        if m.tls:
+            c.tls_set(ca_certs=m.ca_file, certfile=m.cert_file, keyfile=m.key_file)
+        c.reconnect_delay_set(min_delay=1, max_delay=m.max_backoff_s)
+        c.on_connect, c.on_disconnect, c.on_publish, c.on_message = (
+            self._on_connect, self._on_disconnect, self._on_publish, self._on_message)
+        return c
+
+    # -- lifecycle --------------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._connect()
+        self._sender.start()
+
+    def _connect(self) -> None:
+        m = self.cfg.mqtt
+        kwargs = {"clean_start": True} if self._protocol == mqtt.MQTTv5 else {}
+        self._client.connect_async(m.host, m.port, keepalive=m.keepalive, **kwargs)
+        self._client.loop_start()
+
+    def stop(self, reason: str = "stopped") -> None:
+        """Stop sending, publish a retained 'offline' (a clean disconnect sends no will) and disconnect."""
+        self._stopping.set()
+        self._wake.set()
+        if self._sender.is_alive():
+            self._sender.join(timeout=5)
+        if self.connected:
+            info = self._client.publish(self.status_topic, encode(status_payload("offline", reason=reason)), 1, True)
+            with contextlib.suppress(RuntimeError, ValueError):  # best effort: the will covers a failure
+                info.wait_for_publish(timeout=2.0)
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    def subscribe(self, topic_filter: str, handler: Callable[[bytes], None]) -> None:
+        """Deliver messages on ``topic_filter`` to ``handler`` (in paho's thread); renewed on every reconnect."""
+        self._subscriptions[topic_filter] = handler
+        self._reconnected = True  # the sender (re)subscribes everything
+        self._wake.set()
+
+    # -- what the agent loop calls ------------------------------------------------------------------------
+    def enqueue(self, kind: str, payload: dict[str, Any]) -> None:
+        """Spool a score or alarm message (on disk before this returns) and wake the sender."""
+        self.spool.put(topic(self.cfg.agent.site, self.cfg.agent.device, kind), encode(payload))
+        self._wake.set()
+
+    def set_status(self, state: str, **fields: Any) -> None:
+        """The retained status (online / sensor); sent now if connected, else on the next connect."""
+        self._status = status_payload(state, **self.birth, **fields)
+        self._status_dirty = True
+        self._wake.set()
+
+    def wait_drained(self, timeout: float) -> bool:
+        """Wait until the broker has acknowledged everything spooled; False on timeout."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if len(self.spool) == 0:
+                return True
+            self._wake.set()
+            time.sleep(0.05)
+        return len(self.spool) == 0
+
+    # -- the sender thread --------------------------------------------------------------------------------
+    def _send_loop(self) -> None:
+        while not self._stopping.is_set():
+            self._wake.wait(0.5)
+            self._wake.clear()
+            try:
+                self._send_once()
+            except Exception:  # noqa: BLE001 - the sender must outlive any one bad moment; the spool keeps data
+                log.exception("sender error; retrying")
+                time.sleep(0.5)
+
+    def _send_once(self) -> None:
+        while True:  # acknowledgements first: they free room and the spool
+            try:
+                mid = self._acks.get_nowait()
+            except queue.Empty:
+                break
+            spool_id = self._inflight.pop(mid, None)
+            if spool_id is not None:
+                self.spool.ack(spool_id)
+        if not self.connected:
+            return
+        if self._reconnected:
+            self._reconnected = False
+            self._inflight.clear()
+            self._last_sent = 0  # resend everything not yet acknowledged, oldest first
+            self._status_dirty = True
+            for t in self._subscriptions:
+                self._client.subscribe(t, qos=1)
+        if self._status_dirty:
+            self._status_dirty = False
+            payload = {**self._status, "spool_dropped": self.spool.dropped}
+            self._client.publish(self.status_topic, encode(payload), qos=1, retain=True)
+        room = self.cfg.mqtt.inflight - len(self._inflight)
+        if room <= 0:
+            return
+        for msg in self.spool.peek(room, after_id=self._last_sent):
+            info = self._client.publish(msg.topic, msg.payload, qos=1)
+            if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                break  # the connection just went: the next connect starts again from the oldest
+            self._inflight[info.mid] = msg.id
+            self._last_sent = msg.id
+
+    # -- paho callbacks (paho's network thread): record and wake, never wait -------------------------------
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+        if reason_code.is_failure:
+            log.warning("broker refused the connection: %s", reason_code)
+            if self._protocol == mqtt.MQTTv5 and "protocol" in str(reason_code).lower():
+                log.warning("falling back to MQTT 3.1.1")
+                threading.Thread(target=self._fallback_to_311, daemon=True).start()
+            return
+        log.info("connected to %s:%d (MQTT %s)", self.cfg.mqtt.host, self.cfg.mqtt.port,
+                 "5" if self._protocol == mqtt.MQTTv5 else "3.1.1")
+        self._reconnected = True
+        self.connected = True
+        self._wake.set()
+
+    def _fallback_to_311(self) -> None:
+        self._client.loop_stop()
+        self._protocol = mqtt.MQTTv311
+        self._client = self._make_client()
+        self._connect()
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any,
+                       properties: Any) -> None:
+        if self.connected:
+            log.warning("disconnected from the broker (%s); spooling until it is back", reason_code)
+        self.connected = False
+        self._wake.set()
+
+    def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason_code: Any, properties: Any) -> None:
+        self._acks.put(mid)
+        self._wake.set()
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        for t, handler in self._subscriptions.items():
+            if mqtt.topic_matches_sub(t, message.topic):
+                handler(message.payload)

@@ -1,0 +1,48 @@
+"""Is this chunk of samples something a healthy sensor could have produced? (pure numpy)
+
+A faulty sensor must never look like a faulty machine: a chunk that fails a check is reported as a
+``sensor`` status and is not scored, and the frames and window around it start afresh.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class SensorLimits:
+    """What counts as a sensor fault; ``full_scale`` None means the range is unknown (no saturation check)."""
+
+    n_channels: int
+    fs_hz: float
+    full_scale: float | None = None  # |x| at which the sensor clips
+    flatline_std: float = 1e-9  # a live accelerometer always has some noise
+    flatline_samples: int = 64  # shorter chunks are too short to call flat
+    saturation_share: float = 0.01  # this share of samples at full scale = clipping
+    rate_tolerance: float = 0.02  # measured vs nominal sample rate
+
+
+def check_chunk(samples: np.ndarray, limits: SensorLimits, measured_fs_hz: float | None = None) -> str | None:
+    """None if the chunk looks like a working sensor, else a short reason (the ``sensor`` status detail)."""
+    if samples.ndim != 2 or samples.shape[1] != limits.n_channels:
+        return f"wrong channel count: got samples shaped {samples.shape}, expected (n, {limits.n_channels})"
+    if len(samples) == 0:
+        return None
+    finite = np.isfinite(samples)
+    if not finite.all():
+        bad = np.flatnonzero(~finite.all(axis=0))
+        return f"non-finite samples (NaN/inf) on channel(s) {bad.tolist()}"
+    if len(samples) >= limits.flatline_samples:
+        flat = np.flatnonzero(samples.std(axis=0) <= limits.flatline_std)
+        if flat.size:
+            return f"flatline on channel(s) {flat.tolist()}: no variation over {len(samples)} samples"
+    if limits.full_scale is not None:
+        clipped = (np.abs(samples) >= limits.full_scale).mean(axis=0)
+        sat = np.flatnonzero(clipped >= limits.saturation_share)
+        if sat.size:
+            return f"saturation on channel(s) {sat.tolist()}: {clipped.max():.1%} of samples at full scale"
+    if measured_fs_hz is not None and abs(measured_fs_hz - limits.fs_hz) > limits.rate_tolerance * limits.fs_hz:
+        return f"sample rate {measured_fs_hz:.1f} Hz, the model expects {limits.fs_hz:g} Hz"
+    return None

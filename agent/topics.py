@@ -1,0 +1,55 @@
+"""The MQTT topic and payload scheme, version 1 (documented in docs/mqtt.md, JSON Schemas in agent/schemas/).
+
+    vibrawatch/v1/<site>/<device>/score    one message per scored window        QoS 1, not retained
+    vibrawatch/v1/<site>/<device>/alarm    alarm raised or cleared              QoS 1, not retained
+    vibrawatch/v1/<site>/<device>/status   online / offline (last will) / sensor  QoS 1, retained
+
+Payloads are JSON objects with ``"v": 1``. ``seq`` counts every score and alarm message of a device and
+survives agent restarts (it lives in the spool), so a consumer drops a redelivered message by seq.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime, timezone
+from typing import Any
+
+from agent.errors import ConfigError
+
+PREFIX = "vibrawatch/v1"
+VERSION = 1
+_SEGMENT = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+def topic(site: str, device: str, kind: str) -> str:
+    """``vibrawatch/v1/<site>/<device>/<kind>``; site and device may not contain MQTT wildcards or '/'."""
+    for name, value in (("site", site), ("device", device)):
+        if not _SEGMENT.match(value):
+            raise ConfigError(f"agent.{name} {value!r}: use 1-64 letters, digits, '_', '-' or '.' (no '/', '+', '#')")
+    return f"{PREFIX}/{site}/{device}/{kind}"
+
+
+def iso(t: float, relative: bool = False) -> str:
+    """Timestamps in payloads: ISO 8601 UTC with milliseconds (relative data keeps its seconds as a number)."""
+    return datetime.fromtimestamp(t, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def score_payload(*, t: float, seq: int, score: float, threshold: float, level: float,
+                  contributions: dict[str, float], model: str) -> dict[str, Any]:
+    return {"v": VERSION, "timestamp": iso(t), "t": t, "seq": seq, "score": score, "threshold": threshold,
+            "level": level, "contributions": contributions, "model": model}
+
+
+def alarm_payload(*, t: float, seq: int, event: str, channel: str | None, score: float, level: float,
+                  since: float | None, model: str) -> dict[str, Any]:
+    return {"v": VERSION, "timestamp": iso(t), "t": t, "seq": seq, "event": event, "channel": channel,
+            "score": score, "level": level, "since": None if since is None else iso(since), "model": model}
+
+
+def status_payload(state: str, **fields: Any) -> dict[str, Any]:
+    return {"v": VERSION, "state": state, "timestamp": iso(datetime.now(timezone.utc).timestamp()), **fields}
+
+
+def encode(payload: dict[str, Any]) -> bytes:
+    return json.dumps(payload, separators=(",", ":"), allow_nan=False).encode()
