@@ -18,7 +18,7 @@ class SensorLimits:
     n_channels: int
     fs_hz: float
     full_scale: float | None = None  # |x| at which the sensor clips
-    flatline_std: float = 1e-9  # a live accelerometer always has some noise
+    flatline_range: float = 0.0  # max - min at or below this is a stuck sensor: a live one always has noise
     flatline_samples: int = 64  # shorter chunks are too short to call flat
     saturation_share: float = 0.01  # this share of samples at full scale = clipping
     rate_tolerance: float = 0.02  # measured vs nominal sample rate
@@ -35,7 +35,7 @@ def check_chunk(samples: np.ndarray, limits: SensorLimits, measured_fs_hz: float
         bad = np.flatnonzero(~finite.all(axis=0))
         return f"non-finite samples (NaN/inf) on channel(s) {bad.tolist()}"
     if len(samples) >= limits.flatline_samples:
-        flat = np.flatnonzero(samples.std(axis=0) <= limits.flatline_std)
+        flat = np.flatnonzero(np.ptp(samples, axis=0) <= limits.flatline_range)
         if flat.size:
             return f"flatline on channel(s) {flat.tolist()}: no variation over {len(samples)} samples"
     if limits.full_scale is not None:

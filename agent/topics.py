@@ -30,8 +30,8 @@ def topic(site: str, device: str, kind: str) -> str:
     return f"{PREFIX}/{site}/{device}/{kind}"
 
 
-def iso(t: float, relative: bool = False) -> str:
-    """Timestamps in payloads: ISO 8601 UTC with milliseconds (relative data keeps its seconds as a number)."""
+def iso(t: float) -> str:
+    """Timestamps in payloads: ISO 8601 UTC with milliseconds (the ``t`` field keeps the seconds)."""
     return datetime.fromtimestamp(t, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 

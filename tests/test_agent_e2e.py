@@ -18,6 +18,7 @@ import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
 from conftest import ROOT, cli
+from jsonschema import Draft202012Validator
 from mosquitto import Broker
 from paho.mqtt.enums import CallbackAPIVersion
 
@@ -140,6 +141,10 @@ def test_replay_publishes_one_score_per_window_equal_to_the_offline_scores(
     assert alarms and alarms[0]["event"] == "raised"
     assert alarms[0]["t"] == pytest.approx(offline["report"]["first_alarm_s"])  # the same window
     assert alarms[0]["channel"] == offline["report"]["alarm_channel"] == "bearing1"
+    for kind in ("score", "alarm", "status"):  # the documented, versioned payloads
+        validator = Draft202012Validator(json.loads((ROOT / "agent" / "schemas" / f"{kind}.json").read_text()))
+        for payload in sub.of(kind):
+            validator.validate(payload)
     status = sub.of("status")
     assert status[0]["state"] == "online" and status[0]["model"].startswith("run-none-")
     assert status[-1]["state"] == "offline"  # a clean stop says so (retained)
