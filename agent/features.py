@@ -190,43 +190,55 @@ def extract(frames: np.ndarray, spec: FeatureSpec) -> np.ndarray:
             f"frames of shape {frames.shape} do not match the spec "
             f"(n, {spec.frame_length}, {len(spec.channels)})"
         )
-    x = np.asarray(frames, dtype=np.float64)
-    n_frames, n, n_ch = x.shape
+    n_frames, n, n_ch = frames.shape
+    # Channel-major and contiguous: every reduction and FFT below runs along the last, contiguous axis.
+    x = np.ascontiguousarray(np.asarray(frames, dtype=np.float64).transpose(0, 2, 1))  # (n_frames, C, N)
     cols: list[np.ndarray] = []  # each (n_frames, C, k)
-    spectrum = None
+    cache: dict[str, np.ndarray] = {}
     for fdef in spec.features:
         if fdef.name in SIMPLE_FEATURES:
-            cols.append(_simple(x, fdef.name)[:, :, None])
+            cols.append(_simple(x, fdef.name, cache)[:, :, None])
         elif fdef.name == "band_energy":
-            if spectrum is None:
-                spectrum = np.abs(np.fft.rfft(x, axis=1)) ** 2 / float(n) ** 2
-            cols.append(band_energies(spectrum, spec.fs_hz, n, _bands(fdef, spec.fs_hz)))
+            if "power" not in cache:
+                cache["power"] = np.abs(np.fft.rfft(x, axis=2)) ** 2 / float(n) ** 2
+            cols.append(band_energies(cache["power"].transpose(0, 2, 1), spec.fs_hz, n, _bands(fdef, spec.fs_hz)))
         elif fdef.name == "envelope":
-            cols.append(_envelope(x, spec.fs_hz, fdef.params))
+            cols.append(_envelope(x.transpose(0, 2, 1), spec.fs_hz, fdef.params))
     out = np.concatenate(cols, axis=2)  # (n_frames, C, per_channel)
     return out.reshape(n_frames, n_ch * out.shape[2])
 
 
-def _simple(x: np.ndarray, name: str) -> np.ndarray:
-    """(n_frames, N, C) -> (n_frames, C)."""
+def _simple(x: np.ndarray, name: str, cache: dict[str, np.ndarray]) -> np.ndarray:
+    """(n_frames, C, N) -> (n_frames, C); shared moments are computed once per extract() call."""
+
+    def get(key: str) -> np.ndarray:
+        if key not in cache:
+            if key == "mean":
+                cache[key] = x.mean(axis=2)
+            elif key == "abs":
+                cache[key] = np.abs(x)
+            elif key == "rms":
+                cache[key] = np.sqrt(np.einsum("fcn,fcn->fc", x, x) / x.shape[2])
+            elif key == "peak":
+                cache[key] = get("abs").max(axis=2)
+            elif key == "moments":  # central m2 and m4 for the kurtosis
+                d2 = (x - get("mean")[:, :, None]) ** 2
+                cache["m2"], cache["m4"] = d2.mean(axis=2), np.einsum("fcn,fcn->fc", d2, d2) / x.shape[2]
+                cache[key] = cache["m2"]
+        return cache[key]
+
     if name == "mean":
-        return x.mean(axis=1)
+        return get("mean")
     if name == "mean_abs":
-        return np.abs(x).mean(axis=1)
-    rms = np.sqrt(np.mean(x * x, axis=1))
+        return get("abs").mean(axis=2)
     if name == "rms":
-        return rms
-    peak = np.abs(x).max(axis=1)
+        return get("rms")
     if name == "peak":
-        return peak
+        return get("peak")
     if name == "crest":
-        return peak / np.maximum(rms, _EPS)
-    # kurtosis
-    d = x - x.mean(axis=1, keepdims=True)
-    d2 = d * d
-    m2 = d2.mean(axis=1)
-    m4 = (d2 * d2).mean(axis=1)
-    return m4 / np.maximum(m2 * m2, _EPS)
+        return get("peak") / np.maximum(get("rms"), _EPS)
+    get("moments")
+    return cache["m4"] / np.maximum(cache["m2"] * cache["m2"], _EPS)
 
 
 def band_energies(power: np.ndarray, fs_hz: float, n: int, bands: Sequence[tuple[float, float]]) -> np.ndarray:

@@ -53,24 +53,42 @@ class Framer:
         self.frame_length = frame_length
         self.n_channels = n_channels
         self.fs_hz = fs_hz
-        self._buf = np.empty((0, n_channels), dtype=np.float32)
-        self._t0: float | None = None  # time of the first buffered sample
+        self._buf = np.empty((frame_length, n_channels), dtype=np.float32)  # one partial frame, reused
+        self._fill = 0
+        self._t0 = 0.0  # time of the partial frame's first sample
 
     def reset(self) -> None:
-        self._buf = self._buf[:0]
-        self._t0 = None
+        self._fill = 0
 
     def push(self, samples: np.ndarray, t_start: float) -> tuple[np.ndarray, np.ndarray]:
-        """Add samples (m, C) starting at ``t_start``; return (frames (k, N, C), frame start times (k,))."""
+        """Add samples (m, C) starting at ``t_start``; return (frames (k, N, C), frame start times (k,)).
+
+        Copies each sample once: into the partial frame, or straight into whole frames.
+        """
         if samples.ndim != 2 or samples.shape[1] != self.n_channels:
             raise ValueError(f"expected samples of shape (m, {self.n_channels}), got {samples.shape}")
-        if self._t0 is None or len(self._buf) == 0:
-            self._t0 = t_start
-        buf = np.concatenate([self._buf, samples.astype(np.float32, copy=False)]) if len(self._buf) else samples
-        k = len(buf) // self.frame_length
-        n = k * self.frame_length
-        frames = np.asarray(buf[:n], dtype=np.float32).reshape(k, self.frame_length, self.n_channels)
-        times = self._t0 + np.arange(k) * (self.frame_length / self.fs_hz)
-        self._buf = np.array(buf[n:], dtype=np.float32)
-        self._t0 = self._t0 + n / self.fs_hz
-        return frames, times
+        n, m, dt = self.frame_length, len(samples), 1.0 / self.fs_hz
+        out: list[np.ndarray] = []
+        times: list[np.ndarray] = []
+        pos = 0
+        if self._fill:  # complete the partial frame first
+            take = min(n - self._fill, m)
+            self._buf[self._fill : self._fill + take] = samples[:take]
+            self._fill += take
+            pos = take
+            if self._fill == n:
+                out.append(self._buf[None].copy())
+                times.append(np.array([self._t0]))
+                self._fill = 0
+        k = (m - pos) // n
+        if k:  # whole frames straight from the chunk
+            out.append(np.asarray(samples[pos : pos + k * n], dtype=np.float32).reshape(k, n, self.n_channels))
+            times.append(t_start + (pos + np.arange(k) * n) * dt)
+            pos += k * n
+        if pos < m:  # the start of the next frame
+            self._t0 = t_start + pos * dt
+            self._fill = m - pos
+            self._buf[: self._fill] = samples[pos:]
+        if not out:
+            return np.empty((0, n, self.n_channels), np.float32), np.empty(0)
+        return np.concatenate(out), np.concatenate(times)
