@@ -183,3 +183,16 @@ def test_keras3_lstm_is_refused_for_its_while_loop() -> None:
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     with pytest.raises(ConversionError, match="WHILE.*tf-keras tanh LSTMs"):
         check_ops(converter.convert(), n_lstm=1)
+
+
+def test_a_runtime_that_failed_at_conversion_is_refused_with_the_variant_to_build(signed_bundle: Path,
+                                                                                  tmp_path: Path) -> None:
+    from agent.bundle import BundleRuntimeError
+
+    b = _copy(signed_bundle, tmp_path)
+    m = json.loads((b / "manifest.json").read_text())
+    m["runtimes"]["ai-edge-litert"] = {"ok": False, "version": "2.3.0", "error": "FULLY_CONNECTED version '12'"}
+    (b / "manifest.json").write_text(json.dumps(m))
+    (b / "manifest.sig").unlink()
+    with pytest.raises(BundleRuntimeError, match=r"failed \(FULLY_CONNECTED version '12'\).*--quantize none"):
+        load_bundle(b)
