@@ -167,24 +167,53 @@ def demo(
     ),
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
 ) -> None:
-    """The whole job on built-in data: simulate a bearing run -> train -> evaluate -> report."""
+    """The whole job on built-in data: simulate -> train -> evaluate -> signed bundle -> edge replay -> report.
+
+    The last step replays the run through the gateway's own pipeline (sensor checks, frames, features,
+    window, scale, TFLite, alarm rule) from the verified bundle, and compares its scores with evaluate's.
+    """
+    import numpy as np
+
+    from agent.bundle import load_bundle
     from agent.loaders import save_snapshot_npz
+    from agent.pipeline import Pipeline, Scored
     from agent.simulate import simulate_bearing_run
+    from agent.source import ReplaySource
+    from convert.bundle import build_bundle
+    from convert.keys import PRIVATE_NAME, PUBLIC_NAME, new_keypair
     from train.evaluate import evaluate_run
     from train.run import train_run
 
     out.mkdir(parents=True, exist_ok=True)
     data = out / "bearing_run.npz"
-    typer.echo("1/3 simulating a bearing run to failure (outer-race defect on bearing1) ...")
+    typer.echo("1/5 simulating a bearing run to failure (outer-race defect on bearing1) ...")
     rec = simulate_bearing_run(n_snapshots=240, snapshot_samples=8192, fs_hz=20000.0, seed=7)
     save_snapshot_npz(rec, data)
-    typer.echo("2/3 training on the first 40% (healthy) ...")
+    typer.echo("2/5 training on the first 40% (healthy) ...")
     train_run(data, out / "run", "40%", None, progress=not quiet)
-    typer.echo("3/3 evaluating ...")
+    typer.echo("3/5 evaluating ...")
     report = evaluate_run(str(out / "run"), str(data), None, ["bearing1"], progress=not quiet)
-    (out / "report.json").write_text(json.dumps(report, indent=2))
     _print_report(report)
-    typer.echo(f"report: {out / 'report.json'}; plots: {out / 'run'}/*.png")
+    typer.echo("4/5 converting to a signed TFLite bundle ...")
+    keys = out / "keys"
+    if not (keys / PRIVATE_NAME).exists():
+        new_keypair(keys)
+    summary = build_bundle(out / "run", out / "bundle.tar", "none", keys / PRIVATE_NAME)
+    typer.echo(f"    {summary['bundle']}: {summary['size_bytes']} bytes, ops {', '.join(summary['ops'])}")
+    typer.echo("5/5 replaying the run through the gateway pipeline (verified bundle, TFLite) ...")
+    bundle = load_bundle(out / "bundle.tar", keys / PUBLIC_NAME)
+    pipeline = Pipeline(bundle)
+    edge = [e for c in ReplaySource(data).chunks() for e in pipeline.process(c) if isinstance(e, Scored)]
+    offline = np.load(out / "run" / "windows.npz")["scores"]
+    diff = float(np.max(np.abs(np.array([e.score for e in edge]) - offline)))
+    raised = next((e for e in edge if e.decision.event == "raised"), None)
+    report["edge"] = {"windows": len(edge), "max_abs_score_diff_vs_evaluate": diff, "runtime": bundle.model.runtime,
+                      "first_alarm_s": raised.t if raised else None}
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    typer.echo(f"    {len(edge)} windows on {bundle.model.runtime}; max |score difference| vs evaluate {diff:.2g}; "
+               f"edge alarm at +{(raised.t / 3600) if raised else float('nan'):.3f}h "
+               f"(evaluate: {report['first_alarm']})")
+    typer.echo(f"report: {out / 'report.json'}; plots: {out / 'run'}/*.png; bundle: {out / 'bundle.tar'}")
 
 
 def _register_workstation_commands() -> None:

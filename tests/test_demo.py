@@ -1,0 +1,18 @@
+"""The README's first command: the whole job on built-in data, end to end, as a user runs it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from conftest import cli
+
+
+def test_demo_runs_end_to_end_and_the_edge_agrees_with_the_workstation(tmp_path: Path) -> None:
+    out = cli("demo", "--out", tmp_path / "demo", "--quiet")
+    report = json.loads((tmp_path / "demo" / "report.json").read_text())
+    assert report["alarm_channel"] == "bearing1" and report["false_alarms"] == 0 and report["lead_hours"] > 0
+    assert report["edge"]["windows"] == report["windows"]
+    assert report["edge"]["max_abs_score_diff_vs_evaluate"] < 1e-5
+    assert report["edge"]["first_alarm_s"] == report["first_alarm_s"]  # the gateway alarms at the same window
+    assert (tmp_path / "demo" / "bundle.tar").exists() and "5/5" in out
