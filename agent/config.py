@@ -84,15 +84,20 @@ class AgentConfig:
 _SECTIONS = {"agent": AgentSection, "source": SourceSection, "mqtt": MqttSection}
 
 
+def read_toml(p: Path, hint: str = "") -> dict[str, Any]:
+    """A TOML file as a dict; a missing file or bad syntax is a ConfigError naming the file (and the line)."""
+    try:
+        return tomllib.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: config file not found{hint}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{p}: not valid TOML: {e}") from None
+
+
 def load_agent_config(path: str | Path) -> AgentConfig:
     """Read and check an agent config; relative paths in it are relative to the file."""
     p = Path(path)
-    try:
-        raw = tomllib.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{p}: config file not found; start from configs/agent.example.toml") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{p}: not valid TOML: {e}") from None
+    raw = read_toml(p, "; start from configs/agent.example.toml")
     unknown = set(raw) - set(_SECTIONS)
     if unknown:
         raise ConfigError(f"{p}: unknown section(s) {sorted(unknown)}; known: {sorted(_SECTIONS)}")

@@ -11,8 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import tomllib
-
+from agent.config import read_toml
 from agent.decide import AlarmRule
 from agent.errors import ConfigError
 
@@ -68,13 +67,7 @@ def load_config(path: str | Path | None) -> TrainConfig:
     if path is None:
         return TrainConfig()
     p = Path(path)
-    try:
-        raw = tomllib.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{p}: config file not found") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{p}: not valid TOML: {e}") from None
-    return config_from_dict(raw, source=str(p))
+    return config_from_dict(read_toml(p), source=str(p))
 
 
 def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> TrainConfig:
