@@ -1,0 +1,45 @@
+"""The interpreter adapter: stateless between windows (the fused LSTM's variable tensors), equal to Keras, fast."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import cli
+
+from agent.bundle import load_bundle
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("infer") / "b"
+    cli("convert", tiny_run, "--out", out)
+    return out
+
+
+def test_windows_in_a_row_equal_keras_in_any_order(tiny_run: Path, bundle_dir: Path) -> None:
+    import tf_keras
+
+    model = load_bundle(bundle_dir).model
+    assert model.runtime.startswith("ai-edge-litert")
+    x = np.load(tiny_run / "windows.npz")["x"][:12]
+    want = tf_keras.models.load_model(tiny_run / "model.keras", compile=False).predict(x, verbose=0)
+    forward = model.reconstruct_batch(x)
+    backward = model.reconstruct_batch(x[::-1])[::-1]
+    # carried-over LSTM state would make window i depend on window i-1 and on the order
+    np.testing.assert_allclose(forward, want, atol=1e-5)
+    np.testing.assert_array_equal(forward, backward)
+
+
+def test_inference_stays_in_microseconds(tiny_run: Path, bundle_dir: Path) -> None:
+    model = load_bundle(bundle_dir).model
+    w = np.load(tiny_run / "windows.npz")["x"][0]
+    model.reconstruct(w)
+    t = []
+    for _ in range(200):
+        t0 = time.perf_counter()
+        model.reconstruct(w)
+        t.append(time.perf_counter() - t0)
+    assert float(np.median(t)) < 1e-3
