@@ -72,7 +72,7 @@ class Pipeline:
     def process(self, chunk: Chunk) -> list[SensorStatus | Scored]:
         """Feed one chunk; returns sensor status changes and one ``Scored`` per window that ends in it."""
         events: list[SensorStatus | Scored] = []
-        reason = check_chunk(chunk.samples, self.limits)
+        reason = check_chunk(chunk.samples, self.limits, chunk.fs_hz)
         if reason is None and not chunk.new_segment and not self._table and self._next_t is not None:
             gap = chunk.t_start - self._next_t
             if abs(gap) > 1.5 / self.bundle.spec.fs_hz:

@@ -25,6 +25,7 @@ import agent
 from agent.bundle import Bundle, load_bundle
 from agent.config import AgentConfig, load_agent_config
 from agent.pipeline import Pipeline, Scored, SensorStatus
+from agent.publish import Publisher
 from agent.source import Chunk, ReplaySource, SimulatorSource
 from agent.spool import Spool
 from agent.topics import alarm_payload, score_payload
@@ -44,8 +45,9 @@ def sd_notify(message: str) -> None:
         s.sendall(message.encode())
 
 
-def make_source(cfg: AgentConfig, stop: Any) -> Any:
-    """The configured source (see agent.source)."""
+def make_source(cfg: AgentConfig, stop: Any, publisher: Publisher | None = None,
+                bundle: Bundle | None = None) -> Any:
+    """The configured source (see agent.source); the MQTT one shares the publisher's connection."""
     s = cfg.source
     if s.kind == "replay":
         return ReplaySource(s.path or "", speed=s.speed, chunk=s.chunk, stop=stop)
@@ -59,7 +61,9 @@ def make_source(cfg: AgentConfig, stop: Any) -> Any:
         return ADXL345Source(bus=s.i2c_bus, address=s.i2c_address, range_g=s.range_g, chunk=s.chunk, stop=stop)
     from agent.mqtt_source import MqttSampleSource
 
-    return MqttSampleSource(s.topic or "", stop=stop)
+    if publisher is None or bundle is None:
+        raise ValueError("an MQTT samples source needs the publisher and the bundle")
+    return MqttSampleSource(s.topic or "", publisher.subscribe, bundle.spec.fs_hz, bundle.spec.channels, stop=stop)
 
 
 class Agent:
@@ -70,7 +74,6 @@ class Agent:
         self.cfg = load_agent_config(self.config_path)
         self.bundle = self._load_bundle()
         self.spool = Spool(self.cfg.agent.spool, int(self.cfg.agent.spool_max_mb * 1024 * 1024))
-        from agent.publish import Publisher
 
         self.publisher = Publisher(self.cfg, self.spool, self._birth())
         self._ready = False
@@ -111,7 +114,7 @@ class Agent:
         signal.signal(signal.SIGHUP, self.reload)
         self.publisher.start()
         pipeline = Pipeline(self.bundle, self.cfg.source.full_scale)
-        source = make_source(self.cfg, lambda: self._stop or self._reload)
+        source = make_source(self.cfg, lambda: self._stop or self._reload, self.publisher, self.bundle)
         log.info("scoring %s from %s; %d message(s) waiting in the spool", ",".join(self.bundle.spec.channels),
                  self.cfg.source.kind, len(self.spool))
         windows = 0
@@ -121,7 +124,7 @@ class Agent:
                     windows += self._handle(pipeline, chunk)
                 if self._reload and not self._stop:
                     pipeline = self._apply_reload()
-                    source = make_source(self.cfg, lambda: self._stop or self._reload)
+                    source = make_source(self.cfg, lambda: self._stop or self._reload, self.publisher, self.bundle)
                     continue
                 break
         finally:

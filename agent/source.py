@@ -26,6 +26,7 @@ class Chunk:
     samples: np.ndarray  # (m, C) float32
     t_start: float  # time of samples[0], seconds (epoch, or since the start of the run)
     new_segment: bool = False  # does not continue the previous chunk: start a new frame
+    fs_hz: float | None = None  # the rate the sensor reports for this chunk, if it reports one (rate check)
 
 
 class Source(Protocol):

@@ -1,0 +1,77 @@
+"""Sources: file replay (order, segments, pacing) and raw samples over MQTT (validated payload, real broker)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from agent.loaders import load
+from agent.mqtt_source import MqttSampleSource, parse_samples
+from agent.source import Pacer, ReplaySource
+
+
+def test_replay_yields_every_sample_in_order_and_marks_snapshot_starts(tiny_data: Path) -> None:
+    rec = load(tiny_data)
+    got = list(ReplaySource(tiny_data, speed=0, chunk=1000).chunks())
+    per_snap = -(-rec.data.shape[1] // 1000)
+    assert len(got) == rec.n_snapshots * per_snap
+    assert [c.new_segment for c in got] == [j == 0 for _ in range(rec.n_snapshots) for j in range(per_snap)]
+    np.testing.assert_array_equal(np.concatenate([c.samples for c in got]), rec.data.reshape(-1, rec.data.shape[2]))
+
+
+def test_pacer_scales_data_time_to_wall_time() -> None:
+    now = [100.0]
+    slept: list[float] = []
+
+    def sleep(s: float) -> None:
+        slept.append(s)
+        now[0] += s
+
+    p = Pacer(speed=10, clock=lambda: now[0], sleep=sleep)
+    for t in (0.0, 10.0, 20.0):
+        p.wait_until(t)
+    assert slept == pytest.approx([1.0, 1.0])
+    Pacer(speed=0, clock=lambda: now[0], sleep=sleep).wait_until(1e9)  # as fast as possible: never sleeps
+    assert len(slept) == 2
+
+
+def _msg(**kw: object) -> bytes:
+    base: dict[str, object] = {"v": 1, "t": 1.5, "fs_hz": 20000, "samples": [[0.1, 0.2], [0.3, 0.4]]}
+    base.update(kw)
+    return json.dumps({k: v for k, v in base.items() if v is not None}).encode()
+
+
+def test_samples_payload_parses() -> None:
+    c = parse_samples(_msg())
+    assert c.samples.dtype == np.float32 and c.samples.shape == (2, 2)
+    assert c.t_start == 1.5 and c.fs_hz == 20000.0
+
+
+@pytest.mark.parametrize(("payload", "says"), [
+    (b"{nope", "not JSON"),
+    (b"[1, 2]", "JSON object"),
+    (_msg(v=2), "'v' is 2, expected 1"),
+    (_msg(t="now"), "'t' is 'now', expected a number"),
+    (_msg(fs_hz=0), "'fs_hz' is 0, expected > 0"),
+    (_msg(samples=[]), "'samples' expected a non-empty list"),
+    (_msg(samples=[[1, 2], [3]]), "rows have different lengths"),
+    (_msg(samples=[[1, "x"]]), "other than numbers"),
+    (_msg(samples=[[1, None]]), "other than numbers"),
+])
+def test_bad_samples_payloads_are_refused_with_the_field(payload: bytes, says: str) -> None:
+    with pytest.raises(ValueError, match=says):
+        parse_samples(payload)
+
+
+def test_source_drops_bad_messages_and_never_blocks_paho() -> None:
+    handlers: dict = {}
+    src = MqttSampleSource("s", lambda t, h: handlers.setdefault(t, h), 20000, ("a", "b"), backlog=2)
+    for p in (b"junk", _msg(t=1.0), _msg(t=2.0), _msg(t=3.0)):  # paho's thread: parse, queue, never wait
+        src._on_message(p)
+    assert src.rejected == 1 and src.overflowed == 1
+    it = src.chunks()
+    assert [next(it).t_start, next(it).t_start] == [1.0, 2.0]
+    assert handlers["s"] == src._on_message  # subscribed through the publisher (re-subscribed on reconnect)
