@@ -63,11 +63,12 @@ class MqttSampleSource:
 
     def __init__(self, topic: str, subscribe: Callable[[str, Callable[[bytes], None]], None], fs_hz: float,
                  channels: tuple[str, ...], stop: Callable[[], bool] = lambda: False, backlog: int = 256) -> None:
-        self.topic, self._subscribe, self.stop = topic, subscribe, stop
+        self.topic, self.stop = topic, stop
         self.fs_hz, self.channels = float(fs_hz), tuple(channels)
         self._queue: queue.Queue[Chunk] = queue.Queue(maxsize=backlog)
         self.rejected = 0
         self.overflowed = 0
+        subscribe(topic, self._on_message)  # now, not at the first next(): samples sent meanwhile are kept
 
     def _on_message(self, payload: bytes) -> None:
         """Runs on paho's thread: parse and hand over, never block."""
@@ -86,7 +87,6 @@ class MqttSampleSource:
                 log.warning("%s: scoring falls behind, %d samples message(s) dropped", self.topic, self.overflowed)
 
     def chunks(self) -> Iterator[Chunk]:
-        self._subscribe(self.topic, self._on_message)
         while not self.stop():
             try:
                 yield self._queue.get(timeout=0.2)

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
+import paho.mqtt.client as mqtt
 import pytest
+from conftest import cli
+from mosquitto import Broker
+from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.loaders import load
 from agent.mqtt_source import MqttSampleSource, parse_samples
@@ -75,3 +80,77 @@ def test_source_drops_bad_messages_and_never_blocks_paho() -> None:
     it = src.chunks()
     assert [next(it).t_start, next(it).t_start] == [1.0, 2.0]
     assert handlers["s"] == src._on_message  # subscribed through the publisher (re-subscribed on reconnect)
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("bundle") / "tiny.tar"
+    cli("convert", tiny_run, "--out", out)
+    return out
+
+
+def test_samples_over_a_real_broker_score_like_the_replay(bundle: Path, tiny_data: Path, tmp_path: Path) -> None:
+    """A sensor node publishes snapshots as samples messages; the agent's scores equal the file replay's."""
+    from agent.bundle import load_bundle
+    from agent.config import AgentConfig, AgentSection, MqttSection
+    from agent.pipeline import Pipeline, Scored, SensorStatus
+    from agent.publish import Publisher
+    from agent.spool import Spool
+
+    b = load_bundle(bundle)
+    rec = load(tiny_data)
+    n_snap = b.window + 4
+    replay = Pipeline(b)
+    expected: list[float] = []
+    for c in ReplaySource(tiny_data, chunk=4096).chunks():
+        if c.t_start >= rec.timestamps[n_snap]:
+            break
+        expected += [ev.score for ev in replay.process(c) if isinstance(ev, Scored)]
+    assert expected
+
+    broker = Broker(tmp_path).start()
+    cfg = AgentConfig(AgentSection("lab", "gw1", str(bundle), spool=str(tmp_path / "spool.sqlite")),
+                      mqtt=MqttSection(port=broker.port))
+    spool = Spool(cfg.agent.spool)
+    pub = Publisher(cfg, spool, {"model": b.version})
+    deadline = time.monotonic() + 60
+    src = MqttSampleSource("lab/gw1/samples", pub.subscribe, b.spec.fs_hz, b.spec.channels,
+                           stop=lambda: time.monotonic() > deadline)
+    node = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="sensor-node")
+    got: list[float] = []
+    faults: list[str | None] = []
+    try:
+        pub.start()
+        while not pub.connected and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)  # the agent's subscription is in place
+        node.connect("127.0.0.1", broker.port)
+        node.loop_start()
+        n_msgs = 0
+        for i in range(n_snap):
+            for j in range(0, rec.data.shape[1], 1024):
+                t = float(rec.timestamps[i] + j / rec.fs_hz)
+                body = {"v": 1, "t": t, "fs_hz": rec.fs_hz, "samples": rec.data[i, j: j + 1024].tolist()}
+                node.publish("lab/gw1/samples", json.dumps(body), qos=1).wait_for_publish(5)
+                n_msgs += 1
+        # a node misconfigured to another rate: a sensor status, no score
+        body = {"v": 1, "t": 1e10, "fs_hz": rec.fs_hz / 2, "samples": rec.data[0, :1024].tolist()}
+        node.publish("lab/gw1/samples", json.dumps(body), qos=1).wait_for_publish(5)
+        n_msgs += 1
+        pipe = Pipeline(b)
+        for k, c in enumerate(src.chunks()):
+            for ev in pipe.process(c):
+                if isinstance(ev, Scored):
+                    got.append(ev.score)
+                elif isinstance(ev, SensorStatus):
+                    faults.append(ev.reason)
+            if k + 1 == n_msgs:
+                break
+    finally:
+        node.loop_stop()
+        pub.stop()
+        spool.close()
+        broker.stop()
+    assert len(got) == len(expected), f"{len(got)} scores from MQTT samples, {len(expected)} from the replay"
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
+    assert len(faults) == 1 and "sample rate" in (faults[0] or "")
