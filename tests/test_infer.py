@@ -1,8 +1,9 @@
-"""The interpreter adapter: stateless between windows (the fused LSTM's variable tensors), equal to Keras, fast."""
+"""The interpreter adapter: stateless between windows (the fused LSTM's variable tensors) and equal to Keras.
+
+Speed is measured by bench/agent.py, not asserted here."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -32,14 +33,3 @@ def test_windows_in_a_row_equal_keras_in_any_order(tiny_run: Path, bundle_dir: P
     np.testing.assert_allclose(forward, want, atol=1e-5)
     np.testing.assert_array_equal(forward, backward)
 
-
-def test_inference_stays_in_microseconds(tiny_run: Path, bundle_dir: Path) -> None:
-    model = load_bundle(bundle_dir).model
-    w = np.load(tiny_run / "windows.npz")["x"][0]
-    model.reconstruct(w)
-    t = []
-    for _ in range(200):
-        t0 = time.perf_counter()
-        model.reconstruct(w)
-        t.append(time.perf_counter() - t0)
-    assert float(np.median(t)) < 1e-3
