@@ -199,3 +199,36 @@ def test_sigkill_keeps_the_spool_and_the_next_start_drains_it(
     sub.close()
     assert spooled <= got  # every message written before the kill reached the broker after the restart
     assert max(spooled) < min(p["seq"] for p in sub.of("score") if p["seq"] not in spooled)  # seq never reused
+
+
+def test_systemd_notify_sighup_reload_and_sigterm_drain(broker: Broker, bundle: Path, tiny_data: Path,
+                                                         tmp_path: Path) -> None:
+    import socket
+
+    sock_path = tmp_path / "notify.sock"
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(sock_path))
+    notify.settimeout(30)
+    sub = Subscriber(broker.port, "plant1", "press7")
+    cfg = write_config(tmp_path, broker.port, bundle, tiny_data, speed=600)  # 80 snapshots: ~80 s of replay
+    os.environ["NOTIFY_SOCKET"] = str(sock_path)
+    try:
+        agent = start_agent(cfg, tmp_path)
+    finally:
+        del os.environ["NOTIFY_SOCKET"]
+    got = {notify.recv(64).decode() for _ in range(2)}
+    assert got == {"READY=1", "WATCHDOG=1"}  # ready once windows are scored, and the watchdog fed
+    agent.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not any(s.get("event") == "reloaded" for s in sub.of("status")):
+        time.sleep(0.1)
+    assert any(s.get("event") == "reloaded" for s in sub.of("status"))
+    agent.send_signal(signal.SIGTERM)
+    out, _ = agent.communicate(timeout=60)
+    notify.close()
+    sub.close()
+    assert agent.returncode == 0, out
+    assert "reloaded" in out and "stopping after" in out
+    with sqlite3.connect(tmp_path / "spool.sqlite") as db:
+        assert db.execute("SELECT COUNT(*) FROM messages").fetchone()[0] == 0  # drained before exit
+    assert sub.of("status")[-1]["state"] == "offline"
