@@ -47,3 +47,11 @@ def tiny_run(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     cli("train", "--data", tiny_data, "--healthy-until", "50%", "--config", TINY_CONFIG, "--out", out, "--quiet")
     assert json.loads((out / "run.json").read_text())["schema"] == "vibrawatch.run/1"
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``tiny_run`` converted by `vibrawatch convert` to a float32 bundle (.tar), unsigned."""
+    out = tmp_path_factory.mktemp("bundle") / "tiny.tar"
+    cli("convert", tiny_run, "--out", out)
+    return out

@@ -67,13 +67,6 @@ class Subscriber:
 
 
 @pytest.fixture(scope="module")
-def bundle(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("bundle") / "tiny.tar"
-    cli("convert", tiny_run, "--out", out)
-    return out
-
-
-@pytest.fixture(scope="module")
 def offline(tiny_run: Path, tiny_data: Path) -> dict:
     """What `vibrawatch evaluate` computes on the workstation for the same data (Keras scores per window)."""
     report = json.loads(cli("evaluate", tiny_run, "--data", tiny_data, "--json", "--quiet"))
@@ -121,10 +114,10 @@ def start_agent(cfg: Path, tmp_path: Path) -> subprocess.Popen[str]:
 
 
 def test_replay_publishes_one_score_per_window_equal_to_the_offline_scores(
-    broker: Broker, bundle: Path, tiny_data: Path, offline: dict, tmp_path: Path
+    broker: Broker, tiny_bundle: Path, tiny_data: Path, offline: dict, tmp_path: Path
 ) -> None:
     sub = Subscriber(broker.port, "plant1", "press7")
-    agent = start_agent(write_config(tmp_path, broker.port, bundle, tiny_data), tmp_path)
+    agent = start_agent(write_config(tmp_path, broker.port, tiny_bundle, tiny_data), tmp_path)
     out, _ = agent.communicate(timeout=120)
     assert agent.returncode == 0, out
     n = len(offline["scores"])
@@ -151,11 +144,11 @@ def test_replay_publishes_one_score_per_window_equal_to_the_offline_scores(
 
 
 def test_broker_restart_mid_replay_loses_nothing(
-    broker: Broker, bundle: Path, tiny_data: Path, offline: dict, tmp_path: Path
+    broker: Broker, tiny_bundle: Path, tiny_data: Path, offline: dict, tmp_path: Path
 ) -> None:
     sub = Subscriber(broker.port, "plant1", "press7")
     # 80 snapshots 600 s apart at 6000x: 8 s of replay, the broker away for 3 s in the middle
-    agent = start_agent(write_config(tmp_path, broker.port, bundle, tiny_data, speed=6000), tmp_path)
+    agent = start_agent(write_config(tmp_path, broker.port, tiny_bundle, tiny_data, speed=6000), tmp_path)
     time.sleep(3)
     broker.stop()
     time.sleep(3)
@@ -174,9 +167,9 @@ def test_broker_restart_mid_replay_loses_nothing(
 
 
 def test_sigkill_keeps_the_spool_and_the_next_start_drains_it(
-    broker: Broker, bundle: Path, tiny_data: Path, tmp_path: Path
+    broker: Broker, tiny_bundle: Path, tiny_data: Path, tmp_path: Path
 ) -> None:
-    cfg = write_config(tmp_path, broker.port, bundle, tiny_data, speed=6000)
+    cfg = write_config(tmp_path, broker.port, tiny_bundle, tiny_data, speed=6000)
     broker.stop()  # nothing can leave: everything the agent scores stays in the spool
     agent = start_agent(cfg, tmp_path)
     time.sleep(5)
@@ -201,7 +194,7 @@ def test_sigkill_keeps_the_spool_and_the_next_start_drains_it(
     assert max(spooled) < min(p["seq"] for p in sub.of("score") if p["seq"] not in spooled)  # seq never reused
 
 
-def test_systemd_notify_sighup_reload_and_sigterm_drain(broker: Broker, bundle: Path, tiny_data: Path,
+def test_systemd_notify_sighup_reload_and_sigterm_drain(broker: Broker, tiny_bundle: Path, tiny_data: Path,
                                                          tmp_path: Path) -> None:
     import socket
 
@@ -210,7 +203,7 @@ def test_systemd_notify_sighup_reload_and_sigterm_drain(broker: Broker, bundle: 
     notify.bind(str(sock_path))
     notify.settimeout(30)
     sub = Subscriber(broker.port, "plant1", "press7")
-    cfg = write_config(tmp_path, broker.port, bundle, tiny_data, speed=600)  # 80 snapshots: ~80 s of replay
+    cfg = write_config(tmp_path, broker.port, tiny_bundle, tiny_data, speed=600)  # 80 snapshots: ~80 s of replay
     os.environ["NOTIFY_SOCKET"] = str(sock_path)
     try:
         agent = start_agent(cfg, tmp_path)

@@ -7,23 +7,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pytest
-from conftest import cli
 
 from agent.bundle import load_bundle
 
 
-@pytest.fixture(scope="module")
-def bundle_dir(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("infer") / "b"
-    cli("convert", tiny_run, "--out", out)
-    return out
-
-
-def test_windows_in_a_row_equal_keras_in_any_order(tiny_run: Path, bundle_dir: Path) -> None:
+def test_windows_in_a_row_equal_keras_in_any_order(tiny_run: Path, tiny_bundle: Path) -> None:
     import tf_keras
 
-    model = load_bundle(bundle_dir).model
+    model = load_bundle(tiny_bundle).model
     assert model.runtime.startswith("ai-edge-litert")
     x = np.load(tiny_run / "windows.npz")["x"][:12]
     want = tf_keras.models.load_model(tiny_run / "model.keras", compile=False).predict(x, verbose=0)

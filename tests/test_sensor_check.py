@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import cli
 
 from agent.bundle import load_bundle
 from agent.pipeline import Pipeline, Scored, SensorStatus
@@ -33,19 +32,12 @@ def test_each_fault_is_named(samples: np.ndarray, measured: float | None, expect
     assert got == expect if expect is None else expect in got
 
 
-@pytest.fixture(scope="module")
-def bundle(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("b") / "b"
-    cli("convert", tiny_run, "--out", out)
-    return out
-
-
-def test_faults_in_a_stream_give_status_not_scores(bundle: Path, tiny_data: Path) -> None:
+def test_faults_in_a_stream_give_status_not_scores(tiny_bundle: Path, tiny_data: Path) -> None:
     chunks = list(ReplaySource(tiny_data, chunk=1024).chunks())
-    clean = Pipeline(load_bundle(bundle))
+    clean = Pipeline(load_bundle(tiny_bundle))
     clean_scores = [e for c in chunks for e in clean.process(c) if isinstance(e, Scored)]
 
-    p = Pipeline(load_bundle(bundle))
+    p = Pipeline(load_bundle(tiny_bundle))
     events: list[SensorStatus | Scored] = []
     for i, c in enumerate(chunks):
         if 100 <= i < 110:  # a loose cable: ten chunks of NaN, then a stuck ADC, mid-run

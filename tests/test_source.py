@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
-from conftest import cli
 from mosquitto import Broker
 from paho.mqtt.enums import CallbackAPIVersion
 
@@ -82,14 +81,7 @@ def test_source_drops_bad_messages_and_never_blocks_paho() -> None:
     assert handlers["s"] == src._on_message  # subscribed through the publisher (re-subscribed on reconnect)
 
 
-@pytest.fixture(scope="module")
-def bundle(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("bundle") / "tiny.tar"
-    cli("convert", tiny_run, "--out", out)
-    return out
-
-
-def test_samples_over_a_real_broker_score_like_the_replay(bundle: Path, tiny_data: Path, tmp_path: Path) -> None:
+def test_samples_over_a_real_broker_score_like_the_replay(tiny_bundle: Path, tiny_data: Path, tmp_path: Path) -> None:
     """A sensor node publishes snapshots as samples messages; the agent's scores equal the file replay's."""
     from agent.bundle import load_bundle
     from agent.config import AgentConfig, AgentSection, MqttSection
@@ -97,7 +89,7 @@ def test_samples_over_a_real_broker_score_like_the_replay(bundle: Path, tiny_dat
     from agent.publish import Publisher
     from agent.spool import Spool
 
-    b = load_bundle(bundle)
+    b = load_bundle(tiny_bundle)
     rec = load(tiny_data)
     n_snap = b.window + 4
     replay = Pipeline(b)
@@ -109,7 +101,7 @@ def test_samples_over_a_real_broker_score_like_the_replay(bundle: Path, tiny_dat
     assert expected
 
     broker = Broker(tmp_path).start()
-    cfg = AgentConfig(AgentSection("lab", "gw1", str(bundle), spool=str(tmp_path / "spool.sqlite")),
+    cfg = AgentConfig(AgentSection("lab", "gw1", str(tiny_bundle), spool=str(tmp_path / "spool.sqlite")),
                       mqtt=MqttSection(port=broker.port))
     spool = Spool(cfg.agent.spool)
     pub = Publisher(cfg, spool, {"model": b.version})
