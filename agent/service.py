@@ -15,7 +15,6 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -120,7 +119,7 @@ class Agent:
         windows = 0
         try:
             while not self._stop:
-                for chunk in self._chunks(source):
+                for chunk in source.chunks():
                     windows += self._handle(pipeline, chunk)
                 if self._reload and not self._stop:
                     pipeline = self._apply_reload()
@@ -135,9 +134,6 @@ class Agent:
             self.publisher.stop("stopped")
             self.spool.close()
         return 0
-
-    def _chunks(self, source: Any) -> Iterator[Chunk]:
-        yield from source.chunks()
 
     def _handle(self, pipeline: Pipeline, chunk: Chunk) -> int:
         n = 0
