@@ -88,6 +88,7 @@ class Decision:
     active: bool  # an alarm is active after this window
     event: str | None  # "raised", "cleared" or None
     channel: int  # index of the channel most responsible (relative to its healthy level)
+    level: float  # the window's alarm level (see alarm_levels): above when > 1
 
 
 @dataclass
@@ -124,7 +125,7 @@ class AlarmState:
         elif self.active and self._below_run >= self.rule.clear_after:
             self.active, event, self.since_index = False, "cleared", None
         channel = blame(contributions, self.channel_thresholds) if contributions is not None else -1
-        return Decision(above, self.active, event, channel)
+        return Decision(above, self.active, event, channel, lv)
 
 
 def blame(contributions: np.ndarray, channel_thresholds: np.ndarray | None) -> int:

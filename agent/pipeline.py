@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from agent.bundle import Bundle
-from agent.decide import AlarmState, Decision, alarm_levels, reconstruction_scores
+from agent.decide import AlarmState, Decision, reconstruction_scores
 from agent.features import extract
 from agent.frames import Framer
 from agent.sensor_check import SensorLimits, check_chunk
@@ -120,5 +120,4 @@ class Pipeline:
             self._since = t
         elif decision.event == "cleared":
             self._since = None
-        level = float(alarm_levels(s, b.threshold, c, b.channel_thresholds)[0])
-        return Scored(t, float(s[0]), level, c[0], decision, self._since)
+        return Scored(t, float(s[0]), decision.level, c[0], decision, self._since)

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from agent.decide import AlarmRule, Decision, alarm_levels, reconstruction_scores, run_alarms
+from agent.decide import AlarmRule, Decision, reconstruction_scores, run_alarms
 from agent.errors import ConfigError
 from agent.features import FeatureDef, FeatureSpec, extract
 from agent.frames import iter_frames
@@ -41,10 +41,10 @@ class Detection:
     scores: np.ndarray
     decisions: list[Decision]
     threshold: float
-    levels: np.ndarray | None = None  # alarm level (1 = at a threshold); default scores / threshold
 
     def alarm_levels(self) -> np.ndarray:
-        return self.scores / self.threshold if self.levels is None else self.levels
+        """The level each decision was taken on (1 = at a threshold), for the plots."""
+        return np.array([d.level for d in self.decisions])
 
 
 def check_data(run: Run, data: Recording | FeatureTable) -> None:
@@ -128,12 +128,13 @@ def _per_channel_series_alarms(
     for i in range(len(values)):
         raised = [c for c in range(values.shape[1]) if per[c][i].event == "raised"]
         any_active = any(per[c][i].active for c in range(values.shape[1]))
+        lv = float(ratio[i].max())
         if raised and not active_any:
-            decisions.append(Decision(True, True, "raised", raised[int(np.argmax(ratio[i, raised]))]))
+            decisions.append(Decision(True, True, "raised", raised[int(np.argmax(ratio[i, raised]))], lv))
         elif active_any and not any_active:
-            decisions.append(Decision(False, False, "cleared", -1))
+            decisions.append(Decision(False, False, "cleared", -1, lv))
         else:
-            decisions.append(Decision(bool(np.any(ratio[i] > 1)), any_active, None, -1))
+            decisions.append(Decision(bool(np.any(ratio[i] > 1)), any_active, None, -1, lv))
         active_any = any_active
     return Detection(times, ratio.max(axis=1), decisions, 1.0)
 
@@ -173,8 +174,7 @@ def evaluate_run(
     relative = ff.relative_time
     # Default failure time: the end of the data (the last frame of one long stream, the last snapshot of many).
     t_fail = parse_time(failure_at, relative) if failure_at else float(max(data.timestamps[-1], ff.times[-1]))
-    levels = alarm_levels(scores, run.threshold, contrib, run.channel_thresholds)
-    ae = Detection(wins.end_times, scores, decisions, run.threshold, levels)
+    ae = Detection(wins.end_times, scores, decisions, run.threshold)
     report: dict[str, Any] = {
         "data": str(data_path),
         "run": str(run_dir),
