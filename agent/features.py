@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -200,8 +201,9 @@ def extract(frames: np.ndarray, spec: FeatureSpec) -> np.ndarray:
             cols.append(_simple(x, fdef.name, cache)[:, :, None])
         elif fdef.name == "band_energy":
             if "power" not in cache:
-                cache["power"] = np.abs(np.fft.rfft(x, axis=2)) ** 2 / float(n) ** 2
-            cols.append(band_energies(cache["power"].transpose(0, 2, 1), spec.fs_hz, n, _bands(fdef, spec.fs_hz)))
+                spectrum = np.fft.rfft(x, axis=2)
+                cache["power"] = (spectrum.real**2 + spectrum.imag**2) / float(n) ** 2
+            cols.append(band_energies(cache["power"], spec.fs_hz, n, _bands(fdef, spec.fs_hz)))
         elif fdef.name == "envelope":
             cols.append(_envelope(x.transpose(0, 2, 1), spec.fs_hz, fdef.params))
     out = np.concatenate(cols, axis=2)  # (n_frames, C, per_channel)
@@ -209,49 +211,74 @@ def extract(frames: np.ndarray, spec: FeatureSpec) -> np.ndarray:
 
 
 def _simple(x: np.ndarray, name: str, cache: dict[str, np.ndarray]) -> np.ndarray:
-    """(n_frames, C, N) -> (n_frames, C); shared moments are computed once per extract() call."""
-
-    def get(key: str) -> np.ndarray:
-        if key not in cache:
-            if key == "mean":
-                cache[key] = x.mean(axis=2)
-            elif key == "abs":
-                cache[key] = np.abs(x)
-            elif key == "rms":
-                cache[key] = np.sqrt(np.einsum("fcn,fcn->fc", x, x) / x.shape[2])
-            elif key == "peak":
-                cache[key] = get("abs").max(axis=2)
-            elif key == "moments":  # central m2 and m4 for the kurtosis
-                d2 = (x - get("mean")[:, :, None]) ** 2
-                cache["m2"], cache["m4"] = d2.mean(axis=2), np.einsum("fcn,fcn->fc", d2, d2) / x.shape[2]
-                cache[key] = cache["m2"]
-        return cache[key]
-
-    if name == "mean":
-        return get("mean")
+    """(n_frames, C, N) -> (n_frames, C); shared statistics are computed once per extract() call."""
     if name == "mean_abs":
-        return get("abs").mean(axis=2)
-    if name == "rms":
-        return get("rms")
-    if name == "peak":
-        return get("peak")
+        return np.abs(x).mean(axis=2)
     if name == "crest":
-        return get("peak") / np.maximum(get("rms"), _EPS)
-    get("moments")
-    return cache["m4"] / np.maximum(cache["m2"] * cache["m2"], _EPS)
+        return _stat(x, "peak", cache) / np.maximum(_stat(x, "rms", cache), _EPS)
+    if name == "kurtosis":
+        return _stat(x, "m4", cache) / np.maximum(_stat(x, "m2", cache) ** 2, _EPS)
+    return _stat(x, name, cache)
+
+
+def _stat(x: np.ndarray, key: str, cache: dict[str, np.ndarray]) -> np.ndarray:
+    """One statistic per frame and channel, memoised in ``cache`` (a plain function, not a closure: a
+    self-referencing closure would keep every call's arrays alive until the cycle collector ran)."""
+    if key not in cache:
+        n = x.shape[2]
+        if key == "mean":
+            cache[key] = x.mean(axis=2)
+        elif key == "rms":
+            cache[key] = np.sqrt(np.einsum("fcn,fcn->fc", x, x) / n)
+        elif key == "peak":  # max |x| without an |x| temporary
+            cache[key] = np.maximum(x.max(axis=2), -x.min(axis=2))
+        elif key in ("m2", "m4"):  # central moments for the kurtosis
+            d2 = x - _stat(x, "mean", cache)[:, :, None]
+            np.square(d2, out=d2)
+            cache["m2"], cache["m4"] = d2.mean(axis=2), np.einsum("fcn,fcn->fc", d2, d2) / n
+        else:
+            raise ValueError(f"unknown statistic {key!r}")
+    return cache[key]
 
 
 def band_energies(power: np.ndarray, fs_hz: float, n: int, bands: Sequence[tuple[float, float]]) -> np.ndarray:
-    """log10 power per band from a one-sided power spectrum (n_frames, n//2+1, C) -> (n_frames, C, n_bands)."""
+    """log10 power per band from one-sided power spectra (n_frames, C, n//2+1) -> (n_frames, C, n_bands).
+
+    Each bin is read once: the spectrum is summed between consecutive band edges along its contiguous
+    axis (``np.add.reduceat``), and a band is the sum of its few segments, so overlapping or gapped
+    bands cost no more than adjacent ones and no long running sum loses precision.
+    """
+    starts, drop_tail, hi_pos, lo_pos = _band_plan(float(fs_hz), int(n), tuple(map(tuple, bands)))
+    segments = np.add.reduceat(power, starts, axis=-1)  # segment j: bins starts[j] .. next start (or the top)
+    if drop_tail:  # the highest band edge lies below the top bin: the last segment belongs to no band
+        segments = segments[..., :-1]
+    seg_sum = np.zeros(segments.shape[:-1] + (segments.shape[-1] + 1,))
+    np.cumsum(segments, axis=-1, out=seg_sum[..., 1:])
+    energy = seg_sum[..., hi_pos] - seg_sum[..., lo_pos]
+    return np.log10(np.maximum(energy, 0.0) + _EPS)
+
+
+@lru_cache(maxsize=32)
+def _band_plan(fs_hz: float, n: int, bands: tuple[tuple[float, float], ...]
+               ) -> tuple[np.ndarray, bool, np.ndarray, np.ndarray]:
+    """Segment starts, whether the last segment is outside every band, and each band's segment range;
+    the same for every frame of a spec, so it is worked out once."""
+    lo_idx, hi_idx = band_bins(fs_hz, n, bands)
+    k = n // 2 + 1
+    edges = np.unique(np.concatenate([lo_idx, hi_idx]))  # sorted bin boundaries, each in 0..k
+    pos = {int(e): i for i, e in enumerate(edges)}
+    return (edges[edges < k], bool(edges[-1] < k), np.array([pos[int(h)] for h in hi_idx]),
+            np.array([pos[int(lo)] for lo in lo_idx]))
+
+
+def band_bins(fs_hz: float, n: int, bands: Sequence[tuple[float, float]]) -> tuple[np.ndarray, np.ndarray]:
+    """First and one-past-last rfft bin of each band [lo, hi) Hz; a band reaching fs/2 includes the top bin."""
     freqs = np.fft.rfftfreq(n, 1.0 / fs_hz)
-    # One cumulative sum makes every band an O(1) difference, whatever the number of bands.
-    csum = np.concatenate([np.zeros_like(power[:, :1]), np.cumsum(power, axis=1)], axis=1)
     lo_idx = np.searchsorted(freqs, [lo for lo, _ in bands], side="left")
     hi_idx = np.array(
         [len(freqs) if hi >= fs_hz / 2.0 else np.searchsorted(freqs, hi, side="left") for _, hi in bands]
     )
-    energy = csum[:, hi_idx, :] - csum[:, lo_idx, :]  # (n_frames, n_bands, C)
-    return np.log10(np.maximum(energy, 0.0) + _EPS).transpose(0, 2, 1)
+    return lo_idx, hi_idx
 
 
 def _envelope(x: np.ndarray, fs_hz: float, params: Mapping[str, Any]) -> np.ndarray:
