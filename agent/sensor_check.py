@@ -30,16 +30,18 @@ def check_chunk(samples: np.ndarray, limits: SensorLimits, measured_fs_hz: float
         return f"wrong channel count: got samples shaped {samples.shape}, expected (n, {limits.n_channels})"
     if len(samples) == 0:
         return None
-    lo, hi = samples.min(axis=0), samples.max(axis=0)  # NaN propagates through both; inf shows in them
-    if not (np.isfinite(lo).all() and np.isfinite(hi).all()):
-        bad = np.flatnonzero(~(np.isfinite(lo) & np.isfinite(hi)))
+    # Channel-major first: numpy reduces a contiguous row several times faster than a strided column.
+    by_channel = np.ascontiguousarray(samples.T)
+    lo, hi = by_channel.min(axis=1), by_channel.max(axis=1)  # NaN propagates through both; inf shows in them
+    spread = hi - lo  # NaN or inf here iff a channel holds a NaN or an inf: one test for the common case
+    if not np.isfinite(spread).all():
+        bad = np.flatnonzero(~np.isfinite(spread))
         return f"non-finite samples (NaN/inf) on channel(s) {bad.tolist()}"
-    if len(samples) >= limits.flatline_samples:
-        flat = np.flatnonzero(hi - lo <= limits.flatline_range)
-        if flat.size:
-            return f"flatline on channel(s) {flat.tolist()}: no variation over {len(samples)} samples"
+    if len(samples) >= limits.flatline_samples and (spread <= limits.flatline_range).any():
+        flat = np.flatnonzero(spread <= limits.flatline_range)
+        return f"flatline on channel(s) {flat.tolist()}: no variation over {len(samples)} samples"
     if limits.full_scale is not None and max(-lo.min(), hi.max()) >= limits.full_scale:
-        clipped = (np.abs(samples) >= limits.full_scale).mean(axis=0)
+        clipped = (np.abs(by_channel) >= limits.full_scale).mean(axis=1)
         sat = np.flatnonzero(clipped >= limits.saturation_share)
         if sat.size:
             return f"saturation on channel(s) {sat.tolist()}: {clipped.max():.1%} of samples at full scale"

@@ -40,7 +40,7 @@ class WindowBuffer:
 
     def push(self, row: np.ndarray) -> np.ndarray | None:
         """Append one feature row; return the (T, F) window when one ends here, else None."""
-        self._rows = np.roll(self._rows, -1, axis=0)
+        self._rows[:-1] = self._rows[1:]  # shift in place: np.roll would allocate a new array per frame
         self._rows[-1] = row
         self._count += 1
         if self._count >= self.length and (self._count - self.length) % self.hop == 0:
