@@ -6,15 +6,20 @@ so neither a broker restart nor ``kill -9`` of the agent loses one. (A power cut
 commits since the previous checkpoint; FULL would fsync every message, 3 ms each here, and wear an SD
 card: a trade-off stated in the README.) The spool is bounded: past
 ``max_bytes`` the oldest messages are dropped and counted (the count goes out in the status message).
-It also keeps the device's message sequence number, so ``seq`` never repeats across restarts.
+It also numbers the messages (``seq``), in the same commit as it stores them, so seq never repeats
+across restarts and a gap in it means messages were dropped.
 """
 
 from __future__ import annotations
 
 import sqlite3
 import threading
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from agent.topics import encode
 
 
 @dataclass(frozen=True)
@@ -42,29 +47,37 @@ class Spool:
         # Recomputed at start (cheap once), then kept up to date, so put() never scans the table.
         self._bytes = int(self._db.execute("SELECT COALESCE(SUM(LENGTH(payload)), 0) FROM messages").fetchone()[0])
 
-    def next_seq(self) -> int:
-        """The next message sequence number of this device, persisted."""
-        with self._lock:
-            self._db.execute("UPDATE meta SET value = value + 1 WHERE key = 'seq'")
-            return int(self._db.execute("SELECT value FROM meta WHERE key = 'seq'").fetchone()[0])
+    def put(self, topic: str, payload: Mapping[str, Any]) -> int:
+        """Number a message with the device's next ``seq``, append it, and return the seq.
 
-    def put(self, topic: str, payload: bytes) -> None:
-        """Append a message; drop the oldest while the spool is over its size bound."""
+        Numbering and storing are one transaction (one commit), so seq is consecutive over what was
+        stored and survives restarts: a gap in seq at a consumer means messages the spool had to drop.
+        Past ``max_bytes`` the oldest messages go, counted; the message just written always stays.
+        """
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
-            self._db.execute("INSERT INTO messages (topic, payload) VALUES (?, ?)", (topic, payload))
-            self._bytes += len(payload)
-            dropped = 0
-            while self._bytes > self.max_bytes:
-                oldest = self._db.execute("SELECT id, LENGTH(payload) FROM messages ORDER BY id LIMIT 2").fetchall()
-                if len(oldest) < 2:  # never drop the message just written
-                    break
-                self._db.execute("DELETE FROM messages WHERE id = ?", (oldest[0][0],))
-                self._bytes -= int(oldest[0][1])
-                dropped += 1
-            if dropped:
-                self._db.execute("UPDATE meta SET value = value + ? WHERE key = 'dropped'", (dropped,))
+            try:
+                seq = int(self._db.execute(
+                    "UPDATE meta SET value = value + 1 WHERE key = 'seq' RETURNING value").fetchone()[0])
+                data = encode({**payload, "seq": seq})
+                self._db.execute("INSERT INTO messages (topic, payload) VALUES (?, ?)", (topic, data))
+                self._bytes += len(data)
+                dropped = 0
+                while self._bytes > self.max_bytes:
+                    oldest = self._db.execute(
+                        "SELECT id, LENGTH(payload) FROM messages ORDER BY id LIMIT 2").fetchall()
+                    if len(oldest) < 2:
+                        break
+                    self._db.execute("DELETE FROM messages WHERE id = ?", (oldest[0][0],))
+                    self._bytes -= int(oldest[0][1])
+                    dropped += 1
+                if dropped:
+                    self._db.execute("UPDATE meta SET value = value + ? WHERE key = 'dropped'", (dropped,))
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
             self._db.execute("COMMIT")
+            return seq
 
     def peek(self, limit: int, after_id: int = 0) -> list[Spooled]:
         """The oldest messages with id > ``after_id``, in order."""
@@ -73,13 +86,20 @@ class Spool:
                                     (after_id, limit)).fetchall()
         return [Spooled(int(i), str(t), bytes(p)) for i, t, p in rows]
 
-    def ack(self, message_id: int) -> None:
-        """The broker has the message: forget it."""
+    def ack(self, message_ids: Collection[int]) -> None:
+        """The broker has these messages: forget them (one transaction; unknown ids are ignored, since a
+        redelivered PUBACK may name a message already gone)."""
+        if not message_ids:
+            return
+        ids = list(message_ids)
+        marks = ",".join("?" * len(ids))
         with self._lock:
-            row = self._db.execute("SELECT LENGTH(payload) FROM messages WHERE id = ?", (message_id,)).fetchone()
-            if row is not None:  # a redelivered PUBACK for a message already gone is harmless
-                self._db.execute("DELETE FROM messages WHERE id = ?", (message_id,))
-                self._bytes -= int(row[0])
+            self._db.execute("BEGIN IMMEDIATE")
+            gone = self._db.execute(f"SELECT COALESCE(SUM(LENGTH(payload)), 0) FROM messages WHERE id IN ({marks})",
+                                    ids).fetchone()[0]
+            self._db.execute(f"DELETE FROM messages WHERE id IN ({marks})", ids)
+            self._db.execute("COMMIT")
+            self._bytes -= int(gone)
 
     def __len__(self) -> int:
         with self._lock:

@@ -12,10 +12,14 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.errors import ConfigError
+
+if TYPE_CHECKING:
+    from agent.pipeline import Scored
 
 PREFIX = "vibrawatch/v1"
 VERSION = 1
@@ -35,16 +39,32 @@ def iso(t: float) -> str:
     return datetime.fromtimestamp(t, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def score_payload(*, t: float, seq: int, score: float, threshold: float, level: float,
+def score_payload(*, t: float, score: float, threshold: float, level: float,
                   contributions: dict[str, float], model: str) -> dict[str, Any]:
-    return {"v": VERSION, "timestamp": iso(t), "t": t, "seq": seq, "score": score, "threshold": threshold,
+    """A score message without its ``seq``: the spool numbers messages as it stores them."""
+    return {"v": VERSION, "timestamp": iso(t), "t": t, "score": score, "threshold": threshold,
             "level": level, "contributions": contributions, "model": model}
 
 
-def alarm_payload(*, t: float, seq: int, event: str, channel: str | None, score: float, level: float,
+def alarm_payload(*, t: float, event: str, channel: str | None, score: float, level: float,
                   since: float | None, model: str) -> dict[str, Any]:
-    return {"v": VERSION, "timestamp": iso(t), "t": t, "seq": seq, "event": event, "channel": channel,
+    """An alarm message without its ``seq`` (see ``score_payload``)."""
+    return {"v": VERSION, "timestamp": iso(t), "t": t, "event": event, "channel": channel,
             "score": score, "level": level, "since": None if since is None else iso(since), "model": model}
+
+
+def window_messages(ev: Scored, channels: Sequence[str], threshold: float, model: str
+                    ) -> list[tuple[str, dict[str, Any]]]:
+    """(kind, payload) for one scored window: its score, and an alarm when the window raised or cleared one."""
+    contributions = {c: float(v) for c, v in zip(channels, ev.contributions, strict=True)}
+    out = [("score", score_payload(t=ev.t, score=ev.score, threshold=threshold, level=ev.level,
+                                   contributions=contributions, model=model))]
+    d = ev.decision
+    if d.event:
+        channel = channels[d.channel] if d.channel >= 0 else None
+        out.append(("alarm", alarm_payload(t=ev.t, event=d.event, channel=channel, score=ev.score, level=ev.level,
+                                           since=ev.since, model=model)))
+    return out
 
 
 def status_payload(state: str, **fields: Any) -> dict[str, Any]:
