@@ -1,4 +1,4 @@
-"""``vibrawatch agent run``: the gateway's service loop.
+"""``vibrawatch-agent run``: the gateway's service loop (and ``check``, what it verifies before it starts).
 
 Load the config and verify the bundle, open the spool, connect, then: source -> pipeline -> publish, until
 the source ends or a signal comes. SIGTERM (and SIGINT) stop reading, drain the spool to the broker for
@@ -21,13 +21,14 @@ from typing import Any
 import numpy as np
 
 import agent
+from agent.allocator import keep_large_blocks
 from agent.bundle import Bundle, load_bundle
 from agent.config import AgentConfig, load_agent_config
 from agent.pipeline import Pipeline, Scored, SensorStatus
 from agent.publish import Publisher
 from agent.source import Chunk, ReplaySource, SimulatorSource
 from agent.spool import Spool
-from agent.topics import alarm_payload, score_payload
+from agent.topics import topic, window_messages
 
 log = logging.getLogger("vibrawatch.agent")
 
@@ -67,6 +68,8 @@ def make_source(cfg: AgentConfig, stop: Any, publisher: Publisher | None = None,
 
 class Agent:
     def __init__(self, config_path: str | Path) -> None:
+        if not keep_large_blocks():
+            log.info("allocator tuning not available here (not glibc, or 32-bit): features run slower")
         self.config_path = Path(config_path)
         self._stop = False
         self._reload = False
@@ -155,17 +158,11 @@ class Agent:
 
     def _publish(self, ev: Scored, names: tuple[str, ...]) -> None:
         b = self.bundle
-        contrib = {name: float(v) for name, v in zip(names, ev.contributions, strict=True)}
-        self.publisher.enqueue("score", score_payload(
-            t=ev.t, seq=self.spool.next_seq(), score=ev.score, threshold=b.threshold, level=ev.level,
-            contributions=contrib, model=b.version))
-        d = ev.decision
-        if d.event:
-            channel = names[d.channel] if d.channel >= 0 else None
-            log.warning("alarm %s: channel %s, score %.4g (level %.2f)", d.event, channel, ev.score, ev.level)
-            self.publisher.enqueue("alarm", alarm_payload(
-                t=ev.t, seq=self.spool.next_seq(), event=d.event, channel=channel, score=ev.score, level=ev.level,
-                since=ev.since, model=b.version))
+        for kind, payload in window_messages(ev, names, b.threshold, b.version):
+            if kind == "alarm":
+                log.warning("alarm %s: channel %s, score %.4g (level %.2f)", payload["event"], payload["channel"],
+                            ev.score, ev.level)
+            self.publisher.enqueue(kind, payload)
 
     def _alive(self) -> None:
         if not self._ready:
@@ -176,6 +173,23 @@ class Agent:
         if now - self._last_watchdog >= 1.0:
             sd_notify("WATCHDOG=1")
             self._last_watchdog = now
+
+
+def check(config_path: str | Path) -> str:
+    """Verify the config and the bundle as ``run`` does at start (nothing connects, nothing is scored);
+    a summary of what would run, or a VibrawatchError saying what is wrong."""
+    cfg = load_agent_config(config_path)
+    b = load_bundle(cfg.agent.bundle, cfg.agent.public_key)
+    signature = "verified" if cfg.agent.public_key else "not checked (no public_key in [agent])"
+    return "\n".join([
+        f"config   {config_path}: ok",
+        f"bundle   {b.path}: {b.version}, checksums ok, signature {signature}, golden self-test ok",
+        f"runtime  {b.model.runtime}",
+        f"model    {len(b.spec.channels)} channel(s) {', '.join(b.spec.channels)} at {b.spec.fs_hz:g} Hz, "
+        f"{b.spec.n_features} features, window {b.window}, threshold {b.threshold:.6g}",
+        f"source   {cfg.source.kind}; broker {cfg.mqtt.host}:{cfg.mqtt.port} (tls {'on' if cfg.mqtt.tls else 'off'})",
+        f"topics   {topic(cfg.agent.site, cfg.agent.device, '{score,alarm,status}')}",
+    ])
 
 
 def run(config_path: str | Path) -> int:

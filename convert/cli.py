@@ -1,7 +1,7 @@
 """The ``vibrawatch`` command line.
 
 Workstation commands (train, evaluate, convert, ...) import TensorFlow and scikit-learn only inside the
-command, so a gateway with just the ``edge`` extra can run ``vibrawatch agent ...``.
+command that needs them. The gateway has its own, lighter command: ``vibrawatch-agent`` (agent/cli.py).
 """
 
 from __future__ import annotations
@@ -13,15 +13,15 @@ from typing import Annotated, Any
 
 import typer
 
-from agent.cli import agent_app, user_errors
+from convert.cli_errors import user_errors
 
 app = typer.Typer(
     name="vibrawatch",
     help=(
         "Predictive maintenance at the edge.\n\n"
         "On a workstation: `simulate` or bring data -> `train` on the healthy period -> `evaluate` the lead "
-        "time -> `convert` to a signed model bundle. On a gateway: `agent run` scores live vibration and "
-        "publishes scores and alarms over MQTT."
+        "time -> `convert` to a signed model bundle. On a gateway: `vibrawatch-agent run` scores live "
+        "vibration and publishes scores and alarms over MQTT."
     ),
     no_args_is_help=True,
     add_completion=False,
@@ -29,7 +29,6 @@ app = typer.Typer(
 )
 simulate_app = typer.Typer(help="Write built-in simulated data (no downloads needed).", no_args_is_help=True)
 app.add_typer(simulate_app, name="simulate")
-app.add_typer(agent_app, name="agent")
 
 DataOpt = Annotated[
     Path,

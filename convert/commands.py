@@ -14,7 +14,7 @@ import typer
 
 def register(app: typer.Typer) -> None:
     """Add the conversion and bundle commands to the main ``vibrawatch`` app."""
-    from agent.cli import user_errors
+    from convert.cli_errors import user_errors
 
     keys_app = typer.Typer(help="Signing keys for model bundles.", no_args_is_help=True)
     bundle_app = typer.Typer(help="Inspect and verify model bundles.", no_args_is_help=True)

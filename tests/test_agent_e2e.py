@@ -1,5 +1,5 @@
-"""The agent end to end on a real Mosquitto, run as a user runs it (`vibrawatch agent run --config ...` in a
-subprocess), with TensorFlow, Keras and scikit-learn made unimportable for it."""
+"""The agent end to end on a real Mosquitto, run as a gateway runs it (`vibrawatch-agent run --config ...`
+in a subprocess), with TensorFlow, Keras, scikit-learn and the workstation CLI (typer) made unimportable."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import tarfile
 import threading
 import time
 from collections.abc import Iterator
@@ -22,11 +23,13 @@ from jsonschema import Draft202012Validator
 from mosquitto import Broker
 from paho.mqtt.enums import CallbackAPIVersion
 
+from agent.bundle import load_bundle
+
 BLOCK = '''
 import sys
 class _Block:
     def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in {"tensorflow", "tf_keras", "keras", "sklearn", "train"}:
+        if name.split(".")[0] in {"tensorflow", "tf_keras", "keras", "sklearn", "train", "convert", "typer", "click"}:
             raise ImportError(f"{name} is not available on a gateway (blocked by the test)")
         return None
 sys.meta_path.insert(0, _Block())
@@ -104,13 +107,46 @@ max_backoff_s = 1
     return cfg
 
 
-def start_agent(cfg: Path, tmp_path: Path) -> subprocess.Popen[str]:
+def gateway_env(tmp_path: Path) -> dict[str, str]:
+    """The environment of a gateway: TensorFlow, Keras, scikit-learn and the workstation CLI unimportable."""
     block = tmp_path / "block"
     block.mkdir(exist_ok=True)
     (block / "sitecustomize.py").write_text(BLOCK)
-    env = {**os.environ, "PYTHONPATH": f"{block}{os.pathsep}{ROOT}"}
-    return subprocess.Popen([sys.executable, "-m", "convert.cli", "agent", "run", "--config", str(cfg)],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return {**os.environ, "PYTHONPATH": f"{block}{os.pathsep}{ROOT}"}
+
+
+def agent_command(*args: str) -> list[str]:
+    """``vibrawatch-agent ...`` as installed (the console script next to this Python), as systemd runs it."""
+    script = Path(sys.executable).with_name("vibrawatch-agent")
+    return [str(script), *args] if script.exists() else [sys.executable, "-m", "agent.cli", *args]
+
+
+def start_agent(cfg: Path, tmp_path: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(agent_command("run", "--config", str(cfg)), cwd=ROOT, env=gateway_env(tmp_path),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_check_verifies_config_and_bundle_and_names_what_is_wrong(tiny_bundle: Path, tiny_data: Path,
+                                                                    tmp_path: Path) -> None:
+    cfg = write_config(tmp_path, 1883, tiny_bundle, tiny_data)
+    ok = subprocess.run(agent_command("check", "--config", str(cfg)), env=gateway_env(tmp_path),
+                        capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0, ok.stderr
+    assert load_bundle(tiny_bundle).version in ok.stdout and "golden self-test ok" in ok.stdout
+    assert "blocked by the test" not in ok.stderr
+    # a damaged model file: refused before anything runs, with the file named
+    bad = tmp_path / "bad_bundle"
+    with tarfile.open(tiny_bundle) as tar:
+        tar.extractall(bad, filter="data")
+    model = bad / "model.tflite"
+    data = bytearray(model.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    model.write_bytes(bytes(data))
+    refused = subprocess.run(agent_command("check", "--config", str(write_config(tmp_path, 1883, bad, tiny_data))),
+                             env=gateway_env(tmp_path), capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2
+    assert refused.stderr.startswith("error: ") and "model.tflite" in refused.stderr
+    assert "Traceback" not in refused.stderr
 
 
 def test_replay_publishes_one_score_per_window_equal_to_the_offline_scores(
