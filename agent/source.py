@@ -12,13 +12,14 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from agent.loaders import load
 from agent.recording import FeatureTable, Recording
-from agent.simulate import BearingSimulator
+
+if TYPE_CHECKING:
+    from agent.simulate import BearingSimulator
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,8 @@ class ReplaySource:
 
     def __init__(self, path: str | Path, speed: float = 0.0, chunk: int = 2048,
                  stop: Callable[[], bool] = lambda: False) -> None:
+        from agent.loaders import load  # only a replaying agent needs the file formats
+
         self.data: Recording | FeatureTable = load(path)
         self.path = Path(path)
         self.speed, self.chunk, self.stop = speed, int(chunk), stop
