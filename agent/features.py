@@ -193,7 +193,8 @@ def extract(frames: np.ndarray, spec: FeatureSpec) -> np.ndarray:
         )
     n_frames, n, n_ch = frames.shape
     # Channel-major and contiguous: every reduction and FFT below runs along the last, contiguous axis.
-    x = np.ascontiguousarray(np.asarray(frames, dtype=np.float64).transpose(0, 2, 1))  # (n_frames, C, N)
+    x = np.empty((n_frames, n_ch, n))  # (n_frames, C, N) float64, filled in one casting, transposing pass
+    np.copyto(x, np.asarray(frames).transpose(0, 2, 1))
     cols: list[np.ndarray] = []  # each (n_frames, C, k)
     cache: dict[str, np.ndarray] = {}
     for fdef in spec.features:
