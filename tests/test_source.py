@@ -146,3 +146,55 @@ def test_samples_over_a_real_broker_score_like_the_replay(tiny_bundle: Path, tin
     assert len(got) == len(expected), f"{len(got)} scores from MQTT samples, {len(expected)} from the replay"
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
     assert len(faults) == 1 and "sample rate" in (faults[0] or "")
+
+
+def test_mqtt_samples_resume_after_a_broker_restart(tiny_bundle: Path, tmp_path: Path) -> None:
+    """A restarted broker has forgotten the agent's subscription (clean start): the agent subscribes
+    again on reconnect, so the sensor node's samples reach it again without a restart of the agent."""
+    from agent.bundle import load_bundle
+    from agent.config import AgentConfig, AgentSection, MqttSection
+    from agent.publish import Publisher
+    from agent.spool import Spool
+
+    b = load_bundle(tiny_bundle)
+    n_ch = len(b.spec.channels)
+    broker = Broker(tmp_path).start()
+    cfg = AgentConfig(AgentSection("lab", "gw2", str(tiny_bundle), spool=str(tmp_path / "spool.sqlite")),
+                      mqtt=MqttSection(port=broker.port, max_backoff_s=1))
+    spool = Spool(cfg.agent.spool)
+    pub = Publisher(cfg, spool, {"model": b.version})
+    wait_until = [0.0]  # each attempt below listens for one second
+    src = MqttSampleSource("lab/gw2/samples", pub.subscribe, b.spec.fs_hz, b.spec.channels,
+                           stop=lambda: time.monotonic() > wait_until[0])
+
+    def send_and_receive(t: float) -> float:
+        node = mqtt.Client(CallbackAPIVersion.VERSION2)
+        node.connect("127.0.0.1", broker.port)
+        node.loop_start()
+        body = {"v": 1, "t": t, "fs_hz": b.spec.fs_hz, "samples": np.full((16, n_ch), t).tolist()}
+        deadline = time.monotonic() + 20
+        try:
+            while time.monotonic() < deadline:  # until the agent's (re)subscription is in place
+                node.publish("lab/gw2/samples", json.dumps(body), qos=1).wait_for_publish(5)
+                wait_until[0] = time.monotonic() + 1.0
+                for chunk in src.chunks():
+                    if chunk.t_start == t:
+                        return float(chunk.samples[0, 0])
+            raise AssertionError(f"no samples arrived within 20 s (t={t})")
+        finally:
+            node.loop_stop()
+            node.disconnect()
+
+    try:
+        pub.start()
+        assert send_and_receive(1.0) == 1.0
+        broker.stop()
+        time.sleep(0.5)
+        assert not pub.connected
+        broker.start()
+        assert send_and_receive(2.0) == 2.0
+        assert pub.connected
+    finally:
+        pub.stop()
+        spool.close()
+        broker.stop()
