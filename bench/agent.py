@@ -55,6 +55,7 @@ def rss_mb():
             return int(line.split()[1]) / 1024
 
 bundle_path, port, stream_path, workdir = sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5]
+repeat = int(sys.argv[6])
 b = load_bundle(bundle_path)
 spec = b.spec
 fs, n_ch = int(spec.fs_hz), len(spec.channels)
@@ -71,14 +72,15 @@ pipe = Pipeline(b)
 stream = open(stream_path, "rb", buffering=0)
 buf = np.empty((2048, n_ch), np.float32)
 view = memoryview(buf).cast("B")
-pos = 0
+pos = 0  # samples read from the file
+t_shift = 0  # samples of signal already played by earlier passes over the same stretch of file
 
 def chunks(seconds):
     global pos
     end = pos + int(seconds * fs)
     while pos < end:
         got = stream.readinto(view[: min(2048, end - pos) * n_ch * 4]) // (4 * n_ch)
-        yield Chunk(buf[:got], pos / fs)
+        yield Chunk(buf[:got], (t_shift + pos) / fs)
         pos += got
 
 def feed(seconds, t_pub=None):
@@ -101,16 +103,26 @@ _, first = feed(2 * b.window)
 pub.wait_drained(30)
 rss_warm = rss_mb()
 seconds = os.path.getsize(stream_path) / (4 * n_ch * fs) - 2 * b.window
-pipe.times.features = pipe.times.inference = 0.0
-pipe.times.windows = 0
-t_pub = [0.0]
-cpu0, main0 = time.process_time(), time.thread_time()
-t0 = time.perf_counter()
-n, _ = feed(seconds, t_pub)
-wall = time.perf_counter() - t0
-pub.wait_drained(30)
-wall_drained = time.perf_counter() - t0
-cpu_all, cpu_main = time.process_time() - cpu0, time.thread_time() - main0
+start = pos
+passes = []
+for _ in range(repeat):  # the same stretch of signal again (time keeps running on): the best pass counts,
+    stream.seek(start * 4 * n_ch)  # as timeit does, since a busy shared host only ever slows a pass down
+    t_shift += pos - start
+    pos = start
+    pipe.times.features = pipe.times.inference = 0.0
+    t_pub = [0.0]
+    cpu0, main0 = time.process_time(), time.thread_time()
+    t0 = time.perf_counter()
+    n, _ = feed(seconds, t_pub)
+    wall = time.perf_counter() - t0
+    pub.wait_drained(30)
+    wall_drained = time.perf_counter() - t0
+    cpu_all, cpu_main = time.process_time() - cpu0, time.thread_time() - main0
+    passes.append({"windows": n, "wall_s": wall_drained, "x_realtime": seconds / wall_drained,
+        "x_realtime_loop": seconds / wall, "cpu_main_s": cpu_main, "cpu_other_threads_s": cpu_all - cpu_main,
+        "x_realtime_features": seconds / pipe.times.features,
+        "x_realtime_inference": seconds / pipe.times.inference, "x_realtime_publish": seconds / t_pub[0]})
+best = max(passes, key=lambda r: r["x_realtime"])
 rss_end = rss_mb()
 # inference latency of single windows (scale + model), as the agent calls it
 x = b.scaler.transform(np.random.default_rng(0).uniform(0, 1, (b.window, spec.n_features))).astype(np.float32)
@@ -118,11 +130,8 @@ lat = []
 for _ in range(2000):
     t = time.perf_counter(); b.model.reconstruct(x); lat.append(time.perf_counter() - t)
 pub.stop()
-print(json.dumps({"side": "edge", "runtime": b.model.runtime, "windows": n, "signal_s": seconds,
-    "wall_s": wall_drained, "x_realtime": seconds / wall_drained, "x_realtime_loop": seconds / wall,
-    "cpu_main_s": cpu_main, "cpu_other_threads_s": cpu_all - cpu_main,
-    "x_realtime_features": seconds / pipe.times.features,
-    "x_realtime_inference": seconds / pipe.times.inference, "x_realtime_publish": seconds / t_pub[0],
+print(json.dumps({"side": "edge", "runtime": b.model.runtime, "signal_s": seconds, "passes": len(passes),
+    **best, "x_realtime_all_passes": [round(r["x_realtime"]) for r in passes],
     "infer_p50_us": float(np.percentile(lat, 50) * 1e6), "infer_p99_us": float(np.percentile(lat, 99) * 1e6),
     "rss_mb": rss_warm, "rss_after_run_mb": rss_end, "first_score_s": first}))
 '''
@@ -230,6 +239,7 @@ def main() -> None:
     ap.add_argument("--run", required=True, help="a run directory (its Keras model is the comparison)")
     ap.add_argument("--bundle", help="the bundle to bench (default: convert --run into a temporary one)")
     ap.add_argument("--seconds", type=float, default=300, help="seconds of signal to stream (default 300)")
+    ap.add_argument("--repeat", type=int, default=3, help="timed passes over that signal; the best counts (default 3)")
     a = ap.parse_args()
     from mosquitto import Broker
 
@@ -242,7 +252,7 @@ def main() -> None:
         write_stream(stream, bundle, a.seconds + 40)
         broker = Broker(Path(d)).start()
         try:
-            edge = child(EDGE, bundle, str(broker.port), str(stream), d)
+            edge = child(EDGE, bundle, str(broker.port), str(stream), d, str(a.repeat))
             service = service_rss(bundle, broker.port, Path(d), stream)
         finally:
             broker.stop()
@@ -253,7 +263,8 @@ def main() -> None:
                      indent=2))
     print(f"\n| measure | edge agent ({edge['runtime']}) | Keras model.predict in the loop |")
     print("|---|---|---|")
-    print(f"| throughput, x real time (one core) | {edge['x_realtime']:.0f}x "
+    print(f"| throughput, x real time (one core; best of {edge['passes']} passes: "
+          f"{', '.join(f'{x}x' for x in edge['x_realtime_all_passes'])}) | {edge['x_realtime']:.0f}x "
           f"(features {edge['x_realtime_features']:.0f}x, "
           f"inference {edge['x_realtime_inference']:.0f}x, publish {edge['x_realtime_publish']:.0f}x) | "
           f"{1e6 / keras['predict_p50_us']:.0f} windows/s |")
