@@ -168,10 +168,10 @@ print(json.dumps({"side": "keras", "predict_p50_us": float(np.percentile(lat, 50
 '''
 
 
-def child(code: str, *args: str) -> dict:
+def child(code: str, *args: str, python: str = sys.executable) -> dict:
     pin = ["taskset", "-c", "0"] if shutil.which("taskset") else []
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
-    res = subprocess.run([*pin, sys.executable, "-c", code, str(time.time()), *args], capture_output=True,
+    res = subprocess.run([*pin, python, "-c", code, str(time.time()), *args], capture_output=True,
                          text=True, env=env, cwd=ROOT)
     if res.returncode != 0:
         sys.exit(res.stderr[-3000:])
@@ -193,7 +193,7 @@ def write_stream(path: Path, bundle: str, seconds: float) -> None:
             f.write(np.ascontiguousarray(sim.snapshot(i), dtype=np.float32).tobytes())
 
 
-def service_rss(bundle: str, port: int, workdir: Path, stream: Path, seconds: float = 30.0) -> dict:
+def service_rss(bundle: str, port: int, workdir: Path, stream: Path, python: str, seconds: float = 30.0) -> dict:
     """The real service, `vibrawatch-agent run`, on one core, fed as a gateway is fed: a sensor node
     publishes blocks of raw samples to MQTT in real time (source kind "mqtt", docs/mqtt.md) and the
     agent scores them. Its resident memory (now and peak) after ``seconds``, and the windows it published."""
@@ -215,8 +215,10 @@ def service_rss(bundle: str, port: int, workdir: Path, stream: Path, seconds: fl
     node.subscribe("vibrawatch/v1/bench/service/score", qos=1)
     node.loop_start()
     pin = ["taskset", "-c", "0"] if shutil.which("taskset") else []
-    agent = subprocess.Popen([*pin, str(Path(sys.executable).with_name("vibrawatch-agent")), "run", "--config",
-                              str(cfg)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
+    # what the console script `vibrawatch-agent` runs, with the chosen Python (its venv need not install us)
+    agent = subprocess.Popen([*pin, python, "-m", "agent.cli", "run", "--config", str(cfg)], cwd=ROOT,
+                             env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
     time.sleep(2.0)  # connected and subscribed
     samples = np.fromfile(stream, dtype=np.float32, count=int(seconds * fs) * n_ch).reshape(-1, n_ch)
     block = 2048
@@ -239,6 +241,9 @@ def main() -> None:
     ap.add_argument("--run", required=True, help="a run directory (its Keras model is the comparison)")
     ap.add_argument("--bundle", help="the bundle to bench (default: convert --run into a temporary one)")
     ap.add_argument("--seconds", type=float, default=300, help="seconds of signal to stream (default 300)")
+    ap.add_argument("--edge-python", default=sys.executable,
+                    help="the Python of the edge side, e.g. .venv-tflite/bin/python for tflite-runtime 2.14 "
+                    "(default: this one)")
     ap.add_argument("--repeat", type=int, default=3, help="timed passes over that signal; the best counts (default 3)")
     a = ap.parse_args()
     from mosquitto import Broker
@@ -252,8 +257,8 @@ def main() -> None:
         write_stream(stream, bundle, a.seconds + 40)
         broker = Broker(Path(d)).start()
         try:
-            edge = child(EDGE, bundle, str(broker.port), str(stream), d, str(a.repeat))
-            service = service_rss(bundle, broker.port, Path(d), stream)
+            edge = child(EDGE, bundle, str(broker.port), str(stream), d, str(a.repeat), python=a.edge_python)
+            service = service_rss(bundle, broker.port, Path(d), stream, a.edge_python)
         finally:
             broker.stop()
         keras = child(KERAS, a.run)
