@@ -29,6 +29,8 @@ from agent.topics import encode, status_payload, topic
 
 log = logging.getLogger("vibrawatch.publish")
 _GATHER_S = 0.01
+_SESSION_TAKEN_OVER = 0x8E  # MQTT 5 DISCONNECT reason: another connection with this client id
+_SHORT_SESSION_S = 5.0
 
 
 class Publisher:
@@ -53,12 +55,15 @@ class Publisher:
         self.connected = False
         self._subscriptions: dict[str, Callable[[bytes], None]] = {}
         self._protocol = mqtt.MQTTv5
+        self._client_id = cfg.mqtt.client_id or f"vibrawatch-{cfg.agent.site}-{cfg.agent.device}"
+        self._connected_at = 0.0
+        self._short_sessions = 0
         self._client = self._make_client()
         self._sender = threading.Thread(target=self._send_loop, name="vibrawatch-sender", daemon=True)
 
     def _make_client(self) -> mqtt.Client:
         m = self.cfg.mqtt
-        client_id = m.client_id or f"vibrawatch-{self.cfg.agent.site}-{self.cfg.agent.device}"
+        client_id = self._client_id
         c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=self._protocol)
         c.will_set(self.status_topic, encode(status_payload("offline", reason="connection lost")), qos=1, retain=True)
         if m.username:
@@ -184,6 +189,7 @@ class Publisher:
         log.info("connected to %s:%d (MQTT %s)", self.cfg.mqtt.host, self.cfg.mqtt.port,
                  "5" if self._protocol == mqtt.MQTTv5 else "3.1.1")
         self._reconnected = True
+        self._connected_at = time.monotonic()
         self.connected = True
         self._wake.set()
 
@@ -195,7 +201,15 @@ class Publisher:
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any,
                        properties: Any) -> None:
-        if self.connected:
+        # A connection that keeps dropping seconds after it was made is, most often, a second client with
+        # this client id taking the session over (a copied config); brokers do not always say so (0x8E).
+        short = self.connected and time.monotonic() - self._connected_at < _SHORT_SESSION_S
+        self._short_sessions = self._short_sessions + 1 if short else 0
+        if getattr(reason_code, "value", None) == _SESSION_TAKEN_OVER or self._short_sessions == 3:
+            log.error("the broker keeps dropping this connection within seconds (%s): is another client using "
+                      "client id %r? two agents share a config? give each gateway its own [agent] site/device or "
+                      "[mqtt] client_id", reason_code, self._client_id)
+        elif self.connected:
             log.warning("disconnected from the broker (%s); spooling until it is back", reason_code)
         self.connected = False
         self._wake.set()

@@ -1,4 +1,5 @@
-"""The publisher over TLS (CA, client certificate, password) and its fallback to MQTT 3.1.1, on a real Mosquitto.
+"""The publisher on a real Mosquitto: TLS (CA, client certificate, password), the fallback to MQTT 3.1.1, and
+two gateways sharing a client id.
 
 Certificates are made per test with ``cryptography``. Mosquitto 2.0 cannot be told to refuse MQTT 5, so
 the fallback test puts a small gate in front of the real broker that answers an MQTT 5 CONNECT the way
@@ -286,4 +287,24 @@ def test_falls_back_to_mqtt_311_when_the_broker_refuses_5(tmp_path: Path) -> Non
         gate.close()
         sub.close()
         spool.close()
+        broker.stop()
+
+
+def test_two_agents_with_one_client_id_are_named_in_the_log(tmp_path: Path, caplog: pytest.LogCaptureFixture
+                                                             ) -> None:
+    """A copied config makes two gateways take each other's session every reconnect: say so, plainly."""
+    broker = Broker(tmp_path).start()
+    first, first_spool = publisher(tmp_path / "a", broker.port)
+    second, second_spool = publisher(tmp_path / "b", broker.port)
+    try:
+        with caplog.at_level("ERROR", logger="vibrawatch.publish"):
+            first.start()
+            assert wait(lambda: first.connected)
+            second.start()
+            assert wait(lambda: "client id 'vibrawatch-lab-gw'" in caplog.text, timeout=20), caplog.text
+        assert "two agents share a config" in caplog.text
+    finally:
+        for p, s in ((first, first_spool), (second, second_spool)):
+            p.stop()
+            s.close()
         broker.stop()
