@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from agent.source import Chunk
+from .source import Chunk
 
 DEVID, BW_RATE, POWER_CTL, DATA_FORMAT, DATAX0, FIFO_CTL, FIFO_STATUS = 0x00, 0x2C, 0x2D, 0x31, 0x32, 0x38, 0x39
 DEVID_VALUE = 0xE5

@@ -21,11 +21,11 @@ from typing import Any
 
 import numpy as np
 
-from agent.decide import AlarmRule
-from agent.errors import ConfigError, VibrawatchError
-from agent.features import FeatureSpec
-from agent.infer import TFLiteModel, find_runtime
-from agent.scale import MinMaxScaling
+from .decide import AlarmRule
+from .errors import ConfigError, VibrawatchError
+from .features import FeatureSpec
+from .infer import TFLiteModel, find_runtime
+from .scale import MinMaxScaling
 
 SCHEMA = "vibrawatch.bundle/1"
 MANIFEST, SIGNATURE, MODEL = "manifest.json", "manifest.sig", "model.tflite"

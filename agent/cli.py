@@ -10,8 +10,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-import agent
-from agent.errors import VibrawatchError
+from . import __version__
+from .errors import VibrawatchError
 
 _EPILOG = """examples:
   vibrawatch-agent check --config /etc/vibrawatch/agent.toml   # before (re)starting the service
@@ -26,7 +26,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="vibrawatch-agent", epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Score a machine's vibration on the gateway and publish scores, alarms and status over "
                     "MQTT. Needs numpy, a TFLite runtime and paho-mqtt; no TensorFlow.")
-    p.add_argument("--version", action="version", version=f"vibrawatch-agent {agent.__version__}")
+    p.add_argument("--version", action="version", version=f"vibrawatch-agent {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = sub.add_parser(
         "run", help="score and publish until stopped",
@@ -48,11 +48,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "check":
-            from agent.service import check
+            from .service import check
 
             print(check(args.config))
             return 0
-        from agent.service import run
+        from .service import run
 
         return run(args.config)
     except VibrawatchError as e:

@@ -14,7 +14,7 @@ from typing import Any
 
 import tomllib
 
-from agent.errors import ConfigError
+from .errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from agent.recording import Recording
+from .recording import Recording
 
 
 @dataclass(frozen=True)

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.errors import DataFormatError
-from agent.recording import FeatureTable, Recording
+from .errors import DataFormatError
+from .recording import FeatureTable, Recording
 
 IMS_NAME = re.compile(r"^(\d{4})\.(\d{2})\.(\d{2})\.(\d{2})\.(\d{2})\.(\d{2})$")
 IMS_FS_HZ = 20000.0

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from agent.source import Chunk
+from .source import Chunk
 
 log = logging.getLogger("vibrawatch.source")
 

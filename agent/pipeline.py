@@ -13,13 +13,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from agent.bundle import Bundle
-from agent.decide import AlarmState, Decision, reconstruction_scores
-from agent.features import extract
-from agent.frames import Framer
-from agent.sensor_check import SensorLimits, check_chunk
-from agent.source import Chunk
-from agent.window import WindowBuffer
+from .bundle import Bundle
+from .decide import AlarmState, Decision, reconstruction_scores
+from .features import extract
+from .frames import Framer
+from .sensor_check import SensorLimits, check_chunk
+from .source import Chunk
+from .window import WindowBuffer
 
 
 @dataclass(frozen=True)

@@ -20,15 +20,15 @@ from typing import Any
 
 import numpy as np
 
-import agent
-from agent.allocator import keep_large_blocks
-from agent.bundle import Bundle, load_bundle
-from agent.config import AgentConfig, load_agent_config
-from agent.pipeline import Pipeline, Scored, SensorStatus
-from agent.publish import Publisher
-from agent.source import Chunk, ReplaySource, SimulatorSource
-from agent.spool import Spool
-from agent.topics import topic, window_messages
+from . import __version__
+from .allocator import keep_large_blocks
+from .bundle import Bundle, load_bundle
+from .config import AgentConfig, load_agent_config
+from .pipeline import Pipeline, Scored, SensorStatus
+from .publish import Publisher
+from .source import Chunk, ReplaySource, SimulatorSource
+from .spool import Spool
+from .topics import topic, window_messages
 
 log = logging.getLogger("vibrawatch.agent")
 
@@ -52,14 +52,14 @@ def make_source(cfg: AgentConfig, stop: Any, publisher: Publisher | None = None,
     if s.kind == "replay":
         return ReplaySource(s.path or "", speed=s.speed, chunk=s.chunk, stop=stop)
     if s.kind == "simulator":
-        from agent.simulate import BearingSimulator
+        from .simulate import BearingSimulator
 
         return SimulatorSource(BearingSimulator(n_snapshots=s.snapshots, seed=s.seed), s.speed, s.chunk, stop)
     if s.kind == "adxl345":
-        from agent.adxl345 import ADXL345Source
+        from .adxl345 import ADXL345Source
 
         return ADXL345Source(bus=s.i2c_bus, address=s.i2c_address, range_g=s.range_g, chunk=s.chunk, stop=stop)
-    from agent.mqtt_source import MqttSampleSource
+    from .mqtt_source import MqttSampleSource
 
     if publisher is None or bundle is None:
         raise ValueError("an MQTT samples source needs the publisher and the bundle")
@@ -88,7 +88,7 @@ class Agent:
         return b
 
     def _birth(self) -> dict[str, Any]:
-        return {"agent": agent.__version__, "model": self.bundle.version, "runtime": self.bundle.model.runtime,
+        return {"agent": __version__, "model": self.bundle.version, "runtime": self.bundle.model.runtime,
                 "numpy": np.__version__, "channels": list(self.bundle.spec.channels)}
 
     def stop(self, *_: Any) -> None:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from agent.recording import Recording
+from .recording import Recording
 
 LORENZ_PARAMS = {"healthy": (10.0, 28.0, 8.0 / 3.0), "broken": (30.0, 128.0, 28.0 / 3.0)}
 LORENZ_STEP = 0.008

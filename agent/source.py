@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from agent.recording import FeatureTable, Recording
+from .recording import FeatureTable, Recording
 
 if TYPE_CHECKING:
-    from agent.simulate import BearingSimulator
+    from .simulate import BearingSimulator
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,7 @@ class ReplaySource:
 
     def __init__(self, path: str | Path, speed: float = 0.0, chunk: int = 2048,
                  stop: Callable[[], bool] = lambda: False) -> None:
-        from agent.loaders import load  # only a replaying agent needs the file formats
+        from .loaders import load  # only a replaying agent needs the file formats
 
         self.data: Recording | FeatureTable = load(path)
         self.path = Path(path)

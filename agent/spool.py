@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.topics import encode
+from .topics import encode
 
 
 @dataclass(frozen=True)

@@ -16,10 +16,10 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from agent.errors import ConfigError
+from .errors import ConfigError
 
 if TYPE_CHECKING:
-    from agent.pipeline import Scored
+    from .pipeline import Scored
 
 PREFIX = "vibrawatch/v1"
 VERSION = 1

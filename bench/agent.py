@@ -32,22 +32,21 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-# this file is bench/agent.py: put the project first, or `import agent` would find this script
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path.insert(0, str(ROOT / "tests"))  # the tests' Mosquitto helper
 
 EDGE = r'''
 import json, os, sys, time
 T_START = float(sys.argv[1])
 import numpy as np
-from agent.allocator import keep_large_blocks
+from vibrawatch.agent.allocator import keep_large_blocks
 keep_large_blocks()  # as the agent service does at start
-from agent.bundle import load_bundle
-from agent.config import AgentConfig, AgentSection, MqttSection
-from agent.pipeline import Pipeline, Scored
-from agent.publish import Publisher
-from agent.source import Chunk
-from agent.spool import Spool
-from agent.topics import window_messages
+from vibrawatch.agent.bundle import load_bundle
+from vibrawatch.agent.config import AgentConfig, AgentSection, MqttSection
+from vibrawatch.agent.pipeline import Pipeline, Scored
+from vibrawatch.agent.publish import Publisher
+from vibrawatch.agent.source import Chunk
+from vibrawatch.agent.spool import Spool
+from vibrawatch.agent.topics import window_messages
 
 def rss_mb():
     for line in open("/proc/self/status"):
@@ -141,7 +140,7 @@ import json, os, sys, time
 T_START = float(sys.argv[1])
 os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
 import numpy as np
-from train.run import Run
+from vibrawatch.train.run import Run
 
 def rss_mb():
     for line in open("/proc/self/status"):
@@ -170,7 +169,7 @@ print(json.dumps({"side": "keras", "predict_p50_us": float(np.percentile(lat, 50
 
 def child(code: str, *args: str, python: str = sys.executable) -> dict:
     pin = ["taskset", "-c", "0"] if shutil.which("taskset") else []
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     res = subprocess.run([*pin, python, "-c", code, str(time.time()), *args], capture_output=True,
                          text=True, env=env, cwd=ROOT)
     if res.returncode != 0:
@@ -181,8 +180,8 @@ def child(code: str, *args: str, python: str = sys.executable) -> dict:
 def write_stream(path: Path, bundle: str, seconds: float) -> None:
     """The sensor's samples for both measurements: the built-in bearing simulator, consecutive 1 s
     snapshots at the bundle's rate and channel count, raw float32 (generated here, outside the agent)."""
-    from agent.bundle import load_bundle
-    from agent.simulate import BearingSimulator
+    from vibrawatch.agent.bundle import load_bundle
+    from vibrawatch.agent.simulate import BearingSimulator
 
     spec = load_bundle(bundle).spec
     fs = int(spec.fs_hz)
@@ -200,7 +199,7 @@ def service_rss(bundle: str, port: int, workdir: Path, stream: Path, python: str
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
-    from agent.bundle import load_bundle
+    from vibrawatch.agent.bundle import load_bundle
 
     spec = load_bundle(bundle).spec
     fs, n_ch = int(spec.fs_hz), len(spec.channels)
@@ -215,10 +214,9 @@ def service_rss(bundle: str, port: int, workdir: Path, stream: Path, python: str
     node.subscribe("vibrawatch/v1/bench/service/score", qos=1)
     node.loop_start()
     pin = ["taskset", "-c", "0"] if shutil.which("taskset") else []
-    # what the console script `vibrawatch-agent` runs, with the chosen Python (its venv need not install us)
-    agent = subprocess.Popen([*pin, python, "-m", "agent.cli", "run", "--config", str(cfg)], cwd=ROOT,
-                             env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
+    # what the console script `vibrawatch-agent` runs, with the chosen Python (vibrawatch installed there)
+    agent = subprocess.Popen([*pin, python, "-m", "vibrawatch.agent.cli", "run", "--config", str(cfg)], cwd=ROOT,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(2.0)  # connected and subscribed
     samples = np.fromfile(stream, dtype=np.float32, count=int(seconds * fs) * n_ch).reshape(-1, n_ch)
     block = 2048

@@ -21,10 +21,11 @@ from typing import Any
 
 import numpy as np
 
-from agent.bundle import MANIFEST, MODEL, SCHEMA, SIGNATURE, load_bundle, sha256
-from agent.decide import Decision, reconstruction_scores, run_alarms
-from agent.infer import TFLiteModel
-from convert.tflite import ConversionError, check_ops, convert_keras, n_lstm_layers, rebuild_batch1
+from vibrawatch.agent.bundle import MANIFEST, MODEL, SCHEMA, SIGNATURE, load_bundle, sha256
+from vibrawatch.agent.decide import Decision, reconstruction_scores, run_alarms
+from vibrawatch.agent.infer import TFLiteModel
+
+from .tflite import ConversionError, check_ops, convert_keras, n_lstm_layers, rebuild_batch1
 
 PARITY_REL = 1e-5  # float32: max |score difference| relative to the score
 AGREEMENT = 0.995  # quantized: share of windows whose alarm state agrees with Keras
@@ -39,7 +40,7 @@ def _first_alarm(decisions: list[Decision]) -> int | None:
 
 def parity(run: Any, model: TFLiteModel, keras_model: Any) -> tuple[dict[str, Any], np.ndarray]:
     """Compare TFLite with Keras on every window of the training run; returns (metrics, TFLite outputs)."""
-    from train.model import reconstruct
+    from vibrawatch.train.model import reconstruct
 
     w = np.load(run.path / "windows.npz", allow_pickle=False)
     x, healthy, t_end = w["x"], w["healthy"], w["end_times"]
@@ -86,18 +87,16 @@ def run_on_tflite_runtime(model_content: bytes, inputs: np.ndarray, expected: np
     python = os.environ.get(TFLITE_RUNTIME_PYTHON)
     if not python:
         return None
-    root = Path(__file__).resolve().parents[1]
     with tempfile.TemporaryDirectory() as d:
         (Path(d) / "m.tflite").write_bytes(model_content)
         np.save(Path(d) / "x.npy", inputs)
         code = (
-            "import sys, numpy as np; from agent.infer import TFLiteModel; "
+            "import sys, numpy as np; from vibrawatch.agent.infer import TFLiteModel; "
             f"m = TFLiteModel(open({str(Path(d) / 'm.tflite')!r}, 'rb').read(), runtime='tflite-runtime'); "
             f"np.save({str(Path(d) / 'y.npy')!r}, m.reconstruct_batch(np.load({str(Path(d) / 'x.npy')!r}))); "
             "print(m.runtime_version)"
         )
-        env = {**os.environ, "PYTHONPATH": str(root)}
-        res = subprocess.run([python, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+        res = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=120)
         if res.returncode != 0:
             last = (res.stderr.strip().splitlines() or ["unknown error"])[-1]
             return {"ok": False, "version": "2.14", "error": last[:300]}
@@ -110,7 +109,7 @@ def build_bundle(run_dir: str | Path, out: str | Path, quantize: str = "none", s
     """Convert a run and write a bundle (a directory, or a tar when ``out`` ends in .tar); returns a summary."""
     import tensorflow as tf
 
-    from train.run import Run, versions
+    from vibrawatch.train.run import Run, versions
 
     run = Run.open(run_dir)
     keras_model = run.keras_model()
@@ -170,7 +169,7 @@ def build_bundle(run_dir: str | Path, out: str | Path, quantize: str = "none", s
     }
     files = {MODEL: content, MANIFEST: json.dumps(manifest, indent=1).encode()}
     if sign_key is not None:
-        from convert.keys import sign
+        from .keys import sign
 
         files[SIGNATURE] = sign(files[MANIFEST], sign_key)
     write_bundle(files, Path(out))
@@ -210,7 +209,7 @@ def write_bundle(files: dict[str, bytes], out: Path) -> None:
 
 def describe(path: str | Path) -> str:
     """A human summary of a bundle's manifest (no verification beyond reading it)."""
-    from agent.bundle import parse_manifest, read_bundle_files
+    from vibrawatch.agent.bundle import parse_manifest, read_bundle_files
 
     p = Path(path)
     files = read_bundle_files(p)

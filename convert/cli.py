@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
-from convert.cli_errors import user_errors
+from .cli_errors import user_errors
 
 app = typer.Typer(
     name="vibrawatch",
@@ -63,7 +63,7 @@ def train(
     Example: vibrawatch train --data ../shared/data/ims/2nd_test_full.npz --healthy-until "2004-02-15 12:52:39"
     --config configs/ims2.toml --out runs/ims2
     """
-    from train.run import train_run
+    from vibrawatch.train.run import train_run
 
     summary = train_run(data, out, healthy_until, config, progress=not quiet)
     typer.echo(json.dumps(summary, indent=2))
@@ -93,7 +93,7 @@ def evaluate(
 
     Example: vibrawatch evaluate runs/ims2 --data ../shared/data/ims/2nd_test_full.npz --failed bearing1 --json
     """
-    from train.evaluate import evaluate_run
+    from vibrawatch.train.evaluate import evaluate_run
 
     names = [s.strip() for s in failed.split(",") if s.strip()] if failed else []
     report = evaluate_run(str(run_dir), str(data), failure_at, names, str(normal_data) if normal_data else None,
@@ -133,8 +133,8 @@ def simulate_bearing(
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same data).")] = 0,
 ) -> None:
     """A rolling-bearing run to failure: defect impacts at BPFO/BPFI/BSF ringing a resonance, in noise."""
-    from agent.loaders import save_snapshot_npz
-    from agent.simulate import simulate_bearing_run
+    from vibrawatch.agent.loaders import save_snapshot_npz
+    from vibrawatch.agent.simulate import simulate_bearing_run
 
     rec = simulate_bearing_run(n_snapshots=snapshots, snapshot_samples=samples, fs_hz=fs_hz, interval_s=interval_s,
                                n_channels=channels, failing_channel=failing, fault=fault, onset=onset, seed=seed)
@@ -150,8 +150,8 @@ def simulate_lorenz(
     n: Annotated[int, typer.Option(help="Euler steps (samples).")] = 3000,
 ) -> None:
     """The IBM article's Lorenz-attractor 'vibration' (Euler step 0.008 from (2, 3, 4))."""
-    from agent.loaders import save_snapshot_npz
-    from agent.simulate import simulate_lorenz as sim
+    from vibrawatch.agent.loaders import save_snapshot_npz
+    from vibrawatch.agent.simulate import simulate_lorenz as sim
 
     rec = sim(kind, n)
     save_snapshot_npz(rec, out)
@@ -173,15 +173,16 @@ def demo(
     """
     import numpy as np
 
-    from agent.bundle import load_bundle
-    from agent.loaders import save_snapshot_npz
-    from agent.pipeline import Pipeline, Scored
-    from agent.simulate import simulate_bearing_run
-    from agent.source import ReplaySource
-    from convert.bundle import build_bundle
-    from convert.keys import PRIVATE_NAME, PUBLIC_NAME, new_keypair
-    from train.evaluate import evaluate_run
-    from train.run import train_run
+    from vibrawatch.agent.bundle import load_bundle
+    from vibrawatch.agent.loaders import save_snapshot_npz
+    from vibrawatch.agent.pipeline import Pipeline, Scored
+    from vibrawatch.agent.simulate import simulate_bearing_run
+    from vibrawatch.agent.source import ReplaySource
+    from vibrawatch.train.evaluate import evaluate_run
+    from vibrawatch.train.run import train_run
+
+    from .bundle import build_bundle
+    from .keys import PRIVATE_NAME, PUBLIC_NAME, new_keypair
 
     out.mkdir(parents=True, exist_ok=True)
     data = out / "bearing_run.npz"
@@ -216,7 +217,7 @@ def demo(
 
 
 def _register_workstation_commands() -> None:
-    from convert.commands import register
+    from .commands import register
 
     register(app)
 

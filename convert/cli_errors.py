@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 import typer
 
-from agent.errors import VibrawatchError
+from vibrawatch.agent.errors import VibrawatchError
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -14,7 +14,7 @@ import typer
 
 def register(app: typer.Typer) -> None:
     """Add the conversion and bundle commands to the main ``vibrawatch`` app."""
-    from convert.cli_errors import user_errors
+    from .cli_errors import user_errors
 
     keys_app = typer.Typer(help="Signing keys for model bundles.", no_args_is_help=True)
     bundle_app = typer.Typer(help="Inspect and verify model bundles.", no_args_is_help=True)
@@ -43,7 +43,7 @@ def register(app: typer.Typer) -> None:
 
         Example: vibrawatch convert runs/ims2 --out bundles/ims2.tar --sign-key keys/vibrawatch-signing.key
         """
-        from convert.bundle import build_bundle
+        from .bundle import build_bundle
 
         typer.echo(json.dumps(build_bundle(run_dir, out, quantize, sign_key, force), indent=2))
 
@@ -53,7 +53,7 @@ def register(app: typer.Typer) -> None:
         out_dir: Annotated[Path, typer.Option("--out-dir", help="Folder for the key pair.")] = Path("keys"),
     ) -> None:
         """Make an Ed25519 key pair: the private key (mode 0600) signs bundles, the public key goes to gateways."""
-        from convert.keys import new_keypair
+        from .keys import new_keypair
 
         priv, pub = new_keypair(out_dir)
         typer.echo(f"private key {priv} (keep it here, mode 0600)\npublic key  {pub} (copy it to every gateway)")
@@ -67,7 +67,7 @@ def register(app: typer.Typer) -> None:
         ] = None,
     ) -> None:
         """Run every check the gateway runs: layout, schema, sha256 of each file, signature, runtime, self-test."""
-        from agent.bundle import load_bundle
+        from vibrawatch.agent.bundle import load_bundle
 
         b = load_bundle(bundle, public_key)
         signed = "signature ok" if public_key else "signature not checked (no --public-key)"
@@ -77,6 +77,6 @@ def register(app: typer.Typer) -> None:
     @user_errors
     def bundle_show(bundle: Annotated[Path, typer.Argument(help="A bundle directory or .tar.")]) -> None:
         """Summarize a bundle's manifest: model, features, threshold, training data, parity, runtimes."""
-        from convert.bundle import describe
+        from .bundle import describe
 
         typer.echo(describe(bundle))

@@ -7,7 +7,7 @@ import base64
 import os
 from pathlib import Path
 
-from agent.errors import ConfigError
+from vibrawatch.agent.errors import ConfigError
 
 PRIVATE_NAME = "vibrawatch-signing.key"
 PUBLIC_NAME = "vibrawatch-signing.pub"

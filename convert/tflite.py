@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from agent.errors import VibrawatchError
+from vibrawatch.agent.errors import VibrawatchError
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
@@ -123,7 +123,7 @@ def convert_keras(model: Any, quantize: str = "none", representative: np.ndarray
 
 def rebuild_batch1(model: Any) -> Any:
     """The same network with a fixed batch of 1 (what fuses) and the trained weights."""
-    from train.model import build_autoencoder
+    from vibrawatch.train.model import build_autoencoder
 
     _, t, f = model.input_shape
     lstms = [layer for layer in model.layers if layer.__class__.__name__ == "LSTM"]

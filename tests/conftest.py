@@ -24,7 +24,7 @@ def cli(*args: str) -> str:
     """Run the vibrawatch CLI in-process as a user would; fail with its output if it exits non-zero."""
     from typer.testing import CliRunner
 
-    from convert.cli import app
+    from vibrawatch.convert.cli import app
 
     result = CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
     assert result.exit_code == 0, f"vibrawatch {' '.join(map(str, args))} exited {result.exit_code}:\n{result.output}"

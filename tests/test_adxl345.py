@@ -7,7 +7,7 @@ from collections import deque
 import numpy as np
 import pytest
 
-from agent.adxl345 import ADXL345, ADXL345Source
+from vibrawatch.agent.adxl345 import ADXL345, ADXL345Source
 
 
 class FakeADXL345Bus:

@@ -23,13 +23,15 @@ from jsonschema import Draft202012Validator
 from mosquitto import Broker
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.bundle import load_bundle
+from vibrawatch.agent.bundle import load_bundle
 
 BLOCK = '''
 import sys
 class _Block:
     def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in {"tensorflow", "tf_keras", "keras", "sklearn", "train", "convert", "typer", "click"}:
+        top = name.split(".")[0]
+        if top in {"tensorflow", "tf_keras", "keras", "sklearn", "typer", "click", "agent", "train", "convert"} or \
+                name.split(".")[:2] in (["vibrawatch", "train"], ["vibrawatch", "convert"]):
             raise ImportError(f"{name} is not available on a gateway (blocked by the test)")
         return None
 sys.meta_path.insert(0, _Block())
@@ -112,13 +114,13 @@ def gateway_env(tmp_path: Path) -> dict[str, str]:
     block = tmp_path / "block"
     block.mkdir(exist_ok=True)
     (block / "sitecustomize.py").write_text(BLOCK)
-    return {**os.environ, "PYTHONPATH": f"{block}{os.pathsep}{ROOT}"}
+    return {**os.environ, "PYTHONPATH": str(block)}
 
 
 def agent_command(*args: str) -> list[str]:
     """``vibrawatch-agent ...`` as installed (the console script next to this Python), as systemd runs it."""
     script = Path(sys.executable).with_name("vibrawatch-agent")
-    return [str(script), *args] if script.exists() else [sys.executable, "-m", "agent.cli", *args]
+    return [str(script), *args] if script.exists() else [sys.executable, "-m", "vibrawatch.agent.cli", *args]
 
 
 def start_agent(cfg: Path, tmp_path: Path) -> subprocess.Popen[str]:

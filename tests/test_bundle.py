@@ -16,7 +16,7 @@ import pytest
 from conftest import cli
 from typer.testing import CliRunner
 
-from agent.bundle import (
+from vibrawatch.agent.bundle import (
     BundleChecksumError,
     BundleLayoutError,
     BundleSchemaError,
@@ -24,7 +24,7 @@ from agent.bundle import (
     BundleSignatureError,
     load_bundle,
 )
-from convert.cli import app
+from vibrawatch.convert.cli import app
 
 
 @pytest.fixture(scope="module")
@@ -164,8 +164,8 @@ def test_path_traversal_and_links_in_a_tar_are_refused(tmp_path: Path) -> None:
 
 
 def test_relu_model_is_refused_naming_the_layer(tmp_path: Path) -> None:
-    from convert.tflite import ConversionError, convert_keras
-    from train.model import build_autoencoder
+    from vibrawatch.convert.tflite import ConversionError, convert_keras
+    from vibrawatch.train.model import build_autoencoder
 
     with pytest.raises(ConversionError, match="layer 'enc_lstm0' is an LSTM with activation 'relu'.*tanh"):
         convert_keras(build_autoencoder(5, 3, (4, 2), activation="relu", batch_size=1))
@@ -175,7 +175,7 @@ def test_keras3_lstm_is_refused_for_its_while_loop() -> None:
     import keras  # Keras 3, what `pip install tensorflow` brings: its LSTM does not fuse
     import tensorflow as tf
 
-    from convert.tflite import ConversionError, check_ops
+    from vibrawatch.convert.tflite import ConversionError, check_ops
 
     inp = keras.Input(shape=(5, 3), batch_size=1)
     model = keras.Model(inp, keras.layers.Dense(3)(keras.layers.LSTM(4, return_sequences=True)(inp)))
@@ -187,7 +187,7 @@ def test_keras3_lstm_is_refused_for_its_while_loop() -> None:
 
 def test_a_runtime_that_failed_at_conversion_is_refused_with_the_variant_to_build(signed_bundle: Path,
                                                                                   tmp_path: Path) -> None:
-    from agent.bundle import BundleRuntimeError
+    from vibrawatch.agent.bundle import BundleRuntimeError
 
     b = _copy(signed_bundle, tmp_path)
     m = json.loads((b / "manifest.json").read_text())

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from scipy import signal, stats
 
-from agent.errors import ConfigError
-from agent.features import FeatureDef, FeatureSpec, default_spec, extract
-from agent.frames import Framer, iter_frames
-from agent.recording import Recording
-from agent.window import WindowBuffer, sliding_windows
+from vibrawatch.agent.errors import ConfigError
+from vibrawatch.agent.features import FeatureDef, FeatureSpec, default_spec, extract
+from vibrawatch.agent.frames import Framer, iter_frames
+from vibrawatch.agent.recording import Recording
+from vibrawatch.agent.window import WindowBuffer, sliding_windows
 
 FS = 10000.0
 N = 1000

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from conftest import shared
 
-from agent.errors import DataFormatError
-from agent.loaders import detect_format, load, load_ims_dir, save_snapshot_npz
-from agent.recording import FeatureTable, Recording
+from vibrawatch.agent.errors import DataFormatError
+from vibrawatch.agent.loaders import detect_format, load, load_ims_dir, save_snapshot_npz
+from vibrawatch.agent.recording import FeatureTable, Recording
 
 
 def test_ims_sample_directory_loads_in_time_order() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from train.model import build_autoencoder
+from vibrawatch.train.model import build_autoencoder
 
 
 def _ops(model) -> list[str]:  # noqa: ANN001 - a tf_keras model

@@ -31,9 +31,9 @@ from cryptography.x509.oid import NameOID
 from mosquitto import Broker, free_port
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.config import AgentConfig, AgentSection, MqttSection
-from agent.publish import Publisher
-from agent.spool import Spool
+from vibrawatch.agent.config import AgentConfig, AgentSection, MqttSection
+from vibrawatch.agent.publish import Publisher
+from vibrawatch.agent.spool import Spool
 
 SCORE_TOPIC = "vibrawatch/v1/lab/gw/score"
 

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, cli
+from conftest import cli
 
-from agent.bundle import load_bundle
-from agent.infer import find_runtime
+from vibrawatch.agent.bundle import load_bundle
+from vibrawatch.agent.infer import find_runtime
 
 VAR = "VIBRAWATCH_TFLITE_RUNTIME_PYTHON"
 
@@ -38,13 +38,12 @@ def test_float32_bundle_runs_on_tflite_runtime(tflite_python: str, tiny_run: Pat
     x = np.load(tiny_run / "windows.npz")["x"][::7][:12]
     np.save(tmp_path / "x.npy", x)
     code = (
-        "import sys, numpy as np; from agent.bundle import load_bundle\n"
+        "import sys, numpy as np; from vibrawatch.agent.bundle import load_bundle\n"
         f"b = load_bundle({str(bundle)!r}, runtime='tflite-runtime')\n"
         f"np.save({str(tmp_path / 'y.npy')!r}, b.model.reconstruct_batch(np.load({str(tmp_path / 'x.npy')!r})))\n"
         "print(b.model.runtime, np.__version__)"
     )
-    res = subprocess.run([tflite_python, "-c", code], capture_output=True, text=True, timeout=120,
-                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    res = subprocess.run([tflite_python, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert res.stdout.startswith("tflite-runtime 2.14") and " 1." in res.stdout  # numpy 1.x there
     expected = load_bundle(bundle).model.reconstruct_batch(x)

@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.bundle import load_bundle
-from agent.pipeline import Pipeline, Scored, SensorStatus
-from agent.sensor_check import SensorLimits, check_chunk
-from agent.source import Chunk, ReplaySource
+from vibrawatch.agent.bundle import load_bundle
+from vibrawatch.agent.pipeline import Pipeline, Scored, SensorStatus
+from vibrawatch.agent.sensor_check import SensorLimits, check_chunk
+from vibrawatch.agent.source import Chunk, ReplaySource
 
 LIM = SensorLimits(n_channels=2, fs_hz=1000.0, full_scale=4.0)
 GOOD = np.random.default_rng(0).normal(size=(256, 2)).astype(np.float32)

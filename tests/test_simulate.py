@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 from conftest import shared
 
-from agent.features import FeatureDef, FeatureSpec, extract
-from agent.simulate import BearingGeometry, BearingSimulator, lorenz
+from vibrawatch.agent.features import FeatureDef, FeatureSpec, extract
+from vibrawatch.agent.simulate import BearingGeometry, BearingSimulator, lorenz
 
 
 def test_lorenz_reproduces_the_ibm_demo_streams() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from agent.spool import Spool
+from vibrawatch.agent.spool import Spool
 
 
 def _payloads(msgs: list) -> list[dict]:

@@ -32,7 +32,7 @@ def test_evaluate_json_reports_the_failing_bearing(tiny_run: Path, tiny_data: Pa
 def _fails(*args: object) -> str:
     from typer.testing import CliRunner
 
-    from convert.cli import app
+    from vibrawatch.convert.cli import app
 
     result = CliRunner().invoke(app, [str(a) for a in args])
     assert result.exit_code == 2, result.output

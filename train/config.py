@@ -11,9 +11,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.config import read_toml
-from agent.decide import AlarmRule
-from agent.errors import ConfigError
+from vibrawatch.agent.config import read_toml
+from vibrawatch.agent.decide import AlarmRule
+from vibrawatch.agent.errors import ConfigError
 
 
 @dataclass(frozen=True)

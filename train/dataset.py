@@ -9,12 +9,13 @@ from datetime import datetime, timezone
 import numpy as np
 from tqdm.auto import tqdm
 
-from agent.errors import ConfigError
-from agent.features import FeatureSpec, default_spec, extract, parse_features
-from agent.frames import iter_frames
-from agent.recording import FeatureTable, Recording
-from agent.window import sliding_windows, window_ends
-from train.config import TrainConfig
+from vibrawatch.agent.errors import ConfigError
+from vibrawatch.agent.features import FeatureSpec, default_spec, extract, parse_features
+from vibrawatch.agent.frames import iter_frames
+from vibrawatch.agent.recording import FeatureTable, Recording
+from vibrawatch.agent.window import sliding_windows, window_ends
+
+from .config import TrainConfig
 
 
 @dataclass(frozen=True)

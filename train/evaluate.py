@@ -20,17 +20,18 @@ from typing import Any
 
 import numpy as np
 
-from agent.decide import AlarmRule, Decision, reconstruction_scores, run_alarms
-from agent.errors import ConfigError
-from agent.features import FeatureDef, FeatureSpec, extract
-from agent.frames import iter_frames
-from agent.loaders import load
-from agent.recording import FeatureTable, Recording
-from agent.window import sliding_windows
-from train.config import ThresholdConfig
-from train.dataset import featurize, format_time, healthy_end_time, make_windows, parse_time
-from train.run import Run, score
-from train.threshold import fit_channel_thresholds, fit_threshold
+from vibrawatch.agent.decide import AlarmRule, Decision, reconstruction_scores, run_alarms
+from vibrawatch.agent.errors import ConfigError
+from vibrawatch.agent.features import FeatureDef, FeatureSpec, extract
+from vibrawatch.agent.frames import iter_frames
+from vibrawatch.agent.loaders import load
+from vibrawatch.agent.recording import FeatureTable, Recording
+from vibrawatch.agent.window import sliding_windows
+
+from .config import ThresholdConfig
+from .dataset import featurize, format_time, healthy_end_time, make_windows, parse_time
+from .run import Run, score
+from .threshold import fit_channel_thresholds, fit_threshold
 
 
 @dataclass(frozen=True)
@@ -255,7 +256,7 @@ def evaluate_run(
         baselines["pca"] = {**pca_report, "components": int(pca.n_components_)}
         report["baselines"] = baselines
     if plots:
-        from train import plots as p
+        from . import plots as p
 
         p.evaluation_plots(run.path, data, spec, ae, report, relative, t_healthy)
     (run.path / f"evaluation_{data_stem(data_path)}.json").write_text(json.dumps(report, indent=2))

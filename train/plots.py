@@ -12,9 +12,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from agent.features import FeatureSpec  # noqa: E402
-from agent.frames import iter_frames  # noqa: E402
-from agent.recording import FeatureTable, Recording  # noqa: E402
+from vibrawatch.agent.features import FeatureSpec  # noqa: E402
+from vibrawatch.agent.frames import iter_frames  # noqa: E402
+from vibrawatch.agent.recording import FeatureTable, Recording  # noqa: E402
 
 
 def _axis_times(t: np.ndarray, relative: bool) -> np.ndarray | list[datetime]:
@@ -66,7 +66,7 @@ def evaluation_plots(
     t_healthy: float | None,
 ) -> None:
     """scores_<data>.png (log score over time) and, for raw data, spectra_<data>.png (healthy vs failing)."""
-    from train.evaluate import data_stem
+    from .evaluate import data_stem
 
     stem = data_stem(report["data"])
     fig, ax = plt.subplots(figsize=(10, 4.5), dpi=100)

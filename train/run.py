@@ -16,15 +16,16 @@ from typing import Any
 
 import numpy as np
 
-import agent
-from agent.decide import AlarmRule, reconstruction_scores
-from agent.errors import ConfigError
-from agent.features import FeatureSpec
-from agent.loaders import detect_format, load
-from agent.scale import MinMaxScaling
-from train.config import TrainConfig, load_config
-from train.dataset import build_spec, featurize, format_time, healthy_end_time, make_windows
-from train.threshold import fit_channel_thresholds, fit_threshold
+from vibrawatch.agent import __version__
+from vibrawatch.agent.decide import AlarmRule, reconstruction_scores
+from vibrawatch.agent.errors import ConfigError
+from vibrawatch.agent.features import FeatureSpec
+from vibrawatch.agent.loaders import detect_format, load
+from vibrawatch.agent.scale import MinMaxScaling
+
+from .config import TrainConfig, load_config
+from .dataset import build_spec, featurize, format_time, healthy_end_time, make_windows
+from .threshold import fit_channel_thresholds, fit_threshold
 
 RUN_SCHEMA = "vibrawatch.run/1"
 DEFAULT_HEALTHY = "30%"
@@ -67,14 +68,14 @@ class Run:
         )
 
     def keras_model(self):  # -> tf_keras.Model; TensorFlow is imported only when asked for
-        from train import model as m
+        from . import model as m
 
         return m.load(self.path / "model.keras")
 
 
 def score(model: Any, x_scaled: np.ndarray, n_channels: int) -> tuple[np.ndarray, np.ndarray]:
     """Keras scores and per-channel contributions of scaled windows."""
-    from train import model as m
+    from . import model as m
 
     return reconstruction_scores(x_scaled.astype(np.float32), m.reconstruct(model, x_scaled), n_channels)
 
@@ -85,7 +86,7 @@ def versions() -> dict[str, str]:
     import tf_keras
 
     return {
-        "vibrawatch": agent.__version__,
+        "vibrawatch": __version__,
         "tensorflow": tf.__version__,
         "tf_keras": tf_keras.__version__,
         "scikit_learn": sklearn.__version__,
@@ -104,8 +105,8 @@ def train_run(
     """Train on the healthy period of one run and write a run directory; returns its summary."""
     from sklearn.preprocessing import MinMaxScaler
 
-    from train import model as m
-    from train import plots
+    from . import model as m
+    from . import plots
 
     cfg: TrainConfig = load_config(config_path)
     data = load(data_path)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from train.config import ThresholdConfig
+from .config import ThresholdConfig
 
 
 def fit_threshold(healthy_scores: np.ndarray, cfg: ThresholdConfig) -> float:
