@@ -23,9 +23,9 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.config import AgentConfig
-from agent.spool import Spool
-from agent.topics import encode, status_payload, topic
+from .config import AgentConfig
+from .spool import Spool
+from .topics import encode, status_payload, topic
 
 log = logging.getLogger("vibrawatch.publish")
 _GATHER_S = 0.01
@@ -55,6 +55,7 @@ class Publisher:
         self.connected = False
         self._subscriptions: dict[str, Callable[[bytes], None]] = {}
         self._protocol = mqtt.MQTTv5
+        self._connack_seen = False  # any CONNACK, a refusal too: the broker reads MQTT 5 CONNECTs
         self._client_id = cfg.mqtt.client_id or f"vibrawatch-{cfg.agent.site}-{cfg.agent.device}"
         self._connected_at = 0.0
         self._short_sessions = 0
@@ -180,6 +181,7 @@ class Publisher:
 
     # -- paho callbacks (paho's network thread): record and wake, never wait -------------------------------
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+        self._connack_seen = True
         if reason_code.is_failure:
             log.warning("broker refused the connection: %s", reason_code)
             if self._protocol == mqtt.MQTTv5 and "protocol" in str(reason_code).lower():
@@ -212,6 +214,13 @@ class Publisher:
         elif self.connected:
             log.warning("disconnected from the broker (%s); spooling until it is back", reason_code)
         self.connected = False
+        if (self._protocol == mqtt.MQTTv5 and not self._connack_seen and not self._stopping.is_set()
+                and "keep alive" in str(reason_code).lower()):
+            # Our MQTT 5 CONNECT got no answer at all, not even a refusal: a 3.1.1-only broker that parses it
+            # as 3.1.1 (amqtt) takes the property length for part of the client id and waits for bytes that
+            # never come; paho gives up after keepalive seconds.
+            log.warning("no answer to an MQTT 5 CONNECT in %d s: falling back to MQTT 3.1.1", self.cfg.mqtt.keepalive)
+            threading.Thread(target=self._fallback_to_311, daemon=True).start()
         self._wake.set()
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason_code: Any, properties: Any) -> None:
