@@ -21,11 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from .decide import AlarmRule
+from .detector import Detector
 from .errors import ConfigError, VibrawatchError
-from .features import FeatureSpec
 from .infer import TFLiteModel, find_runtime
-from .scale import MinMaxScaling
 
 SCHEMA = "vibrawatch.bundle/1"
 MANIFEST, SIGNATURE, MODEL = "manifest.json", "manifest.sig", "model.tflite"
@@ -67,13 +65,7 @@ class Bundle:
 
     path: Path
     manifest: dict[str, Any]
-    spec: FeatureSpec
-    scaler: MinMaxScaling
-    window: int
-    hop: int
-    threshold: float
-    channel_thresholds: np.ndarray
-    rule: AlarmRule
+    detector: Detector
     version: str
     model: TFLiteModel
 
@@ -232,21 +224,7 @@ def load_bundle(path: str | Path, public_key: str | Path | None = None, runtime:
         ) from None
     self_test(p, model, manifest)
     try:
-        spec = FeatureSpec.from_dict(manifest["features"])
-        window = manifest["window"]
-        thr = manifest["threshold"]
-        return Bundle(
-            path=p,
-            manifest=manifest,
-            spec=spec,
-            scaler=MinMaxScaling.from_dict(manifest["scaler"]),
-            window=int(window["length"]),
-            hop=int(window["hop"]),
-            threshold=float(thr["value"]),
-            channel_thresholds=np.asarray(thr["channels"], dtype=np.float64),
-            rule=AlarmRule.from_dict(manifest["alarm"]),
-            version=str(manifest["version"]),
-            model=model,
-        )
-    except (KeyError, TypeError, ConfigError) as e:
+        detector = Detector.from_dict(manifest)
+    except (KeyError, TypeError, ValueError, ConfigError) as e:
         raise BundleSchemaError(f"{p}: {MANIFEST} is incomplete or wrong ({e})") from None
+    return Bundle(path=p, manifest=manifest, detector=detector, version=str(manifest["version"]), model=model)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .bundle import Bundle
-from .decide import AlarmState, Decision, reconstruction_scores
+from .decide import Decision, reconstruction_scores
 from .features import extract
 from .frames import Framer
 from .sensor_check import SensorLimits, check_chunk
@@ -59,12 +59,12 @@ class Pipeline:
 
     def __post_init__(self) -> None:
         b = self.bundle
-        n_ch = len(b.spec.channels)
-        self._table = b.spec.input == "table"
-        self.framer = Framer(b.spec.frame_length, n_ch, b.spec.fs_hz)
-        self.windows = WindowBuffer(b.window, b.hop, b.spec.n_features)
-        self.alarm = AlarmState(b.threshold, b.rule, b.channel_thresholds)
-        self.limits = SensorLimits(n_ch, b.spec.fs_hz, self.full_scale)
+        n_ch = len(b.detector.spec.channels)
+        self._table = b.detector.spec.input == "table"
+        self.framer = Framer(b.detector.spec.frame_length, n_ch, b.detector.spec.fs_hz)
+        self.windows = WindowBuffer(b.detector.window, b.detector.hop, b.detector.spec.n_features)
+        self.alarm = b.detector.alarm_state()
+        self.limits = SensorLimits(n_ch, b.detector.spec.fs_hz, self.full_scale)
         self._fault: str | None = None
         self._since: float | None = None
         self._next_t: float | None = None
@@ -75,7 +75,7 @@ class Pipeline:
         reason = check_chunk(chunk.samples, self.limits, chunk.fs_hz)
         if reason is None and not chunk.new_segment and not self._table and self._next_t is not None:
             gap = chunk.t_start - self._next_t
-            if abs(gap) > 1.5 / self.bundle.spec.fs_hz:
+            if abs(gap) > 1.5 / self.bundle.detector.spec.fs_hz:
                 self.framer.reset()  # a frame never spans missing samples
                 reason = None if gap > 0 else f"time went backwards by {-gap:.3f} s"
         if reason is not None:
@@ -89,7 +89,7 @@ class Pipeline:
         if self._fault is not None:
             events.append(SensorStatus(chunk.t_start, None))
             self._fault = None
-        self._next_t = chunk.t_start + len(chunk.samples) / self.bundle.spec.fs_hz
+        self._next_t = chunk.t_start + len(chunk.samples) / self.bundle.detector.spec.fs_hz
         t0 = time.perf_counter()
         if self._table:
             feats, times = chunk.samples.astype(np.float64), np.full(len(chunk.samples), chunk.t_start)
@@ -99,7 +99,7 @@ class Pipeline:
             frames, times = self.framer.push(chunk.samples, chunk.t_start)
             if len(frames) == 0:
                 return events
-            feats = extract(frames, self.bundle.spec)
+            feats = extract(frames, self.bundle.detector.spec)
         self.times.features += time.perf_counter() - t0
         for row, t in zip(feats, times, strict=True):
             window = self.windows.push(row)
@@ -110,11 +110,11 @@ class Pipeline:
     def _score(self, window: np.ndarray, t: float) -> Scored:
         b = self.bundle
         t0 = time.perf_counter()
-        x = b.scaler.transform(window).astype(np.float32)
+        x = b.detector.scaler.transform(window).astype(np.float32)
         y = b.model.reconstruct(x)
         self.times.inference += time.perf_counter() - t0
         self.times.windows += 1
-        s, c = reconstruction_scores(x[None], y[None], len(b.spec.channels))
+        s, c = reconstruction_scores(x[None], y[None], len(b.detector.spec.channels))
         decision = self.alarm.update(float(s[0]), c[0])
         if decision.event == "raised":
             self._since = t

@@ -63,7 +63,8 @@ def make_source(cfg: AgentConfig, stop: Any, publisher: Publisher | None = None,
 
     if publisher is None or bundle is None:
         raise ValueError("an MQTT samples source needs the publisher and the bundle")
-    return MqttSampleSource(s.topic or "", publisher.subscribe, bundle.spec.fs_hz, bundle.spec.channels, stop=stop)
+    spec = bundle.detector.spec
+    return MqttSampleSource(s.topic or "", publisher.subscribe, spec.fs_hz, spec.channels, stop=stop)
 
 
 class Agent:
@@ -89,7 +90,7 @@ class Agent:
 
     def _birth(self) -> dict[str, Any]:
         return {"agent": __version__, "model": self.bundle.version, "runtime": self.bundle.model.runtime,
-                "numpy": np.__version__, "channels": list(self.bundle.spec.channels)}
+                "numpy": np.__version__, "channels": list(self.bundle.detector.spec.channels)}
 
     def stop(self, *_: Any) -> None:
         self._stop = True
@@ -117,7 +118,7 @@ class Agent:
         self.publisher.start()
         pipeline = Pipeline(self.bundle, self.cfg.source.full_scale)
         source = make_source(self.cfg, lambda: self._stop or self._reload, self.publisher, self.bundle)
-        log.info("scoring %s from %s; %d message(s) waiting in the spool", ",".join(self.bundle.spec.channels),
+        log.info("scoring %s from %s; %d message(s) waiting in the spool", ",".join(self.bundle.detector.spec.channels),
                  self.cfg.source.kind, len(self.spool))
         windows = 0
         try:
@@ -140,7 +141,7 @@ class Agent:
 
     def _handle(self, pipeline: Pipeline, chunk: Chunk) -> int:
         n = 0
-        names = self.bundle.spec.channels
+        names = self.bundle.detector.spec.channels
         for ev in pipeline.process(chunk):
             if isinstance(ev, SensorStatus):
                 if ev.reason is None:
@@ -158,7 +159,7 @@ class Agent:
 
     def _publish(self, ev: Scored, names: tuple[str, ...]) -> None:
         b = self.bundle
-        for kind, payload in window_messages(ev, names, b.threshold, b.version):
+        for kind, payload in window_messages(ev, names, b.detector.threshold, b.version):
             if kind == "alarm":
                 log.warning("alarm %s: channel %s, score %.4g (level %.2f)", payload["event"], payload["channel"],
                             ev.score, ev.level)
@@ -180,13 +181,14 @@ def check(config_path: str | Path) -> str:
     a summary of what would run, or a VibrawatchError saying what is wrong."""
     cfg = load_agent_config(config_path)
     b = load_bundle(cfg.agent.bundle, cfg.agent.public_key)
+    spec = b.detector.spec
     signature = "verified" if cfg.agent.public_key else "not checked (no public_key in [agent])"
     return "\n".join([
         f"config   {config_path}: ok",
         f"bundle   {b.path}: {b.version}, checksums ok, signature {signature}, golden self-test ok",
         f"runtime  {b.model.runtime}",
-        f"model    {len(b.spec.channels)} channel(s) {', '.join(b.spec.channels)} at {b.spec.fs_hz:g} Hz, "
-        f"{b.spec.n_features} features, window {b.window}, threshold {b.threshold:.6g}",
+        f"model    {len(spec.channels)} channel(s) {', '.join(spec.channels)} at {spec.fs_hz:g} Hz, "
+        f"{spec.n_features} features, window {b.detector.window}, threshold {b.detector.threshold:.6g}",
         f"source   {cfg.source.kind}; broker {cfg.mqtt.host}:{cfg.mqtt.port} (tls {'on' if cfg.mqtt.tls else 'off'})",
         f"topics   {topic(cfg.agent.site, cfg.agent.device, '{score,alarm,status}')}",
     ])

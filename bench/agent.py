@@ -56,7 +56,7 @@ def rss_mb():
 bundle_path, port, stream_path, workdir = sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5]
 repeat = int(sys.argv[6])
 b = load_bundle(bundle_path)
-spec = b.spec
+spec = b.detector.spec
 fs, n_ch = int(spec.fs_hz), len(spec.channels)
 cfg = AgentConfig(AgentSection("bench", "edge", bundle_path, spool=f"{workdir}/spool.sqlite"),
                   mqtt=MqttSection(port=port))
@@ -90,7 +90,7 @@ def feed(seconds, t_pub=None):
             if isinstance(ev, Scored):
                 first_at = first_at or time.time() - T_START
                 tp = time.perf_counter()
-                for kind, payload in window_messages(ev, spec.channels, b.threshold, b.version):
+                for kind, payload in window_messages(ev, spec.channels, b.detector.threshold, b.version):
                     pub.enqueue(kind, payload)
                 if t_pub is not None:
                     t_pub[0] += time.perf_counter() - tp
@@ -98,10 +98,10 @@ def feed(seconds, t_pub=None):
     return n, first_at
 
 # warm-up: the first window (start-up time) and as many again; memory is read after it
-_, first = feed(2 * b.window)
+_, first = feed(2 * b.detector.window)
 pub.wait_drained(30)
 rss_warm = rss_mb()
-seconds = os.path.getsize(stream_path) / (4 * n_ch * fs) - 2 * b.window
+seconds = os.path.getsize(stream_path) / (4 * n_ch * fs) - 2 * b.detector.window
 start = pos
 passes = []
 for _ in range(repeat):  # the same stretch of signal again (time keeps running on): the best pass counts,
@@ -124,7 +124,8 @@ for _ in range(repeat):  # the same stretch of signal again (time keeps running 
 best = max(passes, key=lambda r: r["x_realtime"])
 rss_end = rss_mb()
 # inference latency of single windows (scale + model), as the agent calls it
-x = b.scaler.transform(np.random.default_rng(0).uniform(0, 1, (b.window, spec.n_features))).astype(np.float32)
+x = b.detector.scaler.transform(np.random.default_rng(0).uniform(0, 1, (b.detector.window, spec.n_features)))
+x = x.astype(np.float32)
 lat = []
 for _ in range(2000):
     t = time.perf_counter(); b.model.reconstruct(x); lat.append(time.perf_counter() - t)
@@ -150,7 +151,7 @@ def rss_mb():
 run = Run.open(sys.argv[2])
 model = run.keras_model()
 import tensorflow as tf
-x = np.random.default_rng(0).uniform(0, 1, (1, run.window, run.spec.n_features)).astype(np.float32)
+x = np.random.default_rng(0).uniform(0, 1, (1, run.detector.window, run.detector.spec.n_features)).astype(np.float32)
 model.predict(x, verbose=0)
 first = time.time() - T_START
 lat = []

@@ -44,13 +44,14 @@ def parity(run: Any, model: TFLiteModel, keras_model: Any) -> tuple[dict[str, An
 
     w = np.load(run.path / "windows.npz", allow_pickle=False)
     x, healthy, t_end = w["x"], w["healthy"], w["end_times"]
-    n_ch = len(run.spec.channels)
+    n_ch = len(run.detector.spec.channels)
     y_tfl = model.reconstruct_batch(x)
     s_tfl, c_tfl = reconstruction_scores(x, y_tfl, n_ch)
     s_ker, c_ker = reconstruction_scores(x, reconstruct(keras_model, x), n_ch)
     diff = np.abs(s_tfl - s_ker)
-    d_ker = run_alarms(s_ker, run.threshold, run.rule, c_ker, run.channel_thresholds)
-    d_tfl = run_alarms(s_tfl, run.threshold, run.rule, c_tfl, run.channel_thresholds)
+    det = run.detector
+    d_ker = run_alarms(s_ker, det.threshold, det.rule, c_ker, det.channel_thresholds)
+    d_tfl = run_alarms(s_tfl, det.threshold, det.rule, c_tfl, det.channel_thresholds)
     agree = float(np.mean([a.active == b.active for a, b in zip(d_ker, d_tfl, strict=True)]))
     i_k, i_t = _first_alarm(d_ker), _first_alarm(d_tfl)
 
@@ -153,12 +154,7 @@ def build_bundle(run_dir: str | Path, out: str | Path, quantize: str = "none", s
             "ops": dict(sorted(ops.items())),
             "encoder": meta["model"]["encoder"],
         },
-        "features": run.spec.to_dict(),
-        "window": {"length": run.window, "hop": run.hop},
-        "scaler": run.scaler.to_dict(),
-        "threshold": {"value": run.threshold, "channels": run.channel_thresholds.tolist(),
-                      "method": meta["threshold"]["method"], "margin": meta["threshold"]["margin"]},
-        "alarm": run.rule.to_dict(),
+        **run.detector.to_dict(),  # features, window, scaler, threshold, alarm: what the gateway reads back
         "training": {k: meta["training"][k] for k in ("source", "healthy_until", "healthy_end", "windows",
                                                       "healthy_windows", "train_windows", "validation_windows")},
         "metrics": {"parity": metrics, "evaluations": _evaluations(run.path)},

@@ -45,7 +45,7 @@ def tiny_run(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A run directory trained for real (tiny tf-keras model) on the healthy first half of ``tiny_data``."""
     out = tmp_path_factory.mktemp("run") / "run"
     cli("train", "--data", tiny_data, "--healthy-until", "50%", "--config", TINY_CONFIG, "--out", out, "--quiet")
-    assert json.loads((out / "run.json").read_text())["schema"] == "vibrawatch.run/1"
+    assert json.loads((out / "run.json").read_text())["schema"] == "vibrawatch.run/2"
     return out
 
 

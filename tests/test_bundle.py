@@ -68,7 +68,8 @@ def test_tar_bundle_round_trip_scores_like_the_directory(tiny_run: Path, signed_
     a, b = load_bundle(signed_bundle), load_bundle(tar)
     w = np.load(tiny_run / "windows.npz")["x"][:5]
     np.testing.assert_array_equal(a.model.reconstruct_batch(w), b.model.reconstruct_batch(w))
-    assert a.spec == b.spec and a.threshold == b.threshold and a.window == 6
+    assert a.detector.spec == b.detector.spec and a.detector.threshold == b.detector.threshold
+    assert a.detector.window == 6
 
 
 def test_windows_in_a_row_score_as_each_alone(signed_bundle: Path, tiny_run: Path) -> None:

@@ -91,7 +91,7 @@ def test_samples_over_a_real_broker_score_like_the_replay(tiny_bundle: Path, tin
 
     b = load_bundle(tiny_bundle)
     rec = load(tiny_data)
-    n_snap = b.window + 4
+    n_snap = b.detector.window + 4
     replay = Pipeline(b)
     expected: list[float] = []
     for c in ReplaySource(tiny_data, chunk=4096).chunks():
@@ -106,7 +106,7 @@ def test_samples_over_a_real_broker_score_like_the_replay(tiny_bundle: Path, tin
     spool = Spool(cfg.agent.spool)
     pub = Publisher(cfg, spool, {"model": b.version})
     deadline = time.monotonic() + 60
-    src = MqttSampleSource("lab/gw1/samples", pub.subscribe, b.spec.fs_hz, b.spec.channels,
+    src = MqttSampleSource("lab/gw1/samples", pub.subscribe, b.detector.spec.fs_hz, b.detector.spec.channels,
                            stop=lambda: time.monotonic() > deadline)
     node = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="sensor-node")
     got: list[float] = []
@@ -157,21 +157,21 @@ def test_mqtt_samples_resume_after_a_broker_restart(tiny_bundle: Path, tmp_path:
     from vibrawatch.agent.spool import Spool
 
     b = load_bundle(tiny_bundle)
-    n_ch = len(b.spec.channels)
+    n_ch = len(b.detector.spec.channels)
     broker = Broker(tmp_path).start()
     cfg = AgentConfig(AgentSection("lab", "gw2", str(tiny_bundle), spool=str(tmp_path / "spool.sqlite")),
                       mqtt=MqttSection(port=broker.port, max_backoff_s=1))
     spool = Spool(cfg.agent.spool)
     pub = Publisher(cfg, spool, {"model": b.version})
     wait_until = [0.0]  # each attempt below listens for one second
-    src = MqttSampleSource("lab/gw2/samples", pub.subscribe, b.spec.fs_hz, b.spec.channels,
+    src = MqttSampleSource("lab/gw2/samples", pub.subscribe, b.detector.spec.fs_hz, b.detector.spec.channels,
                            stop=lambda: time.monotonic() > wait_until[0])
 
     def send_and_receive(t: float) -> float:
         node = mqtt.Client(CallbackAPIVersion.VERSION2)
         node.connect("127.0.0.1", broker.port)
         node.loop_start()
-        body = {"v": 1, "t": t, "fs_hz": b.spec.fs_hz, "samples": np.full((16, n_ch), t).tolist()}
+        body = {"v": 1, "t": t, "fs_hz": b.detector.spec.fs_hz, "samples": np.full((16, n_ch), t).tolist()}
         deadline = time.monotonic() + 20
         try:
             while time.monotonic() < deadline:  # until the agent's (re)subscription is in place

@@ -15,7 +15,7 @@ def test_train_writes_a_complete_run(tiny_run: Path) -> None:
         assert (tiny_run / png).stat().st_size > 1000
     # the threshold sits above every healthy window: the promise of no false alarm on training data
     assert meta["threshold"]["value"] > meta["threshold"]["healthy_score_max"]
-    assert meta["feature_spec"]["frame_length"] == 1024
+    assert meta["features"]["frame_length"] == 1024
     assert meta["window"] == {"length": 6, "hop": 1}
 
 

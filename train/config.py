@@ -14,6 +14,7 @@ from typing import Any
 from vibrawatch.agent.config import read_toml
 from vibrawatch.agent.decide import AlarmRule
 from vibrawatch.agent.errors import ConfigError
+from vibrawatch.agent.threshold import ThresholdRule
 
 
 @dataclass(frozen=True)
@@ -37,18 +38,10 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
-class ThresholdConfig:
-    method: str = "max"  # "max" | "quantile" | "mean_std"
-    q: float = 0.995  # for quantile
-    k: float = 4.0  # for mean_std
-    margin: float = 1.1  # multiplies the result: headroom over what healthy data ever did
-
-
-@dataclass(frozen=True)
 class TrainConfig:
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    threshold: ThresholdConfig = field(default_factory=ThresholdConfig)
+    threshold: ThresholdRule = field(default_factory=ThresholdRule)
     alarm: AlarmRule = field(default_factory=AlarmRule)
     healthy_until: str | None = None  # used when the CLI gives none
     source: str = "<defaults>"
@@ -59,7 +52,7 @@ class TrainConfig:
         return d
 
 
-_SECTIONS = {"features": FeaturesConfig, "model": ModelConfig, "threshold": ThresholdConfig}
+_SECTIONS = {"features": FeaturesConfig, "model": ModelConfig, "threshold": ThresholdRule}
 
 
 def load_config(path: str | Path | None) -> TrainConfig:
@@ -85,7 +78,7 @@ def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> TrainConfig
         values = {k: (tuple(v) if isinstance(v, list) else v) for k, v in section.items()}
         try:
             parts[name] = cls(**values)
-        except TypeError as e:
+        except (TypeError, ConfigError) as e:
             raise ConfigError(f"{source}: [{name}] {e}") from None
     try:
         parts["alarm"] = AlarmRule.from_dict(raw.get("alarm", {}))
@@ -101,16 +94,13 @@ def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> TrainConfig
 
 
 def _validate(cfg: TrainConfig) -> None:
-    m, t = cfg.model, cfg.threshold
+    m = cfg.model
     checks = [
         (m.window >= 1, "[model] window must be >= 1"),
         (m.hop >= 1, "[model] hop must be >= 1"),
         (len(m.encoder) >= 1 and all(int(u) >= 1 for u in m.encoder), "[model] encoder must list widths >= 1"),
         (m.epochs >= 1, "[model] epochs must be >= 1"),
         (0 < m.validation_fraction < 0.9, "[model] validation_fraction must be in (0, 0.9)"),
-        (t.method in ("max", "quantile", "mean_std"), "[threshold] method must be max, quantile or mean_std"),
-        (0 < t.q < 1, "[threshold] q must be in (0, 1)"),
-        (t.margin > 0, "[threshold] margin must be > 0"),
     ]
     for ok, msg in checks:
         if not ok:

@@ -26,12 +26,11 @@ from vibrawatch.agent.features import FeatureDef, FeatureSpec, extract
 from vibrawatch.agent.frames import iter_frames
 from vibrawatch.agent.loaders import load
 from vibrawatch.agent.recording import FeatureTable, Recording
+from vibrawatch.agent.threshold import ThresholdRule, fit_channel_thresholds, fit_threshold
 from vibrawatch.agent.window import sliding_windows
 
-from .config import ThresholdConfig
 from .dataset import featurize, format_time, healthy_end_time, make_windows, parse_time
 from .run import Run, score
-from .threshold import fit_channel_thresholds, fit_threshold
 
 
 @dataclass(frozen=True)
@@ -50,7 +49,7 @@ class Detection:
 
 def check_data(run: Run, data: Recording | FeatureTable) -> None:
     """Refuse data the run cannot score, saying what differs."""
-    spec = run.spec
+    spec = run.detector.spec
     if isinstance(data, FeatureTable):
         if spec.input != "table" or len(data.columns) != len(spec.channels):
             raise ConfigError(
@@ -116,7 +115,7 @@ def _per_channel_series_alarms(
     values: np.ndarray,
     times: np.ndarray,
     healthy: np.ndarray,
-    tcfg: ThresholdConfig,
+    tcfg: ThresholdRule,
     rule: AlarmRule,
 ) -> Detection:
     """Per-channel thresholds on a raw feature (n, C): the simple floor every model must beat."""
@@ -157,7 +156,7 @@ def evaluate_run(
     run = Run.open(run_dir)
     data = load(data_path)
     check_data(run, data)
-    spec = run.spec
+    spec = run.detector.spec
     channels = list(spec.channels)
     lower = [c.lower() for c in channels]
     failed_idx = []
@@ -167,15 +166,17 @@ def evaluate_run(
         failed_idx.append(lower.index(name.lower()))
 
     ff = featurize(data, spec, progress=progress)
-    wins = make_windows(ff, run.window, run.hop)
-    x = run.scaler.transform(wins.x).astype(np.float32)
+    wins = make_windows(ff, run.detector.window, run.detector.hop)
+    x = run.detector.scaler.transform(wins.x).astype(np.float32)
     model = run.keras_model()
     scores, contrib = score(model, x, len(channels))
-    decisions = run_alarms(scores, run.threshold, run.rule, contrib, run.channel_thresholds)
+    d = run.detector
+    T, hop = d.window, d.hop
+    decisions = run_alarms(scores, d.threshold, d.rule, contrib, d.channel_thresholds)
     relative = ff.relative_time
     # Default failure time: the end of the data (the last frame of one long stream, the last snapshot of many).
     t_fail = parse_time(failure_at, relative) if failure_at else float(max(data.timestamps[-1], ff.times[-1]))
-    ae = Detection(wins.end_times, scores, decisions, run.threshold)
+    ae = Detection(wins.end_times, scores, decisions, run.detector.threshold)
     report: dict[str, Any] = {
         "data": str(data_path),
         "run": str(run_dir),
@@ -186,7 +187,7 @@ def evaluate_run(
     }
     per_channel = {}
     for c, name in enumerate(channels):
-        dc = run_alarms(contrib[:, c], float(run.channel_thresholds[c]), run.rule)
+        dc = run_alarms(contrib[:, c], float(run.detector.channel_thresholds[c]), run.detector.rule)
         first = next((i for i, d in enumerate(dc) if d.event == "raised"), None)
         per_channel[name] = {
             "first_alarm": format_time(float(wins.end_times[first]), relative) if first is not None else None,
@@ -205,8 +206,8 @@ def evaluate_run(
         nd = load(normal_data)
         check_data(run, nd)
         nff = featurize(nd, spec, progress=progress)
-        nw = make_windows(nff, run.window, run.hop)
-        n_scores, _ = score(model, run.scaler.transform(nw.x).astype(np.float32), len(channels))
+        nw = make_windows(nff, run.detector.window, run.detector.hop)
+        n_scores, _ = score(model, run.detector.scaler.transform(nw.x).astype(np.float32), len(channels))
         labels = np.concatenate([np.zeros(len(n_scores), int), np.ones(len(scores), int) if labels is None else labels])
         all_scores = np.concatenate([n_scores, scores])
         report["normal_data"] = str(normal_data)
@@ -217,7 +218,7 @@ def evaluate_run(
         report["auc"] = None
 
     # Baselines, from the same data and the same healthy period as the run.
-    tcfg = ThresholdConfig(**{k: run.meta["threshold"][k] for k in ("method", "q", "k", "margin")})
+    tcfg = run.detector.threshold_rule
     baselines: dict[str, Any] = {}
     t_healthy = None
     if normal_data is not None:
@@ -233,25 +234,25 @@ def evaluate_run(
         h_windows = wins.end_times <= t_healthy
         simple = _simple_features(data, spec, progress)
         for name, vals in simple.items():
-            det = _per_channel_series_alarms(vals, ff.times, h_frames, tcfg, run.rule)
+            det = _per_channel_series_alarms(vals, ff.times, h_frames, tcfg, run.detector.rule)
             baselines[name] = summarize(det, channels, t_fail, failed_idx, relative)
         seed = int(run.meta["training"]["config"]["model"]["seed"])
         flat = x.reshape(len(x), -1)
         iso = IsolationForest(n_estimators=200, random_state=seed).fit(flat[h_windows])
         iso_scores = -iso.score_samples(flat)
         thr = fit_threshold(iso_scores[h_windows], tcfg)
-        det = Detection(wins.end_times, iso_scores, run_alarms(iso_scores, thr, run.rule), thr)
+        det = Detection(wins.end_times, iso_scores, run_alarms(iso_scores, thr, run.detector.rule), thr)
         baselines["isolation_forest"] = summarize(det, channels, t_fail, failed_idx, relative)
-        frames_scaled = run.scaler.transform(ff.values)
+        frames_scaled = run.detector.scaler.transform(ff.values)
         pca = PCA(n_components=0.95, random_state=seed).fit(frames_scaled[h_frames])
         recon = pca.inverse_transform(pca.transform(frames_scaled))
         p_scores, p_contrib = reconstruction_scores(
-            sliding_windows(frames_scaled, run.window, run.hop), sliding_windows(recon, run.window, run.hop),
+            sliding_windows(frames_scaled, T, hop), sliding_windows(recon, T, hop),
             len(channels),
         )
         thr = fit_threshold(p_scores[h_windows], tcfg)
         cthr = fit_channel_thresholds(p_contrib[h_windows], tcfg)
-        det = Detection(wins.end_times, p_scores, run_alarms(p_scores, thr, run.rule, p_contrib, cthr), thr)
+        det = Detection(wins.end_times, p_scores, run_alarms(p_scores, thr, run.detector.rule, p_contrib, cthr), thr)
         pca_report = summarize(det, channels, t_fail, failed_idx, relative)
         baselines["pca"] = {**pca_report, "components": int(pca.n_components_)}
         report["baselines"] = baselines

@@ -17,17 +17,17 @@ from typing import Any
 import numpy as np
 
 from vibrawatch.agent import __version__
-from vibrawatch.agent.decide import AlarmRule, reconstruction_scores
+from vibrawatch.agent.decide import reconstruction_scores
+from vibrawatch.agent.detector import Detector
 from vibrawatch.agent.errors import ConfigError
-from vibrawatch.agent.features import FeatureSpec
 from vibrawatch.agent.loaders import detect_format, load
 from vibrawatch.agent.scale import MinMaxScaling
+from vibrawatch.agent.threshold import fit_channel_thresholds, fit_threshold
 
 from .config import TrainConfig, load_config
 from .dataset import build_spec, featurize, format_time, healthy_end_time, make_windows
-from .threshold import fit_channel_thresholds, fit_threshold
 
-RUN_SCHEMA = "vibrawatch.run/1"
+RUN_SCHEMA = "vibrawatch.run/2"  # /2: the detector's fields under the bundle manifest's keys
 DEFAULT_HEALTHY = "30%"
 MIN_HEALTHY_WINDOWS = 20
 
@@ -38,13 +38,7 @@ class Run:
 
     path: Path
     meta: dict[str, Any]
-    spec: FeatureSpec
-    scaler: MinMaxScaling
-    threshold: float
-    channel_thresholds: np.ndarray
-    rule: AlarmRule
-    window: int
-    hop: int
+    detector: Detector
 
     @classmethod
     def open(cls, path: str | Path) -> Run:
@@ -55,17 +49,11 @@ class Run:
         meta = json.loads(meta_path.read_text())
         if meta.get("schema") != RUN_SCHEMA:
             raise ConfigError(f"{meta_path}: schema {meta.get('schema')!r}, expected {RUN_SCHEMA!r}")
-        return cls(
-            path=p,
-            meta=meta,
-            spec=FeatureSpec.from_dict(meta["feature_spec"]),
-            scaler=MinMaxScaling.from_dict(meta["scaler"]),
-            threshold=float(meta["threshold"]["value"]),
-            channel_thresholds=np.asarray(meta["threshold"]["channels"], dtype=np.float64),
-            rule=AlarmRule.from_dict(meta["alarm"]),
-            window=int(meta["window"]["length"]),
-            hop=int(meta["window"]["hop"]),
-        )
+        try:
+            detector = Detector.from_dict(meta)
+        except ConfigError as e:
+            raise ConfigError(f"{meta_path}: {e}") from None
+        return cls(path=p, meta=meta, detector=detector)
 
     def keras_model(self):  # -> tf_keras.Model; TensorFlow is imported only when asked for
         from . import model as m
@@ -163,20 +151,13 @@ def train_run(
         scores=scores,
         contributions=contrib,
     )
+    det = Detector(spec, scaler, T, hop, threshold, ch_thr, cfg.alarm, cfg.threshold).to_dict()
+    det["threshold"].update(healthy_score_max=float(scores[healthy].max()),
+                            healthy_score_p99=float(np.quantile(scores[healthy], 0.99)))
     meta = {
         "schema": RUN_SCHEMA,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "feature_spec": spec.to_dict(),
-        "window": {"length": T, "hop": hop},
-        "scaler": scaler.to_dict(),
-        "threshold": {
-            "value": threshold,
-            "channels": ch_thr.tolist(),
-            **cfg.threshold.__dict__,
-            "healthy_score_max": float(scores[healthy].max()),
-            "healthy_score_p99": float(np.quantile(scores[healthy], 0.99)),
-        },
-        "alarm": cfg.alarm.to_dict(),
+        **det,
         "model": {"encoder": list(cfg.model.encoder), "activation": "tanh", "loss": "mae", "optimizer": "adam"},
         "training": {
             "source": str(data_path),

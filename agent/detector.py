@@ -1,0 +1,126 @@
+"""The detector's parameters: one object that training writes, conversion ships and the gateway reads.
+
+Everything between raw samples and a decision except the model's weights: the feature spec, the window
+(T frames, hop), the scaler's numbers, the thresholds (overall and per channel, with the rule and margin
+they were fitted with, so a gateway can refit them the same way on its own machine) and the alarm rule.
+``run.json`` and a bundle's ``manifest.json`` both hold it under the same keys (``features``, ``window``,
+``scaler``, ``threshold``, ``alarm``), so evaluate, the bundle and the gateway cannot disagree.
+
+``from_dict`` is a boundary: it checks every field's type and names the field that is wrong, so a damaged
+or hand-edited manifest is one clear line, never a traceback.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from .decide import AlarmRule, AlarmState
+from .errors import ConfigError
+from .features import FeatureSpec
+from .scale import MinMaxScaling
+from .threshold import ThresholdRule
+
+
+def _field(d: Any, key: str, where: str, kind: type | tuple[type, ...] = dict) -> Any:
+    """``d[key]``, which must be of ``kind`` (bool is never a number here)."""
+    if not isinstance(d, Mapping):
+        raise ConfigError(f"{where}: expected an object, got {type(d).__name__}")
+    if key not in d:
+        raise ConfigError(f"{where}.{key}: missing")
+    v = d[key]
+    numeric = kind in (int, float) or (isinstance(kind, tuple) and float in kind)
+    if (numeric and isinstance(v, bool)) or not isinstance(v, kind):
+        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise ConfigError(f"{where}.{key}: expected {names}, got {type(v).__name__} {str(v)[:40]!r}")
+    return v
+
+
+def _number(d: Any, key: str, where: str, positive: bool = False) -> float:
+    v = float(_field(d, key, where, (int, float)))
+    if not math.isfinite(v) or (positive and v <= 0):
+        raise ConfigError(f"{where}.{key}: {v} must be a finite number{' > 0' if positive else ''}")
+    return v
+
+
+def _count(d: Any, key: str, where: str) -> int:
+    v = _field(d, key, where, int)
+    if isinstance(v, bool) or v < 1:
+        raise ConfigError(f"{where}.{key}: {v!r} must be an integer >= 1")
+    return int(v)
+
+
+def _vector(d: Any, key: str, where: str, n: int) -> np.ndarray:
+    v = _field(d, key, where, list)
+    if len(v) != n or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v):
+        raise ConfigError(f"{where}.{key}: expected {n} numbers, got {str(v)[:60]}")
+    a = np.asarray(v, dtype=np.float64)
+    if not np.all(np.isfinite(a)) or np.any(a <= 0):
+        raise ConfigError(f"{where}.{key}: every value must be a finite number > 0")
+    return a
+
+
+@dataclass(frozen=True)
+class Detector:
+    """Feature spec, window, scaler, thresholds and alarm rule: what turns samples into decisions."""
+
+    spec: FeatureSpec
+    scaler: MinMaxScaling
+    window: int  # T frames per window
+    hop: int  # frames between windows
+    threshold: float  # on the window's score
+    channel_thresholds: np.ndarray  # (C,) on each channel's contribution
+    rule: AlarmRule
+    threshold_rule: ThresholdRule = ThresholdRule()  # how the thresholds were fitted from healthy scores
+
+    @property
+    def channels(self) -> tuple[str, ...]:
+        return self.spec.channels
+
+    def alarm_state(self) -> AlarmState:
+        """A fresh streaming alarm state for this detector's thresholds and rule."""
+        return AlarmState(self.threshold, self.rule, self.channel_thresholds)
+
+    def with_thresholds(self, threshold: float, channel_thresholds: np.ndarray) -> Detector:
+        """The same detector with other thresholds (e.g. fitted on the machine itself)."""
+        return replace(self, threshold=float(threshold), channel_thresholds=np.asarray(channel_thresholds, float))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "features": self.spec.to_dict(),
+            "window": {"length": self.window, "hop": self.hop},
+            "scaler": self.scaler.to_dict(),
+            "threshold": {"value": self.threshold, "channels": self.channel_thresholds.tolist(),
+                          **self.threshold_rule.to_dict()},
+            "alarm": self.rule.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Detector:
+        """Parse and check a run's or a manifest's detector fields; ConfigError names the field."""
+        spec = FeatureSpec.from_dict(_field(d, "features", "detector"))
+        win = _field(d, "window", "detector")
+        scaler = MinMaxScaling.from_dict(_field(d, "scaler", "detector"))
+        if scaler.scale.shape != (spec.n_features,):
+            raise ConfigError(f"scaler: {scaler.scale.shape[0]} features, the feature spec makes {spec.n_features}")
+        thr = _field(d, "threshold", "detector")
+        alarm = _field(d, "alarm", "detector")
+        for k in ("raise_after", "clear_after"):
+            if k in alarm:
+                _count(alarm, k, "alarm")
+        if "hysteresis" in alarm:
+            _number(alarm, "hysteresis", "alarm")
+        return cls(
+            spec=spec,
+            scaler=scaler,
+            window=_count(win, "length", "window"),
+            hop=_count(win, "hop", "window"),
+            threshold=_number(thr, "value", "threshold", positive=True),
+            channel_thresholds=_vector(thr, "channels", "threshold", len(spec.channels)),
+            rule=AlarmRule.from_dict(alarm),
+            threshold_rule=ThresholdRule.from_dict(thr),
+        )
