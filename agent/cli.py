@@ -16,6 +16,7 @@ from .errors import VibrawatchError
 _EPILOG = """examples:
   vibrawatch-agent check --config /etc/vibrawatch/agent.toml   # before (re)starting the service
   vibrawatch-agent run --config /etc/vibrawatch/agent.toml     # what the systemd unit runs
+  vibrawatch-agent recalibrate --config /etc/vibrawatch/agent.toml && systemctl reload vibrawatch-agent
 
 The config file is documented in configs/agent.example.toml; the topics and payloads in docs/mqtt.md.
 Exit codes: 0 done, 2 bad config, bundle or data (one line on stderr says which file and what to fix)."""
@@ -40,6 +41,13 @@ def _parser() -> argparse.ArgumentParser:
         description="Everything `run` checks before it starts, without connecting or scoring: the config "
                     "file, the bundle's checksums, signature and golden self-test on this gateway's runtime.")
     check.add_argument("--config", required=True, metavar="FILE.toml", help="the agent config")
+    recal = sub.add_parser(
+        "recalibrate", help="commission this machine's thresholds again",
+        description="Mark the calibration in the state directory so that the agent learns this machine's "
+                    "thresholds again ([commissioning] in the config) from its next start or reload "
+                    "(systemctl reload vibrawatch-agent). Use it after maintenance that changes the machine's "
+                    "healthy vibration level (new bearings, a re-alignment).")
+    recal.add_argument("--config", required=True, metavar="FILE.toml", help="the agent config")
     return p
 
 
@@ -51,6 +59,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .service import check
 
             print(check(args.config))
+            return 0
+        if args.command == "recalibrate":
+            from .commission import recalibrate
+
+            print(recalibrate(args.config))
             return 0
         from .service import run
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import tomllib
 
+from .commission import CommissioningSection, commissioning_section
 from .errors import ConfigError
 
 
@@ -65,6 +66,7 @@ class AgentConfig:
     source: SourceSection = field(default_factory=SourceSection)
     mqtt: MqttSection = field(default_factory=MqttSection)
     path: Path = Path("<memory>")
+    commissioning: CommissioningSection | None = None  # [commissioning]: parsed by agent.commission
 
     def password(self) -> str | None:
         """The MQTT password from its file or systemd's credentials directory, never from the config."""
@@ -98,9 +100,9 @@ def load_agent_config(path: str | Path) -> AgentConfig:
     """Read and check an agent config; relative paths in it are relative to the file."""
     p = Path(path)
     raw = read_toml(p, "; start from configs/agent.example.toml")
-    unknown = set(raw) - set(_SECTIONS)
+    unknown = set(raw) - set(_SECTIONS) - {"commissioning"}
     if unknown:
-        raise ConfigError(f"{p}: unknown section(s) {sorted(unknown)}; known: {sorted(_SECTIONS)}")
+        raise ConfigError(f"{p}: unknown section(s) {sorted(unknown)}; known: {sorted([*_SECTIONS, 'commissioning'])}")
     if "password" in raw.get("mqtt", {}):
         raise ConfigError(f"{p}: [mqtt] password: never write a password in the config file; put it in a file "
                           "named by password_file (mode 0600) or pass it with systemd's LoadCredential=mqtt-password")
@@ -118,7 +120,7 @@ def load_agent_config(path: str | Path) -> AgentConfig:
             parts[name] = cls(**section)
         except TypeError as e:
             raise ConfigError(f"{p}: [{name}] {e}") from None
-    cfg = AgentConfig(path=p, **parts)
+    cfg = AgentConfig(path=p, commissioning=commissioning_section(raw.get("commissioning"), p), **parts)
     kinds = ("replay", "simulator", "adxl345", "mqtt")
     if cfg.source.kind not in kinds:
         raise ConfigError(f"{p}: [source] kind {cfg.source.kind!r}; choose one of {', '.join(kinds)}")

@@ -23,6 +23,7 @@ import numpy as np
 from . import __version__
 from .allocator import keep_large_blocks
 from .bundle import Bundle, load_bundle
+from .commission import describe, open_commissioning, status
 from .config import AgentConfig, load_agent_config
 from .pipeline import Pipeline, Scored, SensorStatus
 from .publish import Publisher
@@ -78,6 +79,7 @@ class Agent:
         self.bundle = self._load_bundle()
         self.spool = Spool(self.cfg.agent.spool, int(self.cfg.agent.spool_max_mb * 1024 * 1024))
 
+        self.commission = open_commissioning(self.cfg, self.bundle)
         self.publisher = Publisher(self.cfg, self.spool, self._birth())
         self._ready = False
         self._last_watchdog = 0.0
@@ -104,8 +106,10 @@ class Agent:
             cfg = load_agent_config(self.config_path)
             self.cfg = cfg
             self.bundle = self._load_bundle()
+            self.commission = open_commissioning(self.cfg, self.bundle, self.commission)
             self.publisher.birth = self._birth()
-            self.publisher.set_status("online", event="reloaded")
+            state, fields = status(self.commission) or ("online", {})
+            self.publisher.set_status(state, **{"event": "reloaded", **fields})
             log.info("reloaded %s", self.config_path)
         except Exception as e:  # noqa: BLE001 - a bad reload must keep the running model, not stop the service
             log.error("reload failed, keeping the running config and bundle: %s", e)
@@ -116,6 +120,8 @@ class Agent:
         signal.signal(signal.SIGINT, self.stop)
         signal.signal(signal.SIGHUP, self.reload)
         self.publisher.start()
+        if (news := status(self.commission)) is not None:
+            self.publisher.set_status(news[0], **news[1])
         pipeline = Pipeline(self.bundle, self.cfg.source.full_scale)
         source = make_source(self.cfg, lambda: self._stop or self._reload, self.publisher, self.bundle)
         log.info("scoring %s from %s; %d message(s) waiting in the spool", ",".join(self.bundle.detector.spec.channels),
@@ -135,6 +141,7 @@ class Agent:
             drained = self.publisher.wait_drained(self.cfg.agent.drain_timeout_s)
             if not drained:
                 log.warning("%d message(s) stay in the spool for the next start", len(self.spool))
+            self.commission.save()
             self.publisher.stop("stopped")
             self.spool.close()
         return 0
@@ -152,14 +159,21 @@ class Agent:
                     self.publisher.set_status("sensor", fault=ev.reason)
                 continue
             n += 1
+            ev, cal = self.commission.window(ev)  # this machine's thresholds (agent.commission)
             self._publish(ev, names)
+            if cal is not None:
+                state, fields = status(self.commission, cal) or ("online", {})
+                self.publisher.birth = self._birth()
+                self.publisher.set_status(state, **fields)
         if n:
             self._alive()
         return n
 
     def _publish(self, ev: Scored, names: tuple[str, ...]) -> None:
         b = self.bundle
-        for kind, payload in window_messages(ev, names, b.detector.threshold, b.version):
+        for kind, payload in window_messages(ev, names, self.commission.window_threshold, b.version):
+            if kind == "score":
+                payload["threshold_source"] = self.commission.window_source
             if kind == "alarm":
                 log.warning("alarm %s: channel %s, score %.4g (level %.2f)", payload["event"], payload["channel"],
                             ev.score, ev.level)
@@ -191,6 +205,7 @@ def check(config_path: str | Path) -> str:
         f"{spec.n_features} features, window {b.detector.window}, threshold {b.detector.threshold:.6g}",
         f"source   {cfg.source.kind}; broker {cfg.mqtt.host}:{cfg.mqtt.port} (tls {'on' if cfg.mqtt.tls else 'off'})",
         f"topics   {topic(cfg.agent.site, cfg.agent.device, '{score,alarm,status}')}",
+        f"thresholds {describe(cfg, b)}",
     ])
 
 
