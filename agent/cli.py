@@ -19,7 +19,8 @@ _EPILOG = """examples:
   vibrawatch-agent recalibrate --config /etc/vibrawatch/agent.toml && systemctl reload vibrawatch-agent
 
 The config file is documented in configs/agent.example.toml; the topics and payloads in docs/mqtt.md.
-Exit codes: 0 done, 2 bad config, bundle or data (one line on stderr says which file and what to fix)."""
+Exit codes: 0 done, 2 bad config, bundle, data, state directory, credential or device (one line on stderr says
+which file and what to fix; the systemd units do not restart on it), 1 an I/O error while running."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -55,6 +56,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``vibrawatch-agent``; returns the exit code."""
     args = _parser().parse_args(argv)
     try:
+        if args.command in ("check", "run"):
+            from .config import load_agent_config
+            from .preflight import preflight
+
+            preflight(load_agent_config(args.config))  # bundle, state directory, credential, device: one line each
         if args.command == "check":
             from .service import check
 
@@ -71,6 +77,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except VibrawatchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a file or device the checks could not foresee (it vanished, a disk error): one line
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"error: {where}{e.strerror or e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -239,6 +239,11 @@ class Commissioning:
             self.calibration = fit(np.asarray(self.scores), np.asarray(self.contributions), np.asarray(self.times),
                                    self.detector, self.cfg, self.model)
             self._alarm = None
+            warm = self.detector.rule.raise_after - 1  # the alarm rule remembers the last commissioning windows,
+            state = self.alarm_state()  # so a fault present at the end alarms at the first window after them
+            for s, c in zip(self.scores[len(self.scores) - warm:], self.contributions[len(self.scores) - warm:],
+                            strict=True):
+                state.update(s, np.asarray(c))
             self.scores, self.contributions, self.times = [], [], []
             self.save()
             return quiet, None, self.calibration
