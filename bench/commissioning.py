@@ -78,6 +78,7 @@ class Outcome:
     threshold: float
     source: str
     note: str = ""
+    stuck: bool = False  # an alarm raised in the healthy span was still active at the failure
 
 
 def windows(bundle_path: Path, data: Path) -> tuple[object, list]:
@@ -101,8 +102,10 @@ def outcome(bundle: object, evs: list, healthy_end: float, failure: float, commi
     comm = Commissioning(bundle.detector, bundle.version, cfg)
     raised: list[float] = []
     note = ""
+    active = False
     for ev in evs:
         out, cal = comm.window(ev)
+        active = out.decision.active
         if cal is not None:
             note = (f"{cal.state}: median level {cal.median_level:.2f}, most different channel {cal.standout:.2f}x "
                     f"the others, {cal.windows} windows")
@@ -112,11 +115,12 @@ def outcome(bundle: object, evs: list, healthy_end: float, failure: float, commi
     after = [t for t in raised if t >= healthy_end]
     first = after[0] if after else None
     return Outcome(false, None if first is None else first / 3600, None if first is None else (failure - first) / 3600,
-                   comm.threshold, comm.source, note)
+                   comm.threshold, comm.source, note, stuck=first is None and active and false > 0)
 
 
 def fmt(o: Outcome) -> str:
-    first = "none" if o.first_alarm_h is None else f"{o.first_alarm_h:.2f} h"
+    first = ("none: the false alarm never cleared" if o.stuck else "none") if o.first_alarm_h is None \
+        else f"{o.first_alarm_h:.2f} h"
     lead = "none" if o.lead_h is None else f"{o.lead_h:.2f} h"
     return f"{o.false_alarms} | {first} | {lead}"
 
@@ -134,9 +138,9 @@ def row(name: str, b: object, evs: list, healthy_end: float, failure: float, sha
     c = np.array([e.contributions for e in evs])
     t = np.array([e.t for e in evs])
     lv = alarm_levels(s, b.detector.threshold, c, b.detector.channel_thresholds)
-    healthy_lv = float(np.median(lv[t < healthy_end])) if np.any(t < healthy_end) else float("nan")
+    healthy_lv = f"{np.median(lv[t < healthy_end]):.2f}" if np.any(t < healthy_end) else "- (no healthy span)"
     before, after = outcome(b, evs, healthy_end, failure, None), outcome(b, evs, healthy_end, failure, share)
-    print(f"| {name} | {healthy_lv:.2f} | {fmt(before)} | {fmt(after)} | {after.note} |", flush=True)
+    print(f"| {name} | {healthy_lv} | {fmt(before)} | {fmt(after)} | {after.note} |", flush=True)
 
 
 def sim(out: Path, share: float) -> None:

@@ -30,22 +30,26 @@ from vibrawatch.agent.errors import ConfigError
 from vibrawatch.agent.threshold import fit_channel_thresholds, fit_threshold
 
 
-def detector(method: str = "max") -> Detector:
-    """A two-channel detector whose thresholds were fitted on a reference machine (threshold 1.0)."""
+def detector(method: str = "max", channels: int = 3) -> Detector:
+    """A detector whose thresholds were fitted on a reference machine (0.5 per channel)."""
+    names = "abcd"[:channels]
     return Detector.from_dict({
-        "features": {"input": "samples", "fs_hz": 1000.0, "frame_length": 100, "channels": ["a", "b"],
-                     "features": [{"name": "rms", "params": {}}], "names": ["a:rms", "b:rms"]},
+        "features": {"input": "samples", "fs_hz": 1000.0, "frame_length": 100, "channels": list(names),
+                     "features": [{"name": "rms", "params": {}}], "names": [f"{c}:rms" for c in names]},
         "window": {"length": 3, "hop": 1},
-        "scaler": {"scale": [1.0, 1.0], "offset": [0.0, 0.0], "data_min": [0.0, 0.0], "data_max": [1.0, 1.0]},
-        "threshold": {"value": 1.0, "channels": [0.5, 0.5], "method": method, "q": 0.99, "margin": 1.1},
+        "scaler": {"scale": [1.0] * channels, "offset": [0.0] * channels, "data_min": [0.0] * channels,
+                   "data_max": [1.0] * channels},
+        "threshold": {"value": 0.5 * channels, "channels": [0.5] * channels, "method": method, "q": 0.99,
+                      "margin": 1.1},
         "alarm": {"raise_after": 2, "clear_after": 3, "hysteresis": 0.8},
     })
 
 
-def machine(level: float, n: int = 300, fault_from: int | None = None, seed: int = 0) -> tuple[np.ndarray, ...]:
+def machine(level: float, n: int = 300, fault_from: int | None = None, seed: int = 0,
+            channels: int = 3) -> tuple[np.ndarray, ...]:
     """Scores of a machine whose healthy level is ``level`` x the reference's, with a fault growing on 'a'."""
     rng = np.random.default_rng(seed)
-    contrib = np.abs(rng.normal(0.35, 0.03, size=(n, 2))) * level
+    contrib = np.abs(rng.normal(0.35, 0.03, size=(n, channels))) * level
     if fault_from is not None:
         contrib[fault_from:, 0] *= np.linspace(1, 6, n - fault_from)
     return contrib.sum(axis=1), contrib, np.arange(n) * 10.0
@@ -124,6 +128,12 @@ def test_one_channel_standing_out_is_a_fault_not_a_rougher_machine() -> None:
     stream(rough, *machine(5.0))  # 5x rougher everywhere: commissioned
     assert rough.calibration is not None and rough.calibration.state == "commissioned"
     assert rough.calibration.standout < 1.2
+    # two channels: no "others" to compare with (an operating condition moves that balance): level only
+    two = Commissioning(detector(channels=2), "m1", cfg)
+    s2, c2, t2 = machine(1.0, channels=2)
+    c2[:, 0] *= 5
+    stream(two, c2.sum(axis=1), c2, t2)
+    assert two.calibration is not None and two.calibration.state == "commissioned"
 
 
 def test_hours_count_window_time() -> None:
