@@ -275,3 +275,17 @@ windows = 60
         assert check.returncode == 0 and "unreadable" in check.stdout and "recalibrate" in check.stdout
     finally:
         broker.stop()
+
+
+def test_the_documented_commissioning_keys_parse(tmp_path: Path) -> None:
+    """configs/agent.example.toml's commented [commissioning] section, uncommented, is a valid config."""
+    text = (ROOT / "configs" / "agent.example.toml").read_text()
+    lines = text.splitlines()
+    start = lines.index(next(x for x in lines if x.startswith("# [commissioning]")))
+    block = [x[2:] for x in lines[start:] if x.startswith("# ")]
+    block = [x for x in block if not x.startswith("windows")]
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text("\n".join(lines[:start] + block) + "\n")
+    c = load_agent_config(cfg).commissioning
+    assert c is not None and c.hours == 24 and c.suspect_factor == 10 and c.channel_factor == 3
+    assert c.state == "/var/lib/vibrawatch/calibration.json"
