@@ -153,11 +153,13 @@ def sim(out: Path, share: float) -> None:
     save_snapshot_npz(simulate_bearing_run(n_snapshots=SIM["snapshots"], snapshot_samples=SIM["samples"],
                                            onset=SIM["onset"], noise=0.07, seed=1), ref)
     t0 = time.perf_counter()
-    if not (out / "sim.tar").exists():  # seeded: a rerun would train the same model
+    reused = (out / "sim.tar").exists()
+    if not reused:  # seeded: a rerun would train the same model
         vibrawatch("train", "--data", ref, "--healthy-until", "50%", "--config", cfg, "--out", out / "sim_run",
                    "--quiet")
         vibrawatch("convert", out / "sim_run", "--out", out / "sim.tar")
-    print(f"\nsimulator: trained on the reference machine (noise 0.07) in {time.perf_counter() - t0:.0f} s; "
+    trained = f"reused {out / 'sim.tar'}" if reused else f"in {time.perf_counter() - t0:.0f} s"
+    print(f"\nsimulator: trained on the reference machine (noise 0.07) {trained}; "
           f"{SIM['snapshots']} snapshots of {SIM['samples']} samples, 600 s apart; commissioning = first "
           f"{share:.0%} of each run")
     table_head("simulated machine")
