@@ -438,7 +438,7 @@ def recalibrate(config_path: str | Path) -> str:
     path = Path(c.state) if c.state else default_state_file(cfg.agent.spool)
     request_recalibration(path)
     return (f"{path}: a new commissioning ({_length(c)}) starts at the agent's next start or reload: "
-            "systemctl reload vibrawatch-agent (or kill -HUP its pid)")
+            "systemctl reload vibrawatch-agent (vibrawatch-agent@<machine> for the template), or kill -HUP its pid")
 
 
 def request_recalibration(state_file: Path, model: str | None = None) -> None:

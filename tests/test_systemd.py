@@ -73,7 +73,7 @@ def test_unit_settings_match_the_agent(unit: Path) -> None:
     # the agent pings at most once a second, while windows are scored (1 s apart by default)
     assert int(s["WatchdogSec"][0]) >= 30
     assert int(s["TimeoutStopSec"][0]) > 10  # drain_timeout_s, 10 s by default
-    assert s["Restart"] == ["on-failure"] and s["RestartPreventExitStatus"] == ["2"]
+    assert s["Restart"] == ["on-failure"] and s["RestartPreventExitStatus"] == ["2 216 243"]
     assert s["DynamicUser"] == ["yes"] and "i2c" in s["SupplementaryGroups"][0]
     assert s["LoadCredential"][0].startswith("mqtt-password:/etc/vibrawatch/")
     assert "char-i2c" in s["DeviceAllow"][0]
