@@ -60,10 +60,24 @@ class MqttSection:
 
 
 @dataclass(frozen=True)
+class DeploySection:
+    """Model deploys over MQTT (agent.deploy, docs/deploy.md); off unless ``enabled``."""
+
+    enabled: bool = False  # needs [agent] public_key: only signed requests and bundles are accepted
+    state_dir: str = "/var/lib/vibrawatch/deploy"  # received bundles, the current/previous links, deploy state
+    max_bundle_kb: int = 1024  # a request announcing a larger bundle is refused before the bundle is fetched
+    probation_windows: int = 20  # real windows the new model must score (finite, in budget) before it is kept
+    latency_budget_ms: float = 250.0  # mean inference time per window allowed during probation
+    probation_restarts: int = 2  # the agent dying more often than this during probation rolls back
+    fetch_timeout_s: float = 120.0  # how long to wait for the bundle after its request
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     agent: AgentSection
     source: SourceSection = field(default_factory=SourceSection)
     mqtt: MqttSection = field(default_factory=MqttSection)
+    deploy: DeploySection = field(default_factory=DeploySection)
     path: Path = Path("<memory>")
 
     def password(self) -> str | None:
@@ -81,7 +95,7 @@ class AgentConfig:
         return None
 
 
-_SECTIONS = {"agent": AgentSection, "source": SourceSection, "mqtt": MqttSection}
+_SECTIONS = {"agent": AgentSection, "source": SourceSection, "mqtt": MqttSection, "deploy": DeploySection}
 
 
 def read_toml(p: Path, hint: str = "") -> dict[str, Any]:
@@ -111,7 +125,8 @@ def load_agent_config(path: str | Path) -> AgentConfig:
         bad = set(section) - known
         if bad:
             raise ConfigError(f"{p}: [{name}] unknown key(s) {sorted(bad)}; known: {sorted(known)}")
-        for key in ("bundle", "public_key", "spool", "path", "password_file", "ca_file", "cert_file", "key_file"):
+        for key in ("bundle", "public_key", "spool", "path", "state_dir", "password_file", "ca_file", "cert_file",
+                    "key_file"):
             if isinstance(section.get(key), str):
                 section[key] = str((p.parent / section[key]).resolve())
         try:
@@ -126,4 +141,6 @@ def load_agent_config(path: str | Path) -> AgentConfig:
         raise ConfigError(f"{p}: [source] kind 'replay' needs path = the data to replay")
     if cfg.source.kind == "mqtt" and not cfg.source.topic:
         raise ConfigError(f"{p}: [source] kind 'mqtt' needs topic = where the sensor publishes samples")
+    if cfg.deploy.enabled and not cfg.agent.public_key:
+        raise ConfigError(f"{p}: [deploy] enabled needs [agent] public_key: only signed deploys are accepted")
     return cfg

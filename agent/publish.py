@@ -102,9 +102,16 @@ class Publisher:
 
     def subscribe(self, topic_filter: str, handler: Callable[[bytes], None]) -> None:
         """Deliver messages on ``topic_filter`` to ``handler`` (in paho's thread); renewed on every reconnect."""
-        self._subscriptions[topic_filter] = handler
+        # a new dict, not an update: paho's thread may be iterating the old one in _on_message
+        self._subscriptions = {**self._subscriptions, topic_filter: handler}
         self._reconnected = True  # the sender (re)subscribes everything
         self._wake.set()
+
+    def unsubscribe(self, topic_filter: str) -> None:
+        """Stop delivering ``topic_filter`` (a retained deploy bundle must not come again on every reconnect)."""
+        self._subscriptions = {t: h for t, h in self._subscriptions.items() if t != topic_filter}
+        if self.connected:
+            self._client.unsubscribe(topic_filter)
 
     # -- what the agent loop calls ------------------------------------------------------------------------
     def enqueue(self, kind: str, payload: dict[str, Any]) -> int:

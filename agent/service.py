@@ -24,6 +24,7 @@ from . import __version__
 from .allocator import keep_large_blocks
 from .bundle import Bundle, load_bundle
 from .config import AgentConfig, load_agent_config
+from .deploy import Deployer
 from .pipeline import Pipeline, Scored, SensorStatus
 from .publish import Publisher
 from .source import Chunk, ReplaySource, SimulatorSource
@@ -75,22 +76,42 @@ class Agent:
         self._stop = False
         self._reload = False
         self.cfg = load_agent_config(self.config_path)
-        self.bundle = self._load_bundle()
+        self.deploy = Deployer(self.cfg, self._deploy_report) if self.cfg.deploy.enabled else None
+        self.bundle = self.deploy.open_bundle(self._load_bundle) if self.deploy else self._load_bundle()
         self.spool = Spool(self.cfg.agent.spool, int(self.cfg.agent.spool_max_mb * 1024 * 1024))
 
         self.publisher = Publisher(self.cfg, self.spool, self._birth())
         self._ready = False
         self._last_watchdog = 0.0
 
-    def _load_bundle(self) -> Bundle:
-        b = load_bundle(self.cfg.agent.bundle, self.cfg.agent.public_key)
+    def _load_bundle(self, path: str | Path | None = None) -> Bundle:
+        if path is None:  # once a deploy happened, the state directory's `current` link names the bundle
+            path = self.deploy.current_path() if self.deploy else self.cfg.agent.bundle
+        b = load_bundle(path, self.cfg.agent.public_key)
         log.info("bundle %s verified (%s, signature %s), runtime %s", b.version, b.path,
                  "ok" if self.cfg.agent.public_key else "not configured", b.model.runtime)
         return b
 
     def _birth(self) -> dict[str, Any]:
-        return {"agent": __version__, "model": self.bundle.version, "runtime": self.bundle.model.runtime,
-                "numpy": np.__version__, "channels": list(self.bundle.detector.spec.channels)}
+        deploy = {"deploy": self.deploy.last} if self.deploy and self.deploy.last else {}
+        return {"agent": __version__, "model": self.bundle.version, "model_sha256": _model_sha256(self.bundle),
+                "runtime": self.bundle.model.runtime, "numpy": np.__version__,
+                "channels": list(self.bundle.detector.spec.channels), **deploy}
+
+    def _deploy_report(self, outcome: dict[str, Any]) -> None:
+        """A deploy step's outcome, in the retained status (agent.deploy); before the publisher exists (a
+        rollback at start) it goes out with the first status."""
+        if getattr(self, "publisher", None) is not None:
+            self.publisher.birth = self._birth()
+            self.publisher.set_status("online", event="deploy")
+
+    def swap_bundle(self, bundle: Bundle) -> Pipeline:
+        """Run ``bundle`` from the next chunk on (a deploy or its rollback). Service thread only, between
+        chunks; frames, window buffer and alarm state start afresh for the new detector."""
+        self.bundle = bundle
+        self.publisher.birth = self._birth()
+        self.publisher.set_status("online", event="deploy")
+        return Pipeline(bundle, self.cfg.source.full_scale)
 
     def stop(self, *_: Any) -> None:
         self._stop = True
@@ -116,6 +137,8 @@ class Agent:
         signal.signal(signal.SIGINT, self.stop)
         signal.signal(signal.SIGHUP, self.reload)
         self.publisher.start()
+        if self.deploy:
+            self.deploy.attach(self.publisher)
         pipeline = Pipeline(self.bundle, self.cfg.source.full_scale)
         source = make_source(self.cfg, lambda: self._stop or self._reload, self.publisher, self.bundle)
         log.info("scoring %s from %s; %d message(s) waiting in the spool", ",".join(self.bundle.detector.spec.channels),
@@ -124,7 +147,16 @@ class Agent:
         try:
             while not self._stop:
                 for chunk in source.chunks():
-                    windows += self._handle(pipeline, chunk)
+                    try:
+                        windows += self._handle(pipeline, chunk)
+                    except Exception as e:
+                        back = self.deploy.fail(e) if self.deploy else None  # on probation: roll back
+                        if back is None:
+                            raise
+                        pipeline = self.swap_bundle(back)
+                    new = self.deploy.step(pipeline) if self.deploy else None
+                    if new is not None:
+                        pipeline = self.swap_bundle(new)
                 if self._reload and not self._stop:
                     pipeline = self._apply_reload()
                     source = make_source(self.cfg, lambda: self._stop or self._reload, self.publisher, self.bundle)
@@ -137,6 +169,8 @@ class Agent:
                 log.warning("%d message(s) stay in the spool for the next start", len(self.spool))
             self.publisher.stop("stopped")
             self.spool.close()
+            if self.deploy:
+                self.deploy.close()
         return 0
 
     def _handle(self, pipeline: Pipeline, chunk: Chunk) -> int:
@@ -152,6 +186,8 @@ class Agent:
                     self.publisher.set_status("sensor", fault=ev.reason)
                 continue
             n += 1
+            if self.deploy:
+                self.deploy.check(ev)
             self._publish(ev, names)
         if n:
             self._alive()
@@ -159,7 +195,7 @@ class Agent:
 
     def _publish(self, ev: Scored, names: tuple[str, ...]) -> None:
         b = self.bundle
-        for kind, payload in window_messages(ev, names, b.detector.threshold, b.version):
+        for kind, payload in window_messages(ev, names, b.detector.threshold, b.version, _model_sha256(b)):
             if kind == "alarm":
                 log.warning("alarm %s: channel %s, score %.4g (level %.2f)", payload["event"], payload["channel"],
                             ev.score, ev.level)
@@ -176,11 +212,16 @@ class Agent:
             self._last_watchdog = now
 
 
+def _model_sha256(b: Bundle) -> str:
+    """The sha256 of the model file that scores, as the verified manifest pins it."""
+    return str(b.manifest["files"]["model.tflite"])
+
+
 def check(config_path: str | Path) -> str:
     """Verify the config and the bundle as ``run`` does at start (nothing connects, nothing is scored);
     a summary of what would run, or a VibrawatchError saying what is wrong."""
     cfg = load_agent_config(config_path)
-    b = load_bundle(cfg.agent.bundle, cfg.agent.public_key)
+    b = load_bundle(Deployer(cfg).current_path() if cfg.deploy.enabled else cfg.agent.bundle, cfg.agent.public_key)
     spec = b.detector.spec
     signature = "verified" if cfg.agent.public_key else "not checked (no public_key in [agent])"
     return "\n".join([
