@@ -223,9 +223,9 @@ def agents(tmp_path: Path) -> Iterator[list[Agent]]:
 
 
 def deploy_cli(*args: object) -> tuple[int, str]:
-    """`vibrawatch deploy ...` as a user runs it; (exit code, output)."""
+    """`vibrawatch deploy ...` as a user runs it; (exit code, stdout alone with --json, else all output)."""
     r = CliRunner().invoke(app, ["deploy", *[str(a) for a in args]], catch_exceptions=False)
-    return r.exit_code, r.output
+    return r.exit_code, r.stdout if "--json" in args else r.output
 
 
 def publish(port: int, device: str, envelope: bytes, bundle: bytes | None = None) -> None:
