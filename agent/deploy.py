@@ -481,7 +481,6 @@ class Deployer:
         rec = self.probation
         self._relink_previous(rec)
         self._end(self.dir.read_state(), "rolled_back", reason)
-        log.error("deployment %d rolled back to %s: %s", rec["deployment"], rec["from"], reason)
         self.running = self._load(self.current_path())
         return self.running
 
@@ -498,7 +497,8 @@ class Deployer:
         self.dir.write_state(state)
         self.probation = None
         self.last = state["last"]
-        log.info("deployment %s %s: %s", rec.get("deployment"), outcome, reason)
+        log.log(logging.ERROR if outcome == "rolled_back" else logging.INFO, "deployment %s %s: %s",
+                rec.get("deployment"), outcome, reason)
         self.report(self.last)
 
     def _collect(self, state: dict[str, Any]) -> None:
