@@ -399,6 +399,7 @@ class Deployer:
         if self._pending is not None and time.monotonic() - self._pending[1] > self.cfg.deploy.fetch_timeout_s:
             req = self._pending[0]
             self._stop_fetching()
+            self._handled.discard(req.deployment)  # its retained copy, after a reconnect, may bring the bundle
             self._refuse(FetchError(f"bundle did not arrive on {self.bundle_topic} within "
                                     f"{self.cfg.deploy.fetch_timeout_s:g} s", req.deployment), req)
         return None
