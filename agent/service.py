@@ -47,6 +47,7 @@ from .config import AgentConfig, load_agent_config
 from .errors import ConfigError, VibrawatchError
 from .pipeline import Pipeline, Scored, SensorStatus
 from .publish import Publisher
+from .sensor_check import two_rates
 from .source import Chunk, Source, SourceContext
 from .sources import source_class
 from .spool import Spool
@@ -74,16 +75,6 @@ def one_line(e: BaseException) -> str:
     """An error as one status-sized line: its type and the first line of its message."""
     text = str(e).strip().splitlines()
     return f"{type(e).__name__}: {text[0] if text else ''}"[:300].rstrip(": ")
-
-
-def two_rates(a: float, b: float) -> tuple[str, str]:
-    """Two sample rates printed with as many significant digits (3 at least) as it takes to tell them apart:
-    1.03 Hz must never read as '1.0 Hz' beside a model's 1 Hz."""
-    for digits in range(3, 18):
-        sa, sb = f"{a:.{digits}g}", f"{b:.{digits}g}"
-        if sa != sb:
-            return sa, sb
-    return f"{a!r}", f"{b!r}"
 
 
 def fit_problem(kind: str, source: Source, bundle: Bundle) -> str | None:

@@ -136,7 +136,7 @@ chunk = 2048                          # samples handed to the pipeline at a time
         skip = self.start_at
         if isinstance(self.data, FeatureTable):  # rows are already features: one row per chunk, as it happened
             for t, row in zip(self.data.timestamps, self.data.values, strict=True):
-                if skip is not None and t < skip:
+                if skip is not None and t < skip - 0.5:  # (half a row: the rows' own float times)
                     continue
                 pacer.wait_until(float(t))
                 if self.stop():
@@ -147,7 +147,7 @@ chunk = 2048                          # samples handed to the pipeline at a time
         for i in range(rec.n_snapshots):
             for j in range(0, rec.data.shape[1], self.chunk):
                 t = float(rec.timestamps[i] + j / rec.fs_hz)
-                if skip is not None and t < skip:
+                if skip is not None and t < skip - 0.5 / rec.fs_hz:  # half a sample: float sums differ
                     continue
                 pacer.wait_until(t)
                 if self.stop():
@@ -221,7 +221,7 @@ chunk = 2048                          # samples handed to the pipeline at a time
             snap = self.sim.snapshot(i)
             for j in range(0, len(snap), self.chunk):
                 t = i * self.sim.interval_s + j / self.sim.fs_hz
-                if skip is not None and t < skip:
+                if skip is not None and t < skip - 0.5 / self.sim.fs_hz:
                     continue
                 pacer.wait_until(t)
                 if self.stop():
