@@ -161,7 +161,11 @@ def write_text(p: Path, text: str) -> Path:
 
 
 def test_rates_are_printed_so_that_they_differ() -> None:
+    from vibrawatch.agent.sensor_check import SensorLimits, check_chunk
+
     assert two_rates(1.03, 1.0) == ("1.03", "1")
+    samples = np.random.default_rng(0).standard_normal((100, 2)).astype(np.float32)
+    assert check_chunk(samples, SensorLimits(2, 1.0), 1.03) == "sample rate 1.03 Hz, the model expects 1 Hz"
     assert two_rates(20000.0, 20480.0) == ("20000", "20480")
     assert two_rates(20000.5, 20000.0) == ("20000.5", "20000")
 
@@ -271,6 +275,49 @@ def test_reload_is_all_or_nothing_and_never_restarts_the_replay(broker, tiny_bun
         STATUS.validate(s)
 
 
+def test_an_mqtt_source_keeps_its_samples_coming_across_a_reload_that_moves_the_connection(
+        broker, tiny_bundle: Path, tiny_data: Path, tmp_path: Path) -> None:  # noqa: F811
+    """The samples subscription lives on the publisher's connection: a reload to another device builds a new
+    connection, and the running source must be subscribed there too (no samples lost to the old one)."""
+    from vibrawatch.agent.loaders import load
+
+    rec = load(tiny_data)
+    watch = Watch(broker.port)
+    source = '[source]\nkind = "mqtt"\ntopic = "lab/raw"\n'
+    cfg = write_config(tmp_path / "agent.toml", broker.port, tiny_bundle, source)
+    agent = start(cfg, tmp_path)
+    node = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="node")
+    node.connect("127.0.0.1", broker.port)
+    node.loop_start()
+
+    def send(snapshots: range) -> None:
+        for i in snapshots:
+            for j in range(0, rec.data.shape[1], 1024):
+                body = {"v": 1, "t": float(1.7e9 + rec.timestamps[i] + j / rec.fs_hz), "fs_hz": rec.fs_hz,
+                        "samples": rec.data[i, j: j + 1024].tolist()}
+                node.publish("lab/raw", json.dumps(body), qos=1).wait_for_publish(5)
+
+    try:
+        assert watch.wait(lambda: any(s["state"] == "online" for s in watch.of("status")), 60)
+        time.sleep(0.5)  # the agent's subscription is in place
+        send(range(0, 4))
+        assert watch.wait(lambda: len(watch.of("score", "press7")) >= 1, 60)
+        write_config(cfg, broker.port, tiny_bundle, source, device="press8")
+        agent.send_signal(signal.SIGHUP)
+        assert watch.wait(lambda: any(s.get("event") == "reloaded" for s in watch.of("status", "press8")), 30)
+        time.sleep(0.5)
+        send(range(4, 8))
+        assert watch.wait(lambda: len(watch.of("score", "press8")) >= 4 * 4, 60)  # 4 frames a snapshot, a window each
+        agent.send_signal(signal.SIGTERM)
+        out, _ = agent.communicate(timeout=30)
+    finally:
+        node.loop_stop()
+        if agent.poll() is None:
+            agent.kill()
+        watch.close()
+    assert agent.returncode == 0, out
+
+
 # -- crash ------------------------------------------------------------------------------------------------------
 INJECT = '''
 import vibrawatch.agent.pipeline as _p
@@ -297,6 +344,19 @@ def test_a_crash_is_told_apart_from_a_clean_stop(broker, tiny_bundle: Path, tiny
     STATUS.validate(last)
     assert last["state"] == "offline" and last["reason"] == "crashed"
     assert last["error"] == "RuntimeError: injected fault in the pipeline"  # one line
+    # and a process that vanishes without a word leaves the last will
+    watch = Watch(broker.port)
+    agent = start(tmp_path / "agent.toml", tmp_path)
+    try:
+        assert watch.wait(lambda: any(s["state"] == "online" for s in watch.of("status")), 60)
+        agent.send_signal(signal.SIGKILL)
+        agent.wait(timeout=10)
+        assert watch.wait(lambda: watch.of("status")[-1]["state"] == "offline", 30)
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+        watch.close()
+    assert watch.of("status")[-1]["reason"] == "connection lost"
 
 
 # -- files ------------------------------------------------------------------------------------------------------
