@@ -143,6 +143,14 @@ class ADXL345Settings:
     rate_hz: float = 3200.0  # output data rate: 100, 200, 400, 800, 1600 or 3200; must equal the bundle's
     chunk: int = 2048
 
+    def __post_init__(self) -> None:
+        if self.rate_hz not in RATE_CODES:
+            raise ValueError(f"rate_hz = {self.rate_hz:g}: choose one of {', '.join(f'{r:g}' for r in RATE_CODES)}")
+        if self.range_g not in RANGE_BITS:
+            raise ValueError(f"range_g = {self.range_g}: choose one of {', '.join(map(str, RANGE_BITS))}")
+        if self.chunk < 1:
+            raise ValueError(f"chunk = {self.chunk}: expected a number of samples >= 1")
+
 
 class ADXL345Source:
     """Chunks of ``chunk`` samples (x, y, z in g) from an ADXL345; a full FIFO starts a new segment."""

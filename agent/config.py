@@ -132,7 +132,7 @@ def _build(cls: type, section: dict[str, Any], where: str, p: Path) -> Any:
         out[key] = value
     try:
         return cls(**out)
-    except TypeError as e:
+    except (TypeError, ValueError) as e:  # a missing key, or a value the settings' own check refuses
         raise ConfigError(f"{p}: [{where}] {e}") from None
 
 

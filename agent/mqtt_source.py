@@ -65,6 +65,10 @@ class MqttSourceSettings:
     fs_hz: float | None = None  # the node's configured rate, checked against the bundle's at start; None = the bundle's
     full_scale: float | None = None  # |x| at which the node's sensor clips (saturation check); None = unknown
 
+    def __post_init__(self) -> None:
+        if self.fs_hz is not None and not 0 < self.fs_hz < float("inf"):
+            raise ValueError(f"fs_hz = {self.fs_hz}: expected a rate > 0")
+
 
 class MqttSampleSource:
     """Chunks from the samples topic, in arrival order; ``subscribe`` is the publisher's (it re-subscribes

@@ -210,6 +210,9 @@ class Agent:
         self.config_path = Path(config_path)
         self._stop = False
         self._reload = False
+        signal.signal(signal.SIGTERM, self.stop)  # from the start: a stop while the bundle loads is still clean
+        signal.signal(signal.SIGINT, self.stop)
+        signal.signal(signal.SIGHUP, self.reload)
         self._ready = False
         self._last_watchdog = 0.0
         self._resume_t: float | None = None  # data time just after the last chunk scored
@@ -250,7 +253,8 @@ class Agent:
 
         Everything new (source, pipeline, publisher) is built and checked first; only then are the running
         parts swapped, by steps that do not fail. This is the one place a config or a bundle changes: SIGHUP
-        calls it, and so can a deploy that has verified a new bundle.
+        calls it, and so can a deploy that has verified a new bundle. Call it from the agent's loop (as the
+        SIGHUP flag is handled), never from another thread: the loop owns the pipeline.
         """
         self._commit(self._prepare(cfg, bundle))
 
@@ -336,9 +340,6 @@ class Agent:
 
     # -- the loop -------------------------------------------------------------------------------------------
     def run(self) -> int:
-        signal.signal(signal.SIGTERM, self.stop)
-        signal.signal(signal.SIGINT, self.stop)
-        signal.signal(signal.SIGHUP, self.reload)
         self._commit(self._first)
         assert self.reader is not None and self.publisher is not None
         log.info("scoring %s from %s; %d message(s) waiting in the spool", ",".join(self.bundle.detector.spec.channels),

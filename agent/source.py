@@ -29,6 +29,14 @@ if TYPE_CHECKING:
 PATH = {"path": True}  # field metadata: a file name, relative to the config file that names it
 
 
+def check_pace(speed: float, chunk: int) -> None:
+    """``speed`` and ``chunk`` of a paced source; ValueError naming the key (the config loader adds the file)."""
+    if not speed >= 0 or speed == float("inf"):
+        raise ValueError(f"speed = {speed}: expected a finite number >= 0 (1 = real time, 0 = as fast as possible)")
+    if chunk < 1:
+        raise ValueError(f"chunk = {chunk}: expected a number of samples >= 1")
+
+
 @dataclass(frozen=True)
 class Chunk:
     samples: np.ndarray  # (m, C) float32
@@ -91,6 +99,9 @@ class ReplaySettings:
     speed: float = 1.0  # 1 = real time, 100 = 100x faster, 0 = as fast as possible
     chunk: int = 2048  # samples per chunk handed to the pipeline
     full_scale: float | None = None  # |x| at which the recording's sensor clipped; None = no saturation check
+
+    def __post_init__(self) -> None:
+        check_pace(self.speed, self.chunk)
 
 
 class ReplaySource:
@@ -166,6 +177,11 @@ class SimulatorSettings:
     seed: int = 0
     speed: float = 1.0  # 1 = real time, 100 = 100x faster, 0 = as fast as possible
     chunk: int = 2048
+
+    def __post_init__(self) -> None:
+        check_pace(self.speed, self.chunk)
+        if self.snapshots < 1 or self.samples < 1 or not self.fs_hz > 0 or not self.interval_s > 0:
+            raise ValueError("snapshots, samples, fs_hz and interval_s must be > 0")
 
 
 class SimulatorSource:
