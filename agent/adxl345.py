@@ -37,6 +37,7 @@ FIFO_STREAM = 0x80  # FIFO_CTL: keep the newest 32 samples
 FIFO_DEPTH = 32
 G_PER_LSB = 0.0039
 RANGE_BITS = {2: 0, 4: 1, 8: 2, 16: 3}
+RATE_WINDOW_S = 2.0  # the measured rate (sensor check) counts samples over at least this much wall time
 RATE_CODES = {3200.0: 0xF, 1600.0: 0xE, 800.0: 0xD, 400.0: 0xC, 200.0: 0xB, 100.0: 0xA}
 
 
@@ -207,18 +208,26 @@ chunk = 2048                          # samples handed to the pipeline at a time
         count = 0  # samples read on this timeline
         first = 0  # count of parts[0][0]
         have, new_segment = 0, True
+        total, since = 0, None  # samples read, and (wall time, total) where the rate measurement began
+        measured: float | None = None  # the device's rate by the wall clock, once 2 s are measured
         try:
             while not self.stop():
                 now = self.clock()  # before reading: the FIFO's newest sample was converted just before this
                 samples, overrun = dev.read_fifo()
                 if overrun:  # samples were lost: the count no longer tells the time; flush, then a new timeline
                     if have:
-                        yield Chunk(np.concatenate(parts), timeline.time_of(first), new_segment)
+                        yield Chunk(np.concatenate(parts), timeline.time_of(first), new_segment, measured)
                     parts, have, new_segment, timeline.origin = [], 0, True, None
+                    since = None
+                total += len(samples)
+                if since is None:
+                    since = (now, total) if len(samples) else None
+                elif now - since[0] >= RATE_WINDOW_S:  # an oscillator far off nominal becomes a `sensor` status
+                    measured = (total - since[1]) / (now - since[0])
                 if len(samples):
                     if timeline.origin is not None and not timeline.observe(count + len(samples), now):
                         if have:  # what we hold belongs to the old timeline
-                            yield Chunk(np.concatenate(parts), timeline.time_of(first), new_segment)
+                            yield Chunk(np.concatenate(parts), timeline.time_of(first), new_segment, measured)
                         parts, have, new_segment, timeline.origin = [], 0, True, None
                     if timeline.origin is None:
                         count = first = 0
@@ -228,7 +237,7 @@ chunk = 2048                          # samples handed to the pipeline at a time
                     count += len(samples)
                 while have >= self.chunk:
                     block = np.concatenate(parts)
-                    yield Chunk(block[: self.chunk], timeline.time_of(first), new_segment)
+                    yield Chunk(block[: self.chunk], timeline.time_of(first), new_segment, measured)
                     rest = block[self.chunk:]
                     first += self.chunk
                     timeline.steer()  # between chunks only: a chunk's samples stay evenly spaced

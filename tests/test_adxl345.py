@@ -11,6 +11,7 @@ import pytest
 
 from vibrawatch.agent.adxl345 import ADXL345, ADXL345Source, full_scale_g
 from vibrawatch.agent.pipeline import continuity
+from vibrawatch.agent.sensor_check import SensorLimits, check_chunk
 
 
 class FakeADXL345Bus:
@@ -102,7 +103,7 @@ class EndlessBus(FakeADXL345Bus):
             if len(self.fifo) == 32:
                 self.lost += 1
             x = self.k % 8000 - 4000
-            self.fifo.append((x, -x, 7))
+            self.fifo.append((x, -x, self.k % 50 - 25))
             self.k += 1
 
 
@@ -179,6 +180,7 @@ def test_ten_minutes_with_a_jittery_scheduler_and_a_drifting_oscillator_never_br
         x = np.round(c.samples[:, 0] / 0.0039).astype(int)
         assert np.array_equal(x, (np.arange(n, n + len(x)) % 8000) - 4000), "samples lost or out of order"
         worst = max(worst, abs(c.t_start - sim.true_time(n))) if n > 3200 * 60 else worst
+        assert check_chunk(c.samples, SensorLimits(3, 3200.0), c.fs_hz) is None, "a sensor fault"
         n += len(c.samples)
         prev = c
     assert bus.lost == 0 and n >= 600 * 3200 - 2048
@@ -191,3 +193,15 @@ def test_the_configured_range_reaches_the_saturation_check_at_what_the_device_ca
     pipeline's saturation check gets must be reachable, or clipping would never be seen."""
     assert full_scale_g(16) == pytest.approx(4095 * 0.0039) and full_scale_g(2) == pytest.approx(511 * 0.0039)
     assert ADXL345Source(FakeADXL345Bus(counts(1)), range_g=4).full_scale == pytest.approx(1023 * 0.0039)
+
+
+def test_an_oscillator_far_off_its_nominal_rate_is_a_sensor_fault() -> None:
+    """5% fast: the chunks report the rate measured by the wall clock, and the sensor check refuses them
+    rather than score a signal whose frequencies are all 5% off."""
+    bus = EndlessBus()
+    sim = SimTime(bus, drift=0.05)
+    src = ADXL345Source(bus, chunk=2048, stop=lambda: sim.t - sim.t0 >= 10, sleep=sim.sleep, clock=sim.clock)
+    late = [c for c in src.chunks() if c.fs_hz is not None]
+    assert late and all(c.fs_hz == pytest.approx(3360, rel=1e-3) for c in late)
+    assert check_chunk(late[-1].samples, SensorLimits(3, 3200.0), late[-1].fs_hz) == \
+        "sample rate 3360 Hz, the model expects 3200 Hz"
