@@ -376,3 +376,20 @@ def test_a_password_file_others_can_read_is_refused_and_a_group_readable_one_war
     pw.chmod(0o600)
     caplog.clear()
     assert cfg.password() == "s3cret" and not caplog.text
+
+
+def test_a_spool_left_readable_by_an_earlier_version_is_made_owner_only(tmp_path: Path) -> None:
+    from vibrawatch.agent.service import _owner_only
+    from vibrawatch.agent.spool import Spool
+
+    old = os.umask(0o022)
+    try:
+        spool = Spool(tmp_path / "spool.sqlite")  # as an agent without the umask left it: 0644
+        spool.put("t", {"v": 1})
+    finally:
+        os.umask(old)
+    files = [tmp_path / n for n in ("spool.sqlite", "spool.sqlite-wal", "spool.sqlite-shm")]
+    assert any(stat.S_IMODE(f.stat().st_mode) == 0o644 for f in files if f.exists())
+    _owner_only(tmp_path / "spool.sqlite")
+    assert all(stat.S_IMODE(f.stat().st_mode) == 0o600 for f in files if f.exists())
+    spool.close()
