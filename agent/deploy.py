@@ -11,6 +11,8 @@ A deploy reads top to bottom as named steps, each refusal its own error class (a
                   never downloaded; the bytes must have the request's sha256
     verify        stage the bytes in the state directory and run ``load_bundle`` on them (layout, checksums,
                   bundle signature, runtime, golden self-test)
+    apply         the agent's all-or-nothing ``Agent.apply`` runs it (a bundle that does not fit the source
+                  is refused here, nothing changed)
     swap          bundles/<sha256>.tar; the state file records the probation, then ``previous`` -> the
                   running bundle and ``current`` -> the new one, each an atomic rename of a symbolic link
     probation     the new model scores ``probation_windows`` real windows: finite scores, mean inference time
@@ -262,6 +264,15 @@ class StateDir:
         _fsync_dir(self.root)
 
 
+def bundle_path(cfg: AgentConfig) -> Path:
+    """The bundle the agent runs: once a deploy happened, what the state directory's ``current`` names."""
+    if cfg.deploy.enabled:
+        current = StateDir(cfg.deploy.state_dir).link("current")
+        if current is not None:
+            return current
+    return Path(cfg.agent.bundle)
+
+
 def check_fetched(req: Request, data: bytes) -> None:
     if len(data) != req.bundle_bytes or sha256(data) != req.bundle_sha256:
         raise FetchError(f"bundle received has {len(data)} bytes and sha256 {sha256(data)[:16]}..., the request "
@@ -303,17 +314,15 @@ def swap(sd: StateDir, staged: Path, state: dict[str, Any], record: dict[str, An
 
 # -- the deployer: what the service loop calls ----------------------------------------------------------------
 class Deployer:
-    """Owns the state directory and one deploy at a time; the agent calls ``open_bundle`` at start, ``attach``
-    once connected, then ``step``/``check``/``fail`` on its own thread between chunks."""
+    """Owns the state directory and one deploy at a time. The agent calls ``open_bundle`` at start, then, on
+    its own loop's thread, ``step`` at every turn (chunk or not), ``check`` on each scored window and ``fail``
+    with an exception of the pipeline; the deployer calls ``apply(bundle)`` (``Agent.apply``) to switch."""
 
-    def __init__(self, cfg: AgentConfig, report: Callable[[dict[str, Any]], None] = lambda o: None) -> None:
-        self.cfg, self.report = cfg, report
-        d = cfg.deploy
-        self.dir = StateDir(d.state_dir)
-        self.max_bytes = int(d.max_bundle_kb) * 1024
-        self.public_key = cfg.agent.public_key or ""
-        self.request_topic = topic(cfg.agent.site, cfg.agent.device, REQUEST_KIND)
-        self.bundle_topic = topic(cfg.agent.site, cfg.agent.device, BUNDLE_KIND)
+    def __init__(self, cfg: AgentConfig, report: Callable[[dict[str, Any]], None] = lambda o: None,
+                 apply: Callable[[Bundle], None] = lambda b: None) -> None:
+        self.report, self.apply = report, apply
+        self.dir = StateDir(cfg.deploy.state_dir)  # opened once: a reload does not move it
+        self._use(cfg)
         self._inbox: queue.SimpleQueue[tuple[str, bytes]] = queue.SimpleQueue()
         self._publisher: Publisher | None = None
         self._pending: tuple[Request, float] | None = None
@@ -321,8 +330,17 @@ class Deployer:
         self._refused: set[tuple[int | None, str]] = set()
         self._load: Callable[[Path], Bundle] = lambda p: load_bundle(p, self.public_key)
         self.probation: dict[str, Any] | None = None
+        self._base: tuple[Pipeline, int, float] | None = None  # the pipeline probation counts on, and its start
         self.last: dict[str, Any] | None = None
         self.running: Bundle | None = None
+
+    def _use(self, cfg: AgentConfig) -> None:
+        """Settings and topics of ``cfg`` (at start, and after a reload)."""
+        self.cfg = cfg
+        self.max_bytes = int(cfg.deploy.max_bundle_kb) * 1024
+        self.public_key = cfg.agent.public_key or ""
+        self.request_topic = topic(cfg.agent.site, cfg.agent.device, REQUEST_KIND)
+        self.bundle_topic = topic(cfg.agent.site, cfg.agent.device, BUNDLE_KIND)
 
     # -- start -------------------------------------------------------------------------------------------
     def current_path(self) -> Path:
@@ -367,9 +385,12 @@ class Deployer:
         return bundle
 
     def attach(self, publisher: Publisher) -> None:
-        """Listen for requests (retained: one sent while this gateway was offline arrives now)."""
+        """Listen for requests (retained: one sent while this gateway was offline arrives now); again on
+        every new publisher (a reload that moved the connection)."""
         self._publisher = publisher
         publisher.subscribe(self.request_topic, lambda payload: self._inbox.put(("request", payload)))
+        if self._pending is not None:
+            publisher.subscribe(self.bundle_topic, lambda payload: self._inbox.put(("bundle", payload)))
 
     def close(self) -> None:
         """A clean stop during probation is not a death."""
@@ -380,11 +401,16 @@ class Deployer:
                 self.dir.write_state(state)
 
     # -- between chunks ----------------------------------------------------------------------------------
-    def step(self, pipeline: Pipeline) -> Bundle | None:
-        """Judge the probation, act on what arrived; returns a bundle to run from the next chunk (the new one,
-        or the previous one on a rollback), else None."""
+    def step(self, pipeline: Pipeline | None, publisher: Publisher | None, cfg: AgentConfig) -> None:
+        """One turn of the agent's loop: follow a reload, judge the probation, act on what arrived."""
+        if cfg is not self.cfg:
+            self._use(cfg)
+        if publisher is not None and publisher is not self._publisher:
+            self.attach(publisher)
         if self.probation is not None:
-            return self._judge(pipeline)
+            if pipeline is not None:
+                self._judge(pipeline)
+            return
         while True:
             try:
                 kind, payload = self._inbox.get_nowait()
@@ -392,30 +418,28 @@ class Deployer:
                 break
             if kind == "request":
                 self._receive(payload)
-            elif self._pending is not None:
-                new = self._fetched(payload)
-                if new is not None:
-                    return new
+            elif self._pending is not None and self._fetched(payload):
+                return
         if self._pending is not None and time.monotonic() - self._pending[1] > self.cfg.deploy.fetch_timeout_s:
             req = self._pending[0]
             self._stop_fetching()
             self._handled.discard(req.deployment)  # its retained copy, after a reconnect, may bring the bundle
             self._refuse(FetchError(f"bundle did not arrive on {self.bundle_topic} within "
                                     f"{self.cfg.deploy.fetch_timeout_s:g} s", req.deployment), req)
-        return None
 
     def check(self, ev: Scored) -> None:
         """Before a score leaves: on probation, a non-finite score is the new model failing."""
         if self.probation is not None and not (np.isfinite(ev.score) and np.all(np.isfinite(ev.contributions))):
             raise ProbationFailed(f"window at t={ev.t:.3f} scored {ev.score} (not finite)")
 
-    def fail(self, error: Exception) -> Bundle | None:
-        """An exception while scoring: on probation, roll back and return the previous bundle; else None (the
-        caller re-raises: a failure of a committed model is not the deploy's to hide)."""
+    def fail(self, error: Exception) -> bool:
+        """An exception while scoring: on probation, roll back (True); else False, and the caller re-raises (a
+        failure of a committed model is not the deploy's to hide)."""
         if self.probation is None:
-            return None
+            return False
         reason = str(error) if isinstance(error, ProbationFailed) else f"{type(error).__name__}: {error}"
-        return self._rollback(f"failed on real windows: {reason}")
+        self._rollback(f"failed on real windows: {reason}")
+        return True
 
     # -- the steps, in order ------------------------------------------------------------------------------
     def _receive(self, payload: bytes) -> None:
@@ -435,14 +459,15 @@ class Deployer:
         assert self._publisher is not None
         self._publisher.subscribe(self.bundle_topic, lambda payload: self._inbox.put(("bundle", payload)))
 
-    def _fetched(self, data: bytes) -> Bundle | None:
+    def _fetched(self, data: bytes) -> bool:
+        """The bundle's bytes arrived: verify, apply, swap on disk; True once the new model runs."""
         assert self._pending is not None
         req = self._pending[0]
         try:
             check_fetched(req, data)
         except FetchError as e:  # most often the retained bundle of an earlier deploy: ours follows
             log.info("waiting for deployment %d's bundle: %s", req.deployment, e)
-            return None
+            return False
         self._stop_fetching()
         staged = stage(self.dir, req, data)
         try:
@@ -450,40 +475,52 @@ class Deployer:
         except BundleError as e:
             staged.unlink(missing_ok=True)
             self._refuse(DeployRefused(f"bundle verification failed: {e}", req.deployment), req)
-            return None
-        self._outcome("verified", req)
+            return False
         assert self.running is not None
+        final = self.dir.bundles / staged.name
+        bundle = replace(bundle, path=final)
+        try:
+            self.apply(bundle)  # all or nothing: on failure the old model still runs, nothing changed on disk
+        except Exception as e:  # noqa: BLE001 - any reason the agent cannot run it is a refusal, said in one line
+            staged.unlink(missing_ok=True)
+            self._refuse(DeployRefused(f"the agent cannot run it: {str(e).splitlines()[0]}", req.deployment), req)
+            return False
         state = self.dir.read_state()
         record = {"deployment": req.deployment, "from": self.running.version, "to": req.version,
                   "sha256": req.bundle_sha256, "previous": str(self.current_path()), "deaths": 0, "running": True}
-        final = swap(self.dir, staged, state, record)
-        self.probation, self.running = record, replace(bundle, path=final)
+        swap(self.dir, staged, state, record)
+        self.probation, self._base = record, None
+        self._outcome("verified", req)  # said once the new model runs, so the status names it
+        self.running = bundle
         log.info("deployment %d: now running %s on probation (%d windows)", req.deployment, req.version,
                  self.cfg.deploy.probation_windows)
-        return self.running
+        return True
 
-    def _judge(self, pipeline: Pipeline) -> Bundle | None:
+    def _judge(self, pipeline: Pipeline) -> None:
+        """Windows scored by the pipeline since probation began (a new pipeline, after a reload, starts over)."""
         t, d = pipeline.times, self.cfg.deploy
-        if t.windows == 0:
-            return None
-        mean_ms = 1000.0 * t.inference / t.windows
-        if t.windows >= min(5, d.probation_windows) and mean_ms > d.latency_budget_ms:
-            return self._rollback(f"mean inference {mean_ms:.1f} ms per window over {t.windows} windows, budget "
-                                  f"{d.latency_budget_ms:g} ms")
-        if t.windows < d.probation_windows:
-            return None
-        state = self.dir.read_state()
-        self._end(state, "applied", f"{t.windows} windows scored, mean inference {mean_ms:.2f} ms")
-        self._collect(state)
-        return None
+        if self._base is None or self._base[0] is not pipeline:
+            self._base = (pipeline, t.windows, t.inference)
+        windows, inference = t.windows - self._base[1], t.inference - self._base[2]
+        if windows == 0:
+            return
+        mean_ms = 1000.0 * inference / windows
+        if windows >= min(5, d.probation_windows) and mean_ms > d.latency_budget_ms:
+            self._rollback(f"mean inference {mean_ms:.1f} ms per window over {windows} windows, budget "
+                           f"{d.latency_budget_ms:g} ms")
+        elif windows >= d.probation_windows:
+            state = self.dir.read_state()
+            self._end(state, "applied", f"{windows} windows scored, mean inference {mean_ms:.2f} ms")
+            self._collect(state)
 
-    def _rollback(self, reason: str) -> Bundle:
+    def _rollback(self, reason: str) -> None:
+        """The previous bundle back: on disk first (so a crash from here on restarts on it), then running."""
         assert self.probation is not None
         rec = self.probation
         self._relink_previous(rec)
-        self._end(self.dir.read_state(), "rolled_back", reason)
         self.running = self._load(self.current_path())
-        return self.running
+        self.apply(self.running)
+        self._end(self.dir.read_state(), "rolled_back", reason)  # after apply: the status names the old model
 
     # -- helpers ------------------------------------------------------------------------------------------
     def _relink_previous(self, rec: dict[str, Any]) -> None:

@@ -21,6 +21,17 @@ from .sensor_check import SensorLimits, check_chunk
 from .source import Chunk
 from .window import WindowBuffer
 
+CONTINUITY_SAMPLES = 1.5  # a chunk may start this far (in samples) from where the previous one ended
+
+
+def continuity(t_start: float, expected: float, fs_hz: float) -> str | None:
+    """How a chunk that starts at ``t_start`` joins one that ended at ``expected``: None (it continues it),
+    "gap" (samples are missing: the frames restart) or "backwards" (a sensor fault)."""
+    gap = t_start - expected
+    if abs(gap) <= CONTINUITY_SAMPLES / fs_hz:
+        return None
+    return "gap" if gap > 0 else "backwards"
+
 
 @dataclass(frozen=True)
 class Scored:
@@ -74,10 +85,10 @@ class Pipeline:
         events: list[SensorStatus | Scored] = []
         reason = check_chunk(chunk.samples, self.limits, chunk.fs_hz)
         if reason is None and not chunk.new_segment and not self._table and self._next_t is not None:
-            gap = chunk.t_start - self._next_t
-            if abs(gap) > 1.5 / self.bundle.detector.spec.fs_hz:
+            join = continuity(chunk.t_start, self._next_t, self.bundle.detector.spec.fs_hz)
+            if join is not None:
                 self.framer.reset()  # a frame never spans missing samples
-                reason = None if gap > 0 else f"time went backwards by {-gap:.3f} s"
+                reason = None if join == "gap" else f"time went backwards by {self._next_t - chunk.t_start:.3f} s"
         if reason is not None:
             self.framer.reset()
             self.windows.reset()

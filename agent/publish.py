@@ -87,14 +87,16 @@ class Publisher:
         self._client.connect_async(m.host, m.port, keepalive=m.keepalive, **kwargs)
         self._client.loop_start()
 
-    def stop(self, reason: str = "stopped") -> None:
-        """Stop sending, publish a retained 'offline' (a clean disconnect sends no will) and disconnect."""
+    def stop(self, reason: str = "stopped", **fields: Any) -> None:
+        """Stop sending, publish a retained 'offline' (a clean disconnect sends no will) and disconnect;
+        ``fields`` go into that status (a crash's ``error``)."""
         self._stopping.set()
         self._wake.set()
         if self._sender.is_alive():
             self._sender.join(timeout=5)
         if self.connected:
-            info = self._client.publish(self.status_topic, encode(status_payload("offline", reason=reason)), 1, True)
+            payload = encode(status_payload("offline", reason=reason, **fields))
+            info = self._client.publish(self.status_topic, payload, 1, True)
             with contextlib.suppress(RuntimeError, ValueError):  # best effort: the will covers a failure
                 info.wait_for_publish(timeout=2.0)
         self._client.disconnect()

@@ -27,6 +27,20 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+@app.callback()
+def _options(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Also show TensorFlow's own start-up and graph "
+                                          "log lines (CUDA probing, oneDNN, attribute warnings).")] = False,
+) -> None:
+    """Keep TensorFlow's C++ and Python logs quiet unless asked, so what a user reads is vibrawatch's own output."""
+    if not verbose:
+        from vibrawatch.train.quiet import quiet_tensorflow
+
+        quiet_tensorflow()
+
+
 simulate_app = typer.Typer(help="Write built-in simulated data (no downloads needed).", no_args_is_help=True)
 app.add_typer(simulate_app, name="simulate")
 
@@ -199,7 +213,8 @@ def demo(
     if not (keys / PRIVATE_NAME).exists():
         new_keypair(keys)
     summary = build_bundle(out / "run", out / "bundle.tar", "none", keys / PRIVATE_NAME)
-    typer.echo(f"    {summary['bundle']}: {summary['size_bytes']} bytes, ops {', '.join(summary['ops'])}")
+    typer.echo(f"    {summary['bundle']}: {Path(summary['bundle']).stat().st_size} bytes (model "
+               f"{summary['size_bytes']} bytes), ops {', '.join(summary['ops'])}")
     typer.echo("5/5 replaying the run through the gateway pipeline (verified bundle, TFLite) ...")
     bundle = load_bundle(out / "bundle.tar", keys / PUBLIC_NAME)
     pipeline = Pipeline(bundle)
