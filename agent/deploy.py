@@ -4,7 +4,7 @@ works (docs/deploy.md).
 A deploy reads top to bottom as named steps, each refusal its own error class (as ``load_bundle`` does):
 
     receive       the signed request, retained on vibrawatch/v1/<site>/<device>/deploy; paho's thread only
-                  queues it, everything below runs on the service thread between chunks
+                  queues it, everything below runs on the agent loop's thread, at every turn
     authenticate  the request's Ed25519 signature with [agent] public_key, this site and device, a deployment
                   id newer than the last one applied here, an announced size within [deploy] max_bundle_kb
     fetch         only then subscribe to .../deploy/bundle (retained, the raw .tar): an oversized bundle is
@@ -400,7 +400,7 @@ class Deployer:
                 state["probation"]["running"] = False
                 self.dir.write_state(state)
 
-    # -- between chunks ----------------------------------------------------------------------------------
+    # -- every turn of the agent loop ---------------------------------------------------------------------
     def step(self, pipeline: Pipeline | None, publisher: Publisher | None, cfg: AgentConfig) -> None:
         """One turn of the agent's loop: follow a reload, judge the probation, act on what arrived."""
         if cfg is not self.cfg:
