@@ -3,6 +3,8 @@
     vibrawatch/v1/<site>/<device>/score    one message per scored window        QoS 1, not retained
     vibrawatch/v1/<site>/<device>/alarm    alarm raised or cleared              QoS 1, not retained
     vibrawatch/v1/<site>/<device>/status   online / offline (last will) / sensor  QoS 1, retained
+    vibrawatch/v1/<site>/<device>/transient         a jump that relaxed back     QoS 1, not retained
+    vibrawatch/v1/<site>/<device>/condition_change  every channel changed at once  QoS 1, not retained
 
 Payloads are JSON objects with ``"v": 1``. ``seq`` counts every score and alarm message of a device and
 survives agent restarts (it lives in the spool), so a consumer drops a redelivered message by seq.
@@ -47,10 +49,34 @@ def score_payload(*, t: float, score: float, threshold: float, level: float,
 
 
 def alarm_payload(*, t: float, event: str, channel: str | None, score: float, level: float,
-                  since: float | None, model: str) -> dict[str, Any]:
-    """An alarm message without its ``seq`` (see ``score_payload``)."""
+                  since: float | None, model: str, **extra: Any) -> dict[str, Any]:
+    """An alarm message without its ``seq`` (see ``score_payload``); ``extra``: the optional ``channels``
+    and ``diagnosis`` of a combined detector."""
     return {"v": VERSION, "timestamp": iso(t), "t": t, "event": event, "channel": channel,
-            "score": score, "level": level, "since": None if since is None else iso(since), "model": model}
+            "score": score, "level": level, "since": None if since is None else iso(since), "model": model, **extra}
+
+
+def verdict_messages(ev: Scored, channels: Sequence[str], model: str) -> list[tuple[str, dict[str, Any]]]:
+    """A combined detector's window: one alarm per channel raised or cleared (with the diagnosis), and its
+    transients and condition changes."""
+    v = ev.verdict
+    assert v is not None
+    out: list[tuple[str, dict[str, Any]]] = []
+    active = [channels[c] for c in v.active]
+    for event, chans in (("raised", v.raised), ("cleared", v.cleared)):
+        for c in chans:
+            extra: dict[str, Any] = {"channels": active}
+            if event == "raised" and ev.diagnosis is not None and c == v.raised[0]:
+                extra["diagnosis"] = ev.diagnosis
+            out.append(("alarm", alarm_payload(t=ev.t, event=event, channel=channels[c], score=ev.score,
+                                               level=float(v.evidence[c]), since=ev.since, model=model, **extra)))
+    for e in v.events:
+        body: dict[str, Any] = {"v": VERSION, "timestamp": iso(e.t), "t": e.t,
+                                "channels": [channels[c] for c in e.channels], "ratio": list(e.ratio), "model": model}
+        if e.kind == "transient":
+            body["relaxed_by"] = iso(e.until if e.until is not None else e.t)
+        out.append((e.kind, body))
+    return out
 
 
 def window_messages(ev: Scored, channels: Sequence[str], threshold: float, model: str
@@ -59,6 +85,8 @@ def window_messages(ev: Scored, channels: Sequence[str], threshold: float, model
     contributions = {c: float(v) for c, v in zip(channels, ev.contributions, strict=True)}
     out = [("score", score_payload(t=ev.t, score=ev.score, threshold=threshold, level=ev.level,
                                    contributions=contributions, model=model))]
+    if ev.verdict is not None:
+        return out + verdict_messages(ev, channels, model)
     d = ev.decision
     if d.event:
         channel = channels[d.channel] if d.channel >= 0 else None
