@@ -17,7 +17,7 @@ import numpy as np
 
 from .bundle import Bundle
 from .decide import Decision, reconstruction_scores
-from .events import Verdict, envelope_energies, floor_values
+from .events import DiagnosisState, Verdict, envelope_energies, floor_values
 from .features import extract
 from .frames import Framer
 from .sensor_check import SensorLimits, check_chunk
@@ -36,7 +36,8 @@ class Scored:
     decision: Decision
     since: float | None  # when the active alarm was raised
     verdict: Verdict | None = None  # the combined detector's (agent/events.py): channels, transients, ...
-    diagnosis: dict[str, Any] | None = None  # when an alarm was raised and the bundle knows the bearings
+    diagnosis: dict[int, dict[str, Any]] = field(default_factory=dict)  # channel raised now -> its diagnosis
+    diagnosed: dict[int, dict[str, Any]] = field(default_factory=dict)  # active channel -> defect now standing out
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,7 @@ class Pipeline:
         self._next_t: float | None = None
         self.events = b.detector.event_state() if b.detector.combined else None
         self._energies: deque[np.ndarray] = deque(maxlen=b.detector.window)  # diagnosis: the window's frames
+        self._diagnosis = DiagnosisState(b.detector.diagnosis) if self.events and b.detector.diagnosis else None
 
     def process(self, chunk: Chunk) -> list[SensorStatus | Scored]:
         """Feed one chunk; returns sensor status changes and one ``Scored`` per window that ends in it."""
@@ -150,8 +152,9 @@ class Pipeline:
             self._since = t
         elif not v.active:
             self._since = None
-        diagnosis = None
-        if v.raised and d.diagnosis is not None and len(self._energies):
-            diagnosis = d.diagnosis.diagnose(np.mean(np.stack(self._energies), axis=0), v.raised[0])
+        at_raise: dict[int, dict[str, Any]] = {}
+        found: dict[int, dict[str, Any]] = {}
+        if self._diagnosis is not None and len(self._energies):
+            at_raise, found = self._diagnosis.update(v, np.mean(np.stack(self._energies), axis=0))
         decision = Decision(v.above, bool(v.active), v.event, v.channel, v.level)
-        return Scored(t, score, v.level, contrib, decision, self._since, v, diagnosis)
+        return Scored(t, score, v.level, contrib, decision, self._since, v, at_raise, found)

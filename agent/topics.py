@@ -5,6 +5,7 @@
     vibrawatch/v1/<site>/<device>/status   online / offline (last will) / sensor  QoS 1, retained
     vibrawatch/v1/<site>/<device>/transient         a jump that relaxed back     QoS 1, not retained
     vibrawatch/v1/<site>/<device>/condition_change  every channel changed at once  QoS 1, not retained
+    vibrawatch/v1/<site>/<device>/diagnosis  an active alarm's defect first stands out  QoS 1, not retained
 
 Payloads are JSON objects with ``"v": 1``. ``seq`` counts every score and alarm message of a device and
 survives agent restarts (it lives in the spool), so a consumer drops a redelivered message by seq.
@@ -66,10 +67,13 @@ def verdict_messages(ev: Scored, channels: Sequence[str], model: str) -> list[tu
     for event, chans in (("raised", v.raised), ("cleared", v.cleared)):
         for c in chans:
             extra: dict[str, Any] = {"channels": active}
-            if event == "raised" and ev.diagnosis is not None and c == v.raised[0]:
-                extra["diagnosis"] = ev.diagnosis
+            if event == "raised" and c in ev.diagnosis:
+                extra["diagnosis"] = ev.diagnosis[c]
             out.append(("alarm", alarm_payload(t=ev.t, event=event, channel=channels[c], score=ev.score,
                                                level=float(v.evidence[c]), since=ev.since, model=model, **extra)))
+    for c, dg in ev.diagnosed.items():
+        out.append(("diagnosis", {"v": VERSION, "timestamp": iso(ev.t), "t": ev.t, "channel": channels[c],
+                                  "since": None if ev.since is None else iso(ev.since), **dg, "model": model}))
     for e in v.events:
         body: dict[str, Any] = {"v": VERSION, "timestamp": iso(e.t), "t": e.t,
                                 "channels": [channels[c] for c in e.channels], "ratio": list(e.ratio), "model": model}

@@ -49,7 +49,7 @@ class DiagnosisConfig:
     contact_angle_deg: float = 0.0
     band_hz: tuple[float, float] | None = None  # demodulation band; default 0.2-0.8 of Nyquist
     harmonics: int = 3
-    min_ratio: float = 2.0
+    min_ratio: float = 1.5
     margin: float = 1.25
 
     @property

@@ -23,7 +23,7 @@ import numpy as np
 from vibrawatch.agent.decide import AlarmRule, Decision, reconstruction_scores, run_alarms
 from vibrawatch.agent.detector import Detector
 from vibrawatch.agent.errors import ConfigError
-from vibrawatch.agent.events import EventRule, run_events
+from vibrawatch.agent.events import DiagnosisState, EventRule, run_events
 from vibrawatch.agent.features import FeatureDef, FeatureSpec, extract
 from vibrawatch.agent.frames import iter_frames
 from vibrawatch.agent.loaders import load
@@ -307,19 +307,32 @@ def _product(
     energies = None
     if d.diagnosis is not None and isinstance(data, Recording):
         energies = frame_energies(data, d.spec, d.diagnosis)
-    alarms = []
+    alarms: list[dict[str, Any]] = []
+    open_alarm: dict[int, dict[str, Any]] = {}
+    dstate = DiagnosisState(d.diagnosis) if energies is not None and d.diagnosis is not None else None
     for i, v in enumerate(verdicts):
-        if not v.raised:
-            continue
-        a: dict[str, Any] = {"at": format_time(float(wins.end_times[i]), relative),
-                             "channels": [channels[c] for c in v.raised]}
-        if energies is not None and d.diagnosis is not None:
+        at_raise: dict[int, dict[str, Any]] = {}
+        found: dict[int, dict[str, Any]] = {}
+        if dstate is not None and energies is not None:
             e = int(wins.end_frames[i])
-            a["diagnosis"] = d.diagnosis.diagnose(energies[e - d.window + 1: e + 1].mean(axis=0), v.raised[0])
-        alarms.append(a)
+            at_raise, found = dstate.update(v, energies[e - d.window + 1: e + 1].mean(axis=0))
+        for c, dg in found.items():
+            if c in open_alarm:
+                open_alarm[c]["diagnosed"] = {"at": format_time(float(wins.end_times[i]), relative), **dg}
+        for c in v.raised:
+            a: dict[str, Any] = {"at": format_time(float(wins.end_times[i]), relative), "channel": channels[c]}
+            if c in at_raise:
+                a["diagnosis"] = at_raise[c]
+                if at_raise[c]["defect"] is not None:
+                    a["diagnosed"] = {"at": a["at"], **at_raise[c]}
+            alarms.append(a)
+            open_alarm[c] = a
     first = out.get("first_alarm_index")
     out["alarm_channels"] = [channels[c] for c in verdicts[first].raised] if first is not None else None
-    out["diagnosis"] = next((a.get("diagnosis") for a in alarms if a["at"] == out["first_alarm"]), None)
+    first_alarm = next((a for a in alarms if a["at"] == out["first_alarm"] and a["channel"] in
+                        (out["alarm_channels"] or [])), None)
+    out["diagnosis"] = first_alarm.get("diagnosis") if first_alarm else None
+    out["diagnosed"] = first_alarm.get("diagnosed") if first_alarm else None
     out["alarms"] = alarms
     out["transients"] = [{"at": format_time(e.t, relative), "channel": channels[e.channels[0]],
                           "ratio": round(e.ratio[0], 3), "relaxed_by": format_time(float(e.until or e.t), relative)}
