@@ -167,7 +167,7 @@ class EventRule:
     relaxed: float = 0.5  # ... relaxed back = less than this share of the step left
     grows: float = 2.0  # a step whose log level reaches this many times its size is growing: alarm at once
     history: int = 6  # windows before a jump that give the level it jumped from
-    share: float = 0.6  # a channel counts if it moved at least this share of the most-moved one
+    share: float = 0.8  # a channel counts if it moved at least this share of the most-moved one
 
     def __post_init__(self) -> None:
         if not (self.transient_s > 0 and 0 < self.relaxed < 1 and self.grows > 1 and self.history >= 1
@@ -190,7 +190,7 @@ class EventRule:
         if isinstance(h, bool) or not isinstance(h, int):
             raise ConfigError(f"events.history: expected int, got {h!r}")
         return cls(_num(d, "transient_s", "events", 0.0, 12 * 3600.0), _num(d, "relaxed", "events", 0.0, 0.5),
-                   _num(d, "grows", "events", 1.0, 2.0), h, _num(d, "share", "events", 0.0, 0.6))
+                   _num(d, "grows", "events", 1.0, 2.0), h, _num(d, "share", "events", 0.0, 0.8))
 
 
 @dataclass(frozen=True)

@@ -202,3 +202,36 @@ def test_ims2_bearing1_envelope_says_outer_race() -> None:
     assert dg.diagnose(e[last_day][:-3].mean(axis=0), 0)["defect"] == "bpfo"  # the last snapshots are zeros
     day2 = (sub.timestamps > 1076849559) & (sub.timestamps <= 1076849559 + 6 * 3600)
     assert dg.diagnose(e[day2].mean(axis=0), 0)["defect"] is None
+
+
+def test_the_gateway_pipeline_decides_like_evaluate(tiny_run: Path, tiny_data: Path, tmp_path: Path) -> None:
+    """Streaming (the gateway's Pipeline on the TFLite bundle) and batch (`vibrawatch evaluate`) give the same
+    levels, the same per-channel alarms and the same transients on a run with a transient and a held step."""
+    from vibrawatch.agent.bundle import load_bundle
+    from vibrawatch.agent.pipeline import Pipeline, Scored
+    from vibrawatch.agent.source import ReplaySource
+    from vibrawatch.agent.topics import window_messages
+
+    run = _copy_run(tiny_run, tmp_path, transient_s=1800.0)
+    gains = np.ones((48, 4))
+    gains[38:40, 1] = 1.8  # bearing2: up for two snapshots, then back
+    gains[43:, 2] = 1.8  # bearing3: up and stays
+    data = _healthy_part(tiny_data, tmp_path, "mixed", gains)
+    batch = _evaluate(run, data)
+    bundle = tmp_path / "b.tar"
+    cli("convert", run, "--out", bundle)
+    pipe = Pipeline(load_bundle(bundle))
+    scored = [ev for c in ReplaySource(data, chunk=4096).chunks() for ev in pipe.process(c) if isinstance(ev, Scored)]
+    assert len(scored) == batch["windows"]
+    messages = [m for ev in scored for m in window_messages(ev, pipe.bundle.detector.channels, 0.1, "m")]
+    alarms = [(p["t"], p["channel"]) for kind, p in messages if kind == "alarm" and p["event"] == "raised"]
+    transients = [(p["channels"], round(p["ratio"][0], 2)) for kind, p in messages if kind == "transient"]
+    assert [ch for _, ch in alarms] == [a["channel"] for a in batch["alarms"]] == ["bearing3"]
+    assert transients == [([t["channel"]], round(t["ratio"], 2)) for t in batch["transients"]] == [(["bearing2"], 1.8)]
+    for kind in ("alarm", "transient"):
+        from jsonschema import Draft202012Validator
+
+        schema = json.loads((Path(__file__).resolve().parents[1] / "agent" / "schemas" / f"{kind}.json").read_text())
+        for k, p in messages:
+            if k == kind:
+                Draft202012Validator(schema).validate({**p, "seq": 1})

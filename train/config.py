@@ -67,7 +67,7 @@ class ProductConfig:
     relaxed: float = 0.5
     grows: float = 2.0
     history: int = 6
-    share: float = 0.6
+    share: float = 0.8
 
 
 @dataclass(frozen=True)
