@@ -106,7 +106,8 @@ def evaluate(
 
 def _print_report(r: dict[str, Any]) -> None:
     typer.echo(f"data {r['data']}: {r['windows']} windows, failure at {r['failure_at']}")
-    rows = [("lstm_autoencoder", r)] + list(r.get("baselines", {}).items())
+    first = "combined" if r.get("detector") == "combined" else "lstm_autoencoder"
+    rows = [(first, r)] + list(r.get("baselines", {}).items())
     typer.echo(f"{'detector':20s} {'first alarm':22s} {'lead h':>8s} {'channel':12s} {'false':>5s}")
     for name, d in rows:
         if not isinstance(d, dict):
@@ -116,6 +117,16 @@ def _print_report(r: dict[str, Any]) -> None:
                    f"{d.get('false_alarms', '-')!s:>5s}")
     if r.get("auc") is not None:
         typer.echo(f"AUC {r['auc']}")
+    from vibrawatch.agent.events import describe
+
+    if r.get("diagnosis"):
+        found = r.get("diagnosed")
+        typer.echo(f"diagnosis at the first alarm: {describe(r['diagnosis'])}"
+                   + (f"; {describe(found)} from {found['at']}" if found and found["at"] != r["first_alarm"] else ""))
+    for t in r.get("transients", []):
+        typer.echo(f"transient {t['at']}: {t['channel']} x{t['ratio']}, relaxed by {t['relaxed_by']}")
+    for c in r.get("condition_changes", []):
+        typer.echo(f"condition change {c['at']}: every channel x{min(c['ratios'])}..x{max(c['ratios'])}")
 
 
 @simulate_app.command("bearing")

@@ -225,9 +225,11 @@ def test_the_gateway_pipeline_decides_like_evaluate(tiny_run: Path, tiny_data: P
     assert len(scored) == batch["windows"]
     messages = [m for ev in scored for m in window_messages(ev, pipe.bundle.detector.channels, 0.1, "m")]
     alarms = [(p["t"], p["channel"]) for kind, p in messages if kind == "alarm" and p["event"] == "raised"]
-    transients = [(p["channels"], round(p["ratio"][0], 2)) for kind, p in messages if kind == "transient"]
+    transients = [(p["channels"], p["ratio"][0]) for kind, p in messages if kind == "transient"]
     assert [ch for _, ch in alarms] == [a["channel"] for a in batch["alarms"]] == ["bearing3"]
-    assert transients == [([t["channel"]], round(t["ratio"], 2)) for t in batch["transients"]] == [(["bearing2"], 1.8)]
+    assert [ch for ch, _ in transients] == [[t["channel"]] for t in batch["transients"]] == [["bearing2"]]
+    assert transients[0][1] == pytest.approx(batch["transients"][0]["ratio"], rel=1e-3)  # TFLite vs Keras
+    assert transients[0][1] == pytest.approx(1.8, rel=0.03)
     for kind in ("alarm", "transient"):
         from jsonschema import Draft202012Validator
 
