@@ -237,3 +237,32 @@ def test_the_gateway_pipeline_decides_like_evaluate(tiny_run: Path, tiny_data: P
         for k, p in messages:
             if k == kind:
                 Draft202012Validator(schema).validate({**p, "seq": 1})
+
+
+def test_every_new_message_matches_its_schema() -> None:
+    """Alarm (with channels and diagnosis), transient, condition_change and diagnosis payloads as the gateway
+    builds them validate against agent/schemas/ (the documented, versioned MQTT payloads)."""
+    from jsonschema import Draft202012Validator
+
+    from vibrawatch.agent.decide import Decision
+    from vibrawatch.agent.events import Event, Verdict
+    from vibrawatch.agent.pipeline import Scored
+    from vibrawatch.agent.topics import window_messages
+
+    names = ("bearing1", "bearing2", "bearing3", "bearing4")
+    dg = {"defect": None, "ratio": 1.1, "ratios": {"bpfo": 1.1, "bpfi": 1.0, "bsf": 1.0, "ftf": 0.9}}
+    found = {"defect": "bpfo", "ratio": 1.6, "ratios": {"bpfo": 1.6, "bpfi": 1.0, "bsf": 1.1, "ftf": 0.9}}
+    events = (Event("transient", 100.0, (2,), (1.4,), until=700.0),
+              Event("condition_change", 200.0, (0, 1, 2, 3), (1.3, 1.3, 1.31, 1.29)))
+    v = Verdict(1.2, True, (0, 1), (0,), (3,), np.array([1.2, 1.1, 0.2, 0.5]), events)
+    ev = Scored(1000.0, 0.3, 1.2, np.array([0.1, 0.1, 0.05, 0.05]), Decision(True, True, "raised", 0, 1.2), 1000.0,
+                v, {0: dg}, {1: found})
+    messages = window_messages(ev, names, 0.25, "m-1")
+    kinds = [k for k, _ in messages]
+    assert kinds == ["score", "alarm", "alarm", "diagnosis", "transient", "condition_change"]
+    root = Path(__file__).resolve().parents[1] / "agent" / "schemas"
+    for kind, payload in messages:
+        Draft202012Validator(json.loads((root / f"{kind}.json").read_text())).validate({**payload, "seq": 1})
+    raised = messages[1][1]
+    assert raised["event"] == "raised" and raised["channel"] == "bearing1" and raised["diagnosis"] == dg
+    assert messages[2][1]["event"] == "cleared" and "diagnosis" not in messages[2][1]
