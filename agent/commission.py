@@ -21,6 +21,14 @@ load and speed has its horizontal/vertical balance 4.4x the reference's while he
 bench/commissioning.py.
 
 A new bundle (another ``model`` version) or ``vibrawatch-agent recalibrate`` starts a new commissioning.
+
+Only a bundle whose decisions are the autoencoder's (``[product] combined = false``) is commissioned. The
+combined detector (agent/events.py) also alarms on per-channel level floors, a PCA residual and each
+channel's own deviation, all against the reference machine's healthy statistics, which this rule does not
+refit; commissioning only its autoencoder thresholds would call the result this machine's while the floors
+still alarm at the reference machine's. So with such a bundle ``[commissioning]`` is refused: one error line
+in the log, a status with ``event: commissioning_refused`` (``threshold_source: bundle``), and the bundle's
+thresholds; the calibration file is left as it was.
 A calibration file that cannot be read falls back to the bundle's thresholds and says so; scoring never stops for it.
 
 ``Commissioning`` is the streaming object (one ``update`` per scored window, as ``AlarmState``);
@@ -195,6 +203,7 @@ class Commissioning:
     contributions: list[list[float]] = field(default_factory=list)
     times: list[float] = field(default_factory=list)
     note: str | None = None  # what happened at load (unreadable file, new model), for the log and status
+    refused: bool = False  # [commissioning] given, but the bundle's detector is one it cannot commission
     window_source: str = "bundle"  # threshold_source and threshold of the last window through ``window``
     window_threshold: float = 0.0
     _alarm: AlarmState | None = None
@@ -292,6 +301,7 @@ class Commissioning:
             return  # the damaged file stays for a look until `recalibrate` replaces it
         tmp = self.state_file.with_name(self.state_file.name + ".tmp")
         try:
+            self.state_file.parent.mkdir(parents=True, exist_ok=True)  # as the spool's: owner only (umask 077)
             tmp.write_text(json.dumps(self.to_dict(), allow_nan=False))
             os.replace(tmp, self.state_file)
         except OSError as e:  # scoring goes on; the commissioning is lost at the next restart
@@ -330,6 +340,12 @@ class Commissioning:
                ) -> Commissioning:
         """On a reload: keep this commissioning's progress (saved first) unless ``recalibrate`` asked to start
         over; a new model or config then decides what ``open`` resumes."""
+        self.keep()
+        return Commissioning.open(detector, model, cfg, state_file)
+
+    def keep(self) -> None:
+        """Save this commissioning's progress before it is replaced, unless ``recalibrate`` asked to start over
+        (its request in the state file stays) or the file was unreadable (it stays for a look)."""
         requested = False
         if self.state_file is not None and self.state_file.exists():
             try:
@@ -338,7 +354,6 @@ class Commissioning:
                 requested = False
         if not requested and (self.calibration is None or self.calibration.state != "unreadable"):
             self.save()
-        return Commissioning.open(detector, model, cfg, state_file)
 
     def _load(self, d: Mapping[str, Any]) -> bool:
         """Take over a state file's content; False when it belongs to another model or asks to start over."""
@@ -373,6 +388,13 @@ def open_commissioning(cfg: AgentConfig, bundle: Bundle, previous: Commissioning
     on a reload (``previous``) its progress is kept unless ``recalibrate`` asked to start over."""
     c = cfg.commissioning
     path = (Path(c.state) if c.state else default_state_file(cfg.agent.spool)) if c else None
+    if c is not None and c.enabled and bundle.detector.combined:
+        if previous is not None:
+            previous.keep()
+        comm = Commissioning(bundle.detector, bundle.version, None, None, refused=True,
+                             note=refused_note(cfg, bundle))
+        log.error("%s", comm.note)
+        return comm
     args = (bundle.detector, bundle.version, c, path)
     comm = previous.reopen(*args) if previous is not None else Commissioning.open(*args)
     if comm.note:
@@ -381,15 +403,27 @@ def open_commissioning(cfg: AgentConfig, bundle: Bundle, previous: Commissioning
     return comm
 
 
+def refused_note(cfg: AgentConfig, bundle: Bundle) -> str:
+    """Why a combined-detector bundle is not commissioned (one line, for the log, the status and ``check``)."""
+    return (f"{cfg.path}: [commissioning] not applied: bundle {bundle.version} uses the combined detector (level "
+            "floors, PCA residual, per-channel attribution), whose thresholds commissioning cannot refit; its alarms "
+            "use the bundle's thresholds. To commission this machine, deploy a bundle trained with [product] "
+            "combined = false; or remove [commissioning]")
+
+
 def describe(cfg: AgentConfig, bundle: Bundle) -> str:
     """For ``vibrawatch-agent check``: where the thresholds will come from, without writing anything."""
     c = cfg.commissioning
     if c is None:
         return f"the bundle's ({bundle.detector.threshold:.6g}); no [commissioning] in the config"
+    if c.enabled and bundle.detector.combined:
+        return f"the bundle's ({bundle.detector.threshold:.6g}); {refused_note(cfg, bundle)}"
     path = Path(c.state) if c.state else default_state_file(cfg.agent.spool)
-    if not path.parent.is_dir() or not os.access(path.parent, os.W_OK):
-        raise ConfigError(f"{path.parent}: state directory for the calibration is missing or not writable; "
-                          "create it for the service's user (systemd's StateDirectory= does)")
+    from .preflight import creatable_dir
+
+    if not creatable_dir(path.parent)[0]:
+        raise ConfigError(f"{path.parent}: state directory for the calibration is missing and cannot be created, "
+                          "or not writable; create it for the service's user (systemd's StateDirectory= does)")
     if not path.exists():
         return f"commissioning ({_length(c)}) starts at the next start; state in {path}"
     try:
@@ -414,6 +448,8 @@ def status(comm: Commissioning, cal: Calibration | None = None) -> tuple[str, di
             "most different channel %.2f x the others", cal.state, cal.windows, cal.threshold, cal.bundle_threshold,
             cal.median_level, cal.standout)
         return cal.state, cal.status_fields()
+    if comm.refused:
+        return "online", {"event": "commissioning_refused", "threshold_source": "bundle", "note": comm.note or ""}
     if comm.commissioning:
         return "commissioning", {"threshold_source": "commissioning", "windows": len(comm.scores),
                                  **({"note": comm.note} if comm.note else {})}

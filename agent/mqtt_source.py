@@ -16,10 +16,12 @@ import json
 import logging
 import queue
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
-from .source import Chunk
+from .source import Chunk, SourceContext
 
 log = logging.getLogger("vibrawatch.source")
 
@@ -57,9 +59,45 @@ def parse_samples(payload: bytes) -> Chunk:
     return Chunk(samples.astype(np.float32), float(msg["t"]), fs_hz=float(msg["fs_hz"]))
 
 
+@dataclass(frozen=True)
+class MqttSourceSettings:
+    topic: str = ""  # where the sensor node publishes raw samples
+    fs_hz: float | None = None  # the node's configured rate, checked against the bundle's at start; None = the bundle's
+    full_scale: float | None = None  # |x| at which the node's sensor clips (saturation check); None = unknown
+
+    def __post_init__(self) -> None:
+        if self.fs_hz is not None and not 0 < self.fs_hz < float("inf"):
+            raise ValueError(f"fs_hz = {self.fs_hz}: expected a rate > 0")
+
+
 class MqttSampleSource:
     """Chunks from the samples topic, in arrival order; ``subscribe`` is the publisher's (it re-subscribes
     after every reconnect), so samples and scores share one connection."""
+
+    kind: ClassVar[str] = "mqtt"
+    description: ClassVar[str] = "raw samples a sensor node publishes on an MQTT topic"
+    Settings: ClassVar[type] = MqttSourceSettings
+    SAMPLE: ClassVar[str] = '''\
+[source]
+kind = "mqtt"                         # raw samples published by a sensor node (payload: docs/mqtt.md)
+topic = "sensors/press7/raw"          # on the agent's own broker connection ([mqtt])
+# fs_hz = 20000                       # the node's rate, checked against the bundle's at start (and per message)
+# full_scale = 16.0                   # |x| at which the node's sensor clips (saturation check)
+'''
+    provides = "samples"
+    full_scale: float | None = None
+
+    @classmethod
+    def open(cls, s: MqttSourceSettings, ctx: SourceContext) -> MqttSampleSource:
+        if not s.topic:
+            from .errors import ConfigError
+
+            raise ConfigError("[source] kind 'mqtt' needs topic = where the sensor publishes samples")
+        if ctx.subscribe is None:
+            raise ValueError("an MQTT samples source needs the publisher's subscribe")
+        src = cls(s.topic, ctx.subscribe, s.fs_hz or ctx.fs_hz, ctx.channels, stop=ctx.stop)
+        src.full_scale = s.full_scale
+        return src
 
     def __init__(self, topic: str, subscribe: Callable[[str, Callable[[bytes], None]], None], fs_hz: float,
                  channels: tuple[str, ...], stop: Callable[[], bool] = lambda: False, backlog: int = 256) -> None:

@@ -31,17 +31,29 @@ def check_bundle(cfg: AgentConfig) -> None:
                           "chmod a+r it (it holds no secret), or put it in the state directory")
 
 
+def creatable_dir(d: Path) -> tuple[bool, Path]:
+    """(can this user have directory ``d``, the path that decides): an existing directory it may write, or a
+    missing one whose nearest existing ancestor is such a directory (the agent creates it, owner only)."""
+    anc = d
+    while not anc.exists() and anc != anc.parent:
+        anc = anc.parent
+    return anc.is_dir() and os.access(anc, os.W_OK | os.X_OK), anc
+
+
 def _writable_dir(d: Path, what: str, cfg: AgentConfig) -> None:
-    if not d.is_dir():
-        raise ConfigError(f"{cfg.path}: {what}: directory {d} does not exist: create it for the service's user "
-                          "(the units' StateDirectory= does: /var/lib/vibrawatch)")
-    if not os.access(d, os.W_OK | os.X_OK):
-        raise ConfigError(f"{cfg.path}: {what}: directory {d} is not writable by {_who()}: give it to the "
-                          "service's user, or point the path into the state directory (StateDirectory=)")
+    ok, anc = creatable_dir(d)
+    if ok:
+        return  # there and writable, or created by the agent at start (umask 077: owner only)
+    if anc != d:
+        why = "is not a directory" if not anc.is_dir() else f"is not writable by {_who()}"
+        raise ConfigError(f"{cfg.path}: {what}: directory {d} does not exist and cannot be created ({anc} {why}): "
+                          "create it for the service's user (the units' StateDirectory= does: /var/lib/vibrawatch)")
+    raise ConfigError(f"{cfg.path}: {what}: directory {d} is not writable by {_who()}: give it to the "
+                      "service's user, or point the path into the state directory (StateDirectory=)")
 
 
 def check_state(cfg: AgentConfig) -> None:
-    """The spool's and the calibration's directories are writable; existing files too."""
+    """The spool's and the calibration's directories are writable, or can be created; existing files too."""
     spool = Path(cfg.agent.spool)
     _writable_dir(spool.parent, f"[agent] spool {spool}", cfg)
     files = [spool, spool.with_name(spool.name + "-wal")]
@@ -77,9 +89,10 @@ def check_device(cfg: AgentConfig) -> None:
     """An ADXL345 source: its I2C bus's device node exists and this user may open it."""
     if cfg.source.kind != "adxl345":
         return
-    dev = Path(f"/dev/i2c-{cfg.source.i2c_bus}")
+    bus = cfg.source.resolved().i2c_bus
+    dev = Path(f"/dev/i2c-{bus}")
     if not dev.exists():
-        raise ConfigError(f"{cfg.path}: [source] i2c_bus {cfg.source.i2c_bus}: {dev} does not exist: enable I2C "
+        raise ConfigError(f"{cfg.path}: [source] i2c_bus {bus}: {dev} does not exist: enable I2C "
                           "(raspi-config nonint do_i2c 0, or dtparam=i2c_arm=on in config.txt, then reboot) and "
                           "check the bus number (ls /dev/i2c-*); the units bind /dev/i2c-1 only: add "
                           f"BindPaths={dev} in a drop-in for another bus")

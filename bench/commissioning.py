@@ -50,7 +50,11 @@ seed = 1
 [alarm]
 raise_after = 3
 clear_after = 6
+
+[product]
+combined = false                      # commissioning refits the autoencoder's thresholds only (agent/commission.py)
 """
+PLAIN_CONFIG = "[product]\ncombined = false\n"  # FEMTO: the default model config, without the combined detector
 SIM = {"snapshots": 120, "samples": 8192, "onset": 0.6}
 # name -> (noise, seed, share of the run at which the gateway starts watching)
 MACHINES = {
@@ -88,6 +92,9 @@ def windows(bundle_path: Path, data: Path) -> tuple[object, list]:
     from vibrawatch.agent.source import ReplaySource
 
     b = load_bundle(bundle_path)
+    if b.detector.combined:
+        raise SystemExit(f"{bundle_path}: a combined-detector bundle (from before [product] combined = false here, "
+                         "or trained by hand); the gateway does not commission those: delete it and run again")
     p = Pipeline(b)
     return b, [e for ch in ReplaySource(str(data), speed=0).chunks() for e in p.process(ch) if isinstance(e, Scored)]
 
@@ -184,7 +191,9 @@ def femto(out: Path, share: float) -> None:
         return
     for name, path in runs.items():
         if not (out / f"femto_{name}.tar").exists():
-            vibrawatch("train", "--data", path, "--healthy-until", "50%", "--out", out / f"femto_{name}", "--quiet")
+            (out / "femto.toml").write_text(PLAIN_CONFIG)
+            vibrawatch("train", "--data", path, "--healthy-until", "50%", "--config", out / "femto.toml",
+                       "--out", out / f"femto_{name}", "--quiet")
             vibrawatch("convert", out / f"femto_{name}", "--out", out / f"femto_{name}.tar")
     print(f"\nFEMTO: trained on the first half of one bearing (default model config), run on both; "
           f"commissioning = first {share:.0%} of the run; healthy = first half")

@@ -42,7 +42,9 @@ say "bundle and data (the tests' tiny model on a simulated run to failure)"
 if [ ! -f fx/bundle.tar ]; then
     V=$(dirname "$PY")/vibrawatch
     "$V" simulate bearing --out fx/bearing.npz --snapshots 80 --samples 4096 --fs-hz 20000 --onset 0.6 --seed 3
-    "$V" train --data fx/bearing.npz --healthy-until 50% --config "$REPO/tests/data/tiny.toml" --out fx/run --quiet
+    # the autoencoder alone ([product] combined = false): the agent commissions only such bundles
+    { cat "$REPO/tests/data/tiny.toml"; printf '\n[product]\ncombined = false\n'; } > fx/tiny-plain.toml
+    "$V" train --data fx/bearing.npz --healthy-until 50% --config fx/tiny-plain.toml --out fx/run --quiet
     "$V" convert fx/run --out fx/bundle.tar >/dev/null
 fi
 rm -rf "$ROOT/var/lib/private/vibrawatch" "$ROOT/var/lib/vibrawatch" "$ROOT/etc/vibrawatch" \

@@ -47,8 +47,12 @@ def test_missing_bundle(tmp_path: Path, command: str) -> None:
 
 
 def test_missing_state_directory(tmp_path: Path) -> None:
-    cfg = config(tmp_path, agent=f'bundle = "{tmp_path}/state/bundle.tar"\nspool = "{tmp_path}/gone/spool.sqlite"')
-    one_line_error(agent(cfg, tmp_path), str(cfg), f"{tmp_path}/gone", "does not exist", "StateDirectory=")
+    """A missing state directory the agent can create is created (owner only, tests/test_service.py); one it
+    cannot create (here a file stands where its parent should be) is one line, exit 2."""
+    (tmp_path / "blocked").write_text("")
+    cfg = config(tmp_path, agent=f'bundle = "{tmp_path}/state/bundle.tar"\n'
+                                 f'spool = "{tmp_path}/blocked/gone/spool.sqlite"')
+    one_line_error(agent(cfg, tmp_path), str(cfg), f"{tmp_path}/blocked/gone", "does not exist", "StateDirectory=")
 
 
 def test_missing_password_file_and_missing_credential(tmp_path: Path) -> None:
@@ -66,8 +70,10 @@ def test_missing_i2c_device(tmp_path: Path) -> None:
 
 
 def test_bad_commissioning_state_path(tmp_path: Path) -> None:
-    cfg = config(tmp_path, extra=f'[commissioning]\nwindows = 10\nstate = "{tmp_path}/nope/calibration.json"')
-    one_line_error(agent(cfg, tmp_path), str(cfg), "[commissioning] state", f"{tmp_path}/nope", "does not exist")
+    (tmp_path / "blocked").write_text("")
+    cfg = config(tmp_path, extra=f'[commissioning]\nwindows = 10\nstate = "{tmp_path}/blocked/nope/calibration.json"')
+    one_line_error(agent(cfg, tmp_path), str(cfg), "[commissioning] state", f"{tmp_path}/blocked/nope",
+                   "does not exist")
 
 
 needs_sandbox = pytest.mark.skipif(unit_sandbox.available() is not None, reason=str(unit_sandbox.available()))
@@ -97,8 +103,8 @@ def test_under_the_unit_an_unwritable_state_directory_and_an_unreadable_password
 
     head = f'[agent]\nsite = "s"\ndevice = "d"\nbundle = "{d["state"]}/bundle.tar"\n'
     # /var/lib exists, read-only under ProtectSystem=strict (the unit's StateDirectory is its only writable part)
-    cfg, res = under_unit(head + 'spool = "/var/lib/spool.sqlite"\n[source]\npath = "x.npz"\n')
+    cfg, res = under_unit(head + 'spool = "/var/lib/spool.sqlite"\n[source]\nkind = "replay"\npath = "x.npz"\n')
     one_line_error(res, str(cfg), "directory /var/lib is not writable by uid 61873")
-    cfg, res = under_unit(head + f'spool = "{d["state"]}/spool.sqlite"\n[source]\npath = "x.npz"\n'
+    cfg, res = under_unit(head + f'spool = "{d["state"]}/spool.sqlite"\n[source]\nkind = "replay"\npath = "x.npz"\n'
                           f'[mqtt]\nusername = "u"\npassword_file = "{secret}"\n')
     one_line_error(res, str(cfg), str(secret), "not readable by uid 61873", "LoadCredential=")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT
+from conftest import ROOT, cli
 from jsonschema import Draft202012Validator
 from mosquitto import Broker
 from test_agent_e2e import Subscriber, agent_command, gateway_env
@@ -191,7 +191,8 @@ def test_state_survives_restarts_a_new_model_restarts_and_a_damaged_file_falls_b
 def test_a_wrong_commissioning_section_is_one_line_naming_the_file_and_key(tmp_path: Path, body: str,
                                                                            named: str) -> None:
     cfg = tmp_path / "agent.toml"
-    cfg.write_text(f'[agent]\nsite = "s"\ndevice = "d"\nbundle = "b.tar"\n\n[commissioning]\n{body}\n')
+    cfg.write_text(f'[agent]\nsite = "s"\ndevice = "d"\nbundle = "b.tar"\n[source]\nkind = "simulator"\n\n'
+                   f'[commissioning]\n{body}\n')
     with pytest.raises(ConfigError) as e:
         load_agent_config(cfg)
     assert str(cfg) in str(e.value) and "[commissioning]" in str(e.value) and named in str(e.value)
@@ -199,7 +200,22 @@ def test_a_wrong_commissioning_section_is_one_line_naming_the_file_and_key(tmp_p
     assert commissioning_section(None, cfg) is None
 
 
-def test_agent_commissions_over_mqtt_survives_a_restart_and_recalibrates(tiny_bundle: Path, tiny_data: Path,
+@pytest.fixture(scope="module")
+def plain_bundle(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``tiny_run`` without the combined detector's parts (as ``[product] combined = false`` trains it): the
+    autoencoder's thresholds decide, the bundle kind commissioning refits. Converted by `vibrawatch convert`."""
+    run = tmp_path_factory.mktemp("plain") / "run"
+    shutil.copytree(tiny_run, run)
+    meta = json.loads((run / "run.json").read_text())
+    for key in ("floor", "pca", "own", "events", "diagnosis"):
+        meta.pop(key, None)
+    (run / "run.json").write_text(json.dumps(meta))
+    out = run.parent / "plain.tar"
+    cli("convert", run, "--out", out)
+    return out
+
+
+def test_agent_commissions_over_mqtt_survives_a_restart_and_recalibrates(plain_bundle: Path, tiny_data: Path,
                                                                           tmp_path: Path) -> None:
     """The real agent (subprocess, real Mosquitto): commissioning scores carry threshold_source and raise no
     alarm, the status says commissioned with the thresholds, a restart keeps them, `recalibrate` starts over,
@@ -208,7 +224,7 @@ def test_agent_commissions_over_mqtt_survives_a_restart_and_recalibrates(tiny_bu
     broker = Broker(tmp_path / "broker").start()
     state = tmp_path / "state"
     state.mkdir()
-    shutil.copy(tiny_bundle, state / "bundle.tar")
+    shutil.copy(plain_bundle, state / "bundle.tar")
     cfg = tmp_path / "agent.toml"
     cfg.write_text(f'''[agent]
 site = "plant1"
@@ -289,3 +305,123 @@ def test_the_documented_commissioning_keys_parse(tmp_path: Path) -> None:
     c = load_agent_config(cfg).commissioning
     assert c is not None and c.hours == 24 and c.suspect_factor == 10 and c.channel_factor == 3
     assert c.state == "/var/lib/vibrawatch/calibration.json"
+
+
+def test_a_combined_detector_bundle_is_not_commissioned_and_says_so(tiny_bundle: Path, tiny_data: Path,
+                                                                    tmp_path: Path) -> None:
+    """The combined detector also alarms on level floors, a PCA residual and each channel's own deviation,
+    which commissioning does not refit: with such a bundle [commissioning] is refused in one log line and one
+    status (event commissioning_refused), every score says threshold_source bundle, the calibration file
+    is left as it was, and `check` says the same."""
+    (tmp_path / "broker").mkdir()
+    broker = Broker(tmp_path / "broker").start()
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "calibration.json").write_text('{"kept": true}')
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text(f'''[agent]
+site = "plant1"
+device = "press7"
+bundle = "{tiny_bundle}"
+spool = "{state}/spool.sqlite"
+[source]
+kind = "replay"
+path = "{tiny_data}"
+speed = 0
+[mqtt]
+host = "127.0.0.1"
+port = {broker.port}
+max_backoff_s = 1
+[commissioning]
+windows = 60
+''')
+    status_schema = Draft202012Validator(json.loads((ROOT / "agent" / "schemas" / "status.json").read_text()))
+    try:
+        sub = Subscriber(broker.port, "plant1", "press7")
+        res = subprocess.run(agent_command("run", "--config", str(cfg)), env=gateway_env(tmp_path),
+                             capture_output=True, text=True, timeout=180)
+        assert res.returncode == 0, res.stdout + res.stderr
+        sub.wait_for("score", 315)
+        sub.close()
+        log = res.stdout + res.stderr
+        lines = [x for x in log.splitlines() if "[commissioning] not applied" in x]
+        assert len(lines) == 1 and "combined detector" in lines[0] and "combined = false" in lines[0], log
+        assert {p["threshold_source"] for p in sub.of("score")} == {"bundle"}
+        refused = [p for p in sub.of("status") if p.get("event") == "commissioning_refused"]
+        assert len(refused) == 1 and refused[0]["threshold_source"] == "bundle" and "combined" in refused[0]["note"]
+        for p in sub.of("status"):
+            status_schema.validate(p)
+        assert not any(p["state"].startswith("commissioning") for p in sub.of("status"))
+        assert (state / "calibration.json").read_text() == '{"kept": true}'
+        check = subprocess.run(agent_command("check", "--config", str(cfg)), env=gateway_env(tmp_path),
+                               capture_output=True, text=True, timeout=60)
+        assert check.returncode == 0 and "[commissioning] not applied" in check.stdout, check.stderr
+    finally:
+        broker.stop()
+
+
+def test_every_swap_through_agent_apply_carries_the_commissioning(plain_bundle: Path, tiny_bundle: Path,
+                                                                  tiny_data: Path, tmp_path: Path) -> None:
+    """Agent.apply is the one swap (SIGHUP, a deploy's apply or rollback): the same bundle resumes the
+    commissioning with its progress saved first; another bundle version starts a new one; going back (a
+    rollback) starts another; a combined-detector bundle is refused and leaves the file alone."""
+    import dataclasses
+
+    from vibrawatch.agent.bundle import load_bundle
+    from vibrawatch.agent.service import Agent
+
+    state = tmp_path / "state"
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text(f'''[agent]
+site = "plant1"
+device = "press7"
+bundle = "{plain_bundle}"
+spool = "{state}/spool.sqlite"
+[source]
+kind = "replay"
+path = "{tiny_data}"
+speed = 0
+[mqtt]
+host = "127.0.0.1"
+port = 9
+max_backoff_s = 1
+[commissioning]
+windows = 1000
+''')
+    agent = Agent(cfg)
+    try:
+        agent._commit(agent._first)
+        assert agent.commission is not None and agent.commission.commissioning
+        while len(agent.commission.scores) < 5:
+            item = agent.reader.get(5.0)
+            assert item is not None
+            agent._handle(item)
+        seen = len(agent.commission.scores)
+        calibration = state / "calibration.json"
+
+        agent.apply(agent.cfg, agent.bundle)  # a reload, nothing changed: resumed, progress saved first
+        assert len(agent.commission.scores) == seen
+        assert json.loads(calibration.read_text())["scores"] == agent.commission.scores
+
+        old = agent.bundle
+        new = dataclasses.replace(old, version=old.version + "-new")
+        agent.apply(agent.cfg, new)  # a deploy's apply: another model version
+        assert agent.commission.commissioning and agent.commission.scores == []
+        assert "a new commissioning starts" in (agent.commission.note or "")
+        assert json.loads(calibration.read_text())["model"] == new.version
+
+        agent.apply(agent.cfg, old)  # its rollback: the version changed again
+        assert agent.commission.commissioning and agent.commission.model == old.version
+
+        before = calibration.read_text()
+        agent.apply(agent.cfg, load_bundle(tiny_bundle))  # the combined detector: refused, the file left alone
+        assert agent.commission.refused and agent.commission.source == "bundle"
+        assert "[commissioning] not applied" in (agent.commission.note or "")
+    finally:
+        if agent.reader is not None:
+            agent.reader.close()
+        if agent.publisher is not None:
+            agent.publisher.stop("stopped")
+        agent.spool.close()
+    after = json.loads(calibration.read_text())  # the running one's progress saved (its time updated), no more
+    assert {**json.loads(before), "updated": 0} == {**after, "updated": 0}
