@@ -225,6 +225,16 @@ def _register_workstation_commands() -> None:
 _register_workstation_commands()
 
 
+def _register_monitor_commands() -> None:
+    """`vibrawatch monitor` and `vibrawatch fleet` (monitor/cli.py): the fleet side."""
+    from vibrawatch.monitor.cli import register
+
+    register(app, user_errors)
+
+
+_register_monitor_commands()
+
+
 def main() -> None:
     """Console entry point."""
     try:
