@@ -140,6 +140,7 @@ class Ingest:
         """Write and acknowledge what has arrived, then disconnect (the session keeps the rest for next time)."""
         self._stopping.set()
         self._writer.join(timeout=timeout)
+        self.connected.clear()  # a disconnect we asked for is not worth a warning
         self._client.disconnect()
         self._client.loop_stop()
 
