@@ -26,7 +26,7 @@ class MonitorSection:
     shared: bool = True  # False: a plain subscription (one monitor; survives a Mosquitto restart, see docs)
     client_id: str | None = None  # default vibrawatch-monitor-<group>-<host>; one per monitor process
     session_expiry_s: int = 7 * 24 * 3600  # how long the broker keeps our queue while we are down
-    batch_max: int = 2000  # messages per database transaction at most
+    batch_max: int = 10000  # messages per database transaction at most (a backlog drains in big batches)
     batch_wait_ms: int = 50  # how long a batch may gather before it is written
 
 

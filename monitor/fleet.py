@@ -15,6 +15,8 @@ import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .fastjson import dumps
+
 if TYPE_CHECKING:
     from .store import Alarm, Score, Status, Store
 
@@ -82,7 +84,7 @@ def apply(before: dict[str, Any], msgs: Messages, now: float) -> Change:
         if s["score_seq"] is None or newest.seq > s["score_seq"]:
             s.update(score_seq=newest.seq, last_t=newest.t, last_ts=newest.ts, last_score=newest.score,
                      threshold=newest.threshold, level=newest.level, model=newest.model,
-                     contributions=json.dumps(newest.contributions, separators=(",", ":")))
+                     contributions=dumps(newest.contributions))
         # The usual interval: wall time since the last score over the scores that came in it, so a spool
         # flushed after an outage (many at once) still averages to the device's real rate.
         n = len(msgs.scores)

@@ -33,6 +33,7 @@ from paho.mqtt.properties import Properties
 from vibrawatch.agent.topics import PREFIX
 
 from .config import MonitorConfig
+from .fastjson import loads
 from .store import Alarm, Batch, DeadLetter, Score, Status, Store, Written
 
 log = logging.getLogger("vibrawatch.monitor.ingest")
@@ -55,8 +56,8 @@ def decode(topic: str, payload: bytes, received: float) -> Score | Alarm | Statu
         return DeadLetter(topic, payload, f"topic: expected {PREFIX}/<site>/<device>/score|alarm|status", received)
     site, device, kind = parts[2], parts[3], parts[4]
     try:
-        msg = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        msg = loads(payload)
+    except ValueError as e:  # json.JSONDecodeError, orjson.JSONDecodeError and UnicodeDecodeError all are
         return DeadLetter(topic, payload, f"payload: not JSON ({e})", received)
     try:
         VALIDATORS[kind](msg)

@@ -28,6 +28,7 @@ from urllib.parse import urlparse
 from vibrawatch.agent.errors import VibrawatchError
 
 from . import fleet
+from .fastjson import dumps
 
 SCHEMA_VERSION = 1
 
@@ -37,7 +38,7 @@ class StoreError(VibrawatchError):
 
 
 # -- what ingest hands the store -------------------------------------------------------------------------
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Score:
     site: str
     device: str
@@ -52,7 +53,7 @@ class Score:
     received: float
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Alarm:
     site: str
     device: str
@@ -68,7 +69,7 @@ class Alarm:
     received: float
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Status:
     site: str
     device: str
@@ -267,8 +268,8 @@ class Store:
             new_scores = self._insert_returning(
                 cur, "scores", ("site", "device", "seq", "t", "ts", "score", "threshold", "level", "contributions",
                                 "model", "received"),
-                [(s.site, s.device, s.seq, s.t, s.ts, s.score, s.threshold, s.level,
-                  json.dumps(s.contributions, separators=(",", ":")), s.model, s.received) for s in batch.scores],
+                [(s.site, s.device, s.seq, s.t, s.ts, s.score, s.threshold, s.level, dumps(s.contributions), s.model,
+                  s.received) for s in batch.scores],
                 ("site", "device", "seq"), ("site", "device", "seq"))
             new_alarms = self._insert_returning(
                 cur, "alarms", ("site", "device", "seq", "t", "ts", "event", "channel", "score", "level", "since",
@@ -278,8 +279,7 @@ class Store:
                 ("site", "device", "seq"), ("site", "device", "seq"))
             new_statuses = self._insert_returning(
                 cur, "statuses", ("site", "device", "ts", "state", "payload", "received"),
-                [(s.site, s.device, s.ts, s.state, json.dumps(s.payload, separators=(",", ":")), s.received)
-                 for s in batch.statuses],
+                [(s.site, s.device, s.ts, s.state, dumps(s.payload), s.received) for s in batch.statuses],
                 ("site", "device", "ts", "state"), ("site", "device", "ts", "state"))
             if batch.dead:
                 dead = self._insert_returning(
