@@ -162,6 +162,12 @@ def wait_log(log: Path, text: str, n: int = 1) -> None:
     raise SystemExit(f"timed out waiting for {text!r} in {log}:\n{log.read_text(errors='replace')[-2000:]}")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU a live process has used (Linux /proc), children not included."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class Counter:
     """Counts rows in a table, from SQLite or PostgreSQL, cheaply and repeatedly."""
 
@@ -184,23 +190,30 @@ class Counter:
             return 0
 
 
-def drain(count: Counter, total: int) -> dict[str, float]:
-    """Poll until ``total`` rows: rate between the first and the last row seen."""
+def drain(count: Counter, total: int, pids: list[int] | None = None) -> dict[str, float]:
+    """Poll until ``total`` rows: rate between the first and the last row seen, and the CPU the consumer
+    processes ``pids`` used over that span, per message (start-up and imports excluded)."""
     deadline = time.monotonic() + DEADLINE_S
     first_t = None
     n = 0
+    cpu0 = 0.0
     while time.monotonic() < deadline:
         n = count()
         now = time.monotonic()
         if n > 0 and first_t is None:
             first_t, first_n = now, n
+            cpu0 = sum(cpu_seconds(p) for p in pids or [])
         if n >= total:
             break
         time.sleep(0.02)
     if n < total:
         raise SystemExit(f"only {n} of {total} rows after {DEADLINE_S} s")
     seconds = max(now - first_t, 1e-6)
-    return {"rows": n, "seconds": round(seconds, 2), "rate": round((n - first_n) / seconds)}
+    out = {"rows": n, "seconds": round(seconds, 2), "rate": round((n - first_n) / seconds)}
+    if pids:
+        cpu = sum(cpu_seconds(p) for p in pids) - cpu0
+        out["cpu_us_per_msg"] = round(cpu / max(n - first_n, 1) * 1e6, 1)
+    return out
 
 
 def check_monitor_rows(db: str, n_gateways: int, per: int) -> dict[str, int]:
@@ -235,7 +248,7 @@ def run_monitors(broker: Mosquitto, db: str, n_mon: int, args: argparse.Namespac
     publish_s = publish_all(broker.port, args.gateways, 1, args.per_gateway, args.publishers)
     t0 = time.monotonic()
     ms = [start_monitor(broker.port, db, ids[i], logs[i], tag) for i in range(n_mon)]
-    res = drain(Counter(db, "scores"), total)
+    res = drain(Counter(db, "scores"), total, [m.pid for m in ms])
     wall = time.monotonic() - t0
     for m in ms:
         stop(m)
@@ -255,8 +268,21 @@ def _stopped_counts(log: Path) -> dict[str, int]:
 
 
 def reference_subscriber(broker: Mosquitto, args: argparse.Namespace, work: Path) -> dict:
-    """A bare paho QoS 1 subscriber (auto-ack) writing (topic, payload) batches of 1000 to SQLite."""
+    """A bare paho QoS 1 subscriber (auto-ack) writing (topic, payload) batches to SQLite, in its own process."""
     path = work / "reference.db"
+    cmd = [sys.executable, __file__, "--reference", str(broker.port), str(path)]
+    subprocess.run([*cmd, "--session-only"], check=True)  # its persistent session, then publish into it
+    total = args.gateways * args.per_gateway
+    publish_all(broker.port, args.gateways, 1, args.per_gateway, args.publishers)
+    proc = subprocess.Popen(cmd)
+    res = drain(Counter(f"sqlite:///{path}", "messages"), total, [proc.pid])
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=30)
+    return {"messages": total, **res}
+
+
+def reference_process(port: int, path: Path, session_only: bool) -> None:
+    """The reference consumer: what a bare paho QoS 1 subscriber writing batches to SQLite costs."""
     conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
@@ -272,18 +298,19 @@ def reference_subscriber(broker: Mosquitto, args: argparse.Namespace, work: Path
                         clean_session=False)
         c.on_message = on_message
         c.max_inflight_messages_set(65535)
-        c.connect("127.0.0.1", broker.port)
+        c.connect("127.0.0.1", port)
         c.subscribe("vibrawatch/v1/+/+/#", qos=1)
         return c
 
-    c = make()
-    c.loop_start()
-    time.sleep(0.5)
-    c.disconnect()
-    c.loop_stop()
-    total = args.gateways * args.per_gateway
-    publish_all(broker.port, args.gateways, 1, args.per_gateway, args.publishers)
+    if session_only:
+        c = make()
+        c.loop_start()
+        time.sleep(0.5)
+        c.disconnect()
+        c.loop_stop()
+        return
     stop_flag = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop_flag.set())
 
     def writer() -> None:
         while not stop_flag.is_set():
@@ -300,12 +327,10 @@ def reference_subscriber(broker: Mosquitto, args: argparse.Namespace, work: Path
     w.start()
     c = make()
     c.loop_start()
-    res = drain(Counter(f"sqlite:///{path}", "messages"), total)
-    stop_flag.set()
+    stop_flag.wait(DEADLINE_S)
     w.join(timeout=30)
     c.disconnect()
     c.loop_stop()
-    return {"messages": total, **res}
 
 
 def latency(broker: Mosquitto, db: str, args: argparse.Namespace, work: Path) -> dict:
@@ -370,7 +395,12 @@ def main() -> None:
     ap.add_argument("--live-seconds", type=float, default=12.0)
     ap.add_argument("--skip-postgres", action="store_true")
     ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument("--reference", nargs=2, metavar=("PORT", "DB"), help=argparse.SUPPRESS)
+    ap.add_argument("--session-only", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.reference:
+        reference_process(int(args.reference[0]), Path(args.reference[1]), args.session_only)
+        return
     work = Path(tempfile.mkdtemp(prefix="vibrawatch-bench-monitor-"))
     mosq = subprocess.run([mosquitto_binary(), "-h"], capture_output=True, text=True).stdout.splitlines()[0]
     results: dict = {"machine": f"{platform.node()}: {os.cpu_count()} CPUs ({_cpu_model()}), Python "
@@ -406,10 +436,12 @@ def main() -> None:
         if pg is not None:
             pg.remove()
     ref = results["reference_paho_sqlite"]["rate"]
-    print("\n| run | monitors | messages | rate (msg/s) | vs bare paho+SQLite | lost | not exact | repeats dropped |")
-    print("|---|---|---|---|---|---|---|---|")
-    print(f"| bare paho QoS 1 -> SQLite batches (reference) | - | {results['reference_paho_sqlite']['messages']} | "
-          f"{ref} | 1.00 | - | - | - |")
+    ref_cpu = results["reference_paho_sqlite"]["cpu_us_per_msg"]
+    print("\n| run | monitors | messages | rate (msg/s) | vs bare paho+SQLite | CPU us/msg (all monitors) | "
+          "vs bare | lost | not exact | repeats dropped |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    print(f"| bare paho QoS 1 -> SQLite batches (reference) | 1 | {results['reference_paho_sqlite']['messages']} | "
+          f"{ref} | 1.00 | {ref_cpu} | 1.00 | - | - | - |")
     for key, name in (("monitor_sqlite_1", "vibrawatch monitor -> SQLite"),
                       ("monitor_sqlite_2", "vibrawatch monitor -> SQLite"),
                       ("monitor_postgres_1", "vibrawatch monitor -> PostgreSQL"),
@@ -417,7 +449,8 @@ def main() -> None:
         if key in results:
             r = results[key]
             print(f"| {name} | {r['monitors']} | {r['messages']} | {r['rate']} | {r['rate'] / ref:.2f} | "
-                  f"{r['lost']} | {r['devices_not_exact']} | {r['repeats_dropped']} |")
+                  f"{r['cpu_us_per_msg']} | {r['cpu_us_per_msg'] / ref_cpu:.2f} | {r['lost']} | "
+                  f"{r['devices_not_exact']} | {r['repeats_dropped']} |")
     lat = results["latency_sqlite"]
     print(f"\nlatency publish -> row visible (SQLite, one monitor, {lat['live_rate_target']:.0f} msg/s live load, "
           f"{lat['probes']} probes): p50 {lat['p50_ms']} ms, p99 {lat['p99_ms']} ms, max {lat['max_ms']} ms")
