@@ -32,6 +32,7 @@ from paho.mqtt.properties import Properties
 
 from vibrawatch.agent.topics import PREFIX
 
+from . import pahofast
 from .config import MonitorConfig
 from .fastjson import loads
 from .store import Alarm, Batch, DeadLetter, Score, Status, Store, Written
@@ -47,6 +48,7 @@ def _validators() -> dict[str, Callable[[Any], Any]]:
 
 
 VALIDATORS = _validators()
+pahofast.install()
 
 
 def decode(topic: str, payload: bytes, received: float) -> Score | Alarm | Status | DeadLetter:

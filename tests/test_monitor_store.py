@@ -152,3 +152,22 @@ def test_a_bad_database_url_is_one_line_naming_it(tmp_path: Path) -> None:
         open_store("mysql://x/y")
     with pytest.raises(StoreError, match="does not exist"):
         open_store(f"sqlite:///{tmp_path}/no/such/folder/fleet.db")
+
+
+def test_shared_table_properties_decode_mqtt5_publish_properties_as_paho_does() -> None:
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    from vibrawatch.monitor.pahofast import SharedTableProperties, install
+
+    p = Properties(PacketTypes.PUBLISH)
+    p.MessageExpiryInterval = 60
+    p.ContentType = "application/json"
+    p.UserProperty = [("a", "1"), ("b", "2")]
+    wire = p.pack()
+    ours, theirs = SharedTableProperties(PacketTypes.PUBLISH), Properties(PacketTypes.PUBLISH)
+    assert ours.unpack(wire)[1] == theirs.unpack(wire)[1]
+    assert ours.json() == theirs.json() == {"MessageExpiryInterval": 60, "ContentType": "application/json",
+                                            "UserProperty": [("a", "1"), ("b", "2")]}
+    assert SharedTableProperties(PacketTypes.PUBLISH).json() == {}  # nothing leaks between instances
+    assert install()
