@@ -66,7 +66,9 @@ def lorenz_demo(out: Path, live: bool, seconds: float | None, quiet: bool) -> No
     keys = out / "keys"
     if not (keys / PRIVATE_NAME).exists():
         new_keypair(keys)
-    summary = build_bundle(out / "run", out / "bundle.tar", "none", keys / PRIVATE_NAME)
+    # The Lorenz model's float TFLite scores differ from Keras by a few 1e-5 (relative), over convert's
+    # 1e-5 target for bundles; for the demo that is written anyway, and the numbers are in the manifest.
+    summary = build_bundle(out / "run", out / "bundle.tar", "none", keys / PRIVATE_NAME, force=True)
     typer.echo(f"4/4 signed TFLite bundle {summary['bundle']}: {summary['size_bytes']} bytes")
     if not live:
         return

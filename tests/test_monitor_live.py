@@ -34,3 +34,14 @@ def test_live_path_on_the_embedded_amqtt_broker_stores_the_alarm_of_the_offline_
     assert "ALARM raised on demo/machine1" in out and "page: http://127.0.0.1:" in out
     agent_log = (tmp_path / "live" / "agent.log").read_text()
     assert "falling back to MQTT 3.1.1" in agent_log  # publish.py's fallback for a broker that never answers
+
+
+@pytest.mark.slow
+def test_lorenz_demo_alarms_live_once_the_node_switches_to_the_broken_parameters(tmp_path: Path) -> None:
+    out = cli("demo", "--lorenz", "--out", tmp_path / "lorenz", "--quiet", "--for", "40")
+    summary = json.loads((tmp_path / "lorenz" / "live" / "summary.json").read_text())
+    first = summary["first_alarm"]
+    assert first is not None, out
+    assert 1500 <= first["t"] < 1520  # the node switches after 1500 healthy samples (1 Hz): no alarm before
+    assert summary["lost"] == 0 and summary["dead_letters"] == 0
+    assert "ALARM raised on demo/machine1" in out
