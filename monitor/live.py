@@ -176,7 +176,7 @@ def run_live(out: Path, bundle: Path, public_key: Path | None, messages: Iterabl
                               min_silent_s=30.0)
     cfg = replace(cfg, mqtt=replace(cfg.mqtt, keepalive=5))
     monitor = Monitor(cfg)
-    agent = node = None
+    agent = node = log = None
     summary: dict[str, object] = {"broker": broker.kind, "page": monitor.url, "first_alarm": None}
     runner = threading.Thread(target=monitor.run, name="monitor", daemon=True)
     try:
@@ -228,6 +228,8 @@ def run_live(out: Path, bundle: Path, public_key: Path | None, messages: Iterabl
                 agent.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 agent.kill()
+        if log is not None:
+            log.close()
         counts = monitor.store.counts()
         rows = monitor.store.devices()
         monitor.stop_event.set()  # its run() stops ingest, page and alerts

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable
@@ -58,10 +57,6 @@ class Changes:
 def _static(name: str) -> bytes | None:
     f = resources.files("vibrawatch.monitor") / "static" / name
     return f.read_bytes() if "/" not in name and f.is_file() else None
-
-
-def _clean(v: Any) -> Any:
-    return None if isinstance(v, float) and not math.isfinite(v) else v
 
 
 def device_detail(store: Store, site: str, device: str, now: float, cfg: MonitorConfig) -> dict[str, Any] | None:
@@ -114,7 +109,7 @@ def make_server(cfg: MonitorConfig, store: Store, changes: Changes,
             self.wfile.write(body)
 
         def _json(self, obj: Any, status: int = 200) -> None:
-            body = json.dumps(obj, default=_clean, separators=(",", ":")).replace("NaN", "null").encode()
+            body = json.dumps(obj, default=str, separators=(",", ":")).encode()
             self._send(body, "application/json", status)
 
         def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
