@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from .fastjson import dumps
 
 if TYPE_CHECKING:
-    from .store import Alarm, Score, Status, Store
+    from .store import Alarm, Event, Score, Status, Store
 
 # Severity order of the fleet table, worst first.
 SEVERITY = {"alarm": 0, "sensor": 1, "offline": 2, "silent": 3, "online": 4, "unknown": 5}
@@ -30,6 +30,7 @@ class Messages:
     scores: list[Score] = field(default_factory=list)
     alarms: list[Alarm] = field(default_factory=list)
     statuses: list[Status] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)  # transient, condition_change, diagnosis: seq only here
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,7 @@ def apply(before: dict[str, Any], msgs: Messages, now: float) -> Change:
     s = dict(before)
     change = Change(state=s)
     site, device = s["site"], s["device"]
-    seqs = sorted([m.seq for m in msgs.scores] + [m.seq for m in msgs.alarms])
+    seqs = sorted([m.seq for m in msgs.scores] + [m.seq for m in msgs.alarms] + [m.seq for m in msgs.events])
     for q in seqs:
         if s["last_seq"] is None:
             s["first_seq"] = s["last_seq"] = q

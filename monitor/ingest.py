@@ -35,27 +35,34 @@ from vibrawatch.agent.topics import PREFIX
 from . import pahofast
 from .config import MonitorConfig
 from .fastjson import loads
-from .store import Alarm, Batch, DeadLetter, Score, Status, Store, Written
+from .store import Alarm, Batch, DeadLetter, Event, Score, Status, Store, Written
 
 log = logging.getLogger("vibrawatch.monitor.ingest")
 KINDS = ("score", "alarm", "status")
+EVENT_KINDS = ("transient", "condition_change", "diagnosis")  # the combined detector's, numbered like scores
+INBOUND = "deploy"  # .../deploy and .../deploy/bundle go to the gateways (signed requests, bundles): not ours
 TOPIC_FILTER = f"{PREFIX}/+/+/#"
 
 
 def _validators() -> dict[str, Callable[[Any], Any]]:
     schemas = resources.files("vibrawatch.agent") / "schemas"
-    return {k: fastjsonschema.compile(json.loads((schemas / f"{k}.json").read_text())) for k in KINDS}
+    return {k: fastjsonschema.compile(json.loads((schemas / f"{k}.json").read_text()))
+            for k in (*KINDS, *EVENT_KINDS)}
 
 
 VALIDATORS = _validators()
 pahofast.install()
 
 
-def decode(topic: str, payload: bytes, received: float) -> Score | Alarm | Status | DeadLetter:
-    """One MQTT message as a row to store, or a dead letter saying what is wrong with it."""
+def decode(topic: str, payload: bytes, received: float) -> Score | Alarm | Status | Event | DeadLetter | None:
+    """One MQTT message as a row to store, a dead letter saying what is wrong with it, or None for the deploy
+    traffic addressed to the gateways (which the fleet filter also matches)."""
     parts = topic.split("/")
-    if len(parts) != 5 or "/".join(parts[:2]) != PREFIX or parts[4] not in KINDS:
-        return DeadLetter(topic, payload, f"topic: expected {PREFIX}/<site>/<device>/score|alarm|status", received)
+    if len(parts) in (5, 6) and "/".join(parts[:2]) == PREFIX and parts[4] == INBOUND:
+        return None
+    if len(parts) != 5 or "/".join(parts[:2]) != PREFIX or parts[4] not in (*KINDS, *EVENT_KINDS):
+        return DeadLetter(topic, payload, f"topic: expected {PREFIX}/<site>/<device>/"
+                          f"{'|'.join((*KINDS, *EVENT_KINDS))}", received)
     site, device, kind = parts[2], parts[3], parts[4]
     try:
         msg = loads(payload)
@@ -71,6 +78,8 @@ def decode(topic: str, payload: bytes, received: float) -> Score | Alarm | Statu
     if kind == "alarm":
         return Alarm(site, device, msg["seq"], float(msg["t"]), msg["timestamp"], msg["event"], msg["channel"],
                      float(msg["score"]), float(msg["level"]), msg["since"], msg["model"], received)
+    if kind in EVENT_KINDS:
+        return Event(site, device, msg["seq"], float(msg["t"]), msg["timestamp"], kind, msg, received)
     return Status(site, device, msg["timestamp"], msg["state"], msg, received)
 
 
@@ -236,6 +245,10 @@ class Ingest:
                 batch.alarms.append(row)
             elif isinstance(row, Status):
                 batch.statuses.append(row)
+            elif isinstance(row, Event):
+                batch.events.append(row)
+            elif row is None:
+                continue
             else:
                 log.warning("dead letter: %s: %s", topic, row.reason)
                 batch.dead.append(row)
@@ -245,7 +258,7 @@ class Ingest:
                 self._client.ack(mid, qos)
         c = self.counters
         c.received += len(items)
-        c.stored += written.scores + written.alarms + written.statuses
+        c.stored += written.scores + written.alarms + written.statuses + written.events
         c.duplicates += written.duplicates
         c.dead += written.dead
         c.lost += written.lost

@@ -42,7 +42,7 @@ class Monitor:
         return f"http://{host}:{port}/"
 
     def _on_batch(self, w: Written) -> None:
-        if w.scores or w.alarms or w.statuses or w.dead:
+        if w.scores or w.alarms or w.statuses or w.events or w.dead:
             self.changes.bump()
         if w.alerts and self.dispatcher is not None:
             self.dispatcher.wake.set()

@@ -79,6 +79,21 @@ class Status:
     received: float
 
 
+@dataclass(slots=True)
+class Event:
+    """A combined detector's ``transient``, ``condition_change`` or ``diagnosis``: numbered by the agent's spool
+    like scores and alarms, so it is keyed by (site, device, seq) and counts in the device's seq (no false gap)."""
+
+    site: str
+    device: str
+    seq: int
+    t: float
+    ts: str
+    kind: str
+    payload: dict[str, Any]
+    received: float
+
+
 @dataclass(frozen=True)
 class DeadLetter:
     topic: str
@@ -96,10 +111,11 @@ class Batch:
     scores: list[Score] = field(default_factory=list)
     alarms: list[Alarm] = field(default_factory=list)
     statuses: list[Status] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
     dead: list[DeadLetter] = field(default_factory=list)
 
     def __len__(self) -> int:
-        return len(self.scores) + len(self.alarms) + len(self.statuses) + len(self.dead)
+        return len(self.scores) + len(self.alarms) + len(self.statuses) + len(self.events) + len(self.dead)
 
 
 @dataclass
@@ -109,6 +125,7 @@ class Written:
     scores: int = 0
     alarms: int = 0
     statuses: int = 0
+    events: int = 0
     dead: int = 0
     duplicates: int = 0
     alerts: int = 0
@@ -132,6 +149,10 @@ DDL = [
     """CREATE TABLE IF NOT EXISTS statuses (
         site TEXT NOT NULL, device TEXT NOT NULL, ts TEXT NOT NULL, state TEXT NOT NULL, payload TEXT NOT NULL,
         received DOUBLE PRECISION NOT NULL, PRIMARY KEY (site, device, ts, state))""",
+    """CREATE TABLE IF NOT EXISTS events (
+        site TEXT NOT NULL, device TEXT NOT NULL, seq BIGINT NOT NULL, t DOUBLE PRECISION NOT NULL, ts TEXT NOT NULL,
+        kind TEXT NOT NULL, payload TEXT NOT NULL, received DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (site, device, seq))""",
     """CREATE TABLE IF NOT EXISTS gaps (
         site TEXT NOT NULL, device TEXT NOT NULL, first_seq BIGINT NOT NULL, last_seq BIGINT NOT NULL,
         filled BIGINT NOT NULL DEFAULT 0, detected DOUBLE PRECISION NOT NULL,
@@ -281,6 +302,10 @@ class Store:
                 cur, "statuses", ("site", "device", "ts", "state", "payload", "received"),
                 [(s.site, s.device, s.ts, s.state, dumps(s.payload), s.received) for s in batch.statuses],
                 ("site", "device", "ts", "state"), ("site", "device", "ts", "state"))
+            new_events = self._insert_returning(
+                cur, "events", ("site", "device", "seq", "t", "ts", "kind", "payload", "received"),
+                [(e.site, e.device, e.seq, e.t, e.ts, e.kind, dumps(e.payload), e.received) for e in batch.events],
+                ("site", "device", "seq"), ("site", "device", "seq"))
             if batch.dead:
                 dead = self._insert_returning(
                     cur, "dead_letters", ("digest", "received", "topic", "payload", "reason"),
@@ -288,7 +313,8 @@ class Store:
                      for d in batch.dead], ("digest",), ("digest",))
                 w.dead = len(dead)
             w.scores, w.alarms, w.statuses = len(new_scores), len(new_alarms), len(new_statuses)
-            w.duplicates = len(batch) - w.scores - w.alarms - w.statuses - w.dead
+            w.events = len(new_events)
+            w.duplicates = len(batch) - w.scores - w.alarms - w.statuses - w.events - w.dead
             # The rows that were new (a batch may hold a message and its redelivery: only one of them counts).
             scores = list({(s.site, s.device, s.seq): s for s in batch.scores
                            if (s.site, s.device, s.seq) in new_scores}.values())
@@ -296,8 +322,10 @@ class Store:
                            if (a.site, a.device, a.seq) in new_alarms}.values())
             statuses = list({(s.site, s.device, s.ts, s.state): s for s in batch.statuses
                              if (s.site, s.device, s.ts, s.state) in new_statuses}.values())
-            if scores or alarms or statuses:
-                lost, alerts = self._apply_to_devices(cur, scores, alarms, statuses, now)
+            events = list({(e.site, e.device, e.seq): e for e in batch.events
+                           if (e.site, e.device, e.seq) in new_events}.values())
+            if scores or alarms or statuses or events:
+                lost, alerts = self._apply_to_devices(cur, scores, alarms, statuses, now, events)
                 w.lost, w.alerts = lost, alerts
         return w
 
@@ -314,8 +342,8 @@ class Store:
         return new
 
     def _apply_to_devices(self, cur: _Cursor, scores: list[Score], alarms: list[Alarm], statuses: list[Status],
-                          now: float) -> tuple[int, int]:
-        keys = sorted({(m.site, m.device) for m in (*scores, *alarms, *statuses)})
+                          now: float, events: Sequence[Event] = ()) -> tuple[int, int]:
+        keys = sorted({(m.site, m.device) for m in (*scores, *alarms, *statuses, *events)})
         # Create missing device rows, then lock them in one order (PostgreSQL: two monitors never deadlock).
         for part in _chunks(keys):
             cur.execute("INSERT INTO devices (site, device) VALUES " + ", ".join(["(?, ?)"] * len(part))
@@ -334,6 +362,8 @@ class Store:
             by_device[(a.site, a.device)].alarms.append(a)
         for st in statuses:
             by_device[(st.site, st.device)].statuses.append(st)
+        for e in events:
+            by_device[(e.site, e.device)].events.append(e)
         updates, gaps_new, gaps_filled, alerts = [], [], [], []
         lost = 0
         for k in keys:
@@ -372,7 +402,8 @@ class Store:
     def counts(self) -> dict[str, int]:
         """Rows per table (the tests and the bench compare these across backends)."""
         out = {}
-        for table in ("scores", "alarms", "statuses", "gaps", "dead_letters", "devices", "alerts", "score_hourly"):
+        for table in ("scores", "alarms", "statuses", "events", "gaps", "dead_letters", "devices", "alerts",
+                      "score_hourly"):
             out[table] = int(self.query(f"SELECT COUNT(*) AS n FROM {table}")[0]["n"])
         return out
 

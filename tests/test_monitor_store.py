@@ -56,6 +56,26 @@ def test_writes_are_idempotent_and_a_late_message_fills_its_gap(store: Store) ->
     assert store.counts()["scores"] == 4
 
 
+def test_detector_events_are_stored_once_and_share_the_seq_of_scores_and_deploy_traffic_is_not_ours(
+        store: Store) -> None:
+    """The agent's spool numbers transients, condition changes and diagnoses with scores and alarms: the
+    monitor stores them by seq and counts them, or every transient would show as a lost message."""
+    transient = {"v": 1, "timestamp": "2026-01-01T00:00:02.000Z", "t": 2.0, "seq": 2, "channels": ["a"],
+                 "ratio": [1.33], "relaxed_by": "2026-01-01T06:00:02.000Z", "model": "m"}
+    ev = decode("vibrawatch/v1/s1/d1/transient", json.dumps(transient).encode(), 1000.0)
+    assert not hasattr(ev, "reason"), getattr(ev, "reason", "")  # valid against agent/schemas/transient.json
+    w = store.write(Batch(scores=[score(1, 1.0), score(3, 3.0)], events=[ev]), now=1000.0)  # type: ignore[list-item]
+    assert (w.scores, w.events, w.lost) == (2, 1, 0)
+    w = store.write(Batch(events=[ev]), now=1001.0)  # type: ignore[list-item]  # redelivered
+    assert (w.events, w.duplicates) == (0, 1)
+    assert store.query("SELECT seq, kind FROM events") == [{"seq": 2, "kind": "transient"}]
+    assert store.counts()["gaps"] == 0 and store.devices()[0]["lost"] == 0
+    for topic in ("vibrawatch/v1/s1/d1/deploy", "vibrawatch/v1/s1/d1/deploy/bundle"):
+        assert decode(topic, b"\x00binary", 1000.0) is None  # addressed to the gateway: neither row nor dead letter
+    bad = decode("vibrawatch/v1/s1/d1/transient", b'{"v": 1}', 1000.0)
+    assert "transient.json" in bad.reason  # type: ignore[union-attr]
+
+
 def test_a_device_that_stops_sending_goes_silent_once(store: Store) -> None:
     for i in range(1, 6):  # one score every 10 s
         store.write(Batch(scores=[score(i, float(i))]), now=1000.0 + 10 * i)
