@@ -41,6 +41,7 @@ class SourceSection:
     i2c_address: int = 0x53  # adxl345
     range_g: int = 16  # adxl345: 2, 4, 8 or 16
     topic: str | None = None  # mqtt: where a sensor publishes raw samples
+    max_message_bytes: int | None = None  # mqtt: larger samples messages are refused; default ~3 s at the model's rate
 
 
 @dataclass(frozen=True)

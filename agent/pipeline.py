@@ -72,20 +72,14 @@ class Pipeline:
     def process(self, chunk: Chunk) -> list[SensorStatus | Scored]:
         """Feed one chunk; returns sensor status changes and one ``Scored`` per window that ends in it."""
         events: list[SensorStatus | Scored] = []
-        reason = check_chunk(chunk.samples, self.limits, chunk.fs_hz)
+        reason = chunk.fault or check_chunk(chunk.samples, self.limits, chunk.fs_hz)
         if reason is None and not chunk.new_segment and not self._table and self._next_t is not None:
             gap = chunk.t_start - self._next_t
             if abs(gap) > 1.5 / self.bundle.detector.spec.fs_hz:
                 self.framer.reset()  # a frame never spans missing samples
                 reason = None if gap > 0 else f"time went backwards by {-gap:.3f} s"
         if reason is not None:
-            self.framer.reset()
-            self.windows.reset()
-            self._next_t = None
-            if reason != self._fault:
-                events.append(SensorStatus(chunk.t_start, reason))
-            self._fault = reason
-            return events
+            return self._sensor_fault(events, chunk.t_start, reason)
         if self._fault is not None:
             events.append(SensorStatus(chunk.t_start, None))
             self._fault = None
@@ -104,10 +98,25 @@ class Pipeline:
         for row, t in zip(feats, times, strict=True):
             window = self.windows.push(row)
             if window is not None:
-                events.append(self._score(window, float(t)))
+                scored = self._score(window, float(t))
+                if scored is None:  # samples so large that the features or the model overflow (e.g. 1e38)
+                    return self._sensor_fault(events, float(t), "non-finite score: samples out of any sane range")
+                events.append(scored)
         return events
 
-    def _score(self, window: np.ndarray, t: float) -> Scored:
+    def _sensor_fault(self, events: list[SensorStatus | Scored], t: float, reason: str) -> list[SensorStatus | Scored]:
+        """Not scored: restart frames and window (no window mixes good and bad samples), report a new reason."""
+        self.framer.reset()
+        self.windows.reset()
+        self._next_t = None
+        if reason != self._fault:
+            events.append(SensorStatus(t, reason))
+        self._fault = reason
+        return events
+
+    def _score(self, window: np.ndarray, t: float) -> Scored | None:
+        """The window's score and decision; None when the score is not a finite number (never published,
+        never fed to the alarm state, where NaN would compare as 'below threshold')."""
         b = self.bundle
         t0 = time.perf_counter()
         x = b.detector.scaler.transform(window).astype(np.float32)
@@ -115,6 +124,8 @@ class Pipeline:
         self.times.inference += time.perf_counter() - t0
         self.times.windows += 1
         s, c = reconstruction_scores(x[None], y[None], len(b.detector.spec.channels))
+        if not (np.isfinite(s[0]) and np.isfinite(c[0]).all()):
+            return None
         decision = self.alarm.update(float(s[0]), c[0])
         if decision.event == "raised":
             self._since = t

@@ -64,7 +64,8 @@ def make_source(cfg: AgentConfig, stop: Any, publisher: Publisher | None = None,
     if publisher is None or bundle is None:
         raise ValueError("an MQTT samples source needs the publisher and the bundle")
     spec = bundle.detector.spec
-    return MqttSampleSource(s.topic or "", publisher.subscribe, spec.fs_hz, spec.channels, stop=stop)
+    return MqttSampleSource(s.topic or "", publisher.subscribe, spec.fs_hz, spec.channels, stop=stop,
+                            max_message_bytes=s.max_message_bytes)
 
 
 class Agent:
