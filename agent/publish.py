@@ -152,6 +152,7 @@ class Publisher:
         self._wake.set()
         if self._sender.is_alive():
             self._sender.join(timeout=5)
+        self._take_acks()  # PUBACKs that came while the sender was stopping: those messages were delivered
         if self.connected:
             info = self._client.publish(self.status_topic, encode(status_payload("offline", reason=reason)), 1, True)
             with contextlib.suppress(RuntimeError, ValueError):  # best effort: the will covers a failure
@@ -222,9 +223,9 @@ class Publisher:
                 log.exception("sender error; retrying")
                 time.sleep(0.5)
 
-    def _send_once(self) -> None:
+    def _take_acks(self) -> None:
         acked = []
-        while True:  # acknowledgements first, all in one spool transaction: they free room and the spool
+        while True:  # all in one spool transaction: they free room in the spool
             try:
                 mid = self._acks.get_nowait()
             except queue.Empty:
@@ -233,11 +234,16 @@ class Publisher:
             if spool_id is not None:
                 acked.append(spool_id)
         self.spool.ack(acked)
+
+    def _send_once(self) -> None:
+        self._take_acks()  # acknowledgements first
         if not self.connected:
             return
         if self._reconnected:
             self._reconnected = False
             self._inflight.clear()
+            if self.spool.unsent():  # dropped from the full spool while in flight, and no PUBACK came
+                self._report_drops()
             self._last_sent = 0  # resend everything not yet acknowledged, oldest first
             self._status_dirty = True
             for t in self._subscriptions:
@@ -249,12 +255,15 @@ class Publisher:
         room = self.cfg.mqtt.inflight - len(self._inflight)
         if room <= 0:
             return
+        sent = []
         for msg in self.spool.peek(room, after_id=self._last_sent):
             info = self._client.publish(msg.topic, msg.payload, qos=1)
             if info.rc != mqtt.MQTT_ERR_SUCCESS:
                 break  # the connection just went: the next connect starts again from the oldest
             self._inflight[info.mid] = msg.id
             self._last_sent = msg.id
+            sent.append(msg.id)
+        self.spool.sent(sent)
 
     # -- paho callbacks (paho's network thread): record and wake, never wait, never raise ------------------
     def _callback_failed(self, name: str, e: Exception, context: str = "") -> None:
