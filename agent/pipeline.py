@@ -21,6 +21,8 @@ from .sensor_check import SensorLimits, check_chunk
 from .source import Chunk
 from .window import WindowBuffer
 
+NON_FINITE = "non-finite score: samples out of any sane range"
+
 
 @dataclass(frozen=True)
 class Scored:
@@ -80,7 +82,7 @@ class Pipeline:
                 reason = None if gap > 0 else f"time went backwards by {-gap:.3f} s"
         if reason is not None:
             return self._sensor_fault(events, chunk.t_start, reason)
-        if self._fault is not None:
+        if self._fault is not None and self._fault != NON_FINITE:  # that one clears with the next finite score
             events.append(SensorStatus(chunk.t_start, None))
             self._fault = None
         self._next_t = chunk.t_start + len(chunk.samples) / self.bundle.detector.spec.fs_hz
@@ -100,7 +102,10 @@ class Pipeline:
             if window is not None:
                 scored = self._score(window, float(t))
                 if scored is None:  # samples so large that the features or the model overflow (e.g. 1e38)
-                    return self._sensor_fault(events, float(t), "non-finite score: samples out of any sane range")
+                    return self._sensor_fault(events, float(t), NON_FINITE)
+                if self._fault is not None:
+                    events.append(SensorStatus(float(t), None))
+                    self._fault = None
                 events.append(scored)
         return events
 

@@ -51,14 +51,15 @@ CALLBACK_LOG_EVERY_S = 60.0
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def connect_failure_reason(exc: BaseException | None) -> str:
-    """Why a connection attempt failed, in words a user can act on (the exception's own text included)."""
+def connect_failure_reason(exc: BaseException | None, tls: bool = False) -> str:
+    """Why a connection attempt failed, in words a user can act on (the exception's own text included);
+    with ``tls``, a connection reset while connecting is the TLS handshake failing (e.g. a plain port)."""
     if exc is None:
         return "unknown reason"
     text = f"{type(exc).__name__}: {exc}"
     if isinstance(exc, socket.gaierror):
         return f"the broker's host name does not resolve (DNS: {exc})"
-    if isinstance(exc, ssl.SSLError | ssl.CertificateError):
+    if isinstance(exc, ssl.SSLError | ssl.CertificateError) or (tls and isinstance(exc, ConnectionResetError)):
         return f"TLS handshake failed ({text}): check ca_file, cert_file/key_file and the broker's certificate"
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused: nothing listens on that host and port (wrong port, or the broker is down)"
@@ -308,7 +309,7 @@ class Publisher:
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
         # paho calls this from inside its `except OSError:` around the connection attempt: the exception is
         # the active one here (DNS, refused, TLS handshake, timeout), and the only place its reason exists.
-        self._unreachable(connect_failure_reason(sys.exc_info()[1]))
+        self._unreachable(connect_failure_reason(sys.exc_info()[1], self.cfg.mqtt.tls))
 
     @guarded("on_connect")
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
