@@ -39,6 +39,7 @@ MESSAGE_SECONDS = 3.0  # the default size bound holds this much signal...
 BYTES_PER_VALUE = 24  # ...at this many bytes of JSON per number ("-0.012345678901234567, ")
 MIN_MESSAGE_BYTES = 64 * 1024
 LOG_EVERY_S = 60.0  # after the first, at most one log line per reason per minute (with the count)
+FAULT_EVERY_S = 10.0  # during a run of refusals, the sensor status changes to another reason this often at most
 
 _show = reprlib.Repr()
 _show.maxstring, _show.maxother, _show.maxlist, _show.maxlevel, _show.maxlong = 40, 40, 4, 2, 40
@@ -131,9 +132,11 @@ class MqttSampleSource:
     """Chunks from the samples topic, in arrival order; ``subscribe`` is the publisher's (it re-subscribes
     after every reconnect), so samples and scores share one connection.
 
-    A refused message is handed on as a chunk with a ``fault`` (the pipeline reports it as a ``sensor``
-    status and restarts its frames), counted in ``rejected`` and logged: the first time a reason occurs,
-    then at most once a minute per reason with the count."""
+    A refused message is counted in ``rejected`` and logged: the first time a reason occurs, then at most
+    once a minute per reason with the count. The first refusal after good samples is handed on as a chunk
+    with a ``fault`` (the pipeline reports it as a ``sensor`` status and restarts its frames); during a run
+    of refusals another reason replaces it at most every FAULT_EVERY_S, so a flood of varied garbage cannot
+    turn into a flood of status messages. (The next good chunk's time gap restarts the frames anyway.)"""
 
     def __init__(self, topic: str, subscribe: Callable[[str, Callable[[bytes], None]], None], fs_hz: float,
                  channels: tuple[str, ...], stop: Callable[[], bool] = lambda: False, backlog: int = 256,
@@ -147,6 +150,7 @@ class MqttSampleSource:
         self._logged: dict[str, tuple[float, int]] = {}  # reason -> (when last logged, count then)
         self._counts: dict[str, int] = {}
         self._last_t = 0.0
+        self._fault: tuple[str, float] | None = None  # the fault handed on since the last good chunk, and when
         subscribe(topic, self._on_message)  # now, not at the first next(): samples sent meanwhile are kept
 
     def _on_message(self, payload: bytes) -> None:
@@ -154,10 +158,14 @@ class MqttSampleSource:
         try:
             try:
                 chunk = parse_samples(payload, self.max_message_bytes)
-                self._last_t = chunk.t_start
+                self._last_t, self._fault = chunk.t_start, None
             except SamplesRefused as e:
                 self._refuse(e.reason, str(e), len(payload))
-                chunk = self._fault_chunk(f"samples message refused: {e.reason}")
+                reason, now = f"samples message refused: {e.reason}", time.monotonic()
+                if self._fault is not None and (self._fault[0] == reason or now - self._fault[1] < FAULT_EVERY_S):
+                    return  # counted and logged; the sensor status already says so
+                self._fault = (reason, now)
+                chunk = self._fault_chunk(reason)
             self._put(chunk)
         except Exception as e:  # a bug here must not kill paho's network thread
             with contextlib.suppress(Exception):  # nothing more can be done on this thread than try to say so

@@ -5,7 +5,6 @@ signature is checked before anything in the manifest is parsed. Fuzzed with Hypo
 from __future__ import annotations
 
 import base64
-import copy
 import json
 import tarfile
 from pathlib import Path
@@ -157,6 +156,9 @@ def _paths(m: Any, prefix: tuple = (), depth: int = 0) -> list[tuple]:
 def test_fuzz_the_manifest_parser(bundle_dir: Path) -> None:
     """Thousands of damaged manifests: each is accepted or refused with a BundleError, nothing else escapes."""
     base = json.loads((bundle_dir / MANIFEST).read_text())
+    for key in ("inputs", "outputs"):  # one golden window is as valid to the parser, and 20x faster to fuzz
+        base["golden"][key] = base["golden"][key][:1]
+    text = json.dumps(base)
     files = {n: (bundle_dir / n).read_bytes() for n in (MANIFEST, "model.tflite")}
     paths = _paths(base)
     p = bundle_dir
@@ -179,7 +181,7 @@ def test_fuzz_the_manifest_parser(bundle_dir: Path) -> None:
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
     @given(edits)
     def edited(changes: list[tuple[tuple, Any]]) -> None:
-        m = copy.deepcopy(base)
+        m = json.loads(text)
         for path, value in changes:
             node = m
             try:
