@@ -64,7 +64,10 @@ class SamplesRefused(ValueError):
 def shown(value: Any) -> str:
     """A short repr that cannot fail (huge integers, deep nesting) and cannot flood a log line."""
     if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128:
-        return f"an integer of about {int(value.bit_length() * math.log10(2)) + 1} digits"
+        try:
+            return f"an integer of {len(str(abs(value)))} digits"
+        except ValueError:  # past Python's int-to-str limit
+            return f"an integer of about {int(value.bit_length() * math.log10(2)) + 1} digits"
     try:
         return _show.repr(value)
     except (ValueError, RecursionError):
