@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from .allocator import release_free_memory
 from .source import Chunk
 
 log = logging.getLogger("vibrawatch.source")
@@ -38,6 +39,9 @@ MAX_FS_HZ = 1e7  # no vibration sensor samples faster; beyond it a rate is garba
 MESSAGE_SECONDS = 3.0  # the default size bound holds this much signal...
 BYTES_PER_VALUE = 24  # ...at this many bytes of JSON per number ("-0.012345678901234567, ")
 MIN_MESSAGE_BYTES = 64 * 1024
+PIECE_ROWS = 4096  # a large block goes to the pipeline in pieces: its temporaries stay those of a small one
+LARGE_MESSAGE_BYTES = 1 << 20  # after a message this large, freed memory goes back to the kernel...
+TRIM_AFTER_S = 0.5  # ...this long after it came (paho frees its read buffer only after the callback returns)
 LOG_EVERY_S = 60.0  # after the first, at most one log line per reason per minute (with the count)
 FAULT_EVERY_S = 10.0  # during a run of refusals, the sensor status changes to another reason this often at most
 
@@ -154,10 +158,13 @@ class MqttSampleSource:
         self._counts: dict[str, int] = {}
         self._last_t = 0.0
         self._fault: tuple[str, float] | None = None  # the fault handed on since the last good chunk, and when
+        self._trim_at: float | None = None  # when to return a large message's freed memory (agent thread)
         subscribe(topic, self._on_message)  # now, not at the first next(): samples sent meanwhile are kept
 
     def _on_message(self, payload: bytes) -> None:
         """Runs on paho's thread: parse and hand over, never block, never raise."""
+        if len(payload) >= LARGE_MESSAGE_BYTES:
+            self._trim_at = time.monotonic() + TRIM_AFTER_S
         try:
             try:
                 chunk = parse_samples(payload, self.max_message_bytes)
@@ -200,7 +207,22 @@ class MqttSampleSource:
 
     def chunks(self) -> Iterator[Chunk]:
         while not self.stop():
+            if self._trim_at is not None and time.monotonic() >= self._trim_at:
+                self._trim_at = None
+                release_free_memory()
             try:
-                yield self._queue.get(timeout=0.2)
+                chunk = self._queue.get(timeout=0.2)
             except queue.Empty:
                 continue
+            yield from self._pieces(chunk)
+
+    def _pieces(self, chunk: Chunk) -> Iterator[Chunk]:
+        """A block as consecutive chunks of at most PIECE_ROWS rows (times at the model's rate, as the
+        pipeline counts them), so the pipeline's working memory does not grow with the message size."""
+        n = len(chunk.samples)
+        if n <= PIECE_ROWS:
+            yield chunk
+            return
+        for i in range(0, n, PIECE_ROWS):
+            yield Chunk(chunk.samples[i: i + PIECE_ROWS], chunk.t_start + i / self.fs_hz,
+                        new_segment=chunk.new_segment and i == 0, fs_hz=chunk.fs_hz)

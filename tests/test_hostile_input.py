@@ -335,3 +335,17 @@ def test_callbacks_survive_a_failing_log_handler() -> None:
     finally:
         logging.getLogger("vibrawatch.source").removeHandler(h)
     assert src.rejected == 1
+
+
+def test_a_large_block_reaches_the_pipeline_in_consecutive_pieces() -> None:
+    """So the pipeline's temporaries stay those of a small chunk whatever the message size."""
+    from vibrawatch.agent.mqtt_source import PIECE_ROWS
+
+    src = MqttSampleSource("s", lambda t, h: None, 20000, ("a", "b"), stop=lambda: src._queue.empty())
+    rows = np.arange(2 * (2 * PIECE_ROWS + 100), dtype=float).reshape(-1, 2)
+    src._on_message(json.dumps({"v": 1, "t": 100.0, "fs_hz": 20000, "samples": rows.tolist()}).encode())
+    pieces = list(src.chunks())
+    assert [len(p.samples) for p in pieces] == [PIECE_ROWS, PIECE_ROWS, 100]
+    np.testing.assert_array_equal(np.concatenate([p.samples for p in pieces]), rows.astype(np.float32))
+    assert [p.t_start for p in pieces] == [100.0, 100.0 + PIECE_ROWS / 20000, 100.0 + 2 * PIECE_ROWS / 20000]
+    assert all(p.fs_hz == 20000 for p in pieces)  # each still carries the node's rate for the rate check
