@@ -118,6 +118,7 @@ class Publisher:
         self._drops_seen = spool.dropped
         self._drops_logged = (0.0, spool.dropped)  # when, and the count then
         self._drops_status_at = 0.0
+        self._drops_pending = False  # the status's spool_dropped is behind the spool's count
         self._callback_errors: dict[str, tuple[int, float]] = {}  # callback -> (count, last logged)
         self._client = self._make_client()
         self._sender = threading.Thread(target=self._send_loop, name="vibrawatch-sender", daemon=True)
@@ -189,9 +190,7 @@ class Publisher:
                         "the broker takes messages slower than they come" if self.connected
                         else "the broker is not connected")
             self._drops_logged = (now, total)
-        if now - self._drops_status_at >= DROPS_STATUS_EVERY_S:
-            self._drops_status_at = now
-            self._status_dirty = True
+        self._drops_pending = True  # the sender refreshes the status (at most every DROPS_STATUS_EVERY_S)
 
     def set_status(self, state: str, **fields: Any) -> None:
         """The retained status (online / sensor); sent now if connected, else on the next connect."""
@@ -249,6 +248,8 @@ class Publisher:
             self._status_dirty = True
             for t in self._subscriptions:
                 self._client.subscribe(t, qos=1)
+        if self._drops_pending and time.monotonic() - self._drops_status_at >= DROPS_STATUS_EVERY_S:
+            self._drops_pending, self._drops_status_at, self._status_dirty = False, time.monotonic(), True
         if self._status_dirty:
             self._status_dirty = False
             payload = {**self._status, "spool_dropped": self.spool.dropped}

@@ -306,7 +306,7 @@ def test_fuzz_the_samples_parser_refuses_or_returns_a_sane_chunk(payload: bytes)
     assert c.samples.dtype == np.float32 and c.samples.ndim == 2 and min(c.samples.shape) >= 1
 
 
-@FUZZ
+@settings(FUZZ, max_examples=800)  # 800 lists of 1-4 messages: ~2000 payloads
 @given(st.lists(st.one_of(_message.map(_encoded), st.binary(max_size=32)), min_size=1, max_size=4))
 def test_fuzz_the_samples_callback_never_raises_and_never_loses_a_message_silently(payloads: list[bytes]) -> None:
     src = MqttSampleSource("s", lambda t, h: None, 20000, ("a", "b"), backlog=16)
