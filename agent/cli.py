@@ -16,9 +16,11 @@ from .errors import VibrawatchError
 _EPILOG = """examples:
   vibrawatch-agent check --config /etc/vibrawatch/agent.toml   # before (re)starting the service
   vibrawatch-agent run --config /etc/vibrawatch/agent.toml     # what the systemd unit runs
+  vibrawatch-agent sources simulator                           # a commented [source] sample for one kind
 
-The config file is documented in configs/agent.example.toml; the topics and payloads in docs/mqtt.md.
-Exit codes: 0 done, 2 bad config, bundle or data (one line on stderr says which file and what to fix)."""
+The config file is documented in configs/agent.example.toml and docs/gateway.md; the topics and payloads
+in docs/mqtt.md. Exit codes: 0 done, 1 crashed (the status topic says so, with the error), 2 bad config,
+bundle or data, or a source that does not fit the bundle (one line on stderr says which file and what to fix)."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -40,13 +42,33 @@ def _parser() -> argparse.ArgumentParser:
         description="Everything `run` checks before it starts, without connecting or scoring: the config "
                     "file, the bundle's checksums, signature and golden self-test on this gateway's runtime.")
     check.add_argument("--config", required=True, metavar="FILE.toml", help="the agent config")
+    sources = sub.add_parser(
+        "sources", help="list the source kinds, or print one's commented [source] sample",
+        description="Each source kind takes its own settings in [source]; a key of another kind is an error.")
+    sources.add_argument("kind", nargs="?", help="print this kind's commented sample config")
     return p
+
+
+def _sources(kind: str | None) -> int:
+    from .sources import SOURCES
+
+    if kind is None:
+        for name, cls in SOURCES.items():
+            print(f"{name:10s} {cls.description}")
+        return 0
+    if kind not in SOURCES:
+        print(f"error: no source kind {kind!r}; choose one of {', '.join(SOURCES)}", file=sys.stderr)
+        return 2
+    print(SOURCES[kind].SAMPLE, end="")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``vibrawatch-agent``; returns the exit code."""
     args = _parser().parse_args(argv)
     try:
+        if args.command == "sources":
+            return _sources(args.kind)
         if args.command == "check":
             from .service import check
 

@@ -7,7 +7,9 @@ back to a default on a machine nobody watches. Secrets never live here: the MQTT
 
 from __future__ import annotations
 
+import logging
 import os
+import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,8 @@ from typing import Any
 import tomllib
 
 from .errors import ConfigError
+
+log = logging.getLogger("vibrawatch.agent")
 
 
 @dataclass(frozen=True)
@@ -29,19 +33,17 @@ class AgentSection:
 
 
 @dataclass(frozen=True)
-class SourceSection:
-    kind: str = "replay"  # replay | simulator | adxl345 | mqtt
-    path: str | None = None  # replay: the data file or IMS directory
-    speed: float = 1.0  # replay/simulator: 1 = real time, 100 = 100x faster, 0 = as fast as possible
-    chunk: int = 2048  # samples per chunk handed to the pipeline
-    full_scale: float | None = None  # |x| at which the sensor clips (saturation check); None = unknown
-    snapshots: int = 200  # simulator: run length
-    seed: int = 0  # simulator
-    i2c_bus: int = 1  # adxl345
-    i2c_address: int = 0x53  # adxl345
-    range_g: int = 16  # adxl345: 2, 4, 8 or 16
-    topic: str | None = None  # mqtt: where a sensor publishes raw samples
-    max_message_bytes: int | None = None  # mqtt: larger samples messages are refused; default ~3 s at the model's rate
+class SourceConfig:
+    """``[source]``: the kind, and that kind's own settings (its ``Settings`` dataclass, see agent.sources)."""
+
+    kind: str = "simulator"
+    settings: Any = None  # None: the kind's defaults
+
+    def resolved(self) -> Any:
+        """The settings object, the kind's defaults when none were given."""
+        from .sources import source_class
+
+        return self.settings if self.settings is not None else source_class(self.kind).Settings()
 
 
 @dataclass(frozen=True)
@@ -61,10 +63,24 @@ class MqttSection:
 
 
 @dataclass(frozen=True)
+class DeploySection:
+    """Model deploys over MQTT (agent.deploy, docs/deploy.md); off unless ``enabled``."""
+
+    enabled: bool = False  # needs [agent] public_key: only signed requests and bundles are accepted
+    state_dir: str = "/var/lib/vibrawatch/deploy"  # received bundles, the current/previous links, deploy state
+    max_bundle_kb: int = 1024  # a request announcing a larger bundle is refused before the bundle is fetched
+    probation_windows: int = 20  # real windows the new model must score (finite, in budget) before it is kept
+    latency_budget_ms: float = 250.0  # mean inference time per window allowed during probation
+    probation_restarts: int = 2  # the agent dying more often than this during probation rolls back
+    fetch_timeout_s: float = 120.0  # how long to wait for the bundle after its request
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     agent: AgentSection
-    source: SourceSection = field(default_factory=SourceSection)
+    source: SourceConfig = field(default_factory=SourceConfig)
     mqtt: MqttSection = field(default_factory=MqttSection)
+    deploy: DeploySection = field(default_factory=DeploySection)
     path: Path = Path("<memory>")
 
     def password(self) -> str | None:
@@ -76,13 +92,84 @@ class AgentConfig:
             candidates.append(Path(os.environ["CREDENTIALS_DIRECTORY"]) / "mqtt-password")
         for p in candidates:
             if p.is_file():
+                _check_secret_mode(p, self.path)
                 return p.read_text().strip()
         if self.mqtt.password_file:
             raise ConfigError(f"{self.path}: [mqtt] password_file {self.mqtt.password_file} does not exist")
         return None
 
 
-_SECTIONS = {"agent": AgentSection, "source": SourceSection, "mqtt": MqttSection}
+def _check_secret_mode(p: Path, config: Path) -> None:
+    """As ssh treats a private key: a password file others can read is refused; one its group can read is
+    used with a warning (a service group may need it), so a leaked-by-mode secret never passes silently."""
+    mode = p.stat().st_mode & 0o777
+    if mode & 0o007:
+        raise ConfigError(f"{config}: [mqtt] password_file {p} has mode {mode:04o}: other users can read it; "
+                          f"run chmod 600 {p} (the agent refuses it, as ssh refuses such a key)")
+    if mode & 0o070:
+        log.warning("%s has mode %04o: its group can read the MQTT password; chmod 600 it unless that group "
+                    "needs it", p, mode)
+
+
+_SECTIONS = {"agent": AgentSection, "mqtt": MqttSection, "deploy": DeploySection}
+
+
+def _type_ok(value: Any, hint: Any) -> bool:
+    """Does a TOML value fit a settings field's annotation (int, float, str, bool, X | None)?"""
+    args = typing.get_args(hint)
+    if args and type(None) in args:
+        return value is None or any(_type_ok(value, a) for a in args if a is not type(None))
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint) if isinstance(hint, type) else True
+
+
+def _build(cls: type, section: dict[str, Any], where: str, p: Path) -> Any:
+    """``cls(**section)``: an unknown key or a value of the wrong type is a ConfigError naming both; file
+    names (fields marked ``path``, or named like one) become relative to the config file."""
+    known = {f.name: f for f in fields(cls)}
+    bad = set(section) - set(known)
+    if bad:
+        raise ConfigError(f"{p}: [{where}] unknown key(s) {sorted(bad)}; known: {sorted(known)}")
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for key, value in section.items():
+        if not _type_ok(value, hints[key]):
+            expected = str(hints[key]).replace("typing.", "").replace("<class '", "").replace("'>", "")
+            raise ConfigError(f"{p}: [{where}] {key} = {value!r}: expected {expected}")
+        if isinstance(value, str) and (known[key].metadata.get("path") or key in _PATH_KEYS):
+            value = str((p.parent / value).resolve())
+        if isinstance(value, int) and not isinstance(value, bool) and hints[key] in (float, float | None):
+            value = float(value)
+        out[key] = value
+    try:
+        return cls(**out)
+    except (TypeError, ValueError) as e:  # a missing key, or a value the settings' own check refuses
+        raise ConfigError(f"{p}: [{where}] {e}") from None
+
+
+_PATH_KEYS = ("bundle", "public_key", "spool", "password_file", "ca_file", "cert_file", "key_file", "state_dir")
+
+
+def _source(raw: dict[str, Any], p: Path) -> SourceConfig:
+    """``[source]``: ``kind`` picks a registered source; only that kind's settings are accepted."""
+    from .sources import SOURCES
+
+    section = dict(raw)
+    kind = section.pop("kind", None)
+    if kind not in SOURCES:
+        raise ConfigError(f"{p}: [source] kind = {kind!r}: choose one of {', '.join(SOURCES)} "
+                          "(vibrawatch-agent sources KIND prints a commented sample)")
+    cls = SOURCES[kind]
+    known = {f.name for f in fields(cls.Settings)}
+    bad = set(section) - known
+    if bad:
+        raise ConfigError(f"{p}: [source] unknown key(s) {sorted(bad)} for kind = {kind!r}; it takes "
+                          f"{', '.join(sorted(known))} (vibrawatch-agent sources {kind} prints a commented sample)")
+    settings = _build(cls.Settings, section, "source", p)
+    return SourceConfig(kind, settings)
 
 
 def read_toml(p: Path, hint: str = "") -> dict[str, Any]:
@@ -99,32 +186,20 @@ def load_agent_config(path: str | Path) -> AgentConfig:
     """Read and check an agent config; relative paths in it are relative to the file."""
     p = Path(path)
     raw = read_toml(p, "; start from configs/agent.example.toml")
-    unknown = set(raw) - set(_SECTIONS)
+    unknown = set(raw) - {*_SECTIONS, "source"}
     if unknown:
-        raise ConfigError(f"{p}: unknown section(s) {sorted(unknown)}; known: {sorted(_SECTIONS)}")
+        raise ConfigError(f"{p}: unknown section(s) {sorted(unknown)}; known: agent, mqtt, source")
     if "password" in raw.get("mqtt", {}):
         raise ConfigError(f"{p}: [mqtt] password: never write a password in the config file; put it in a file "
                           "named by password_file (mode 0600) or pass it with systemd's LoadCredential=mqtt-password")
-    parts: dict[str, Any] = {}
-    for name, cls in _SECTIONS.items():
-        section = dict(raw.get(name, {}))
-        known = {f.name for f in fields(cls)}
-        bad = set(section) - known
-        if bad:
-            raise ConfigError(f"{p}: [{name}] unknown key(s) {sorted(bad)}; known: {sorted(known)}")
-        for key in ("bundle", "public_key", "spool", "path", "password_file", "ca_file", "cert_file", "key_file"):
-            if isinstance(section.get(key), str):
-                section[key] = str((p.parent / section[key]).resolve())
-        try:
-            parts[name] = cls(**section)
-        except TypeError as e:
-            raise ConfigError(f"{p}: [{name}] {e}") from None
-    cfg = AgentConfig(path=p, **parts)
-    kinds = ("replay", "simulator", "adxl345", "mqtt")
-    if cfg.source.kind not in kinds:
-        raise ConfigError(f"{p}: [source] kind {cfg.source.kind!r}; choose one of {', '.join(kinds)}")
-    if cfg.source.kind == "replay" and not cfg.source.path:
+    parts: dict[str, Any] = {name: _build(cls, dict(raw.get(name, {})), name, p) for name, cls in _SECTIONS.items()}
+    if "source" not in raw:
+        raise ConfigError(f"{p}: no [source] section; kind = one of the source kinds (see configs/agent.example.toml)")
+    cfg = AgentConfig(path=p, source=_source(raw["source"], p), **parts)
+    if cfg.source.kind == "replay" and not cfg.source.settings.path:
         raise ConfigError(f"{p}: [source] kind 'replay' needs path = the data to replay")
-    if cfg.source.kind == "mqtt" and not cfg.source.topic:
+    if cfg.source.kind == "mqtt" and not cfg.source.settings.topic:
         raise ConfigError(f"{p}: [source] kind 'mqtt' needs topic = where the sensor publishes samples")
+    if cfg.deploy.enabled and not cfg.agent.public_key:
+        raise ConfigError(f"{p}: [deploy] enabled needs [agent] public_key: only signed deploys are accepted")
     return cfg

@@ -21,6 +21,7 @@ import numpy as np
 
 from .decide import AlarmRule, AlarmState
 from .errors import ConfigError
+from .events import Diagnosis, EventRule, EventState, Floor, OwnDeviation, PcaResidual
 from .features import FeatureSpec
 from .scale import MinMaxScaling
 from .threshold import ThresholdRule
@@ -76,10 +77,46 @@ class Detector:
     channel_thresholds: np.ndarray  # (C,) on each channel's contribution
     rule: AlarmRule
     threshold_rule: ThresholdRule = ThresholdRule()  # how the thresholds were fitted from healthy scores
+    # The product's decision layer (agent/events.py); without floor and own, decisions are the autoencoder's.
+    floor: Floor | None = None
+    pca: PcaResidual | None = None
+    own: OwnDeviation | None = None
+    events: EventRule | None = None
+    diagnosis: Diagnosis | None = None
 
     @property
     def channels(self) -> tuple[str, ...]:
         return self.spec.channels
+
+    @property
+    def combined(self) -> bool:
+        """True when decisions go through the event layer (floors, PCA, attribution, transients)."""
+        return self.floor is not None and self.own is not None
+
+    def event_state(self) -> EventState:
+        """A fresh streaming event state (see agent/events.py); only for a ``combined`` detector."""
+        assert self.floor is not None
+        return EventState(self.events or EventRule(), self.rule, len(self.channels), self.floor.step)
+
+    def model_levels(self, x_scaled: np.ndarray, scores: np.ndarray, contributions: np.ndarray
+                     ) -> tuple[np.ndarray, np.ndarray]:
+        """Windows (n, T, F) scaled, with their autoencoder scores and contributions -> the models' score level
+        (n,) and each channel's share level (n, C): the score level is the larger of the autoencoder's and, when
+        present, the PCA residual's, each over its own healthy threshold; channel shares are the autoencoder's."""
+        from .decide import reconstruction_scores
+
+        sl = np.asarray(scores, dtype=np.float64) / self.threshold
+        cl = np.asarray(contributions, dtype=np.float64) / self.channel_thresholds
+        if self.pca is not None and len(x_scaled):
+            x = np.asarray(x_scaled, dtype=np.float64)
+            ps, _ = reconstruction_scores(x, self.pca.reconstruct(x), len(self.channels))
+            sl = np.maximum(sl, ps / self.pca.threshold)  # its channel shares spread too much to name a channel
+        return sl, cl
+
+    def own_z(self, x_scaled: np.ndarray) -> np.ndarray:
+        """Windows (n, T, F) scaled -> each channel's own deviation (n, C)."""
+        assert self.own is not None
+        return self.own.z(np.asarray(x_scaled, dtype=np.float64).mean(axis=-2), len(self.channels))
 
     def alarm_state(self) -> AlarmState:
         """A fresh streaming alarm state for this detector's thresholds and rule."""
@@ -97,6 +134,9 @@ class Detector:
             "threshold": {"value": self.threshold, "channels": self.channel_thresholds.tolist(),
                           **self.threshold_rule.to_dict()},
             "alarm": self.rule.to_dict(),
+            **{k: part.to_dict() for k, part in (("floor", self.floor), ("pca", self.pca), ("own", self.own),
+                                                 ("events", self.events), ("diagnosis", self.diagnosis))
+               if part is not None},
         }
 
     @classmethod
@@ -126,7 +166,13 @@ class Detector:
                 _count(alarm, k, "alarm")
         if "hysteresis" in alarm:
             _number(alarm, "hysteresis", "alarm")
+        n_ch = len(spec.channels)
         return cls(
+            floor=Floor.from_dict(d["floor"], n_ch) if "floor" in d else None,
+            pca=PcaResidual.from_dict(d["pca"], spec.n_features, n_ch) if "pca" in d else None,
+            own=OwnDeviation.from_dict(d["own"], spec.n_features) if "own" in d else None,
+            events=EventRule.from_dict(d["events"]) if "events" in d else None,
+            diagnosis=Diagnosis.from_dict(d["diagnosis"], n_ch) if "diagnosis" in d else None,
             spec=spec,
             scaler=scaler,
             window=_count(win, "length", "window"),

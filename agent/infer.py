@@ -33,11 +33,11 @@ def _litert() -> tuple[Callable[..., Any], str]:
 
     v = getattr(importlib.import_module("ai_edge_litert"), "__version__", None)
     if v is None:  # older wheels: ask the installed distribution (importlib.metadata costs ~1 MB resident)
-        try:
-            from importlib.metadata import version
+        from importlib.metadata import PackageNotFoundError, version
 
+        try:
             v = version("ai-edge-litert")
-        except Exception:  # noqa: BLE001 - a missing dist-info must not stop inference
+        except PackageNotFoundError:  # a missing dist-info must not stop inference
             v = "unknown"
     return Interpreter, str(v)
 
@@ -142,10 +142,6 @@ class TFLiteModel:
     def reconstruct_batch(self, windows: np.ndarray) -> np.ndarray:
         """(n, T, F) -> (n, T, F), window by window (the model has a fixed batch of 1)."""
         return np.stack([self.reconstruct(w) for w in windows]) if len(windows) else np.empty_like(windows)
-
-    def op_names(self) -> list[str]:
-        """Names of the model's operators, in execution order (e.g. UNIDIRECTIONAL_SEQUENCE_LSTM)."""
-        return [op["op_name"] for op in self._interp._get_ops_details()]
 
 
 def _info(d: dict[str, Any]) -> TensorInfo:

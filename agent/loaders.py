@@ -3,6 +3,14 @@
 Formats, recognised from the path (``detect_format``):
 - ``ims_dir``: a directory of IMS snapshot files, tab-separated ASCII, one row per sample, one column per
   channel, each file named by the time it was taken (``YYYY.MM.DD.HH.MM.SS``, read as UTC).
+- ``femto_dir``: a PRONOSTIA/FEMTO bearing directory as published: ``acc_NNNNN.csv``, one file per snapshot
+  (every 10 s), rows of hour, minute, second, microsecond, horizontal and vertical acceleration (g), separated
+  by ``,`` or ``;``; ``temp_NNNNN.csv`` files beside them are skipped. Time is the file number x 10 s (the
+  row times are the test bench's clock, which wraps at midnight and is corrupt in a few published files).
+- ``cwru_mat``: a Case Western Reserve bearing-data ``.mat`` file: the drive-end, fan-end and base
+  accelerometers (``X<nnn>_DE_time``, ``_FE_time``, ``_BA_time``) as one continuous snapshot, and the motor
+  speed (``X<nnn>RPM``) when present. The sample rate is not in the file: 12 kHz unless told
+  (``[features] fs_hz = 48000`` for the 48 kHz sets). Needs scipy, imported only when such a file is read.
 - ``npz``: a snapshot archive with ``data`` (snapshots, samples, channels), ``timestamps``, ``fs_hz`` and
   ``channels``; loaded with ``allow_pickle=False``. Timestamps before 1980 are taken as seconds since the
   start of the run (FEMTO, simulators).
@@ -30,14 +38,19 @@ from .recording import FeatureTable, Recording
 IMS_NAME = re.compile(r"^(\d{4})\.(\d{2})\.(\d{2})\.(\d{2})\.(\d{2})\.(\d{2})$")
 IMS_FS_HZ = 20000.0
 RELATIVE_BEFORE = 315532800.0  # 1980-01-01: earlier timestamps count from the start of the run
-FORMATS = ("ims_dir", "npz", "csv", "json")
+FORMATS = ("ims_dir", "femto_dir", "npz", "csv", "json", "cwru_mat")
+FEMTO_NAME = re.compile(r"^acc_(\d+)\.csv$")
+FEMTO_INTERVAL_S = 10.0
+FEMTO_FS_HZ = 25600.0
+CWRU_FS_HZ = 12000.0
+CWRU_SIGNALS = (("DE", "drive_end"), ("FE", "fan_end"), ("BA", "base"))
 
 
 def detect_format(path: str | Path) -> str:
     """The format of ``path`` from what it is: a directory, or the file's extension."""
     p = Path(path)
     if p.is_dir():
-        return "ims_dir"
+        return "femto_dir" if any(FEMTO_NAME.match(q.name) for q in p.iterdir()) else "ims_dir"
     if not p.exists():
         raise DataFormatError(p, "no such file or directory")
     ext = p.suffix.lower()
@@ -47,9 +60,12 @@ def detect_format(path: str | Path) -> str:
         return "csv"
     if ext in (".json", ".jsonl"):
         return "json"
+    if ext == ".mat":
+        return "cwru_mat"
     raise DataFormatError(
         p, f"unknown data format {ext or '(no extension)'!r}",
-        expected="an IMS snapshot directory, a .npz snapshot archive, a .csv feature table or a .json stream",
+        expected="an IMS snapshot directory, a FEMTO acc_NNNNN.csv directory, a .npz snapshot archive, "
+        "a .csv feature table, a .json stream or a Case Western Reserve .mat file",
     )
 
 
@@ -58,6 +74,10 @@ def load(path: str | Path) -> Recording | FeatureTable:
     fmt = detect_format(path)
     if fmt == "ims_dir":
         return load_ims_dir(path)
+    if fmt == "femto_dir":
+        return load_femto_dir(path)
+    if fmt == "cwru_mat":
+        return load_cwru_mat(path)
     if fmt == "npz":
         return load_snapshot_npz(path)
     if fmt == "csv":
@@ -145,6 +165,127 @@ def load_ims_dir(path: str | Path, fs_hz: float = IMS_FS_HZ) -> Recording:
     )
     times = np.array([t for t, _ in timed], dtype=np.float64)
     return Recording(data, times, float(fs_hz), channels, str(d))
+
+
+def read_femto_file(path: Path, n_rows: int | None = None) -> np.ndarray:
+    """One FEMTO ``acc_NNNNN.csv`` -> (samples, 2) float32 [horizontal, vertical], checking every row."""
+    try:
+        text = path.read_text(encoding="ascii")
+    except UnicodeDecodeError as e:
+        raise DataFormatError(path, f"not ASCII text (byte {e.start})",
+                              expected="comma or ';' separated numbers") from None
+    lines = text.splitlines()
+    while lines and not lines[-1].strip():
+        lines.pop()
+    if not lines:
+        raise DataFormatError(path, "empty file", expected="one row per sample: hour, minute, second, "
+                              "microsecond, horizontal acc, vertical acc")
+    sep = ";" if ";" in lines[0] else ","
+    expected = f"6 '{sep}'-separated numbers: hour, minute, second, microsecond, horizontal acc, vertical acc"
+    try:
+        arr = np.array([ln.split(sep) for ln in lines], dtype=np.float64)
+    except ValueError:
+        arr = None
+    if arr is None or arr.ndim != 2 or arr.shape[1] != 6 or not np.all(np.isfinite(arr)):
+        for i, ln in enumerate(lines, start=1):
+            cells = ln.split(sep)
+            if len(cells) != 6:
+                raise DataFormatError(path, f"{len(cells)} columns", where=f"line {i}", expected=expected)
+            for j, c in enumerate(cells, start=1):
+                try:
+                    ok = np.isfinite(float(c))
+                except ValueError:
+                    ok = False
+                if not ok:
+                    raise DataFormatError(path, f"{c.strip()!r} is not a finite number",
+                                          where=f"line {i}, column {j}", expected=expected)
+        raise DataFormatError(path, "could not be read as a table of numbers")  # pragma: no cover
+    if n_rows is not None and len(arr) != n_rows:
+        raise DataFormatError(path, f"{len(arr)} rows", expected=f"{n_rows} rows like the first acc_ file")
+    return arr[:, 4:6].astype(np.float32)
+
+
+def load_femto_dir(path: str | Path, fs_hz: float = FEMTO_FS_HZ) -> Recording:
+    """A PRONOSTIA/FEMTO bearing directory (see the module docstring); any other file name is an error."""
+    d = Path(path)
+    numbered: list[tuple[int, Path]] = []
+    for p in sorted(q for q in d.iterdir() if not q.name.startswith(".")):
+        m = FEMTO_NAME.match(p.name)
+        if m and p.is_file():
+            numbered.append((int(m.group(1)), p))
+        elif not re.match(r"^temp_\d+\.csv$", p.name):
+            raise DataFormatError(d, f"{p.name!r} is not a FEMTO snapshot file name",
+                                  expected="only acc_NNNNN.csv (and temp_NNNNN.csv, skipped)")
+    if not numbered:
+        raise DataFormatError(d, "no acc_NNNNN.csv files", expected="a FEMTO/PRONOSTIA bearing directory")
+    numbered.sort(key=lambda np_: np_[0])
+    for (n0, p0), (n1, p1) in zip(numbered, numbered[1:], strict=False):
+        if n1 == n0:
+            raise DataFormatError(d, f"{p0.name} and {p1.name} are the same snapshot number",
+                                  expected="one file per number")
+    first = read_femto_file(numbered[0][1])
+    data = np.empty((len(numbered), *first.shape), dtype=np.float32)
+    data[0] = first
+    for i, (_, p) in enumerate(numbered[1:], start=1):
+        data[i] = read_femto_file(p, n_rows=first.shape[0])
+    times = np.array([(n - numbered[0][0]) * FEMTO_INTERVAL_S for n, _ in numbered], dtype=np.float64)
+    return Recording(data, times, float(fs_hz), ("horiz_acc_g", "vert_acc_g"), str(d), relative_time=True)
+
+
+def load_cwru_mat(path: str | Path, fs_hz: float = CWRU_FS_HZ) -> Recording:
+    """A Case Western Reserve ``.mat`` file (see the module docstring) -> one snapshot; ``rpm`` when present.
+
+    Some published files hold a second record's variables too (``X098_*`` inside ``99.mat``): the record
+    whose number is the file's own is taken; with no such number, several records are an error.
+    """
+    import scipy.io  # the workstation's; a gateway never reads .mat files
+
+    p = Path(path)
+    try:
+        mat = scipy.io.loadmat(p)
+    except Exception as e:  # scipy raises ValueError, TypeError or its own MatReadError for a damaged file
+        raise DataFormatError(p, f"not a readable MATLAB file ({str(e)[:80]})", expected="a CWRU .mat file") from None
+    sig = re.compile(r"^X(\d+)_(DE|FE|BA)_time$")
+    records = sorted({m.group(1) for k in mat if (m := sig.match(k))})
+    if not records:
+        names = sorted(k for k in mat if not k.startswith("__"))
+        raise DataFormatError(p, f"no accelerometer variables; it has {names[:8]}",
+                              expected="X<nnn>_DE_time (and _FE_time, _BA_time)")
+    rec = records[0]
+    if len(records) > 1:
+        own = [r for r in records if p.stem.isdigit() and int(r) == int(p.stem)]
+        if not own:
+            raise DataFormatError(p, f"several records {['X' + r for r in records]} and none is the file's number",
+                                  expected="one record, or a file named by its record number (e.g. 99.mat)")
+        rec = own[0]
+    columns, names = [], []
+    for key, name in CWRU_SIGNALS:
+        var = f"X{rec}_{key}_time"
+        if var not in mat:
+            continue
+        a = np.asarray(mat[var])
+        if a.ndim != 2 or 1 not in a.shape or not np.issubdtype(a.dtype, np.number):
+            raise DataFormatError(p, f"{var} is {a.dtype} {a.shape}", where=f"variable {var}",
+                                  expected="one column of numbers")
+        a = a.reshape(-1).astype(np.float64)
+        bad = np.flatnonzero(~np.isfinite(a))
+        if bad.size:
+            raise DataFormatError(p, f"non-finite value {a[bad[0]]!r}", where=f"variable {var}, row {bad[0] + 1}",
+                                  expected="finite samples")
+        if columns and len(a) != len(columns[0]):
+            raise DataFormatError(p, f"{var} has {len(a)} samples, {names[0]} has {len(columns[0])}",
+                                  where=f"variable {var}", expected="equally long signals")
+        columns.append(a)
+        names.append(name)
+    rpm = None
+    if f"X{rec}RPM" in mat:
+        r = np.asarray(mat[f"X{rec}RPM"])
+        if r.size != 1 or not np.issubdtype(r.dtype, np.number) or not float(r.reshape(-1)[0]) > 0:
+            raise DataFormatError(p, f"X{rec}RPM is {r.reshape(-1)[:3]!r}", where=f"variable X{rec}RPM",
+                                  expected="one positive number")
+        rpm = float(r.reshape(-1)[0])
+    data = np.stack(columns, axis=1)[None].astype(np.float32)
+    return Recording(data, np.zeros(1), float(fs_hz), tuple(names), str(p), relative_time=True, rpm=rpm)
 
 
 def load_snapshot_npz(path: str | Path) -> Recording:

@@ -24,12 +24,13 @@ import queue
 import reprlib
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 
 from .allocator import release_free_memory
-from .source import Chunk
+from .source import Chunk, SourceContext
 
 log = logging.getLogger("vibrawatch.source")
 
@@ -135,6 +136,22 @@ def parse_samples(payload: bytes, max_bytes: int | None = None) -> Chunk:
     return Chunk(samples.astype(np.float32), t, fs_hz=fs_hz)
 
 
+@dataclass(frozen=True)
+class MqttSourceSettings:
+    topic: str = ""  # where the sensor node publishes raw samples
+    fs_hz: float | None = None  # the node's configured rate, checked against the bundle's at start; None = the bundle's
+    full_scale: float | None = None  # |x| at which the node's sensor clips (saturation check); None = unknown
+    # larger samples messages are refused unread; None = default_max_message_bytes (~3 s at the bundle's rate)
+    max_message_bytes: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.fs_hz is not None and not 0 < self.fs_hz < float("inf"):
+            raise ValueError(f"fs_hz = {self.fs_hz}: expected a rate > 0")
+        if self.max_message_bytes is not None and self.max_message_bytes < 1:
+            raise ValueError(f"max_message_bytes = {self.max_message_bytes}: expected a number of bytes > 0 "
+                             "(leave it out for the default, about 3 s of samples at the bundle's rate)")
+
+
 class MqttSampleSource:
     """Chunks from the samples topic, in arrival order; ``subscribe`` is the publisher's (it re-subscribes
     after every reconnect), so samples and scores share one connection.
@@ -144,6 +161,35 @@ class MqttSampleSource:
     with a ``fault`` (the pipeline reports it as a ``sensor`` status and restarts its frames); during a run
     of refusals another reason replaces it at most every FAULT_EVERY_S, so a flood of varied garbage cannot
     turn into a flood of status messages. (The next good chunk's time gap restarts the frames anyway.)"""
+
+    kind: ClassVar[str] = "mqtt"
+    description: ClassVar[str] = "raw samples a sensor node publishes on an MQTT topic"
+    Settings: ClassVar[type] = MqttSourceSettings
+    SAMPLE: ClassVar[str] = '''\
+[source]
+kind = "mqtt"                         # raw samples published by a sensor node (payload: docs/mqtt.md)
+topic = "sensors/press7/raw"          # on the agent's own broker connection ([mqtt])
+# fs_hz = 20000                       # the node's rate, checked against the bundle's at start (and per message)
+# full_scale = 16.0                   # |x| at which the node's sensor clips (saturation check)
+# max_message_bytes = 2880000         # larger samples messages are refused unread (a sensor fault); default:
+                                      # ~3 s of samples at the bundle's rate as JSON, 3 x fs_hz x channels x
+                                      # 24 bytes, at least 64 KB (2880000 at 20 kHz x 2 channels)
+'''
+    provides = "samples"
+    full_scale: float | None = None
+
+    @classmethod
+    def open(cls, s: MqttSourceSettings, ctx: SourceContext) -> MqttSampleSource:
+        if not s.topic:
+            from .errors import ConfigError
+
+            raise ConfigError("[source] kind 'mqtt' needs topic = where the sensor publishes samples")
+        if ctx.subscribe is None:
+            raise ValueError("an MQTT samples source needs the publisher's subscribe")
+        src = cls(s.topic, ctx.subscribe, s.fs_hz or ctx.fs_hz, ctx.channels, stop=ctx.stop,
+                  max_message_bytes=s.max_message_bytes)
+        src.full_scale = s.full_scale
+        return src
 
     def __init__(self, topic: str, subscribe: Callable[[str, Callable[[bytes], None]], None], fs_hz: float,
                  channels: tuple[str, ...], stop: Callable[[], bool] = lambda: False, backlog: int = 256,

@@ -104,6 +104,7 @@ class Publisher:
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._reconnected = False
+        self._resubscribe = False  # a subscription was added while connected: subscribe, nothing else
         self.connected = False
         self._subscriptions: dict[str, Callable[[bytes], None]] = {}
         self._protocol = mqtt.MQTTv5
@@ -148,15 +149,17 @@ class Publisher:
         self._client.connect_async(m.host, m.port, keepalive=m.keepalive, **kwargs)
         self._client.loop_start()
 
-    def stop(self, reason: str = "stopped") -> None:
-        """Stop sending, publish a retained 'offline' (a clean disconnect sends no will) and disconnect."""
+    def stop(self, reason: str = "stopped", **fields: Any) -> None:
+        """Stop sending, publish a retained 'offline' (a clean disconnect sends no will) and disconnect;
+        ``fields`` go into that status (a crash's ``error``)."""
         self._stopping.set()
         self._wake.set()
         if self._sender.is_alive():
             self._sender.join(timeout=5)
         self._take_acks()  # PUBACKs that came while the sender was stopping: those messages were delivered
         if self.connected:
-            info = self._client.publish(self.status_topic, encode(status_payload("offline", reason=reason)), 1, True)
+            payload = encode(status_payload("offline", reason=reason, **fields))
+            info = self._client.publish(self.status_topic, payload, 1, True)
             with contextlib.suppress(RuntimeError, ValueError):  # best effort: the will covers a failure
                 info.wait_for_publish(timeout=2.0)
         self._client.disconnect()
@@ -164,9 +167,18 @@ class Publisher:
 
     def subscribe(self, topic_filter: str, handler: Callable[[bytes], None]) -> None:
         """Deliver messages on ``topic_filter`` to ``handler`` (in paho's thread); renewed on every reconnect."""
-        self._subscriptions[topic_filter] = handler
-        self._reconnected = True  # the sender (re)subscribes everything
+        # a new dict, not an update: paho's thread may be iterating the old one in _on_message
+        self._subscriptions = {**self._subscriptions, topic_filter: handler}
+        # the sender (re)subscribes everything; not a reconnect: what is in flight stays in flight (its PUBACK
+        # still counts, and a message the full spool dropped meanwhile is not lost until the connection is)
+        self._resubscribe = True
         self._wake.set()
+
+    def unsubscribe(self, topic_filter: str) -> None:
+        """Stop delivering ``topic_filter`` (a retained deploy bundle must not come again on every reconnect)."""
+        self._subscriptions = {t: h for t, h in self._subscriptions.items() if t != topic_filter}
+        if self.connected:
+            self._client.unsubscribe(topic_filter)
 
     # -- what the agent loop calls ------------------------------------------------------------------------
     def enqueue(self, kind: str, payload: dict[str, Any]) -> int:
@@ -246,6 +258,9 @@ class Publisher:
                 self._report_drops()
             self._last_sent = 0  # resend everything not yet acknowledged, oldest first
             self._status_dirty = True
+            self._resubscribe = True
+        if self._resubscribe:
+            self._resubscribe = False
             for t in self._subscriptions:
                 self._client.subscribe(t, qos=1)
         if self._drops_pending and time.monotonic() - self._drops_status_at >= DROPS_STATUS_EVERY_S:

@@ -27,6 +27,7 @@ class Recording:
     source: str
     relative_time: bool = False  # True when timestamps count from the start of the run (FEMTO, simulators)
     labels: np.ndarray | None = field(default=None)  # optional (n_snapshots,) 0 healthy / 1 faulty
+    rpm: float | None = None  # shaft speed when the file says (Case Western Reserve)
 
     def __post_init__(self) -> None:
         if self.data.ndim != 3:

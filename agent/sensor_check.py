@@ -11,6 +11,19 @@ from dataclasses import dataclass
 import numpy as np
 
 
+def two_rates(a: float, b: float) -> tuple[str, str]:
+    """Two sample rates printed with as many significant digits (3 at least) as it takes to tell them apart:
+    1.03 Hz must never read as '1.0 Hz' beside a model's 1 Hz."""
+    def show(x: float, digits: int) -> str:  # never fewer digits than the integer part: 20480, not 2.05e+04
+        return f"{x:.{max(digits, len(str(int(abs(x)))) if abs(x) < 1e15 else digits)}g}"
+
+    for digits in range(3, 18):
+        sa, sb = show(a, digits), show(b, digits)
+        if sa != sb:
+            return sa, sb
+    return f"{a!r}", f"{b!r}"
+
+
 @dataclass(frozen=True)
 class SensorLimits:
     """What counts as a sensor fault; ``full_scale`` None means the range is unknown (no saturation check)."""
@@ -46,5 +59,6 @@ def check_chunk(samples: np.ndarray, limits: SensorLimits, measured_fs_hz: float
         if sat.size:
             return f"saturation on channel(s) {sat.tolist()}: {clipped.max():.1%} of samples at full scale"
     if measured_fs_hz is not None and abs(measured_fs_hz - limits.fs_hz) > limits.rate_tolerance * limits.fs_hz:
-        return f"sample rate {measured_fs_hz:.1f} Hz, the model expects {limits.fs_hz:g} Hz"
+        got, want = two_rates(measured_fs_hz, limits.fs_hz)
+        return f"sample rate {got} Hz, the model expects {want} Hz"
     return None

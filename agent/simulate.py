@@ -9,6 +9,12 @@ Bearing model (per snapshot, per accelerometer):
   shaft (cage) rotation as the defect passes through the load zone; hit times jitter by ~1% (slip);
 - a degradation schedule: no defect before ``onset`` (share of the run), then the impact amplitude grows
   exponentially to ``severity`` at the end, and in the last 5% its noise floor rises (spalling).
+Optional disturbances, for testing what must *not* be called a failure (all seeded, all off by default):
+- a one-channel step (``step_channel``, ``step_at`` share of the run, ``step_gain`` e.g. 1.33 for a level
+  jump by a third): the channel's whole signal is scaled; with ``step_relax_s`` > 0 the step relaxes
+  exponentially back to 1 (5% of it left after ``step_relax_s``: a transient), with 0 it holds;
+- a shared condition change (``condition_at``, ``condition_gain``): every channel is scaled at once from
+  then on (a load or speed change, a remounting).
 Defect frequencies use the classic kinematics with ``n_balls``, ball and pitch diameters, contact angle;
 the defaults are the IMS Rexnord ZA-2115 (16 rollers, 0.331", 2.815", 15.17 deg) at 2000 rpm.
 """
@@ -19,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .errors import ConfigError
 from .recording import Recording
 
 LORENZ_PARAMS = {"healthy": (10.0, 28.0, 8.0 / 3.0), "broken": (30.0, 128.0, 28.0 / 3.0)}
@@ -95,6 +102,12 @@ class BearingSimulator:
     noise: float = 0.07
     seed: int = 0
     geometry: BearingGeometry = BearingGeometry()
+    step_channel: int | None = None  # a one-channel step on this channel (None: no step)
+    step_at: float = 0.5  # share of the run
+    step_gain: float = 1.33
+    step_relax_s: float = 0.0  # 0: the step holds; > 0: 95% of it is gone after this long (a transient)
+    condition_at: float | None = None  # share of the run where every channel changes at once (None: never)
+    condition_gain: float = 1.3
 
     def __post_init__(self) -> None:
         if self.fault not in FAULT_KEYS:
@@ -105,6 +118,26 @@ class BearingSimulator:
             raise ValueError(f"onset {self.onset} must be a share of the run in (0, 1)")
         if self.resonance_hz >= self.fs_hz / 2:
             raise ValueError(f"resonance_hz {self.resonance_hz} must be below fs/2 = {self.fs_hz / 2}")
+        if self.step_channel is not None and not 0 <= self.step_channel < self.n_channels:
+            raise ConfigError(f"step_channel {self.step_channel} must be in 0..{self.n_channels - 1}")
+        for name in ("step_at", "condition_at"):
+            v = getattr(self, name)
+            if v is not None and not 0 < v < 1:
+                raise ConfigError(f"{name} {v} must be a share of the run in (0, 1)")
+        if not (self.step_gain > 0 and self.condition_gain > 0 and self.step_relax_s >= 0):
+            raise ConfigError("step_gain and condition_gain must be > 0, step_relax_s >= 0")
+
+    def gains(self, i: int) -> np.ndarray:
+        """(C,) factor on each channel's signal in snapshot i from the optional step and condition change."""
+        g = np.ones(self.n_channels)
+        t = i * self.interval_s
+        span = max(self.n_snapshots - 1, 1) * self.interval_s
+        if self.step_channel is not None and t >= self.step_at * span:
+            left = 1.0 if self.step_relax_s == 0 else np.exp(-3.0 * (t - self.step_at * span) / self.step_relax_s)
+            g[self.step_channel] *= 1 + (self.step_gain - 1) * left
+        if self.condition_at is not None and t >= self.condition_at * span:
+            g *= self.condition_gain
+        return g
 
     @property
     def defect_hz(self) -> float:
@@ -138,7 +171,7 @@ class BearingSimulator:
         level = float(self.defect_level(i))
         if level > 0:
             x[:, self.failing_channel] += level * self._impacts(t, speed, rng)
-        return x.astype(np.float32)
+        return (x * self.gains(i)).astype(np.float32)
 
     def _impacts(self, t: np.ndarray, speed: float, rng: np.random.Generator) -> np.ndarray:
         """Unit-amplitude train of resonance rings at the defect rate (with slip), modulated for inner/ball."""

@@ -34,10 +34,6 @@ class WindowBuffer:
     def reset(self) -> None:
         self._count = 0
 
-    @property
-    def filled(self) -> int:
-        return min(self._count, self.length)
-
     def push(self, row: np.ndarray) -> np.ndarray | None:
         """Append one feature row; return the (T, F) window when one ends here, else None."""
         self._rows[:-1] = self._rows[1:]  # shift in place: np.roll would allocate a new array per frame

@@ -184,7 +184,7 @@ def write_stream(path: Path, bundle: str, seconds: float) -> None:
     from vibrawatch.agent.bundle import load_bundle
     from vibrawatch.agent.simulate import BearingSimulator
 
-    spec = load_bundle(bundle).spec
+    spec = load_bundle(bundle).detector.spec
     fs = int(spec.fs_hz)
     sim = BearingSimulator(n_snapshots=int(seconds), snapshot_samples=fs, fs_hz=fs, n_channels=len(spec.channels),
                            seed=5)
@@ -202,7 +202,7 @@ def service_rss(bundle: str, port: int, workdir: Path, stream: Path, python: str
 
     from vibrawatch.agent.bundle import load_bundle
 
-    spec = load_bundle(bundle).spec
+    spec = load_bundle(bundle).detector.spec
     fs, n_ch = int(spec.fs_hz), len(spec.channels)
     cfg = workdir / "service.toml"
     cfg.write_text(f'[agent]\nsite = "bench"\ndevice = "service"\nbundle = "{bundle}"\n'

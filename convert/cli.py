@@ -27,6 +27,20 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+@app.callback()
+def _options(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Also show TensorFlow's own start-up and graph "
+                                          "log lines (CUDA probing, oneDNN, attribute warnings).")] = False,
+) -> None:
+    """Keep TensorFlow's C++ and Python logs quiet unless asked, so what a user reads is vibrawatch's own output."""
+    if not verbose:
+        from vibrawatch.train.quiet import quiet_tensorflow
+
+        quiet_tensorflow()
+
+
 simulate_app = typer.Typer(help="Write built-in simulated data (no downloads needed).", no_args_is_help=True)
 app.add_typer(simulate_app, name="simulate")
 
@@ -106,7 +120,8 @@ def evaluate(
 
 def _print_report(r: dict[str, Any]) -> None:
     typer.echo(f"data {r['data']}: {r['windows']} windows, failure at {r['failure_at']}")
-    rows = [("lstm_autoencoder", r)] + list(r.get("baselines", {}).items())
+    first = "combined" if r.get("detector") == "combined" else "lstm_autoencoder"
+    rows = [(first, r)] + list(r.get("baselines", {}).items())
     typer.echo(f"{'detector':20s} {'first alarm':22s} {'lead h':>8s} {'channel':12s} {'false':>5s}")
     for name, d in rows:
         if not isinstance(d, dict):
@@ -116,6 +131,16 @@ def _print_report(r: dict[str, Any]) -> None:
                    f"{d.get('false_alarms', '-')!s:>5s}")
     if r.get("auc") is not None:
         typer.echo(f"AUC {r['auc']}")
+    from vibrawatch.agent.events import describe
+
+    if r.get("diagnosis"):
+        found = r.get("diagnosed")
+        typer.echo(f"diagnosis at the first alarm: {describe(r['diagnosis'])}"
+                   + (f"; {describe(found)} from {found['at']}" if found and found["at"] != r["first_alarm"] else ""))
+    for t in r.get("transients", []):
+        typer.echo(f"transient {t['at']}: {t['channel']} x{t['ratio']}, relaxed by {t['relaxed_by']}")
+    for c in r.get("condition_changes", []):
+        typer.echo(f"condition change {c['at']}: every channel x{min(c['ratios'])}..x{max(c['ratios'])}")
 
 
 @simulate_app.command("bearing")
@@ -131,13 +156,30 @@ def simulate_bearing(
     fault: Annotated[str, typer.Option(help="outer, inner or ball.")] = "outer",
     onset: Annotated[float, typer.Option(help="Share of the run after which the defect grows.")] = 0.7,
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same data).")] = 0,
+    step_channel: Annotated[
+        int | None, typer.Option("--step-channel", help="Add a level step on this bearing (index).")
+    ] = None,
+    step_at: Annotated[float, typer.Option("--step-at", help="Share of the run where the step happens.")] = 0.5,
+    step_gain: Annotated[float, typer.Option("--step-gain", help="Factor on the channel's signal.")] = 1.33,
+    step_relax_s: Annotated[
+        float, typer.Option("--step-relax-s", help="Seconds for the step to relax back (0: it holds).")
+    ] = 0.0,
+    condition_at: Annotated[
+        float | None, typer.Option("--condition-at", help="Share of the run where every channel changes at once.")
+    ] = None,
+    condition_gain: Annotated[
+        float, typer.Option("--condition-gain", help="Factor on every channel after the condition change.")
+    ] = 1.3,
 ) -> None:
-    """A rolling-bearing run to failure: defect impacts at BPFO/BPFI/BSF ringing a resonance, in noise."""
+    """A rolling-bearing run to failure: defect impacts at BPFO/BPFI/BSF ringing a resonance, in noise;
+    optionally a one-channel step or transient and a shared condition change."""
     from vibrawatch.agent.loaders import save_snapshot_npz
     from vibrawatch.agent.simulate import simulate_bearing_run
 
     rec = simulate_bearing_run(n_snapshots=snapshots, snapshot_samples=samples, fs_hz=fs_hz, interval_s=interval_s,
-                               n_channels=channels, failing_channel=failing, fault=fault, onset=onset, seed=seed)
+                               n_channels=channels, failing_channel=failing, fault=fault, onset=onset, seed=seed,
+                               step_channel=step_channel, step_at=step_at, step_gain=step_gain,
+                               step_relax_s=step_relax_s, condition_at=condition_at, condition_gain=condition_gain)
     save_snapshot_npz(rec, out)
     typer.echo(f"wrote {out}: {rec.n_snapshots} snapshots x {rec.data.shape[1]} samples x {rec.n_channels} channels")
 
@@ -199,7 +241,8 @@ def demo(
     if not (keys / PRIVATE_NAME).exists():
         new_keypair(keys)
     summary = build_bundle(out / "run", out / "bundle.tar", "none", keys / PRIVATE_NAME)
-    typer.echo(f"    {summary['bundle']}: {summary['size_bytes']} bytes, ops {', '.join(summary['ops'])}")
+    typer.echo(f"    {summary['bundle']}: {Path(summary['bundle']).stat().st_size} bytes (model "
+               f"{summary['size_bytes']} bytes), ops {', '.join(summary['ops'])}")
     typer.echo("5/5 replaying the run through the gateway pipeline (verified bundle, TFLite) ...")
     bundle = load_bundle(out / "bundle.tar", keys / PUBLIC_NAME)
     pipeline = Pipeline(bundle)

@@ -1,4 +1,4 @@
-"""Workstation commands for conversion and bundles: `convert`, `keys new`, `bundle verify|show`.
+"""Workstation commands for conversion and bundles: `convert`, `keys new`, `bundle verify|show`, `deploy`.
 
 Registered on the main app by ``register``; heavy imports (TensorFlow, cryptography) stay inside commands.
 """
@@ -72,6 +72,59 @@ def register(app: typer.Typer) -> None:
         b = load_bundle(bundle, public_key)
         signed = "signature ok" if public_key else "signature not checked (no --public-key)"
         typer.echo(f"ok: {b.path} version {b.version}; checksums ok; {signed}; self-test ok on {b.model.runtime}")
+
+    @app.command("deploy")
+    @user_errors
+    def deploy_cmd(
+        bundle: Annotated[Path, typer.Argument(help="A signed bundle (.tar or directory); or the word `status`.")],
+        broker: Annotated[str, typer.Option("--broker", help="mqtt://HOST:PORT or mqtts://HOST:PORT.")],
+        site: Annotated[str, typer.Option("--site", help="The site, as in the gateways' agent.site.")],
+        device: Annotated[list[str] | None, typer.Option("--device", help="A target device (repeatable).")] = None,
+        all_devices: Annotated[bool, typer.Option(
+            "--all", help="Every device of the site that has a status on the broker (its retained birth message), "
+            "offline ones too.")] = False,
+        sign_key: Annotated[Path, typer.Option("--sign-key", help="Private key that signs the request; the bundle "
+                                               "must be signed with it too.")] = Path("keys/vibrawatch-signing.key"),
+        wait: Annotated[float, typer.Option("--wait", help="Seconds to wait for the outcomes.")] = 120.0,
+        as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (for scripts).")] = False,
+        ca_file: Annotated[Path | None, typer.Option("--ca-file", help="CA certificate for mqtts://.")] = None,
+        cert_file: Annotated[Path | None, typer.Option("--cert-file", help="Client certificate (mqtts://).")] = None,
+        key_file: Annotated[Path | None, typer.Option("--key-file", help="Client certificate's key.")] = None,
+        username: Annotated[str | None, typer.Option("--username", help="MQTT user name.")] = None,
+        password_file: Annotated[Path | None, typer.Option("--password-file", help="File holding the MQTT "
+                                                           "password (never on the command line).")] = None,
+    ) -> None:
+        """Deploy a signed model bundle to gateways over MQTT and report each one's outcome.
+
+        Each gateway verifies the request and the bundle, swaps it in atomically, runs it on probation and
+        keeps it or rolls back. Exit 0 only when every target applied it. A gateway that is offline gets the
+        request when it reconnects. `vibrawatch deploy status --site SITE` shows each device's last outcome.
+
+        Example: vibrawatch deploy bundles/ims2.tar --broker mqtts://broker.plant:8883 --site plant1 --all
+        --ca-file ca.pem --sign-key keys/vibrawatch-signing.key
+        """
+        from .deploy import BrokerOptions, deploy, site_status, table
+
+        opts = BrokerOptions(broker, ca_file, cert_file, key_file, username, password_file)
+        if str(bundle) == "status" and not bundle.exists():
+            rows = site_status(opts, site)
+            if as_json:
+                typer.echo(json.dumps(rows, indent=2))
+            else:
+                typer.echo(table(rows, ["device", "state", "model", "deployment", "outcome", "reason", "when",
+                                        "pending"]))
+            return
+        report = deploy(bundle, opts, site, device or [], all_devices, sign_key, wait)
+        if as_json:
+            typer.echo(json.dumps(report, indent=2))
+        else:
+            typer.echo(f"deployment {report['deployment']}: {report['version']} ({report['bundle_bytes']} bytes, "
+                       f"sha256 {report['bundle_sha256'][:16]}...) to site {site}")
+            typer.echo(table(report["results"], ["device", "from", "to", "outcome", "reason", "seconds"]))
+        if not report["ok"]:
+            failed = [f"{r['device']} {r['outcome']}" for r in report["results"] if r["outcome"] != "applied"]
+            typer.echo(f"not applied everywhere: {', '.join(failed)}", err=True)
+            raise typer.Exit(1)
 
     @bundle_app.command("show")
     @user_errors

@@ -68,7 +68,7 @@ def _all_layers(model: Any) -> Iterable[Any]:
 
 def check_ops(model_content: bytes, n_lstm: int) -> Counter[str]:
     """Refuse a model with a WHILE loop, Flex/custom or resource-variable ops, or LSTMs that did not fuse."""
-    ops = _ops_of(model_content)
+    ops = ops_of(model_content)
     for name in ops:
         if name.startswith("Flex") or name in REFUSED:
             why = REFUSED.get(name, "a TensorFlow (Flex/SELECT_TF_OPS) op the gateway's interpreter does not have")
@@ -81,7 +81,7 @@ def check_ops(model_content: bytes, n_lstm: int) -> Counter[str]:
     return ops
 
 
-def _ops_of(model_content: bytes) -> Counter[str]:
+def ops_of(model_content: bytes) -> Counter[str]:
     """Op names from the interpreter, which reads every subgraph (a WHILE body included)."""
     from ai_edge_litert.interpreter import Interpreter
 
@@ -117,7 +117,7 @@ def convert_keras(model: Any, quantize: str = "none", representative: np.ndarray
         converter.representative_dataset = gen
     try:
         return bytes(converter.convert())
-    except Exception as e:  # noqa: BLE001 - the converter raises many types; the user needs the message
+    except Exception as e:  # the converter raises many types (ConverterError, ValueError, ...); say which
         raise ConversionError(f"TFLite conversion failed: {str(e).splitlines()[0][:300]}") from None
 
 

@@ -16,3 +16,4 @@ def test_demo_runs_end_to_end_and_the_edge_agrees_with_the_workstation(tmp_path:
     assert report["edge"]["max_abs_score_diff_vs_evaluate"] < 1e-5
     assert report["edge"]["first_alarm_s"] == report["first_alarm_s"]  # the gateway alarms at the same window
     assert (tmp_path / "demo" / "bundle.tar").exists() and "5/5" in out
+    assert f"bundle.tar: {(tmp_path / 'demo' / 'bundle.tar').stat().st_size} bytes (model " in out

@@ -132,6 +132,7 @@ def test_huge_samples_make_a_sensor_status_never_a_non_finite_score(tiny_bundle:
     huge = np.where(rec.data[0] > 0, 1e38, -1e38).astype(np.float32)
     bad = [e for i in range(b.detector.window + 2) for e in pipe.process(Chunk(huge, t + 10 * i, new_segment=True))]
     assert [type(e) for e in bad] == [SensorStatus] and "non-finite score" in (bad[0].reason or "")
+    assert pipe.times.model_non_finite == 0  # the samples' doing, not the model's: a deploy's probation goes on
     good = [e for i in range(b.detector.window + 2)
             for e in pipe.process(Chunk(rec.data[i], t + 1000 + 10 * i, new_segment=True))]
     scored = [e for e in good if isinstance(e, Scored)]
@@ -139,6 +140,38 @@ def test_huge_samples_make_a_sensor_status_never_a_non_finite_score(tiny_bundle:
     for e in scored:  # and what it scores can be sent
         for _kind, payload in window_messages(e, b.detector.channels, b.detector.threshold, b.version):
             encode(payload)
+
+
+def test_a_model_that_outputs_nan_on_probation_is_rolled_back(tiny_bundle: Path, tiny_data: Path, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pipeline withholds a non-finite score as a sensor fault, so a deploy's per-score check never sees
+    it: the probation counts windows whose model output was NaN/inf on a finite input, and rolls back."""
+    from vibrawatch.agent.bundle import load_bundle
+    from vibrawatch.agent.config import DeploySection
+    from vibrawatch.agent.deploy import Deployer
+    from vibrawatch.agent.pipeline import NON_FINITE, Pipeline, Scored, SensorStatus
+    from vibrawatch.agent.source import ReplaySource
+
+    b = load_bundle(tiny_bundle)
+    monkeypatch.setattr(b.model, "reconstruct", lambda x: np.full_like(x, np.nan))
+    pipe = Pipeline(b)
+    events = [e for c in ReplaySource(tiny_data, chunk=4096).chunks() for e in pipe.process(c)]
+    assert not any(isinstance(e, Scored) for e in events)
+    assert [e.reason for e in events if isinstance(e, SensorStatus)][:1] == [NON_FINITE]
+    assert pipe.times.model_non_finite > 0
+    cfg = AgentConfig(AgentSection("lab", "gw9", str(tiny_bundle)), deploy=DeploySection(state_dir=str(tmp_path)))
+    deployer, rolled = Deployer(cfg), []
+    monkeypatch.setattr(deployer, "_rollback", rolled.append)
+    deployer.probation = {"to": "new"}
+    deployer._judge(Pipeline(b))  # the probation's start
+    assert rolled == []
+    pipe = deployer._base[0]  # type: ignore[index]
+    for c in ReplaySource(tiny_data, chunk=4096).chunks():
+        pipe.process(c)
+        if pipe.times.model_non_finite:
+            break
+    deployer._judge(pipe)
+    assert len(rolled) == 1 and "not finite" in rolled[0]
 
 
 def _publisher(tmp_path: Path, port: int, **mqtt_kw: object) -> tuple[Publisher, Spool]:

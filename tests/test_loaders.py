@@ -207,3 +207,120 @@ def test_unknown_format_says_what_is_supported(tmp_path: Path) -> None:
     p.write_bytes(b"PAR1")
     with pytest.raises(DataFormatError, match="unknown data format '.parquet'.*IMS snapshot directory"):
         detect_format(p)
+
+
+def _femto_dir(tmp_path: Path, n: int = 3, rows: int = 64, sep: str = ",", seed: int = 0) -> tuple[Path, np.ndarray]:
+    """A FEMTO/PRONOSTIA bearing directory in the published layout, and the accelerations written to it."""
+    d = tmp_path / "Bearing1_1"
+    d.mkdir()
+    acc = np.round(np.random.default_rng(seed).normal(0, 0.5, (n, rows, 2)), 3)
+    for i in range(n):
+        lines = [sep.join([str(9), str(39), str(39 + 10 * i), str(65664 + j * 39), f"{acc[i, j, 0]:.3f}",
+                           f"{acc[i, j, 1]:.3f}"]) for j in range(rows)]
+        (d / f"acc_{i + 1:05d}.csv").write_text("\n".join(lines) + "\n")
+    (d / "temp_00001.csv").write_text("9,39,39,0,65.2\n")  # temperature files sit beside them in the originals
+    return d, acc
+
+
+@pytest.mark.parametrize("sep", [",", ";"])
+def test_femto_directory_as_published(tmp_path: Path, sep: str) -> None:
+    d, acc = _femto_dir(tmp_path, sep=sep)
+    assert detect_format(d) == "femto_dir"
+    rec = load(d)
+    assert isinstance(rec, Recording)
+    assert rec.channels == ("horiz_acc_g", "vert_acc_g") and rec.fs_hz == 25600.0 and rec.relative_time
+    np.testing.assert_array_equal(rec.timestamps, [0.0, 10.0, 20.0])
+    np.testing.assert_allclose(rec.data, acc.astype(np.float32))
+
+
+def test_femto_directory_matches_the_shared_archive_layout() -> None:
+    with np.load(shared("femto", "Learning_set_Bearing2_1.npz"), allow_pickle=False) as z:
+        assert tuple(str(c) for c in z["channels"]) == ("horiz_acc_g", "vert_acc_g")
+        assert z["data"].shape[1:] == (2560, 2) and float(z["fs_hz"]) == 25600.0
+
+
+@pytest.mark.parametrize(
+    ("line_7", "message"),
+    [
+        ("9,39,49,1000,0.1", r"acc_00002.csv, line 7: 5 columns \(expected 6 ','-separated numbers: hour"),
+        ("9,39,49,1000,0.1,abc", r"acc_00002.csv, line 7, column 6: 'abc' is not a finite number"),
+        ("9,39,49,1000,nan,0.2", r"acc_00002.csv, line 7, column 5: 'nan' is not a finite number"),
+    ],
+)
+def test_broken_femto_file_names_file_line_and_expectation(tmp_path: Path, line_7: str, message: str) -> None:
+    d, _ = _femto_dir(tmp_path)
+    victim = d / "acc_00002.csv"
+    lines = victim.read_text().splitlines()
+    lines[6] = line_7
+    victim.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataFormatError, match=message):
+        load(d)
+
+
+def test_femto_directory_refuses_short_files_and_foreign_names(tmp_path: Path) -> None:
+    d, _ = _femto_dir(tmp_path)
+    victim = d / "acc_00003.csv"
+    victim.write_text("\n".join(victim.read_text().splitlines()[:10]) + "\n")
+    with pytest.raises(DataFormatError, match=r"acc_00003.csv: 10 rows \(expected 64 rows"):
+        load(d)
+    victim.unlink()
+    (d / "notes.txt").write_text("x")
+    with pytest.raises(DataFormatError, match=r"'notes.txt' is not a FEMTO snapshot file name"):
+        load(d)
+
+
+def _cwru_mat(path: Path, variables: dict[str, np.ndarray]) -> Path:
+    scipy_io = pytest.importorskip("scipy.io")
+    scipy_io.savemat(path, variables)
+    return path
+
+
+def test_cwru_mat_file_as_published(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    de, fe, ba = (rng.normal(0, 0.1, (1200, 1)) for _ in range(3))
+    p = _cwru_mat(tmp_path / "105.mat", {"X105_DE_time": de, "X105_FE_time": fe, "X105_BA_time": ba,
+                                         "X105RPM": np.array([[1797]])})
+    rec = load(p)
+    assert isinstance(rec, Recording)
+    assert rec.channels == ("drive_end", "fan_end", "base") and rec.data.shape == (1, 1200, 3)
+    assert rec.fs_hz == 12000.0 and rec.rpm == 1797.0
+    np.testing.assert_allclose(rec.data[0, :, 0], de[:, 0].astype(np.float32))
+
+
+def test_cwru_mat_with_a_second_record_takes_the_files_own(tmp_path: Path) -> None:
+    # 99.mat of the published set also carries X098_* variables
+    p = _cwru_mat(tmp_path / "99.mat", {"X098_DE_time": np.ones((50, 1)), "X099_DE_time": np.zeros((80, 1)),
+                                        "X099_FE_time": np.zeros((80, 1))})
+    rec = load(p)
+    assert rec.data.shape == (1, 80, 2) and rec.rpm is None
+
+
+@pytest.mark.parametrize(
+    ("variables", "message"),
+    [
+        ({"X105_DE_time": np.ones((50, 1)), "X105_FE_time": np.ones((40, 1))},
+         r"105.mat, variable X105_FE_time: X105_FE_time has 40 samples"),
+        ({"X105_DE_time": np.array([[0.1], [np.nan]])}, r"variable X105_DE_time, row 2: non-finite value"),
+        ({"signal": np.ones((5, 1))}, r"no accelerometer variables.*expected X<nnn>_DE_time"),
+        ({"X105_DE_time": np.ones((5, 1)), "X105RPM": np.array([[-3]])}, r"variable X105RPM.*one positive number"),
+    ],
+)
+def test_broken_cwru_mat_names_the_variable(tmp_path: Path, variables: dict[str, np.ndarray], message: str) -> None:
+    with pytest.raises(DataFormatError, match=message):
+        load(_cwru_mat(tmp_path / "105.mat", variables))
+
+
+def test_several_cwru_records_without_a_file_number_are_refused(tmp_path: Path) -> None:
+    p = _cwru_mat(tmp_path / "normal.mat", {"X097_DE_time": np.ones((5, 1)), "X098_DE_time": np.ones((5, 1))})
+    with pytest.raises(DataFormatError, match=r"several records \['X097', 'X098'\]"):
+        load(p)
+
+
+def test_the_gateway_path_never_imports_scipy(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    d, _ = _femto_dir(tmp_path)
+    code = ("import sys; from vibrawatch.agent.loaders import load; load(sys.argv[1]); "
+            "assert 'scipy' not in sys.modules, 'scipy imported'")
+    subprocess.run([sys.executable, "-c", code, str(d)], check=True)

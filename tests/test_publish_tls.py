@@ -182,6 +182,7 @@ def test_tls_with_username_and_password_file(tmp_path: Path, pki: dict[str, Path
                            password_file=str(secret))
     wrong_secret = tmp_path / "wrong"
     wrong_secret.write_text("guess\n")
+    wrong_secret.chmod(0o600)  # a password file others can read is refused before it is ever sent
     intruder, intruder_spool = publisher(tmp_path / "x", broker.port, tls=True, ca_file=str(pki["ca"]),
                                          username="press7", password_file=str(wrong_secret), client_id="intruder")
     try:

@@ -24,7 +24,7 @@ GOOD = np.random.default_rng(0).normal(size=(256, 2)).astype(np.float32)
         (np.column_stack([GOOD[:, 0], np.full(256, 0.3)]), None, "flatline on channel(s) [1]"),
         (np.clip(GOOD * 10, -4, 4), None, "saturation on channel(s) [0, 1]"),
         (GOOD[:, :1], None, "wrong channel count"),
-        (GOOD, 800.0, "sample rate 800.0 Hz, the model expects 1000 Hz"),
+        (GOOD, 800.0, "sample rate 800 Hz, the model expects 1000 Hz"),
     ],
 )
 def test_each_fault_is_named(samples: np.ndarray, measured: float | None, expect: str | None) -> None:

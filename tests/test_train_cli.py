@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 from conftest import TINY_CONFIG, cli
 
 
@@ -25,7 +28,8 @@ def test_evaluate_json_reports_the_failing_bearing(tiny_run: Path, tiny_data: Pa
     assert report["lead_hours"] > 0
     assert report["false_alarms"] == 0
     assert report["auc"] > 0.8  # the simulator labels every snapshot after the defect's onset
-    assert set(report["baselines"]) == {"rms", "mean_abs", "isolation_forest", "pca"}
+    # the combined detector (the default) reports the bare autoencoder as one of its baselines
+    assert set(report["baselines"]) == {"autoencoder", "rms", "mean_abs", "isolation_forest", "pca"}
     assert set(report["per_channel"]) == {"bearing1", "bearing2", "bearing3", "bearing4"}
 
 
@@ -53,6 +57,16 @@ def test_healthy_period_too_short_says_what_to_do(tmp_path: Path, tiny_data: Pat
     assert "healthy windows" in out and "name a later time" in out
 
 
+def test_healthy_period_past_the_end_of_the_data_is_refused(tmp_path: Path) -> None:
+    data = tmp_path / "dated.npz"
+    t0 = 1_076_581_959  # 2004-02-12 10:32:39 UTC: a dated run like IMS test 2
+    np.savez(data, data=np.zeros((30, 64, 1), np.float32), timestamps=t0 + 600 * np.arange(30),
+             fs_hz=20000.0, channels=np.array(["bearing1"]))
+    out = _fails("train", "--data", data, "--healthy-until", "2005-02-15 12:52:39", "--out", tmp_path / "r")
+    assert "after the data's last time (2004-02-12 15:22:39)" in out
+    assert not (tmp_path / "r").exists()
+
+
 def test_dates_for_relative_data_and_unknown_channels_are_refused(tiny_run: Path, tiny_data: Path) -> None:
     out = _fails("evaluate", tiny_run, "--data", tiny_data, "--failure-at", "2004-02-19 06:22:39")
     assert "this run's times count from its start" in out
@@ -67,3 +81,13 @@ def test_training_is_reproducible(tiny_run: Path, tiny_data: Path, tmp_path: Pat
     b = json.loads((tmp_path / "again" / "run.json").read_text())
     assert a["threshold"]["value"] == b["threshold"]["value"]
     assert a["training"]["history"] == b["training"]["history"]
+
+
+def test_workstation_commands_keep_tensorflow_start_up_noise_off_stderr(tiny_data: Path, tmp_path: Path) -> None:
+    """What a user reads is vibrawatch's output: no CUDA probing, oneDNN or absl lines (``--verbose`` shows them)."""
+    exe = Path(sys.executable).with_name("vibrawatch")
+    res = subprocess.run([str(exe), "train", "--data", str(tiny_data), "--healthy-until", "50%", "--config",
+                          str(TINY_CONFIG), "--out", str(tmp_path / "r"), "--quiet"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["run_dir"] == str(tmp_path / "r")
+    assert res.stderr.strip() == "", res.stderr[:2000]

@@ -38,11 +38,46 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class DiagnosisConfig:
+    """Bearing geometry and shaft speed: when given, every alarm names the defect frequency that rose most."""
+
+    shaft_hz: float | None = None  # or rpm
+    rpm: float | None = None
+    n_balls: int | None = None
+    ball_diameter: float | None = None
+    pitch_diameter: float | None = None
+    contact_angle_deg: float = 0.0
+    band_hz: tuple[float, float] | None = None  # demodulation band; default 0.2-0.8 of Nyquist
+    harmonics: int = 3
+    min_ratio: float = 1.5
+    margin: float = 1.25
+
+    @property
+    def enabled(self) -> bool:
+        return self.n_balls is not None
+
+
+@dataclass(frozen=True)
+class ProductConfig:
+    """The decision layer around the autoencoder (agent/events.py); ``combined = false`` is the bare model."""
+
+    combined: bool = True
+    pca_variance: float = 0.95  # share of healthy variance the PCA residual's axes keep
+    transient_s: float = 12 * 3600.0
+    relaxed: float = 0.5
+    grows: float = 2.0
+    history: int = 6
+    share: float = 0.8
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     threshold: ThresholdRule = field(default_factory=ThresholdRule)
     alarm: AlarmRule = field(default_factory=AlarmRule)
+    product: ProductConfig = field(default_factory=ProductConfig)
+    diagnosis: DiagnosisConfig = field(default_factory=DiagnosisConfig)
     healthy_until: str | None = None  # used when the CLI gives none
     source: str = "<defaults>"
 
@@ -52,7 +87,8 @@ class TrainConfig:
         return d
 
 
-_SECTIONS = {"features": FeaturesConfig, "model": ModelConfig, "threshold": ThresholdRule}
+_SECTIONS = {"features": FeaturesConfig, "model": ModelConfig, "threshold": ThresholdRule,
+             "product": ProductConfig, "diagnosis": DiagnosisConfig}
 
 
 def load_config(path: str | Path | None) -> TrainConfig:
@@ -101,7 +137,18 @@ def _validate(cfg: TrainConfig) -> None:
         (len(m.encoder) >= 1 and all(int(u) >= 1 for u in m.encoder), "[model] encoder must list widths >= 1"),
         (m.epochs >= 1, "[model] epochs must be >= 1"),
         (0 < m.validation_fraction < 0.9, "[model] validation_fraction must be in (0, 0.9)"),
+        (0 < cfg.product.pca_variance < 1, "[product] pca_variance must be in (0, 1)"),
+        (cfg.product.transient_s > 0 and 0 < cfg.product.relaxed < 1 and cfg.product.grows > 1
+         and cfg.product.history >= 1, "[product] need transient_s > 0, 0 < relaxed < 1, grows > 1, history >= 1"),
     ]
+    dg = cfg.diagnosis
+    if dg != DiagnosisConfig():
+        need = {"n_balls": dg.n_balls, "ball_diameter": dg.ball_diameter, "pitch_diameter": dg.pitch_diameter}
+        missing = [k for k, v in need.items() if v is None] + ([] if dg.shaft_hz or dg.rpm else ["shaft_hz or rpm"])
+        if missing:
+            raise ConfigError(f"{cfg.source}: [diagnosis] needs {', '.join(missing)} (the bearing geometry and speed)")
+        if dg.n_balls < 1 or dg.ball_diameter <= 0 or dg.pitch_diameter <= dg.ball_diameter:
+            raise ConfigError(f"{cfg.source}: [diagnosis] needs n_balls >= 1 and 0 < ball_diameter < pitch_diameter")
     for ok, msg in checks:
         if not ok:
             raise ConfigError(f"{cfg.source}: {msg}")

@@ -120,6 +120,13 @@ def healthy_end_time(spec_text: str, times: np.ndarray, relative: bool) -> float
     if t < times[0]:
         first = format_time(times[0], relative)
         raise ConfigError(f"--healthy-until {spec_text!r} is before the first sample ({first})")
+    if t > times[-1]:
+        # Silently taking every window as healthy would leave nothing that can alarm: most likely a typo.
+        last = format_time(times[-1], relative)
+        raise ConfigError(
+            f"--healthy-until {spec_text!r} is after the data's last time ({last}); name a time within the "
+            "data, or 100% if the whole recording is healthy"
+        )
     return t
 
 

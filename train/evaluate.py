@@ -21,7 +21,9 @@ from typing import Any
 import numpy as np
 
 from vibrawatch.agent.decide import AlarmRule, Decision, reconstruction_scores, run_alarms
+from vibrawatch.agent.detector import Detector
 from vibrawatch.agent.errors import ConfigError
+from vibrawatch.agent.events import DiagnosisState, EventRule, run_events
 from vibrawatch.agent.features import FeatureDef, FeatureSpec, extract
 from vibrawatch.agent.frames import iter_frames
 from vibrawatch.agent.loaders import load
@@ -89,11 +91,19 @@ def summarize(
     failure_t: float,
     failed: Sequence[int],
     relative: bool,
+    named: Sequence[tuple[int, ...]] | None = None,
+    onset_t: float | None = None,
 ) -> dict[str, Any]:
-    """The report fields of one detector."""
+    """The report fields of one detector. With ``named`` (the channels each window's alarm names), an alarm is
+    correct only when every channel it names failed; with ``onset_t`` (labelled data: the simulators), an
+    alarm before the fault existed is false whatever it names."""
     eps = [e for e in episodes(det.decisions) if det.times[e[0]] <= failure_t]
 
     def correct(e: tuple[int, int | None, int]) -> bool:
+        if onset_t is not None and det.times[e[0]] < onset_t:
+            return False
+        if named is not None and failed:
+            return bool(named[e[0]]) and all(c in failed for c in named[e[0]])
         return not failed or e[2] < 0 or e[2] in failed
 
     first = next((e for e in eps if correct(e)), None)
@@ -102,6 +112,7 @@ def summarize(
     return {
         "first_alarm": format_time(t_first, relative) if first else None,
         "first_alarm_s": t_first,
+        "first_alarm_index": first[0] if first else None,
         "lead_hours": round((failure_t - t_first) / 3600.0, 3) if first else None,
         "alarm_channel": (channels[first[2]] if first[2] >= 0 else None) if first else None,
         "false_alarms": len(false),
@@ -177,13 +188,23 @@ def evaluate_run(
     # Default failure time: the end of the data (the last frame of one long stream, the last snapshot of many).
     t_fail = parse_time(failure_at, relative) if failure_at else float(max(data.timestamps[-1], ff.times[-1]))
     ae = Detection(wins.end_times, scores, decisions, run.detector.threshold)
+    onset_t = None
+    if isinstance(data, Recording) and data.labels is not None and normal_data is None:
+        faulty = np.flatnonzero(np.asarray(data.labels)[ff.snapshot[wins.end_frames]] > 0)
+        onset_t = float(wins.end_times[faulty[0]]) if faulty.size else None
+    ae_report = summarize(ae, channels, t_fail, failed_idx, relative, onset_t=onset_t)
+    product, product_report = ae, ae_report
+    if d.combined:
+        product, product_report = _product(run, data, ff, wins, x, scores, contrib, channels, t_fail, failed_idx,
+                                           relative, onset_t)
     report: dict[str, Any] = {
         "data": str(data_path),
         "run": str(run_dir),
         "windows": len(scores),
         "failure_at": format_time(t_fail, relative),
         "failed": [channels[i] for i in failed_idx],
-        **summarize(ae, channels, t_fail, failed_idx, relative),
+        "detector": "combined" if d.combined else "autoencoder",
+        **product_report,
     }
     per_channel = {}
     for c, name in enumerate(channels):
@@ -230,19 +251,21 @@ def evaluate_run(
         except ConfigError as e:
             report["baselines"] = {"skipped": str(e)}
     if t_healthy is not None:
+        if d.combined:
+            baselines["autoencoder"] = ae_report
         h_frames = ff.times <= t_healthy
         h_windows = wins.end_times <= t_healthy
         simple = _simple_features(data, spec, progress)
         for name, vals in simple.items():
             det = _per_channel_series_alarms(vals, ff.times, h_frames, tcfg, run.detector.rule)
-            baselines[name] = summarize(det, channels, t_fail, failed_idx, relative)
+            baselines[name] = summarize(det, channels, t_fail, failed_idx, relative, onset_t=onset_t)
         seed = int(run.meta["training"]["config"]["model"]["seed"])
         flat = x.reshape(len(x), -1)
         iso = IsolationForest(n_estimators=200, random_state=seed).fit(flat[h_windows])
         iso_scores = -iso.score_samples(flat)
         thr = fit_threshold(iso_scores[h_windows], tcfg)
         det = Detection(wins.end_times, iso_scores, run_alarms(iso_scores, thr, run.detector.rule), thr)
-        baselines["isolation_forest"] = summarize(det, channels, t_fail, failed_idx, relative)
+        baselines["isolation_forest"] = summarize(det, channels, t_fail, failed_idx, relative, onset_t=onset_t)
         frames_scaled = run.detector.scaler.transform(ff.values)
         pca = PCA(n_components=0.95, random_state=seed).fit(frames_scaled[h_frames])
         recon = pca.inverse_transform(pca.transform(frames_scaled))
@@ -253,15 +276,80 @@ def evaluate_run(
         thr = fit_threshold(p_scores[h_windows], tcfg)
         cthr = fit_channel_thresholds(p_contrib[h_windows], tcfg)
         det = Detection(wins.end_times, p_scores, run_alarms(p_scores, thr, run.detector.rule, p_contrib, cthr), thr)
-        pca_report = summarize(det, channels, t_fail, failed_idx, relative)
+        pca_report = summarize(det, channels, t_fail, failed_idx, relative, onset_t=onset_t)
         baselines["pca"] = {**pca_report, "components": int(pca.n_components_)}
         report["baselines"] = baselines
     if plots:
         from . import plots as p
 
-        p.evaluation_plots(run.path, data, spec, ae, report, relative, t_healthy)
+        p.evaluation_plots(run.path, data, spec, product, report, relative, t_healthy)
     (run.path / f"evaluation_{data_stem(data_path)}.json").write_text(json.dumps(report, indent=2))
     return report
+
+
+def _product(
+    run: Run, data: Recording | FeatureTable, ff: Any, wins: Any, x: np.ndarray, scores: np.ndarray,
+    contrib: np.ndarray, channels: Sequence[str], t_fail: float, failed_idx: Sequence[int], relative: bool,
+    onset_t: float | None = None,
+) -> tuple[Detection, dict[str, Any]]:
+    """The combined detector over the run (agent/events.py's batch twin) and its report fields, with the
+    transients, condition changes and the diagnosis of every alarm."""
+    from .product import frame_energies, frame_floor_values
+
+    d = run.detector
+    assert d.floor is not None
+    fv = frame_floor_values(data, d.spec)[wins.end_frames]
+    inputs = product_inputs(d, x, scores, contrib, fv)
+    verdicts = run_events(wins.end_times, *inputs, d.events or EventRule(), d.rule, d.floor.step)
+    decisions = [Decision(v.above, bool(v.active), v.event, v.channel, v.level) for v in verdicts]
+    det = Detection(wins.end_times, np.array([v.level for v in verdicts]), decisions, 1.0)
+    out = summarize(det, channels, t_fail, failed_idx, relative, named=[v.raised for v in verdicts], onset_t=onset_t)
+    energies = None
+    if d.diagnosis is not None and isinstance(data, Recording):
+        energies = frame_energies(data, d.spec, d.diagnosis)
+    alarms: list[dict[str, Any]] = []
+    open_alarm: dict[int, dict[str, Any]] = {}
+    dstate = DiagnosisState(d.diagnosis) if energies is not None and d.diagnosis is not None else None
+    for i, v in enumerate(verdicts):
+        at_raise: dict[int, dict[str, Any]] = {}
+        found: dict[int, dict[str, Any]] = {}
+        if dstate is not None and energies is not None:
+            e = int(wins.end_frames[i])
+            at_raise, found = dstate.update(v, energies[e - d.window + 1: e + 1].mean(axis=0))
+        for c, dg in found.items():
+            if c in open_alarm:
+                open_alarm[c]["diagnosed"] = {"at": format_time(float(wins.end_times[i]), relative), **dg}
+        for c in v.raised:
+            a: dict[str, Any] = {"at": format_time(float(wins.end_times[i]), relative), "channel": channels[c]}
+            if c in at_raise:
+                a["diagnosis"] = at_raise[c]
+                if at_raise[c]["defect"] is not None:
+                    a["diagnosed"] = {"at": a["at"], **at_raise[c]}
+            alarms.append(a)
+            open_alarm[c] = a
+    first = out.get("first_alarm_index")
+    out["alarm_channels"] = [channels[c] for c in verdicts[first].raised] if first is not None else None
+    first_alarm = next((a for a in alarms if a["at"] == out["first_alarm"] and a["channel"] in
+                        (out["alarm_channels"] or [])), None)
+    out["diagnosis"] = first_alarm.get("diagnosis") if first_alarm else None
+    out["diagnosed"] = first_alarm.get("diagnosed") if first_alarm else None
+    out["alarms"] = alarms
+    out["transients"] = [{"at": format_time(e.t, relative), "channel": channels[e.channels[0]],
+                          "ratio": round(e.ratio[0], 3), "relaxed_by": format_time(float(e.until or e.t), relative)}
+                         for v in verdicts for e in v.events if e.kind == "transient"]
+    out["condition_changes"] = [{"at": format_time(e.t, relative), "ratios": [round(r, 3) for r in e.ratio]}
+                                for v in verdicts for e in v.events if e.kind == "condition_change"]
+    return det, out
+
+
+def product_inputs(
+    d: Detector, x_scaled: np.ndarray, scores: np.ndarray, contrib: np.ndarray, floor_values: np.ndarray
+) -> tuple[np.ndarray, ...]:
+    """What the event layer reads per window: models' score and channel levels, own floor ratios, own
+    deviation, log levels."""
+    assert d.floor is not None
+    return (*d.model_levels(x_scaled, scores, contrib), d.floor.ratios(floor_values), d.own_z(x_scaled),
+            d.floor.log_level(floor_values))
 
 
 def data_stem(path: str | Path) -> str:

@@ -72,11 +72,18 @@ def evaluation_plots(
     fig, ax = plt.subplots(figsize=(10, 4.5), dpi=100)
     # The alarm level, not the bare score: an alarm may come from one channel's share crossing its own limit.
     ax.semilogy(_axis_times(det.times, relative), np.maximum(det.alarm_levels(), 1e-6), lw=1,
-                label="alarm level: max(score / threshold, channel share / channel threshold)")
+                label="alarm level: the largest channel evidence (share, floors, score over thresholds)"
+                if report.get("detector") == "combined" else
+                "alarm level: max(score / threshold, channel share / channel threshold)")
     ax.axhline(1.0, color="tab:red", lw=1, label="threshold (level 1)")
     if report.get("first_alarm_s") is not None:
+        from vibrawatch.agent.events import describe
+
+        found = report.get("diagnosed")
+        diag = (f"; {describe(found)} from {found['at']}" if found
+                else f"; {describe(report['diagnosis'])}" if report.get("diagnosis") else "")
         ax.axvline(_axis_times(np.array([report["first_alarm_s"]]), relative)[0], color="tab:orange", ls="--",
-                   label=f"first alarm ({report['alarm_channel']}, {report['lead_hours']} h before failure)")
+                   label=f"first alarm ({report['alarm_channel']}, {report['lead_hours']} h before failure{diag})")
     if t_healthy is not None:
         ax.axvline(_axis_times(np.array([t_healthy]), relative)[0], color="tab:green", ls=":", label="end of healthy")
     ax.set(xlabel=_xlabel(relative), ylabel="alarm level (log)", title=f"Anomaly score: {stem}")

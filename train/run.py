@@ -151,7 +151,13 @@ def train_run(
         scores=scores,
         contributions=contrib,
     )
-    det = Detector(spec, scaler, T, hop, threshold, ch_thr, cfg.alarm, cfg.threshold).to_dict()
+    parts: dict[str, Any] = {}
+    if cfg.product.combined:
+        from .product import fit_product
+
+        parts = fit_product(data, spec, scaler.transform(ff.values), x_all, wins.end_frames, healthy, cfg.threshold,
+                            cfg.product, cfg.diagnosis)
+    det = Detector(spec, scaler, T, hop, threshold, ch_thr, cfg.alarm, cfg.threshold, **parts).to_dict()
     det["threshold"].update(healthy_score_max=float(scores[healthy].max()),
                             healthy_score_p99=float(np.quantile(scores[healthy], 0.99)))
     meta = {
