@@ -207,12 +207,23 @@ def demo(
         "runs/demo"
     ),
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
+    live: Annotated[bool, typer.Option("--live/--no-live", help="End with the live path: sensor node -> MQTT -> "
+                                       "agent -> monitor and its page, until Ctrl-C or --for.")] = True,
+    for_s: Annotated[float | None, typer.Option("--for", help="Stop the live path after SECONDS.")] = None,
+    lorenz: Annotated[bool, typer.Option("--lorenz", help="The IBM article's Lorenz case instead of the "
+                                         "bearing run.")] = False,
 ) -> None:
-    """The whole job on built-in data: simulate -> train -> evaluate -> signed bundle -> edge replay -> report.
+    """The whole job on built-in data: simulate -> train -> evaluate -> signed bundle -> edge replay -> live.
 
-    The last step replays the run through the gateway's own pipeline (sensor checks, frames, features,
-    window, scale, TFLite, alarm rule) from the verified bundle, and compares its scores with evaluate's.
+    Step 5 replays the run through the gateway's own pipeline (sensor checks, frames, features, window,
+    scale, TFLite, alarm rule) from the verified bundle and compares its scores with evaluate's. Step 6 runs
+    it live: a simulated sensor node publishes raw samples over MQTT, `vibrawatch-agent run` scores them,
+    the fleet monitor stores them and serves its page (address printed), and the first alarm is printed.
     """
+    if lorenz:
+        from .live import lorenz_demo
+
+        return lorenz_demo(out, live, for_s, quiet)
     import numpy as np
 
     from vibrawatch.agent.bundle import load_bundle
@@ -257,6 +268,12 @@ def demo(
                f"edge alarm at +{(raised.t / 3600) if raised else float('nan'):.3f}h "
                f"(evaluate: {report['first_alarm']})")
     typer.echo(f"report: {out / 'report.json'}; plots: {out / 'run'}/*.png; bundle: {out / 'bundle.tar'}")
+    if live:
+        from .live import live_bearing
+
+        typer.echo("live: sensor node -> MQTT -> vibrawatch-agent (signed bundle) -> monitor and its page ...")
+        report["live"] = live_bearing(out, data, out / "bundle.tar", keys / PUBLIC_NAME, for_s)
+        (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
 
 
 def _register_workstation_commands() -> None:
@@ -266,6 +283,16 @@ def _register_workstation_commands() -> None:
 
 
 _register_workstation_commands()
+
+
+def _register_monitor_commands() -> None:
+    """`vibrawatch monitor` and `vibrawatch fleet` (monitor/cli.py): the fleet side."""
+    from vibrawatch.monitor.cli import register
+
+    register(app, user_errors)
+
+
+_register_monitor_commands()
 
 
 def main() -> None:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up a fresh machine for the test suite and run it: the one test command of the README and of CI.
 #   - Debian's Mosquitto broker (the MQTT tests start their own on 127.0.0.1, on a free port);
-#   - .venv: the project with its train, edge and dev extras (TensorFlow is real in the tests);
+#   - PostgreSQL and Chromium for the fleet monitor's tests (a throwaway cluster; the page in a real browser);
+#   - .venv: the project with its train, edge, dev and monitor extras (TensorFlow is real in the tests);
 #   - .venv-tflite: a second environment with tflite-runtime and numpy<2, the way some gateways run,
 #     so a bundle is really invoked through that runtime too.
 set -euo pipefail
@@ -13,9 +14,16 @@ if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq mosquitto mosquitto-clients >/dev/null
 fi
 
+# The fleet monitor's tests: a throwaway PostgreSQL cluster (initdb/pg_ctl) and the page in headless Chromium.
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || ! command -v chromium >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq postgresql chromium >/dev/null
+fi
+
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/pip install -q --disable-pip-version-check -e ".[train,edge,dev]"
+.venv/bin/pip install -q --disable-pip-version-check -e ".[train,edge,dev,monitor]"
 
 if [ ! -x .venv-tflite/bin/python ]; then
     "$PY" -m venv .venv-tflite

@@ -1,0 +1,109 @@
+"""`vibrawatch monitor` and `vibrawatch fleet`, added to the workstation CLI by ``register``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from . import fleet
+from .config import MonitorConfig, load_monitor_config
+
+
+def register(app: typer.Typer, user_errors: Callable[[Any], Any]) -> None:
+    """Add the fleet-side commands to the main ``vibrawatch`` app (``user_errors`` turns bad input into one line)."""
+
+    @app.command()
+    @user_errors
+    def monitor(
+        broker: Annotated[str | None, typer.Option(help="mqtt://HOST:PORT or mqtts://HOST:PORT (TLS).")] = None,
+        db: Annotated[str | None, typer.Option(help="sqlite:///PATH (default sqlite:///fleet.db) or "
+                                               "postgresql://USER@HOST/DB.")] = None,
+        http: Annotated[str | None, typer.Option(help="Serve the page at HOST:PORT (default 127.0.0.1:8080); "
+                                                 "'off' for none.")] = None,
+        config: Annotated[Path | None, typer.Option(help="TOML settings; see configs/monitor.example.toml.")] = None,
+        group: Annotated[str | None, typer.Option(help="Shared-subscription group: monitors in one group split "
+                                                  "the fleet's traffic.")] = None,
+        shared: Annotated[bool | None, typer.Option("--shared/--no-shared", help="Shared subscription (default) "
+                                                    "or a plain one (one monitor; see docs/monitor.md).")] = None,
+        client_id: Annotated[str | None, typer.Option(help="MQTT client id, one per monitor process (default "
+                                                      "vibrawatch-monitor-<group>-<host>).")] = None,
+        webhook: Annotated[str | None, typer.Option(help="POST alerts (JSON) to this URL.")] = None,
+        raw_days: Annotated[float | None, typer.Option(help="Keep raw scores this many days, then hourly "
+                                                       "aggregates (default 30).")] = None,
+        verbose: Annotated[bool, typer.Option("--verbose", help="Log every connection and retention step.")] = False,
+    ) -> None:
+        """Store the fleet's scores, alarms and status, alert on them, and serve the fleet page.
+
+        Example: vibrawatch monitor --broker mqtt://127.0.0.1:1883 --db sqlite:///fleet.db --http 127.0.0.1:8080
+        """
+        cfg = load_monitor_config(config, broker=broker, db=db, http=None if http == "off" else http,
+                                  group=group, shared=shared, client_id=client_id, webhook=webhook, raw_days=raw_days)
+        if http == "off":
+            from dataclasses import replace
+
+            cfg = replace(cfg, monitor=replace(cfg.monitor, http=None))
+        run_monitor(cfg, verbose)
+
+    @app.command("fleet")
+    @user_errors
+    def fleet_cmd(
+        db: Annotated[str, typer.Option(help="The monitor's database: sqlite:///PATH or postgresql://...")],
+        as_json: Annotated[bool, typer.Option("--json", help="One JSON object (for scripts).")] = False,
+        silent_factor: Annotated[float, typer.Option(help="Silent after this many usual intervals.")] = 5.0,
+        min_silent_s: Annotated[float, typer.Option(help="... and never sooner than this.")] = 30.0,
+    ) -> None:
+        """Print the fleet table: one row per device, worst first.
+
+        Example: vibrawatch fleet --db sqlite:///fleet.db
+        """
+        from .store import open_store
+
+        store = open_store(db)
+        try:
+            rows = fleet.table(store, time.time(), silent_factor, min_silent_s)
+            counts = store.counts()
+        finally:
+            store.close()
+        if as_json:
+            typer.echo(json.dumps({"devices": rows, "counts": counts}, indent=2))
+            return
+        typer.echo(format_table(rows))
+        typer.echo(f"{counts['scores']} scores, {counts['alarms']} alarms, {counts['dead_letters']} dead letters, "
+                   f"{sum(r['lost'] or 0 for r in rows)} messages lost")
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """The fleet as fixed-width text."""
+    head = f"{'site/device':28s} {'health':8s} {'level':>6s} {'score':>9s} {'thresh':>9s} {'alarm since':24s} " \
+           f"{'last':>7s} {'lost':>5s} {'model':24s}"
+    lines = [head]
+    for r in rows:
+        lvl = f"{r['level']:.2f}" if r["level"] is not None else "-"
+        sc = f"{r['last_score']:.4g}" if r["last_score"] is not None else "-"
+        th = f"{r['threshold']:.4g}" if r["threshold"] is not None else "-"
+        age = f"{r['age_s']:.0f}s" if r["age_s"] is not None else "-"
+        lines.append(f"{r['site'] + '/' + r['device']:28s} {r['health']:8s} {lvl:>6s} {sc:>9s} {th:>9s} "
+                     f"{r['alarm_since'] or '-':24s} {age:>7s} {r['lost'] or 0:>5d} {r['model'] or '-':24s}")
+    return "\n".join(lines)
+
+
+def run_monitor(cfg: MonitorConfig, verbose: bool = False) -> None:
+    """Run until SIGTERM or Ctrl-C."""
+    from .service import Monitor
+
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("vibrawatch.monitor").setLevel(logging.INFO)
+    mon = Monitor(cfg)
+    signal.signal(signal.SIGTERM, lambda *_: mon.stop_event.set())
+    signal.signal(signal.SIGINT, lambda *_: mon.stop_event.set())
+    typer.echo(f"monitor: {cfg.monitor.broker} -> {mon.store.safe_url}" + (f"; page at {mon.url}" if mon.url else ""))
+    mon.run()

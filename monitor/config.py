@@ -1,0 +1,159 @@
+"""The monitor's settings: command-line options over an optional TOML file (configs/monitor.example.toml).
+
+TLS and credentials work as on the gateway (same [mqtt] keys; the password only from ``password_file`` or
+``$CREDENTIALS_DIRECTORY/mqtt-password``). Unknown sections and keys are errors naming the file and the key.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from vibrawatch.agent.config import read_toml
+from vibrawatch.agent.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class MonitorSection:
+    broker: str = "mqtt://127.0.0.1:1883"
+    db: str = "sqlite:///fleet.db"
+    http: str | None = "127.0.0.1:8080"  # None: no web page
+    group: str = "vibrawatch"  # the shared-subscription group; monitors in one group split the traffic
+    shared: bool = True  # False: a plain subscription (one monitor; survives a Mosquitto restart, see docs)
+    client_id: str | None = None  # default vibrawatch-monitor-<group>-<host>; one per monitor process
+    session_expiry_s: int = 7 * 24 * 3600  # how long the broker keeps our queue while we are down
+    batch_max: int = 10000  # messages per database transaction at most (a backlog drains in big batches)
+    batch_wait_ms: int = 50  # how long a batch may gather before it is written
+
+
+@dataclass(frozen=True)
+class MqttSection:
+    keepalive: int = 30
+    username: str | None = None
+    password_file: str | None = None
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    receive_maximum: int = 10000  # MQTT 5: unacknowledged messages the broker may send us (acks follow commits)
+
+
+@dataclass(frozen=True)
+class FleetSection:
+    silent_factor: float = 5.0  # silent after this many of the device's usual score intervals
+    min_silent_s: float = 30.0  # ... and never sooner than this
+    sweep_s: float = 5.0  # how often silence is looked for
+
+
+@dataclass(frozen=True)
+class RetentionSection:
+    raw_days: float = 30.0  # raw scores kept this long (by arrival), then hourly aggregates only
+    every_s: float = 3600.0  # how often the roll-up runs
+
+
+@dataclass(frozen=True)
+class AlertsSection:
+    webhook: str | None = None  # http(s)://... receives a POST per alert (docs/monitor.md)
+    timeout_s: float = 5.0
+    max_attempts: int = 10
+    backoff_s: float = 1.0  # first retry after this, doubling, capped at backoff_max_s
+    backoff_max_s: float = 300.0
+
+
+@dataclass(frozen=True)
+class MonitorConfig:
+    monitor: MonitorSection = field(default_factory=MonitorSection)
+    mqtt: MqttSection = field(default_factory=MqttSection)
+    fleet: FleetSection = field(default_factory=FleetSection)
+    retention: RetentionSection = field(default_factory=RetentionSection)
+    alerts: AlertsSection = field(default_factory=AlertsSection)
+    path: Path = Path("<command line>")
+
+    @property
+    def host(self) -> str:
+        return urlparse(self.monitor.broker).hostname or "127.0.0.1"
+
+    @property
+    def port(self) -> int:
+        u = urlparse(self.monitor.broker)
+        return u.port or (8883 if u.scheme == "mqtts" else 1883)
+
+    @property
+    def tls(self) -> bool:
+        return urlparse(self.monitor.broker).scheme == "mqtts"
+
+    @property
+    def client_id(self) -> str:
+        return self.monitor.client_id or f"vibrawatch-monitor-{self.monitor.group}-{socket.gethostname()}"
+
+    def password(self) -> str | None:
+        """The MQTT password from its file or systemd's credentials directory, never from the config."""
+        if self.mqtt.password_file:
+            p = Path(self.mqtt.password_file)
+            if not p.is_file():
+                raise ConfigError(f"{self.path}: [mqtt] password_file {p} does not exist")
+            return p.read_text().strip()
+        creds = os.environ.get("CREDENTIALS_DIRECTORY")
+        if creds and (Path(creds) / "mqtt-password").is_file():
+            return (Path(creds) / "mqtt-password").read_text().strip()
+        return None
+
+
+_SECTIONS = {"monitor": MonitorSection, "mqtt": MqttSection, "fleet": FleetSection, "retention": RetentionSection,
+             "alerts": AlertsSection}
+
+
+def load_monitor_config(path: str | Path | None = None, **overrides: Any) -> MonitorConfig:
+    """The file's settings (if any) with command-line ``overrides`` (``None`` = not given) on top, checked."""
+    raw: dict[str, Any] = {}
+    p = Path(path) if path else Path("<command line>")
+    if path:
+        raw = read_toml(p, "; start from configs/monitor.example.toml")
+        unknown = set(raw) - set(_SECTIONS)
+        if unknown:
+            raise ConfigError(f"{p}: unknown section(s) {sorted(unknown)}; known: {sorted(_SECTIONS)}")
+        if "password" in raw.get("mqtt", {}):
+            raise ConfigError(f"{p}: [mqtt] password: never write a password in the config file; name a file "
+                              "with password_file (mode 0600) or use systemd's LoadCredential=mqtt-password")
+    parts: dict[str, Any] = {}
+    for name, cls in _SECTIONS.items():
+        section = dict(raw.get(name, {}))
+        known = {f.name for f in fields(cls)}
+        bad = set(section) - known
+        if bad:
+            raise ConfigError(f"{p}: [{name}] unknown key(s) {sorted(bad)}; known: {sorted(known)}")
+        for key in ("password_file", "ca_file", "cert_file", "key_file"):
+            if isinstance(section.get(key), str):
+                section[key] = str((p.parent / section[key]).resolve())
+        try:
+            parts[name] = cls(**section)
+        except TypeError as e:
+            raise ConfigError(f"{p}: [{name}] {e}") from None
+    cfg = MonitorConfig(path=p, **parts)
+    given = {k: v for k, v in overrides.items() if v is not None}
+    for name in _SECTIONS:
+        section = getattr(cfg, name)
+        mine = {k: given.pop(k) for k in list(given) if k in {f.name for f in fields(section)}}
+        if mine:
+            cfg = replace(cfg, **{name: replace(section, **mine)})
+    if given:
+        raise ConfigError(f"unknown setting(s) {sorted(given)}")
+    _check(cfg)
+    return cfg
+
+
+def _check(cfg: MonitorConfig) -> None:
+    u = urlparse(cfg.monitor.broker)
+    if u.scheme not in ("mqtt", "mqtts") or not u.hostname:
+        raise ConfigError(f"{cfg.path}: broker {cfg.monitor.broker!r}: expected mqtt://HOST:PORT or mqtts://HOST:PORT")
+    if cfg.monitor.http:
+        host, _, port = cfg.monitor.http.rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError(f"{cfg.path}: http {cfg.monitor.http!r}: expected HOST:PORT (e.g. 127.0.0.1:8080)")
+    if "/" in cfg.monitor.group or "+" in cfg.monitor.group or "#" in cfg.monitor.group:
+        raise ConfigError(f"{cfg.path}: group {cfg.monitor.group!r}: no '/', '+' or '#'")
+    if cfg.alerts.webhook and urlparse(cfg.alerts.webhook).scheme not in ("http", "https"):
+        raise ConfigError(f"{cfg.path}: [alerts] webhook {cfg.alerts.webhook!r}: expected an http:// or https:// URL")

@@ -1,0 +1,106 @@
+"""`vibrawatch monitor`: ingest, alerts, the fleet sweep, retention and the page, in one process until stopped.
+
+SIGTERM or Ctrl-C: the writer stores and acknowledges what has arrived, the rest stays queued in the broker's
+session for the next start; the process exits within a few seconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import asdict
+from typing import Any
+
+from . import __version__, fleet, retention
+from .alerts import SINKS, Dispatcher
+from .config import MonitorConfig
+from .ingest import Ingest
+from .store import Store, Written, open_store
+from .web import Changes, make_server
+
+log = logging.getLogger("vibrawatch.monitor")
+
+
+class Monitor:
+    def __init__(self, cfg: MonitorConfig, store: Store | None = None) -> None:
+        self.cfg = cfg
+        self.store = store or open_store(cfg.monitor.db)
+        self.changes = Changes()
+        self.started = time.time()
+        self.ingest = Ingest(cfg, self.store, on_batch=self._on_batch)
+        self.dispatcher = (Dispatcher(self.store, SINKS["webhook"](cfg.alerts), cfg.alerts)
+                           if cfg.alerts.webhook else None)
+        self.server = make_server(cfg, self.store, self.changes, self.health) if cfg.monitor.http else None
+        self.stop_event = threading.Event()
+
+    @property
+    def url(self) -> str | None:
+        if self.server is None:
+            return None
+        host, port = self.server.server_address[:2]
+        return f"http://{host}:{port}/"
+
+    def _on_batch(self, w: Written) -> None:
+        if w.scores or w.alarms or w.statuses or w.events or w.dead:
+            self.changes.bump()
+        if w.alerts and self.dispatcher is not None:
+            self.dispatcher.wake.set()
+
+    def health(self) -> dict[str, Any]:
+        return {"version": __version__, "uptime_s": round(time.time() - self.started, 1),
+                "connected": self.ingest.connected.is_set(), "subscription": self.ingest.subscription,
+                "mqtt": "3.1.1" if self.ingest.fell_back else "5", "db": self.store.safe_url,
+                **asdict(self.ingest.counters)}
+
+    def start(self) -> None:
+        self.ingest.start()
+        if self.dispatcher is not None:
+            self.dispatcher.start()
+        if self.server is not None:
+            threading.Thread(target=self.server.serve_forever, name="monitor-web", daemon=True).start()
+
+    def run(self) -> int:
+        """Start everything, then sweep for silent devices and roll up old scores until ``stop_event``."""
+        self.start()
+        f, r = self.cfg.fleet, self.cfg.retention
+        next_sweep, next_rollup, marker = 0.0, time.monotonic() + 5.0, None
+        try:
+            while not self.stop_event.wait(1.0):
+                now = time.monotonic()
+                try:
+                    if now >= next_sweep:
+                        next_sweep = now + f.sweep_s
+                        if fleet.sweep(self.store, time.time(), f.silent_factor, f.min_silent_s):
+                            self.changes.bump()
+                            if self.dispatcher is not None:
+                                self.dispatcher.wake.set()
+                        # Another monitor of the group may have written: the page hears of it too.
+                        latest = self.store.query("SELECT MAX(last_seen) AS m FROM devices")[0]["m"]
+                        if latest != marker:
+                            marker = latest
+                            self.changes.bump()
+                    if now >= next_rollup:
+                        next_rollup = now + r.every_s
+                        gone = retention.roll_up(self.store, r.raw_days)
+                        if gone:
+                            log.info("retention: %d raw scores older than %g days rolled up into hourly aggregates",
+                                     gone, r.raw_days)
+                except Exception:  # noqa: BLE001 - e.g. the database restarting: say so, try again next time
+                    log.exception("periodic fleet sweep / retention failed; retrying")
+        finally:
+            self.stop()
+        return 0
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stopping.set()  # type: ignore[attr-defined]
+            self.server.shutdown()
+            self.server.server_close()
+        self.ingest.stop()
+        if self.dispatcher is not None:
+            self.dispatcher.stop()
+        c = self.ingest.counters
+        log.info("stopped: %d messages received, %d stored, %d repeats dropped, %d dead letters, %d lost seen",
+                 c.received, c.stored, c.duplicates, c.dead, c.lost)
+        self.store.close()
