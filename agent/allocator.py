@@ -29,3 +29,19 @@ def keep_large_blocks(mmap_threshold: int = 8 << 20, trim_threshold: int = 32 <<
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
     return bool(mallopt(_M_MMAP_THRESHOLD, mmap_threshold)) and bool(mallopt(_M_TRIM_THRESHOLD, trim_threshold))
+
+
+def release_free_memory() -> bool:
+    """Hand the heap's free memory back to the kernel (glibc's ``malloc_trim``); False where unavailable.
+
+    The thresholds above keep up to 32 MB of freed blocks for the next frame. A large samples message
+    (paho's read buffer, the payload, the parsed lists) leaves tens of MB of them behind, which would then
+    stay resident for good: after one, the source asks for them back, once.
+    """
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return False
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+    return bool(trim(0))

@@ -4,9 +4,11 @@ only when a signature is checked).
 A bundle is a directory or a single ``.tar`` holding ``manifest.json``, ``model.tflite`` and, when signed,
 ``manifest.sig`` (an Ed25519 signature of the manifest's bytes, base64). ``load_bundle`` checks, in this
 order, each with its own error: the layout (and, for a tar, that it is small and holds only those regular
-files: nothing is extracted to disk), the schema version, the sha256 of every file, the signature when a
-public key is given, that this runtime is one the bundle can run on, and a golden self-test that runs the
-model on the real interpreter over several different windows in a row.
+files: nothing is extracted to disk), the signature when a public key is given (over the manifest's raw
+bytes, before anything in it is parsed or believed), the schema version and the type of every field the
+agent reads (a wrong one is a BundleSchemaError naming it, never a traceback), the sha256 of every file,
+that this runtime is one the bundle can run on, and a golden self-test that runs the model on the real
+interpreter over several different windows in a row.
 """
 
 from __future__ import annotations
@@ -121,10 +123,13 @@ def _require(p: Path, files: dict[str, bytes]) -> dict[str, bytes]:
 
 
 def parse_manifest(p: Path, raw: bytes) -> dict[str, Any]:
+    """The manifest as JSON of this agent's schema version (its fields are checked by ``check_manifest``)."""
     try:
         manifest = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise BundleSchemaError(f"{p}: {MANIFEST} is not JSON ({e})") from None
+    except RecursionError:
+        raise BundleSchemaError(f"{p}: {MANIFEST} is nested too deeply to be a manifest") from None
+    except (UnicodeDecodeError, ValueError) as e:  # JSONDecodeError, and Python's limit on integer digits
+        raise BundleSchemaError(f"{p}: {MANIFEST} is not JSON ({str(e)[:200]})") from None
     if not isinstance(manifest, dict) or manifest.get("schema") != SCHEMA:
         got = manifest.get("schema") if isinstance(manifest, dict) else type(manifest).__name__
         raise BundleSchemaError(
@@ -132,6 +137,60 @@ def parse_manifest(p: Path, raw: bytes) -> dict[str, Any]:
             "version's `vibrawatch convert`, or update the agent"
         )
     return manifest
+
+
+def _typed(p: Path, d: Any, key: str, where: str, kind: type | tuple[type, ...], expected: str,
+           optional: bool = False) -> Any:
+    """``d[key]`` if it is of ``kind`` (bool never counts as a number), else a BundleSchemaError naming it."""
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if key not in d:
+        if optional:
+            return None
+        raise BundleSchemaError(f"{p}: {MANIFEST} field {where}{key!r}: expected {expected}, got nothing")
+    v = d[key]
+    if not isinstance(v, kinds) or (isinstance(v, bool) and bool not in kinds):
+        raise BundleSchemaError(f"{p}: {MANIFEST} field {where}{key!r}: expected {expected}, "
+                                f"got {type(v).__name__} {str(v)[:40]!r}")
+    return v
+
+
+def check_manifest(p: Path, manifest: dict[str, Any]) -> Detector:
+    """Every field the agent reads has the type it expects, before any of it is used: the detector's
+    parameters, ``version``, ``files`` ({name: sha256}), ``model.quantize``, ``runtimes`` and ``golden``."""
+    _typed(p, manifest, "version", "", str, "a string")
+    files = _typed(p, manifest, "files", "", dict, "an object {file name: sha256}")
+    for name, digest in files.items():
+        if not isinstance(digest, str):
+            raise BundleSchemaError(f"{p}: {MANIFEST} field 'files'[{name!r}]: expected a sha256 string, "
+                                    f"got {type(digest).__name__}")
+    _typed(p, _typed(p, manifest, "model", "", dict, "an object"), "quantize", "'model'.", str, "a string")
+    runtimes = _typed(p, manifest, "runtimes", "", dict, "an object {runtime: result}", optional=True) or {}
+    for name, seen in runtimes.items():
+        if not isinstance(seen, dict):
+            raise BundleSchemaError(f"{p}: {MANIFEST} field 'runtimes'[{name!r}]: expected an object, "
+                                    f"got {type(seen).__name__}")
+        _typed(p, seen, "ok", f"'runtimes'[{name!r}].", bool, "true or false", optional=True)
+    try:
+        detector = Detector.from_dict(manifest)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError, ConfigError) as e:
+        raise BundleSchemaError(f"{p}: {MANIFEST} is incomplete or wrong ({str(e)[:200]})") from None
+    golden = _typed(p, manifest, "golden", "", dict, "an object {inputs, outputs, atol}")
+    atol = _typed(p, golden, "atol", "'golden'.", (int, float), "a number >= 0")
+    if not np.isfinite(atol) or atol < 0:
+        raise BundleSchemaError(f"{p}: {MANIFEST} field 'golden'.'atol': expected a number >= 0, got {atol}")
+    shape = (detector.window, detector.spec.n_features)
+    for key in ("inputs", "outputs"):
+        rows = _typed(p, golden, key, "'golden'.", list, "a list of windows")
+        try:
+            with np.errstate(over="ignore"):  # a huge number becomes inf: the self-test then fails, and says so
+                a = np.asarray(rows, dtype=np.float32)
+        except (ValueError, TypeError, OverflowError):
+            a = None
+        if a is None or a.ndim != 3 or a.shape[0] < 1 or a.shape[1:] != shape:
+            got = "ragged or non-numeric" if a is None else f"shape {a.shape}"
+            raise BundleSchemaError(f"{p}: {MANIFEST} field 'golden'.{key!r}: expected windows of shape (n, "
+                                    f"{shape[0]}, {shape[1]}) (window, features), got {got}")
+    return detector
 
 
 def verify_checksums(p: Path, manifest: dict[str, Any], files: dict[str, bytes]) -> None:
@@ -209,10 +268,11 @@ def load_bundle(path: str | Path, public_key: str | Path | None = None, runtime:
     """Read, verify (see module docstring) and load a bundle; raises a BundleError subclass on any failure."""
     p = Path(path)
     files = read_bundle_files(p)
-    manifest = parse_manifest(p, files[MANIFEST])
-    verify_checksums(p, manifest, files)
     if public_key is not None:
-        verify_signature(p, files, public_key)
+        verify_signature(p, files, public_key)  # first: nothing an attacker wrote is parsed before this
+    manifest = parse_manifest(p, files[MANIFEST])
+    detector = check_manifest(p, manifest)
+    verify_checksums(p, manifest, files)
     check_runtime(p, manifest, runtime)
     try:
         model = TFLiteModel(files[MODEL], runtime=runtime)
@@ -223,8 +283,4 @@ def load_bundle(path: str | Path, public_key: str | Path | None = None, runtime:
             "none`) or install ai-edge-litert"
         ) from None
     self_test(p, model, manifest)
-    try:
-        detector = Detector.from_dict(manifest)
-    except (KeyError, TypeError, ValueError, ConfigError) as e:
-        raise BundleSchemaError(f"{p}: {MANIFEST} is incomplete or wrong ({e})") from None
     return Bundle(path=p, manifest=manifest, detector=detector, version=str(manifest["version"]), model=model)

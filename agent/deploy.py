@@ -330,7 +330,9 @@ class Deployer:
         self._refused: set[tuple[int | None, str]] = set()
         self._load: Callable[[Path], Bundle] = lambda p: load_bundle(p, self.public_key)
         self.probation: dict[str, Any] | None = None
-        self._base: tuple[Pipeline, int, float] | None = None  # the pipeline probation counts on, and its start
+        # the pipeline probation counts on, and its counts at the start (windows, inference s, non-finite windows:
+        # all of them, and those where the bundle failed on sane features)
+        self._base: tuple[Pipeline, int, float, int, int] | None = None
         self.last: dict[str, Any] | None = None
         self.running: Bundle | None = None
 
@@ -500,17 +502,22 @@ class Deployer:
         """Windows scored by the pipeline since probation began (a new pipeline, after a reload, starts over)."""
         t, d = pipeline.times, self.cfg.deploy
         if self._base is None or self._base[0] is not pipeline:
-            self._base = (pipeline, t.windows, t.inference)
+            self._base = (pipeline, t.windows, t.inference, t.non_finite, t.model_non_finite)
         windows, inference = t.windows - self._base[1], t.inference - self._base[2]
+        failed = t.model_non_finite - self._base[4]
+        if failed:  # the pipeline withholds a non-finite score as a sensor fault: check() never sees it
+            self._rollback(f"failed on real windows: {failed} window(s) of sane samples scored not finite (NaN/inf)")
+            return
         if windows == 0:
             return
         mean_ms = 1000.0 * inference / windows
+        scored = windows - (t.non_finite - self._base[3])  # absurd samples' windows: not scored, do not count
         if windows >= min(5, d.probation_windows) and mean_ms > d.latency_budget_ms:
             self._rollback(f"mean inference {mean_ms:.1f} ms per window over {windows} windows, budget "
                            f"{d.latency_budget_ms:g} ms")
-        elif windows >= d.probation_windows:
+        elif scored >= d.probation_windows:
             state = self.dir.read_state()
-            self._end(state, "applied", f"{windows} windows scored, mean inference {mean_ms:.2f} ms")
+            self._end(state, "applied", f"{scored} windows scored, mean inference {mean_ms:.2f} ms")
             self._collect(state)
 
     def _rollback(self, reason: str) -> None:

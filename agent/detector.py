@@ -142,7 +142,19 @@ class Detector:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Detector:
         """Parse and check a run's or a manifest's detector fields; ConfigError names the field."""
-        spec = FeatureSpec.from_dict(_field(d, "features", "detector"))
+        feats = _field(d, "features", "detector")
+        _number(feats, "fs_hz", "features", positive=True)
+        _count(feats, "frame_length", "features")
+        channels = _field(feats, "channels", "features", list)
+        if not channels or not all(isinstance(c, str) for c in channels):
+            raise ConfigError(f"features.channels: expected a non-empty list of names, got {str(channels)[:60]}")
+        for i, f in enumerate(_field(feats, "features", "features", list)):
+            _field(f, "name", f"features.features[{i}]", str)
+            if "params" in f:
+                _field(f, "params", f"features.features[{i}]", dict)
+        if "input" in feats:
+            _field(feats, "input", "features", str)
+        spec = FeatureSpec.from_dict(feats)
         win = _field(d, "window", "detector")
         scaler = MinMaxScaling.from_dict(_field(d, "scaler", "detector"))
         if scaler.scale.shape != (spec.n_features,):

@@ -24,6 +24,8 @@ from .sensor_check import SensorLimits, check_chunk
 from .source import Chunk
 from .window import WindowBuffer
 
+NON_FINITE = "non-finite score: samples out of any sane range"
+SANE_FEATURE = 1e12  # beyond this |value| a feature comes from samples out of any sane range, not from a sensor
 CONTINUITY_SAMPLES = 1.5  # a chunk may start this far (in samples) from where the previous one ended
 
 
@@ -66,6 +68,8 @@ class StageTimes:
     features: float = 0.0
     inference: float = 0.0
     windows: int = 0
+    non_finite: int = 0  # windows not scored because their score was NaN/inf (a NON_FINITE sensor fault)
+    model_non_finite: int = 0  # ... of those, ones whose features were sane: the bundle failed, not the samples
 
 
 @dataclass
@@ -92,22 +96,15 @@ class Pipeline:
     def process(self, chunk: Chunk) -> list[SensorStatus | Scored]:
         """Feed one chunk; returns sensor status changes and one ``Scored`` per window that ends in it."""
         events: list[SensorStatus | Scored] = []
-        reason = check_chunk(chunk.samples, self.limits, chunk.fs_hz)
+        reason = chunk.fault or check_chunk(chunk.samples, self.limits, chunk.fs_hz)
         if reason is None and not chunk.new_segment and not self._table and self._next_t is not None:
             join = continuity(chunk.t_start, self._next_t, self.bundle.detector.spec.fs_hz)
             if join is not None:
                 self.framer.reset()  # a frame never spans missing samples
                 reason = None if join == "gap" else f"time went backwards by {self._next_t - chunk.t_start:.3f} s"
         if reason is not None:
-            self.framer.reset()
-            self.windows.reset()
-            self._energies.clear()
-            self._next_t = None
-            if reason != self._fault:
-                events.append(SensorStatus(chunk.t_start, reason))
-            self._fault = reason
-            return events
-        if self._fault is not None:
+            return self._sensor_fault(events, chunk.t_start, reason)
+        if self._fault is not None and self._fault != NON_FINITE:  # that one clears with the next finite score
             events.append(SensorStatus(chunk.t_start, None))
             self._fault = None
         self._next_t = chunk.t_start + len(chunk.samples) / self.bundle.detector.spec.fs_hz
@@ -132,19 +129,43 @@ class Pipeline:
                 self._energies.append(energies[k])
             window = self.windows.push(row)
             if window is not None:
-                events.append(self._score(window, float(t), None if floors is None else floors[k]))
+                scored = self._score(window, float(t), None if floors is None else floors[k])
+                if scored is None:  # samples so large that the features or the model overflow (e.g. 1e38)
+                    return self._sensor_fault(events, float(t), NON_FINITE)
+                if self._fault is not None:
+                    events.append(SensorStatus(float(t), None))
+                    self._fault = None
+                events.append(scored)
         return events
 
-    def _score(self, window: np.ndarray, t: float, floor: np.ndarray | None = None) -> Scored:
+    def _sensor_fault(self, events: list[SensorStatus | Scored], t: float, reason: str) -> list[SensorStatus | Scored]:
+        """Not scored: restart frames and window (no window mixes good and bad samples), report a new reason."""
+        self.framer.reset()
+        self.windows.reset()
+        self._energies.clear()
+        self._next_t = None
+        if reason != self._fault:
+            events.append(SensorStatus(t, reason))
+        self._fault = reason
+        return events
+
+    def _score(self, window: np.ndarray, t: float, floor: np.ndarray | None = None) -> Scored | None:
+        """The window's score and decision; None when the score (or, with the combined detector, any level
+        it decides on) is not a finite number: never published, never fed to the alarm or event state, where
+        NaN would compare as 'below threshold'."""
         b = self.bundle
         t0 = time.perf_counter()
-        x = b.detector.scaler.transform(window).astype(np.float32)
+        with np.errstate(over="ignore", invalid="ignore"):  # absurd samples: inf here is caught below
+            x = b.detector.scaler.transform(window).astype(np.float32)
         y = b.model.reconstruct(x)
         self.times.inference += time.perf_counter() - t0
         self.times.windows += 1
         s, c = reconstruction_scores(x[None], y[None], len(b.detector.spec.channels))
+        if not (np.isfinite(s[0]) and np.isfinite(c[0]).all()):
+            return self._not_finite(window)
         if self.events is not None and floor is not None:
-            return self._combined(x, float(s[0]), c[0], floor, t)
+            scored = self._combined(x, float(s[0]), c[0], floor, t)
+            return scored if scored is not None else self._not_finite(window)
         decision = self.alarm.update(float(s[0]), c[0])
         if decision.event == "raised":
             self._since = t
@@ -152,20 +173,37 @@ class Pipeline:
             self._since = None
         return Scored(t, float(s[0]), decision.level, c[0], decision, self._since)
 
-    def _combined(self, x: np.ndarray, score: float, contrib: np.ndarray, floor: np.ndarray, t: float) -> Scored:
-        """The combined detector's verdict on one window (the same steps as ``vibrawatch evaluate``)."""
+    def _not_finite(self, window: np.ndarray) -> None:
+        """Count a window whose score is not finite. When its features (before the bundle's scaler and model)
+        are all within ``SANE_FEATURE``, the samples were sane and the bundle itself failed: a deploy's
+        probation rolls such a bundle back (agent.deploy). Absurd samples (±1e38: an RMS of 1e38) stay a
+        sensor fault only."""
+        self.times.non_finite += 1
+        if np.all(np.abs(window) <= SANE_FEATURE):  # NaN compares False: not sane either
+            self.times.model_non_finite += 1
+
+    def _combined(self, x: np.ndarray, score: float, contrib: np.ndarray, floor: np.ndarray, t: float
+                  ) -> Scored | None:
+        """The combined detector's verdict on one window (the same steps as ``vibrawatch evaluate``); None,
+        with the event state untouched, when any level it would decide on is not finite."""
         d = self.bundle.detector
         assert self.events is not None and d.floor is not None
         sl, cl = d.model_levels(x[None], np.array([score]), contrib[None])
-        v = self.events.update(t, float(sl[0]), cl[0], d.floor.ratios(floor), d.own_z(x[None])[0],
-                               d.floor.log_level(floor))
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            ratios, own, log_level = d.floor.ratios(floor), d.own_z(x[None])[0], d.floor.log_level(floor)
+            energy = (np.mean(np.stack(self._energies), axis=0)
+                      if self._diagnosis is not None and len(self._energies) else None)
+        if not all(np.isfinite(a).all() for a in (sl, cl, ratios, own, log_level)) or (
+                energy is not None and not np.isfinite(energy).all()):
+            return None
+        v = self.events.update(t, float(sl[0]), cl[0], ratios, own, log_level)
         if v.active and self._since is None:
             self._since = t
         elif not v.active:
             self._since = None
         at_raise: dict[int, dict[str, Any]] = {}
         found: dict[int, dict[str, Any]] = {}
-        if self._diagnosis is not None and len(self._energies):
-            at_raise, found = self._diagnosis.update(v, np.mean(np.stack(self._energies), axis=0))
+        if energy is not None and self._diagnosis is not None:
+            at_raise, found = self._diagnosis.update(v, energy)
         decision = Decision(v.above, bool(v.active), v.event, v.channel, v.level)
         return Scored(t, score, v.level, contrib, decision, self._since, v, at_raise, found)

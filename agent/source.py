@@ -43,6 +43,7 @@ class Chunk:
     t_start: float  # time of samples[0], seconds (epoch, or since the start of the run)
     new_segment: bool = False  # does not continue the previous chunk: start a new frame
     fs_hz: float | None = None  # the rate the sensor reports for this chunk, if it reports one (rate check)
+    fault: str | None = None  # the source refused what it received (a malformed message): a sensor fault
 
 
 @dataclass(frozen=True)

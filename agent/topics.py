@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError
@@ -39,9 +39,22 @@ def topic(site: str, device: str, kind: str) -> str:
     return f"{PREFIX}/{site}/{device}/{kind}"
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_FIRST, _LAST = datetime.min.replace(tzinfo=timezone.utc), datetime.max.replace(tzinfo=timezone.utc)
+
+
 def iso(t: float) -> str:
-    """Timestamps in payloads: ISO 8601 UTC with milliseconds (the ``t`` field keeps the seconds)."""
-    return datetime.fromtimestamp(t, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """Timestamps in payloads: ISO 8601 UTC with milliseconds (the ``t`` field keeps the seconds).
+
+    Never raises: a time outside the years 1-9999 (or NaN, which reads as the epoch) becomes the nearest
+    time ISO 8601 can write. The sources refuse such times first; this keeps a bad clock from ever
+    stopping the agent in the middle of a message.
+    """
+    try:
+        d = _EPOCH + timedelta(seconds=t)
+    except (OverflowError, ValueError, TypeError):
+        d = _FIRST if isinstance(t, int | float) and t < 0 else _LAST if t == t else _EPOCH
+    return d.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def score_payload(*, t: float, score: float, threshold: float, level: float,

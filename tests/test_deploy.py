@@ -60,9 +60,10 @@ def model_sha(p: Path) -> str:
 @pytest.fixture(scope="module")
 def bundles(tiny_run: Path, tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """old: the tiny float32 bundle, signed; new: the same run converted again as float16 (another model file),
-    signed; badshape: old with a window one frame shorter than the model's input (passes its golden self-test,
-    fails on the first live window), signed; big: old padded past the test agents' size limit, signed;
-    unsigned: new without its signature."""
+    signed; broken: old with a scaler that sends every live window past float32 (passes verification and its
+    golden self-test, which start after the scaler; every live window scores NaN/inf), signed; big: old padded
+    past the test agents' size limit, signed; unsigned: new without its signature. (A window one frame shorter
+    than the model's input no longer verifies: the golden windows' shape is checked against it.)"""
     d = tmp_path_factory.mktemp("deploy-bundles")
     priv, _ = new_keypair(d / "keys")
     out = {"key": priv, "pub": d / "keys" / PUBLIC_NAME}
@@ -70,19 +71,19 @@ def bundles(tiny_run: Path, tiny_bundle: Path, tmp_path_factory: pytest.TempPath
     cli("convert", tiny_run, "--out", d / "new.tar", "--quantize", "float16", "--force", "--sign-key", priv)
     out["new"] = d / "new.tar"
 
-    def shorter(m: dict) -> None:
-        m["window"]["length"] -= 1
-        m["version"] += "-badshape"
+    def broken(m: dict) -> None:
+        m["scaler"]["scale"] = [v * 1e300 for v in m["scaler"]["scale"]]
+        m["version"] += "-broken"
 
     def padded(m: dict) -> None:
         m["padding"] = "x" * 400_000
         m["version"] += "-big"
 
-    out["badshape"] = resign(tiny_bundle, d / "badshape.tar", priv, shorter)
+    out["broken"] = resign(tiny_bundle, d / "broken.tar", priv, broken)
     out["big"] = resign(tiny_bundle, d / "big.tar", priv, padded)
     out["unsigned"] = resign(out["new"], d / "unsigned.tar", None)
     assert model_sha(out["old"]) != model_sha(out["new"])
-    load_bundle(out["badshape"], out["pub"])  # verifies: the failure only shows on live windows
+    load_bundle(out["broken"], out["pub"])  # verifies: the failure only shows on live windows
     return out
 
 
@@ -293,7 +294,7 @@ def test_bundle_that_fails_on_live_windows_rolls_back_and_old_model_keeps_scorin
     a = Agent(tmp_path, broker.port, "press7", bundles["old"], bundles["pub"]).start()
     agents.append(a)
     online(watcher, "press7", old)
-    code, out = deploy_cli(bundles["badshape"], "--broker", f"mqtt://127.0.0.1:{broker.port}", "--site", SITE,
+    code, out = deploy_cli(bundles["broken"], "--broker", f"mqtt://127.0.0.1:{broker.port}", "--site", SITE,
                            "--device", "press7", "--sign-key", bundles["key"], "--wait", 120)
     assert code == 1, out
     line = next(ln for ln in out.splitlines() if ln.startswith("press7"))

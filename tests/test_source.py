@@ -57,9 +57,9 @@ def test_samples_payload_parses() -> None:
 @pytest.mark.parametrize(("payload", "says"), [
     (b"{nope", "not JSON"),
     (b"[1, 2]", "JSON object"),
-    (_msg(v=2), "'v' is 2, expected 1"),
-    (_msg(t="now"), "'t' is 'now', expected a number"),
-    (_msg(fs_hz=0), "'fs_hz' is 0, expected > 0"),
+    (_msg(v=2), "field 'v' expected 1; 'v' is 2"),
+    (_msg(t="now"), "field 't' expected a number, epoch seconds; got 'now'"),
+    (_msg(fs_hz=0), "field 'fs_hz' expected a number > 0 and at most 1e\\+07; got 0"),
     (_msg(samples=[]), "'samples' expected a non-empty list"),
     (_msg(samples=[[1, 2], [3]]), "rows have different lengths"),
     (_msg(samples=[[1, "x"]]), "other than numbers"),
@@ -75,9 +75,10 @@ def test_source_drops_bad_messages_and_never_blocks_paho() -> None:
     src = MqttSampleSource("s", lambda t, h: handlers.setdefault(t, h), 20000, ("a", "b"), backlog=2)
     for p in (b"junk", _msg(t=1.0), _msg(t=2.0), _msg(t=3.0)):  # paho's thread: parse, queue, never wait
         src._on_message(p)
-    assert src.rejected == 1 and src.overflowed == 1
+    assert src.rejected == 1 and src.overflowed == 2
     it = src.chunks()
-    assert [next(it).t_start, next(it).t_start] == [1.0, 2.0]
+    refused, first = next(it), next(it)
+    assert refused.fault == "samples message refused: not JSON" and first.t_start == 1.0  # junk: a sensor fault
     assert handlers["s"] == src._on_message  # subscribed through the publisher (re-subscribed on reconnect)
 
 

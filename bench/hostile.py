@@ -1,0 +1,138 @@
+"""Hostile-input benchmark: what the spool takes on disk at its limit, and the agent's memory under large and
+malformed samples messages.
+
+    .venv/bin/python bench/hostile.py --bundle BUNDLE.tar [--big 5]
+
+- spool: 20,000 score messages into spools limited to 128 KB, 1 MB and 64 MB; the most the database and
+  its write-ahead log took on disk together, puts per second, messages dropped.
+- memory: the real `vibrawatch-agent run` (raw samples over MQTT, a local Mosquitto, the default message
+  bound: 3 s of samples at the bundle's rate) fed good samples, then --big messages of ~12 MB (over the
+  bound: refused unread), then --big of ~5 MB (under it: parsed and scored), then 400 malformed ones; its
+  resident memory after each step, and whether it still scores.
+Prints a Markdown table per part.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))  # the tests' Mosquitto helper
+
+
+def spool_part() -> None:
+    from vibrawatch.agent.spool import Spool
+
+    payload = {"v": 1, "timestamp": "2004-02-16T00:12:39.000Z", "t": 1076890359.0, "score": 0.2412,
+               "threshold": 0.2137, "level": 1.13, "model": "ims2-none-f845fe5516",
+               "contributions": {"bearing1": 0.151, "bearing2": 0.031, "bearing3": 0.028, "bearing4": 0.031}}
+    print("| spool limit | most on disk (db + WAL) | puts/s | dropped of 20,000 |\n|---|---|---|---|")
+    for kb in (128, 1024, 65536):
+        d = Path(tempfile.mkdtemp())
+        s = Spool(d / "s.db", max_bytes=kb * 1024)
+        most, t0 = 0, time.perf_counter()
+        for i in range(20_000):
+            s.put("vibrawatch/v1/plant1/press7/score", payload)
+            if i % 50 == 0:
+                most = max(most, s.disk_bytes())
+        rate = 20_000 / (time.perf_counter() - t0)
+        most = max(most, s.disk_bytes())
+        print(f"| {kb} KB | {most / 1024:.0f} KB | {rate:.0f} | {s.dropped} |")
+        s.close()
+
+
+def memory_part(bundle: Path, big: int) -> None:
+    import paho.mqtt.client as mqtt
+    from mosquitto import Broker
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from vibrawatch.agent.bundle import load_bundle
+
+    spec = load_bundle(bundle).detector.spec
+    fs, n_ch = spec.fs_hz, len(spec.channels)
+    tmp = Path(tempfile.mkdtemp())
+    (tmp / "broker").mkdir()
+    broker = Broker(tmp / "broker").start()
+    cfg = tmp / "agent.toml"
+    cfg.write_text(f'[agent]\nsite = "bench"\ndevice = "hostile"\nbundle = "{bundle.resolve()}"\n'
+                   f'spool = "{tmp / "spool.sqlite"}"\n[source]\nkind = "mqtt"\ntopic = "raw"\n'
+                   f'[mqtt]\nport = {broker.port}\n')
+    script = Path(sys.executable).with_name("vibrawatch-agent")
+    log = (tmp / "agent.log").open("w")
+    agent = subprocess.Popen([str(script), "run", "--config", str(cfg)], stdout=log, stderr=subprocess.STDOUT)
+    scores: list[float] = []
+    sub = mqtt.Client(CallbackAPIVersion.VERSION2)
+    sub.on_message = lambda c, u, m: scores.append(json.loads(m.payload)["score"])
+    sub.connect("127.0.0.1", broker.port)
+    sub.subscribe("vibrawatch/v1/bench/hostile/score", qos=1)
+    sub.loop_start()
+    node = mqtt.Client(CallbackAPIVersion.VERSION2)
+    node.connect("127.0.0.1", broker.port)
+    node.loop_start()
+    rng = np.random.default_rng(0)
+    t = [1.7e9]
+
+    def rss() -> float:
+        for line in Path(f"/proc/{agent.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def send(rows: int, times: int = 1) -> None:
+        for _ in range(times):
+            body = {"v": 1, "t": t[0], "fs_hz": fs, "samples": (rng.standard_normal((rows, n_ch)) * 0.1).tolist()}
+            node.publish("raw", json.dumps(body), qos=1).wait_for_publish(120)
+            t[0] += rows / fs
+
+    def settle() -> None:
+        time.sleep(5)
+
+    time.sleep(5)
+    send(1024, int(10 * fs / 1024))  # 10 s of good samples
+    settle()
+    steps = [("good samples (10 s)", rss(), len(scores))]
+    send(120_000, big)  # ~12 MB each at 4 channels
+    settle()
+    steps.append((f"{big} x {120_000 * n_ch * 25 / 1e6:.0f} MB messages (refused unread)", rss(), len(scores)))
+    send(int(2.5 * fs), big)
+    settle()
+    steps.append((f"{big} x {2.5 * fs * n_ch * 25 / 1e6:.0f} MB messages (parsed, scored)", rss(), len(scores)))
+    junk = [b'{"v": 1, "t": NaN, "fs_hz": 1, "samples": [[1]]}', b"[" * 50_000 + b"]" * 50_000,
+            b'{"v": 1, "t": 1, "fs_hz": ' + b"9" * 401 + b', "samples": [[1]]}', b'{"v": true}', b"\xff"]
+    for i in range(400):
+        node.publish("raw", junk[i % len(junk)], qos=1).wait_for_publish(30)
+    send(1024, int(10 * fs / 1024))
+    settle()
+    steps.append(("400 malformed, then 10 s of good samples", rss(), len(scores)))
+    alive = agent.poll() is None
+    agent.terminate()
+    agent.wait(30)
+    log.close()
+    node.loop_stop()
+    sub.loop_stop()
+    broker.stop()
+    print("\n| after | agent RSS | scores so far |\n|---|---|---|")
+    for name, mb, n in steps:
+        print(f"| {name} | {mb:.1f} MB | {n} |")
+    print(f"\nagent {'alive' if alive else 'DIED'} at the end; log: {tmp / 'agent.log'}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--bundle", type=Path, required=True, help="a bundle made by `vibrawatch convert`")
+    ap.add_argument("--big", type=int, default=5, help="large messages per size")
+    args = ap.parse_args()
+    spool_part()
+    memory_part(args.bundle, args.big)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,384 @@
+"""Hostile input on the samples topic and faults around the MQTT connection: what drills against a running
+agent found (crashes, a silently dead network thread, garbage accepted), each refused now with a reason."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import socket
+import ssl
+import time
+from pathlib import Path
+
+import numpy as np
+import paho.mqtt.client as mqtt
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from mosquitto import Broker, free_port
+from paho.mqtt.enums import CallbackAPIVersion
+
+from vibrawatch.agent.config import AgentConfig, AgentSection, MqttSection
+from vibrawatch.agent.mqtt_source import MAX_T, MqttSampleSource, SamplesRefused, parse_samples
+from vibrawatch.agent.publish import Publisher, connect_failure_reason
+from vibrawatch.agent.spool import Spool
+from vibrawatch.agent.topics import iso
+
+BIG = "9" * 401  # a 401-digit integer: float() overflows, numpy overflows
+
+
+def _raw(t: str = "1.5", fs: str = "20000", samples: str = "[[0.1, 0.2], [0.3, 0.4]]", v: str = "1") -> bytes:
+    """A samples message written as text, so that JSON's NaN/Infinity and huge integers go in verbatim."""
+    return f'{{"v": {v}, "t": {t}, "fs_hz": {fs}, "samples": {samples}}}'.encode()
+
+
+HOSTILE = {
+    "t NaN": (_raw(t="NaN"), "field 't'"),
+    "t +Infinity": (_raw(t="Infinity"), "field 't'"),
+    "t -Infinity": (_raw(t="-Infinity"), "field 't'"),
+    "t 1e20": (_raw(t="1e20"), "field 't' expected epoch seconds between 1970 and 9999"),
+    "t 1e308": (_raw(t="1e308"), "field 't'"),
+    "t past 9999": (_raw(t=str(int(MAX_T) + 400 * 86400)), "field 't'"),
+    "t negative": (_raw(t="-5"), "field 't'"),
+    "t 401 digits": (_raw(t=BIG), "field 't'"),
+    "fs_hz 401 digits": (_raw(fs=BIG), "field 'fs_hz'"),
+    "sample 401 digits": (_raw(samples=f"[[{BIG}, 1]]"), "field 'samples' holds a number beyond the float range"),
+    "nested 50000 deep": (_raw(samples="[" * 50_000 + "]" * 50_000), "nested too deep"),
+    "all nested 50000 deep": (b"[" * 50_000 + b"]" * 50_000, "nested too deep"),
+    "v true": (_raw(v="true"), "field 'v' expected 1"),
+    "fs_hz NaN": (_raw(fs="NaN"), "field 'fs_hz'"),
+    "fs_hz true": (_raw(fs="true"), "field 'fs_hz'"),
+    "booleans as samples": (_raw(samples="[[true, false], [false, true]]"), "other than numbers"),
+    "strings as samples": (_raw(samples='[["1.5", "2"]]'), "other than numbers"),
+    "empty rows": (_raw(samples="[[], []]"), "rows have different lengths"),
+    "rows of rows": (_raw(samples="[[[1, 2]], [[3, 4]]]"), "other than numbers"),
+    "not UTF-8": (b"\xff\xfe{", "not JSON"),
+    "digits beyond Python's limit": (_raw(t="1" * 5000), "not JSON"),
+}
+
+
+@pytest.mark.parametrize("name", list(HOSTILE))
+def test_hostile_samples_messages_are_refused_naming_the_field(name: str) -> None:
+    payload, says = HOSTILE[name]
+    with pytest.raises(SamplesRefused, match=says):
+        parse_samples(payload)
+
+
+def test_a_message_over_the_size_bound_is_refused_before_it_is_parsed() -> None:
+    rows = np.full((5000, 4), 0.0123456789).tolist()
+    body = json.dumps({"v": 1, "t": 1.0, "fs_hz": 20000, "samples": rows}).encode()
+    assert parse_samples(body, max_bytes=len(body)).samples.shape == (5000, 4)
+    with pytest.raises(SamplesRefused, match=rf"larger than the {len(body) - 1}-byte limit.*max_message_bytes"):
+        parse_samples(body, max_bytes=len(body) - 1)
+    src = MqttSampleSource("s", lambda t, h: None, 20000, ("a", "b", "c", "d"))  # default: ~3 s at 20 kHz x 4
+    assert src.max_message_bytes == 3 * 20000 * 4 * 24
+
+
+def test_every_hostile_message_becomes_a_sensor_fault_and_one_log_line_per_reason(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """On paho's thread nothing may raise; each refusal reaches the pipeline as a fault (a ``sensor`` status)
+    and the log gets one line per reason, not one per message (a flood must not fill the disk)."""
+    src = MqttSampleSource("s", lambda t, h: None, 20000, ("a", "b"), backlog=1000)
+    caplog.set_level(logging.WARNING, "vibrawatch.source")
+    for _ in range(20):
+        for payload, _says in HOSTILE.values():
+            src._on_message(payload)  # would raise (and kill paho's thread) before
+    assert src.rejected == 20 * len(HOSTILE)
+    fault = src._queue.get_nowait()  # the first refusal is the sensor fault; the rest of the run only counts
+    assert fault.fault == "samples message refused: field 't' expected a number, epoch seconds" and src._queue.empty()
+    lines = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    reasons = {e.reason for p, _ in HOSTILE.values() for e in [_refusal(p)]}
+    assert len(lines) == len(reasons)  # one line per distinct reason, not one per message
+    assert any("got nan" in line for line in lines)  # the log line shows the value; the status the reason
+    src._on_message(_raw())  # good samples end the run of refusals: the next one is a fault again
+    src._on_message(_raw(v="2"))
+    assert [c.fault for c in list(src._queue.queue)] == [None, "samples message refused: field 'v' expected 1"]
+
+
+def _refusal(payload: bytes) -> SamplesRefused:
+    try:
+        parse_samples(payload)
+    except SamplesRefused as e:
+        return e
+    raise AssertionError(f"{payload[:40]!r} was accepted")
+
+
+def test_iso_time_never_fails() -> None:
+    for t in (math.nan, math.inf, -math.inf, 1e20, 1e308, -1e20, MAX_T + 1e9):
+        assert iso(t)[4] == "-" and iso(t).endswith("Z")
+    assert iso(1700000000.123) == "2023-11-14T22:13:20.123Z"
+
+
+def test_huge_samples_make_a_sensor_status_never_a_non_finite_score(tiny_bundle: Path, tiny_data: Path) -> None:
+    """±1e38 is a finite float32, but the features overflow: the score must not go out as NaN/inf (the spool's
+    JSON encoding refused it and the agent died), and the alarm state must not see it."""
+    from vibrawatch.agent.bundle import load_bundle
+    from vibrawatch.agent.loaders import load
+    from vibrawatch.agent.pipeline import Pipeline, Scored, SensorStatus
+    from vibrawatch.agent.source import Chunk, ReplaySource
+    from vibrawatch.agent.topics import encode, window_messages
+
+    b = load_bundle(tiny_bundle)
+    rec = load(tiny_data)
+    pipe = Pipeline(b)
+    events = []
+    for c in ReplaySource(tiny_data, chunk=4096).chunks():
+        if c.t_start >= rec.timestamps[b.detector.window + 2]:
+            break
+        events += pipe.process(c)
+    assert any(isinstance(e, Scored) for e in events)
+    t = float(rec.timestamps[b.detector.window + 2])
+    huge = np.where(rec.data[0] > 0, 1e38, -1e38).astype(np.float32)
+    bad = [e for i in range(b.detector.window + 2) for e in pipe.process(Chunk(huge, t + 10 * i, new_segment=True))]
+    assert [type(e) for e in bad] == [SensorStatus] and "non-finite score" in (bad[0].reason or "")
+    assert pipe.times.model_non_finite == 0  # the samples' doing, not the model's: a deploy's probation goes on
+    good = [e for i in range(b.detector.window + 2)
+            for e in pipe.process(Chunk(rec.data[i], t + 1000 + 10 * i, new_segment=True))]
+    scored = [e for e in good if isinstance(e, Scored)]
+    assert isinstance(good[0], SensorStatus) and good[0].reason is None and scored  # it scores again
+    for e in scored:  # and what it scores can be sent
+        for _kind, payload in window_messages(e, b.detector.channels, b.detector.threshold, b.version):
+            encode(payload)
+
+
+def test_a_model_that_outputs_nan_on_probation_is_rolled_back(tiny_bundle: Path, tiny_data: Path, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pipeline withholds a non-finite score as a sensor fault, so a deploy's per-score check never sees
+    it: the probation counts windows whose model output was NaN/inf on a finite input, and rolls back."""
+    from vibrawatch.agent.bundle import load_bundle
+    from vibrawatch.agent.config import DeploySection
+    from vibrawatch.agent.deploy import Deployer
+    from vibrawatch.agent.pipeline import NON_FINITE, Pipeline, Scored, SensorStatus
+    from vibrawatch.agent.source import ReplaySource
+
+    b = load_bundle(tiny_bundle)
+    monkeypatch.setattr(b.model, "reconstruct", lambda x: np.full_like(x, np.nan))
+    pipe = Pipeline(b)
+    events = [e for c in ReplaySource(tiny_data, chunk=4096).chunks() for e in pipe.process(c)]
+    assert not any(isinstance(e, Scored) for e in events)
+    assert [e.reason for e in events if isinstance(e, SensorStatus)][:1] == [NON_FINITE]
+    assert pipe.times.model_non_finite > 0
+    cfg = AgentConfig(AgentSection("lab", "gw9", str(tiny_bundle)), deploy=DeploySection(state_dir=str(tmp_path)))
+    deployer, rolled = Deployer(cfg), []
+    monkeypatch.setattr(deployer, "_rollback", rolled.append)
+    deployer.probation = {"to": "new"}
+    deployer._judge(Pipeline(b))  # the probation's start
+    assert rolled == []
+    pipe = deployer._base[0]  # type: ignore[index]
+    for c in ReplaySource(tiny_data, chunk=4096).chunks():
+        pipe.process(c)
+        if pipe.times.model_non_finite:
+            break
+    deployer._judge(pipe)
+    assert len(rolled) == 1 and "not finite" in rolled[0]
+
+
+def _publisher(tmp_path: Path, port: int, **mqtt_kw: object) -> tuple[Publisher, Spool]:
+    cfg = AgentConfig(AgentSection("lab", "gw9", "unused", spool=str(tmp_path / "spool.sqlite")),
+                      mqtt=MqttSection(port=port, max_backoff_s=1, **mqtt_kw))  # type: ignore[arg-type]
+    spool = Spool(cfg.agent.spool)
+    return Publisher(cfg, spool, {"model": "m"}), spool
+
+
+def _wait(cond: object, timeout: float = 30) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():  # type: ignore[operator]
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_an_exception_in_a_message_handler_does_not_kill_the_network_thread(tmp_path: Path) -> None:
+    """paho lets a callback's exception end its thread: the agent lived on, deaf and mute. Now the error is
+    logged, put in the retained status, and the next message arrives."""
+    broker = Broker(tmp_path).start()
+    pub, spool = _publisher(tmp_path, broker.port)
+    got: list[bytes] = []
+
+    def handler(payload: bytes) -> None:
+        if payload == b"boom":
+            raise RuntimeError("handler bug")
+        got.append(payload)
+
+    statuses: list[dict] = []
+    node = mqtt.Client(CallbackAPIVersion.VERSION2)
+    node.on_message = lambda c, u, m: statuses.append(json.loads(m.payload))
+    try:
+        pub.subscribe("lab/raw", handler)
+        pub.start()
+        assert _wait(lambda: pub.connected)
+        node.connect("127.0.0.1", broker.port)
+        node.subscribe("vibrawatch/v1/lab/gw9/status", qos=1)
+        node.loop_start()
+        assert _wait(lambda: statuses)
+        time.sleep(0.5)  # the agent's subscription is in place
+        node.publish("lab/raw", b"boom", qos=1).wait_for_publish(5)
+        node.publish("lab/raw", b"after", qos=1).wait_for_publish(5)
+        assert _wait(lambda: got == [b"after"], 15), "the network thread died with the handler's exception"
+        assert _wait(lambda: "RuntimeError: handler bug" in statuses[-1].get("error", ""))
+        assert statuses[-1]["state"] == "online"
+    finally:
+        node.loop_stop()
+        pub.stop()
+        spool.close()
+        broker.stop()
+
+
+def test_an_unreachable_broker_is_logged_with_the_reason_then_at_a_capped_interval(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    import vibrawatch.agent.publish as publish
+
+    monkeypatch.setattr(publish, "UNREACHABLE_LOG_FIRST_S", 2.0)
+    caplog.set_level(logging.INFO, "vibrawatch.publish")
+    port = free_port()  # nothing listens there
+    pub, spool = _publisher(tmp_path, port)
+    for i in range(3):
+        spool.put("t", {"i": i})
+    try:
+        pub.start()
+        assert _wait(lambda: pub._failures >= 7, 60)
+    finally:
+        pub.stop()
+        spool.close()
+    lines = [r.getMessage() for r in caplog.records if "reach the broker" in r.getMessage()]
+    assert lines[0] == (f"cannot reach the broker at 127.0.0.1:{port}: connection refused: nothing listens on that "
+                        "host and port (wrong port, or the broker is down); retrying every 1 s at most, 3 message(s) "
+                        "spooled")
+    assert any(f"still cannot reach the broker at 127.0.0.1:{port} after" in line and "3 message(s) spooled" in line
+               for line in lines[1:])
+    assert len(lines) < 7  # not one line per attempt: 2 s, then 4 s, 8 s ... up to 300 s between lines
+
+
+def test_tls_refused_is_logged_with_the_reason(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """TLS configured against a plain listener: the handshake fails, and the log says it is TLS."""
+    broker = Broker(tmp_path).start()
+    caplog.set_level(logging.INFO, "vibrawatch.publish")
+    pub, spool = _publisher(tmp_path, broker.port, tls=True)
+    try:
+        pub.start()
+        assert _wait(lambda: pub._failures >= 1, 30)
+    finally:
+        pub.stop()
+        spool.close()
+        broker.stop()
+    lines = [r.getMessage() for r in caplog.records if "reach the broker" in r.getMessage()]
+    assert "TLS handshake failed" in lines[0] and "check ca_file" in lines[0]
+
+
+def test_failure_reasons_name_dns_and_tls() -> None:
+    assert "does not resolve (DNS" in connect_failure_reason(socket.gaierror(-2, "Name or service not known"))
+    assert "TLS handshake failed" in connect_failure_reason(ssl.SSLError(1, "certificate verify failed"))
+
+
+def test_drops_while_connected_are_logged_and_reach_the_status(tmp_path: Path,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    """A spool too small for the rate drops while the broker is connected; before, the status said 0 dropped
+    (it was only sent on connect) and the log said nothing."""
+    broker = Broker(tmp_path).start()
+    caplog.set_level(logging.WARNING, "vibrawatch.publish")
+    cfg = AgentConfig(AgentSection("lab", "gw8", "unused", spool=str(tmp_path / "spool.sqlite")),
+                      mqtt=MqttSection(port=broker.port, inflight=1))
+    spool = Spool(cfg.agent.spool, max_bytes=128 * 1024)
+    pub = Publisher(cfg, spool, {"model": "m"})
+    statuses: list[dict] = []
+    node = mqtt.Client(CallbackAPIVersion.VERSION2)
+    node.on_message = lambda c, u, m: statuses.append(json.loads(m.payload))
+    try:
+        pub.start()
+        assert _wait(lambda: pub.connected)
+        node.connect("127.0.0.1", broker.port)
+        node.subscribe("vibrawatch/v1/lab/gw8/status", qos=1)
+        node.loop_start()
+        assert _wait(lambda: statuses and statuses[-1]["spool_dropped"] == 0)
+        while spool.dropped == 0:
+            pub.enqueue("score", {"pad": "x" * 2000})
+        assert pub.connected
+        assert _wait(lambda: statuses[-1]["spool_dropped"] > 0), "the status still says nothing was dropped"
+    finally:
+        node.loop_stop()
+        pub.stop()
+        spool.close()
+        broker.stop()
+    lines = [r.getMessage() for r in caplog.records if "spool full" in r.getMessage()]
+    assert len(lines) == 1 and "the broker takes messages slower than they come" in lines[0]
+
+
+# -- fuzzing: thousands of generated payloads per run, derandomized (the same ones every run) -----------------
+_special = st.sampled_from([10**401, -(10**401), 10**20, 2**63, 1e308, 1e38, -1e38, 1e20, 253402300800.0])
+_scalar = (st.none() | st.booleans() | st.integers(-(2**70), 2**70) | _special
+           | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=6))
+_json = st.recursive(_scalar, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner,
+                                                                                            max_size=4), max_leaves=8)
+_number = st.floats() | st.integers(0, 2**40) | _scalar
+_row = st.lists(st.floats(width=32) | st.integers(-5, 5) | _scalar, min_size=0, max_size=4)
+_message = st.fixed_dictionaries(
+    {}, optional={"v": st.just(1) | _scalar, "t": _number, "fs_hz": _number,
+                  "samples": st.lists(_row, max_size=6) | _json, "extra": _json},
+)
+
+
+def _encoded(msg: object) -> bytes:
+    return json.dumps(msg, allow_nan=True).encode()
+
+
+FUZZ = settings(max_examples=2000, derandomize=True, deadline=None, database=None,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+@FUZZ
+@given(st.one_of(_message.map(_encoded), _json.map(_encoded), st.binary(max_size=64)))
+def test_fuzz_the_samples_parser_refuses_or_returns_a_sane_chunk(payload: bytes) -> None:
+    try:
+        c = parse_samples(payload, max_bytes=1 << 16)
+    except SamplesRefused as e:
+        assert e.reason and str(e)
+        return
+    assert 0 <= c.t_start <= MAX_T and c.fs_hz is not None and 0 < c.fs_hz <= 1e7
+    assert c.samples.dtype == np.float32 and c.samples.ndim == 2 and min(c.samples.shape) >= 1
+
+
+@settings(FUZZ, max_examples=800)  # 800 lists of 1-4 messages: ~2000 payloads
+@given(st.lists(st.one_of(_message.map(_encoded), st.binary(max_size=32)), min_size=1, max_size=4))
+def test_fuzz_the_samples_callback_never_raises_and_never_loses_a_message_silently(payloads: list[bytes]) -> None:
+    src = MqttSampleSource("s", lambda t, h: None, 20000, ("a", "b"), backlog=16)
+    for p in payloads:
+        src._on_message(p)  # runs on paho's thread: an exception here would end it
+    chunks = list(src._queue.queue)
+    assert src.rejected + sum(1 for c in chunks if not c.fault) == len(payloads)  # each used, or counted
+    assert src.rejected == 0 or any(c.fault for c in chunks)  # and a refusal is never without a sensor fault
+
+
+def test_callbacks_survive_a_failing_log_handler() -> None:
+    """Even a logging failure inside the refusal path stays on this side of paho's thread."""
+    src = MqttSampleSource("s", lambda t, h: None, 20000, ("a", "b"))
+
+    class Broken(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            raise OSError("disk full")
+
+        def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+            raise OSError("disk full")
+
+    h = Broken()
+    logging.getLogger("vibrawatch.source").addHandler(h)
+    try:
+        src._on_message(b"junk")
+    finally:
+        logging.getLogger("vibrawatch.source").removeHandler(h)
+    assert src.rejected == 1
+
+
+def test_a_large_block_reaches_the_pipeline_in_consecutive_pieces() -> None:
+    """So the pipeline's temporaries stay those of a small chunk whatever the message size."""
+    from vibrawatch.agent.mqtt_source import PIECE_ROWS
+
+    src = MqttSampleSource("s", lambda t, h: None, 20000, ("a", "b"), stop=lambda: src._queue.empty())
+    rows = np.arange(2 * (2 * PIECE_ROWS + 100), dtype=float).reshape(-1, 2)
+    src._on_message(json.dumps({"v": 1, "t": 100.0, "fs_hz": 20000, "samples": rows.tolist()}).encode())
+    pieces = list(src.chunks())
+    assert [len(p.samples) for p in pieces] == [PIECE_ROWS, PIECE_ROWS, 100]
+    np.testing.assert_array_equal(np.concatenate([p.samples for p in pieces]), rows.astype(np.float32))
+    assert [p.t_start for p in pieces] == [100.0, 100.0 + PIECE_ROWS / 20000, 100.0 + 2 * PIECE_ROWS / 20000]
+    assert all(p.fs_hz == 20000 for p in pieces)  # each still carries the node's rate for the rate check
