@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -86,8 +87,10 @@ def test_training_is_reproducible(tiny_run: Path, tiny_data: Path, tmp_path: Pat
 def test_workstation_commands_keep_tensorflow_start_up_noise_off_stderr(tiny_data: Path, tmp_path: Path) -> None:
     """What a user reads is vibrawatch's output: no CUDA probing, oneDNN or absl lines (``--verbose`` shows them)."""
     exe = Path(sys.executable).with_name("vibrawatch")
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}  # a user's shell, not this process
     res = subprocess.run([str(exe), "train", "--data", str(tiny_data), "--healthy-until", "50%", "--config",
-                          str(TINY_CONFIG), "--out", str(tmp_path / "r"), "--quiet"], capture_output=True, text=True)
+                          str(TINY_CONFIG), "--out", str(tmp_path / "r"), "--quiet"], capture_output=True, text=True,
+                         env=env)
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout)["run_dir"] == str(tmp_path / "r")
     assert res.stderr.strip() == "", res.stderr[:2000]

@@ -27,7 +27,7 @@ _NOISE = re.compile(r"^([IWE]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ [\w.]+:\d+\]|WARNING:
 
 def quiet_tensorflow() -> None:
     """Set the log levels and hook the import of TensorFlow; call before anything imports it."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"  # errors too: CUDA probing logs as one; --verbose shows them all
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
     if not any(isinstance(f, _QuietImport) for f in sys.meta_path):
         sys.meta_path.insert(0, _QuietImport())
