@@ -14,7 +14,6 @@ from vibrawatch.agent.loaders import load
 from vibrawatch.monitor.live import run_live, sample_messages
 
 
-@pytest.mark.slow
 def test_live_path_on_the_embedded_amqtt_broker_stores_the_alarm_of_the_offline_evaluation(
         tiny_bundle: Path, tiny_run: Path, tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("amqtt", reason="amqtt not installed: pip install -e '.[dev]' (tests/run.sh does it)")
@@ -36,7 +35,6 @@ def test_live_path_on_the_embedded_amqtt_broker_stores_the_alarm_of_the_offline_
     assert "falling back to MQTT 3.1.1" in agent_log  # publish.py's fallback for a broker that never answers
 
 
-@pytest.mark.slow
 def test_lorenz_demo_alarms_live_once_the_node_switches_to_the_broken_parameters(tmp_path: Path) -> None:
     out = cli("demo", "--lorenz", "--out", tmp_path / "lorenz", "--quiet", "--for", "40")
     summary = json.loads((tmp_path / "lorenz" / "live" / "summary.json").read_text())

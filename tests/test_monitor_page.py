@@ -23,7 +23,6 @@ from vibrawatch.monitor.store import open_store
 ARTIFACTS = ROOT / "test-artifacts"
 
 
-@pytest.mark.slow
 def test_page_shows_the_device_and_its_chart_and_both_change_when_the_agent_raises_an_alarm(
         tiny_bundle: Path, tiny_data: Path, tmp_path: Path) -> None:
     if chromium_binary() is None:
