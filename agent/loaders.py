@@ -7,10 +7,8 @@ Formats, recognised from the path (``detect_format``):
   (every 10 s), rows of hour, minute, second, microsecond, horizontal and vertical acceleration (g), separated
   by ``,`` or ``;``; ``temp_NNNNN.csv`` files beside them are skipped. Time is the file number x 10 s (the
   row times are the test bench's clock, which wraps at midnight and is corrupt in a few published files).
-- ``cwru_mat``: a Case Western Reserve bearing-data ``.mat`` file: the drive-end, fan-end and base
-  accelerometers (``X<nnn>_DE_time``, ``_FE_time``, ``_BA_time``) as one continuous snapshot, and the motor
-  speed (``X<nnn>RPM``) when present. The sample rate is not in the file: 12 kHz unless told
-  (``[features] fs_hz = 48000`` for the 48 kHz sets). Needs scipy, imported only when such a file is read.
+- ``cwru_mat``: a Case Western Reserve ``.mat`` file, recognised here and read on the workstation only
+  (``vibrawatch.train.cwru``, scipy): ``load`` here refuses it with that said.
 - ``npz``: a snapshot archive with ``data`` (snapshots, samples, channels), ``timestamps``, ``fs_hz`` and
   ``channels``; loaded with ``allow_pickle=False``. Timestamps before 1980 are taken as seconds since the
   start of the run (FEMTO, simulators).
@@ -38,12 +36,9 @@ from .recording import FeatureTable, Recording
 IMS_NAME = re.compile(r"^(\d{4})\.(\d{2})\.(\d{2})\.(\d{2})\.(\d{2})\.(\d{2})$")
 IMS_FS_HZ = 20000.0
 RELATIVE_BEFORE = 315532800.0  # 1980-01-01: earlier timestamps count from the start of the run
-FORMATS = ("ims_dir", "femto_dir", "npz", "csv", "json", "cwru_mat")
 FEMTO_NAME = re.compile(r"^acc_(\d+)\.csv$")
 FEMTO_INTERVAL_S = 10.0
 FEMTO_FS_HZ = 25600.0
-CWRU_FS_HZ = 12000.0
-CWRU_SIGNALS = (("DE", "drive_end"), ("FE", "fan_end"), ("BA", "base"))
 
 
 def detect_format(path: str | Path) -> str:
@@ -77,7 +72,8 @@ def load(path: str | Path) -> Recording | FeatureTable:
     if fmt == "femto_dir":
         return load_femto_dir(path)
     if fmt == "cwru_mat":
-        return load_cwru_mat(path)
+        raise DataFormatError(Path(path), "a MATLAB file is read on the workstation (vibrawatch train, evaluate), "
+                              "not by the gateway", expected="an .npz archive or the published format")
     if fmt == "npz":
         return load_snapshot_npz(path)
     if fmt == "csv":
@@ -230,62 +226,6 @@ def load_femto_dir(path: str | Path, fs_hz: float = FEMTO_FS_HZ) -> Recording:
         data[i] = read_femto_file(p, n_rows=first.shape[0])
     times = np.array([(n - numbered[0][0]) * FEMTO_INTERVAL_S for n, _ in numbered], dtype=np.float64)
     return Recording(data, times, float(fs_hz), ("horiz_acc_g", "vert_acc_g"), str(d), relative_time=True)
-
-
-def load_cwru_mat(path: str | Path, fs_hz: float = CWRU_FS_HZ) -> Recording:
-    """A Case Western Reserve ``.mat`` file (see the module docstring) -> one snapshot; ``rpm`` when present.
-
-    Some published files hold a second record's variables too (``X098_*`` inside ``99.mat``): the record
-    whose number is the file's own is taken; with no such number, several records are an error.
-    """
-    import scipy.io  # the workstation's; a gateway never reads .mat files
-
-    p = Path(path)
-    try:
-        mat = scipy.io.loadmat(p)
-    except Exception as e:  # scipy raises ValueError, TypeError or its own MatReadError for a damaged file
-        raise DataFormatError(p, f"not a readable MATLAB file ({str(e)[:80]})", expected="a CWRU .mat file") from None
-    sig = re.compile(r"^X(\d+)_(DE|FE|BA)_time$")
-    records = sorted({m.group(1) for k in mat if (m := sig.match(k))})
-    if not records:
-        names = sorted(k for k in mat if not k.startswith("__"))
-        raise DataFormatError(p, f"no accelerometer variables; it has {names[:8]}",
-                              expected="X<nnn>_DE_time (and _FE_time, _BA_time)")
-    rec = records[0]
-    if len(records) > 1:
-        own = [r for r in records if p.stem.isdigit() and int(r) == int(p.stem)]
-        if not own:
-            raise DataFormatError(p, f"several records {['X' + r for r in records]} and none is the file's number",
-                                  expected="one record, or a file named by its record number (e.g. 99.mat)")
-        rec = own[0]
-    columns, names = [], []
-    for key, name in CWRU_SIGNALS:
-        var = f"X{rec}_{key}_time"
-        if var not in mat:
-            continue
-        a = np.asarray(mat[var])
-        if a.ndim != 2 or 1 not in a.shape or not np.issubdtype(a.dtype, np.number):
-            raise DataFormatError(p, f"{var} is {a.dtype} {a.shape}", where=f"variable {var}",
-                                  expected="one column of numbers")
-        a = a.reshape(-1).astype(np.float64)
-        bad = np.flatnonzero(~np.isfinite(a))
-        if bad.size:
-            raise DataFormatError(p, f"non-finite value {a[bad[0]]!r}", where=f"variable {var}, row {bad[0] + 1}",
-                                  expected="finite samples")
-        if columns and len(a) != len(columns[0]):
-            raise DataFormatError(p, f"{var} has {len(a)} samples, {names[0]} has {len(columns[0])}",
-                                  where=f"variable {var}", expected="equally long signals")
-        columns.append(a)
-        names.append(name)
-    rpm = None
-    if f"X{rec}RPM" in mat:
-        r = np.asarray(mat[f"X{rec}RPM"])
-        if r.size != 1 or not np.issubdtype(r.dtype, np.number) or not float(r.reshape(-1)[0]) > 0:
-            raise DataFormatError(p, f"X{rec}RPM is {r.reshape(-1)[:3]!r}", where=f"variable X{rec}RPM",
-                                  expected="one positive number")
-        rpm = float(r.reshape(-1)[0])
-    data = np.stack(columns, axis=1)[None].astype(np.float32)
-    return Recording(data, np.zeros(1), float(fs_hz), tuple(names), str(p), relative_time=True, rpm=rpm)
 
 
 def load_snapshot_npz(path: str | Path) -> Recording:

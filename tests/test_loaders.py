@@ -13,6 +13,7 @@ from conftest import shared
 from vibrawatch.agent.errors import DataFormatError
 from vibrawatch.agent.loaders import detect_format, load, load_ims_dir, save_snapshot_npz
 from vibrawatch.agent.recording import FeatureTable, Recording
+from vibrawatch.train import cwru
 
 
 def test_ims_sample_directory_loads_in_time_order() -> None:
@@ -280,7 +281,7 @@ def test_cwru_mat_file_as_published(tmp_path: Path) -> None:
     de, fe, ba = (rng.normal(0, 0.1, (1200, 1)) for _ in range(3))
     p = _cwru_mat(tmp_path / "105.mat", {"X105_DE_time": de, "X105_FE_time": fe, "X105_BA_time": ba,
                                          "X105RPM": np.array([[1797]])})
-    rec = load(p)
+    rec = cwru.load(p)
     assert isinstance(rec, Recording)
     assert rec.channels == ("drive_end", "fan_end", "base") and rec.data.shape == (1, 1200, 3)
     assert rec.fs_hz == 12000.0 and rec.rpm == 1797.0
@@ -291,7 +292,7 @@ def test_cwru_mat_with_a_second_record_takes_the_files_own(tmp_path: Path) -> No
     # 99.mat of the published set also carries X098_* variables
     p = _cwru_mat(tmp_path / "99.mat", {"X098_DE_time": np.ones((50, 1)), "X099_DE_time": np.zeros((80, 1)),
                                         "X099_FE_time": np.zeros((80, 1))})
-    rec = load(p)
+    rec = cwru.load(p)
     assert rec.data.shape == (1, 80, 2) and rec.rpm is None
 
 
@@ -307,13 +308,13 @@ def test_cwru_mat_with_a_second_record_takes_the_files_own(tmp_path: Path) -> No
 )
 def test_broken_cwru_mat_names_the_variable(tmp_path: Path, variables: dict[str, np.ndarray], message: str) -> None:
     with pytest.raises(DataFormatError, match=message):
-        load(_cwru_mat(tmp_path / "105.mat", variables))
+        cwru.load(_cwru_mat(tmp_path / "105.mat", variables))
 
 
 def test_several_cwru_records_without_a_file_number_are_refused(tmp_path: Path) -> None:
     p = _cwru_mat(tmp_path / "normal.mat", {"X097_DE_time": np.ones((5, 1)), "X098_DE_time": np.ones((5, 1))})
     with pytest.raises(DataFormatError, match=r"several records \['X097', 'X098'\]"):
-        load(p)
+        cwru.load(p)
 
 
 def test_the_gateway_path_never_imports_scipy(tmp_path: Path) -> None:
@@ -324,3 +325,9 @@ def test_the_gateway_path_never_imports_scipy(tmp_path: Path) -> None:
     code = ("import sys; from vibrawatch.agent.loaders import load; load(sys.argv[1]); "
             "assert 'scipy' not in sys.modules, 'scipy imported'")
     subprocess.run([sys.executable, "-c", code, str(d)], check=True)
+
+
+def test_the_gateway_refuses_a_mat_file_and_says_where_it_is_read(tmp_path: Path) -> None:
+    p = _cwru_mat(tmp_path / "105.mat", {"X105_DE_time": np.ones((50, 1))})
+    with pytest.raises(DataFormatError, match="read on the workstation"):
+        load(p)

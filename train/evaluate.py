@@ -26,11 +26,11 @@ from vibrawatch.agent.errors import ConfigError
 from vibrawatch.agent.events import DiagnosisState, EventRule, run_events
 from vibrawatch.agent.features import FeatureDef, FeatureSpec, extract
 from vibrawatch.agent.frames import iter_frames
-from vibrawatch.agent.loaders import load
 from vibrawatch.agent.recording import FeatureTable, Recording
 from vibrawatch.agent.threshold import ThresholdRule, fit_channel_thresholds, fit_threshold
 from vibrawatch.agent.window import sliding_windows
 
+from .cwru import load
 from .dataset import featurize, format_time, healthy_end_time, make_windows, parse_time
 from .run import Run, score
 

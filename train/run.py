@@ -20,11 +20,12 @@ from vibrawatch.agent import __version__
 from vibrawatch.agent.decide import reconstruction_scores
 from vibrawatch.agent.detector import Detector
 from vibrawatch.agent.errors import ConfigError
-from vibrawatch.agent.loaders import detect_format, load
+from vibrawatch.agent.loaders import detect_format
 from vibrawatch.agent.scale import MinMaxScaling
 from vibrawatch.agent.threshold import fit_channel_thresholds, fit_threshold
 
 from .config import TrainConfig, load_config
+from .cwru import load
 from .dataset import build_spec, featurize, format_time, healthy_end_time, make_windows
 
 RUN_SCHEMA = "vibrawatch.run/2"  # /2: the detector's fields under the bundle manifest's keys
