@@ -47,6 +47,18 @@ def free_port(preferred: int | None = None) -> int:
     raise RuntimeError("no free port on 127.0.0.1")
 
 
+def wait_listening(port: int, timeout_s: float) -> bool:
+    """Whether something accepts connections on 127.0.0.1:``port`` within ``timeout_s`` (a broker starting)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return True
+        except OSError:
+            time.sleep(0.05)
+    return False
+
+
 class LocalBroker:
     """Mosquitto on 127.0.0.1 if installed, else amqtt in a thread of this process."""
 
@@ -70,13 +82,8 @@ class LocalBroker:
         else:
             self._start_amqtt()
             self.kind = "amqtt (embedded, MQTT 3.1.1)"
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return self
-            except OSError:
-                time.sleep(0.05)
+        if wait_listening(self.port, 15):
+            return self
         raise RuntimeError(f"the {self.kind} broker did not start on 127.0.0.1:{self.port}")
 
     def _start_amqtt(self) -> None:

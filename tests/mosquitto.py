@@ -7,8 +7,9 @@ import os
 import shutil
 import socket
 import subprocess
-import time
 from pathlib import Path
+
+from vibrawatch.monitor.live import wait_listening
 
 
 def free_port() -> int:
@@ -40,13 +41,8 @@ class Broker:
     def start(self) -> Broker:
         self.proc = subprocess.Popen([mosquitto_binary(), "-c", str(self.conf)], stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return self
-            except OSError:
-                time.sleep(0.05)
+        if wait_listening(self.port, 10):
+            return self
         raise RuntimeError(f"mosquitto did not start on port {self.port}; see {self.workdir}/mosquitto.log")
 
     def stop(self) -> None:
