@@ -5,17 +5,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 from pathlib import Path
 
-from vibrawatch.monitor.live import wait_listening
+from vibrawatch.monitor.live import free_port, wait_listening
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+__all__ = ["Broker", "free_port", "mosquitto_binary"]
 
 
 def mosquitto_binary() -> str:
