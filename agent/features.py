@@ -328,20 +328,33 @@ def _envelope_peaks(power: np.ndarray, rf: np.ndarray, defects_hz: Any, harmonic
     speed is rarely the nameplate's (IMS test 2's outer-race line is at 230.5 Hz, its BPFO at 2000 rpm 236.4);
     its background is the ``background`` Hz on either side of that search range.
     """
+    plan = _peak_plan(len(rf), float(rf[1] - rf[0]) if len(rf) > 1 else 1.0,
+                      tuple(float(f) for f in defects_hz), harmonics, width, background, slip)
     cols = []
-    for f0 in defects_hz:
-        logs = []
-        for k in range(1, harmonics + 1):
-            d = np.abs(rf - k * float(f0))
-            tol = max(width, slip * k * float(f0))
-            line, near = np.flatnonzero(d <= tol), np.flatnonzero((d > tol) & (d <= tol + background))
-            if line.size == 0 or near.size == 0:
-                continue
-            peak = power[:, line, :].max(axis=1)
-            floor = np.median(power[:, near, :], axis=1)
-            logs.append(np.log10(peak + _EPS) - np.log10(floor + _EPS))
+    for pairs in plan:
+        logs = [np.log10(power[:, line, :].max(axis=1) + _EPS) - np.log10(np.median(power[:, near, :], axis=1) + _EPS)
+                for line, near in pairs]
         cols.append(np.mean(logs, axis=0) if logs else np.zeros((power.shape[0], power.shape[2])))
     return np.stack(cols, axis=2)
+
+
+@lru_cache(maxsize=32)
+def _peak_plan(k_bins: int, df: float, defects_hz: tuple[float, ...], harmonics: int, width: float,
+               background: float, slip: float) -> tuple[tuple[tuple[np.ndarray, np.ndarray], ...], ...]:
+    """Per defect, per harmonic: the bins searched for its line and the bins of its background (the same for
+    every frame of a spec, so worked out once)."""
+    rf = np.arange(k_bins) * df
+    plan = []
+    for f0 in defects_hz:
+        pairs = []
+        for k in range(1, harmonics + 1):
+            d = np.abs(rf - k * f0)
+            tol = max(width, slip * k * f0)
+            line, near = np.flatnonzero(d <= tol), np.flatnonzero((d > tol) & (d <= tol + background))
+            if line.size and near.size:
+                pairs.append((line, near))
+        plan.append(tuple(pairs))
+    return tuple(plan)
 
 
 def default_spec(fs_hz: float, snapshot_samples: int, channels: Sequence[str]) -> FeatureSpec:
