@@ -215,6 +215,32 @@ def test_the_simulators_defects_are_named_by_the_peak_statistic(fault: str, defe
     assert all(dg.diagnose(e[i - 2:i + 1].mean(axis=0), c)["defect"] is None for i in range(2, 15) for c in range(4))
 
 
+def test_a_wrong_diagnosis_statistic_is_named_and_old_bundles_keep_the_energy(tmp_path: Path) -> None:
+    """A manifest's diagnosis without ``statistic`` (made before the peak statistic) keeps measuring energy, as
+    its healthy numbers were fitted; an unknown statistic is one line naming the field, in a manifest, a
+    training config or a feature definition."""
+    from vibrawatch.agent.features import FeatureDef, FeatureSpec, extract
+    from vibrawatch.train.config import load_config
+
+    d = Diagnosis({"bpfo": 236.4}, (2000.0, 8000.0), 3, np.zeros((2, 1)), statistic="peak").to_dict()
+    assert Diagnosis.from_dict(d, 2).statistic == "peak"
+    assert Diagnosis.from_dict({k: v for k, v in d.items() if k != "statistic"}, 2).statistic == "energy"
+    with pytest.raises(ConfigError, match=r"^diagnosis\.statistic: .*'spiky'$"):
+        Diagnosis.from_dict({**d, "statistic": "spiky"}, 2)
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[diagnosis]\nrpm = 2000\nn_balls = 16\nball_diameter = 0.33\npitch_diameter = 2.8\n'
+                   'statistic = "spiky"\n')
+    with pytest.raises(ConfigError, match=r"\[diagnosis\] statistic 'spiky'"):
+        load_config(cfg)
+    env = {"band_hz": [2000, 8000], "defects_hz": {"bpfo": 236.4}}
+    with pytest.raises(ConfigError, match="envelope: statistic 'spiky'"):
+        FeatureSpec(20000.0, 2000, ("a",), (FeatureDef("envelope", {**env, "statistic": "spiky"}),))
+    with pytest.raises(ConfigError, match="envelope: slip -1"):
+        FeatureSpec(20000.0, 2000, ("a",), (FeatureDef("envelope", {**env, "statistic": "peak", "slip": -1}),))
+    ok = FeatureSpec(20000.0, 2000, ("a",), (FeatureDef("envelope", {**env, "statistic": "peak"}),))
+    assert extract(np.zeros((1, 2000, 1)), ok).shape == (1, 1)
+
+
 @pytest.mark.parametrize(("path", "value", "named"), [
     (("floor", "thresholds"), [[1.0]], "floor.thresholds"),
     (("floor", "step"), [0.1, -1.0, 0.1, 0.1], "floor.step"),
