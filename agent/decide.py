@@ -127,6 +127,11 @@ class AlarmState:
         channel = blame(contributions, self.channel_thresholds) if contributions is not None else -1
         return Decision(above, self.active, event, channel, lv)
 
+    def raise_now(self) -> None:
+        """Raise the alarm at the current window on evidence this state did not see (another rule's k-of-k)."""
+        if not self.active:
+            self.active, self.since_index, self._below_run = True, self._index, 0
+
 
 def blame(contributions: np.ndarray, channel_thresholds: np.ndarray | None) -> int:
     """Channel with the largest contribution relative to its healthy threshold (or absolute if none)."""

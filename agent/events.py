@@ -33,7 +33,7 @@ import numpy as np
 
 from .decide import AlarmRule, AlarmState
 from .errors import ConfigError
-from .features import FeatureDef, FeatureSpec, extract
+from .features import ENVELOPE_STATISTICS, FeatureDef, FeatureSpec, extract
 
 FLOOR_FEATURES = ("rms", "mean_abs")
 
@@ -250,10 +250,12 @@ class EventState:
     _pending: dict[int, Step] = field(default_factory=dict, init=False)
     _offset: np.ndarray | None = field(default=None, init=False)  # log level of the current condition
     _relaxing: dict[int, tuple[float, float]] = field(default_factory=dict, init=False)  # c -> (log level, size)
+    _blamed: deque[int] = field(init=False)  # the channel the whole-window score went to, consecutive windows above
 
     def __post_init__(self) -> None:
         self._alarms = [AlarmState(1.0, self.alarm) for _ in range(self.n_channels)]
         self._history = deque(maxlen=self.rule.history)
+        self._blamed = deque(maxlen=self.alarm.raise_after)
 
     def update(self, t: float, score_level: float, channel_level: np.ndarray, own: np.ndarray, z: np.ndarray,
                log_level: np.ndarray) -> Verdict:
@@ -304,6 +306,7 @@ class EventState:
         m = np.sqrt(np.maximum(zz, 0.0) * np.maximum(cl, 0.0)) if self._offset is None else zz
         moved = m >= self.rule.share * m.max() if self.n_channels else np.zeros(0, bool)
         evidence = np.where(moved, own, 0.0)
+        blame = -1
         if self._offset is None and self.n_channels:
             evidence = np.maximum(evidence, np.where(moved, cl, 0.0))
             blame = int(np.argmax(np.where(moved, cl, -np.inf)))
@@ -316,11 +319,28 @@ class EventState:
         for c in self._pending:
             evidence[c] = 0.0  # held: a jump is not a failure until it has shown it does not relax
         decisions = [a.update(float(e)) for a, e in zip(self._alarms, evidence, strict=True)]
-        raised = sorted((c for c, d in enumerate(decisions) if d.event == "raised"), key=lambda c: -evidence[c])
+        raised = [c for c, d in enumerate(decisions) if d.event == "raised"]
+        # The whole-window score has one alarm rule across channels: the window's blame can move between two
+        # channels that moved alike (window by window, whichever has the larger share), and then neither
+        # channel's own k-of-k sees k windows in a row although the score did. k consecutive windows above on
+        # the score raise the alarm of the channel blamed most often over them (the latest on a tie), unless
+        # one of the channels blamed over them is already in alarm (the score is then already explained).
+        # Windows whose blamed channel is held (a step, a relaxing transient) or that come after a condition
+        # change do not count.
+        if blame >= 0 and score_level > 1.0 and evidence[blame] >= score_level:
+            self._blamed.append(blame)
+        else:
+            self._blamed.clear()
+        if len(self._blamed) == self._blamed.maxlen and not any(self._alarms[b].active for b in self._blamed):
+            counts = np.bincount(np.asarray(self._blamed), minlength=self.n_channels)
+            c = next(b for b in reversed(self._blamed) if counts[b] == counts.max())
+            self._alarms[c].raise_now()
+            raised.append(c)
+        raised.sort(key=lambda c: -evidence[c])
         return Verdict(
             level=float(evidence.max()) if len(evidence) else 0.0,
             above=bool(np.any(evidence > 1.0)),
-            active=tuple(c for c, d in enumerate(decisions) if d.active),
+            active=tuple(c for c, a in enumerate(self._alarms) if a.active),
             raised=tuple(raised),
             cleared=tuple(c for c, d in enumerate(decisions) if d.event == "cleared"),
             evidence=evidence,
@@ -340,18 +360,24 @@ def run_events(
 
 @dataclass(frozen=True)
 class Diagnosis:
-    """Bearing defect frequencies and each channel's healthy envelope energy at them (log10, median)."""
+    """Bearing defect frequencies and each channel's healthy envelope statistic at them (log10, the median over
+    healthy frames). ``statistic``: "peak" (how far each defect's lines stand above the envelope spectrum's
+    local background, agent/features.py) or "energy" (the energy at the lines; what bundles made before the
+    peak statistic hold): a failing bearing's broadband rise lifts the energy at every defect frequency alike,
+    its defect's lines stand out of their background."""
 
     defects_hz: Mapping[str, float]  # e.g. {"bpfo": 236.4, "bpfi": 296.9, "bsf": 139.9, "ftf": 14.8}
     band_hz: tuple[float, float]  # demodulation band
     harmonics: int
-    healthy: np.ndarray  # (C, D) log10 energies
-    min_ratio: float = 1.5  # a defect stands out when its energy rose at least this much ...
+    healthy: np.ndarray  # (C, D) log10 statistic, median over the healthy frames
+    min_ratio: float = 1.5  # a defect stands out when its statistic rose at least this much ...
     margin: float = 1.25  # ... and this much more than the next defect's
+    statistic: str = "energy"
 
     def to_dict(self) -> dict[str, Any]:
         return {"defects_hz": dict(self.defects_hz), "band_hz": list(self.band_hz), "harmonics": self.harmonics,
-                "healthy": self.healthy.tolist(), "min_ratio": self.min_ratio, "margin": self.margin}
+                "healthy": self.healthy.tolist(), "min_ratio": self.min_ratio, "margin": self.margin,
+                "statistic": self.statistic}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], n_channels: int) -> Diagnosis:
@@ -364,13 +390,17 @@ class Diagnosis:
         h = d.get("harmonics")
         if isinstance(h, bool) or not isinstance(h, int) or h < 1:
             raise ConfigError(f"{w}.harmonics: expected an integer >= 1, got {h!r}")
+        stat = d.get("statistic", "energy")
+        if stat not in ENVELOPE_STATISTICS:
+            raise ConfigError(f"{w}.statistic: expected one of {', '.join(ENVELOPE_STATISTICS)}, got {stat!r}")
         return cls({str(k): float(v) for k, v in defects.items()}, (float(band[0]), float(band[1])), h,
                    _array(d, "healthy", w, (n_channels, len(defects))), _num(d, "min_ratio", w, 1.0, 1.5),
-                   _num(d, "margin", w, 1.0, 1.25))
+                   _num(d, "margin", w, 1.0, 1.25), stat)
 
     def feature(self) -> dict[str, Any]:
-        """The ``envelope`` feature definition that measures these energies (agent/features.py)."""
-        return {"band_hz": list(self.band_hz), "defects_hz": dict(self.defects_hz), "harmonics": self.harmonics}
+        """The ``envelope`` feature definition that measures these statistics (agent/features.py)."""
+        f = {"band_hz": list(self.band_hz), "defects_hz": dict(self.defects_hz), "harmonics": self.harmonics}
+        return {**f, "statistic": self.statistic} if self.statistic != "energy" else f
 
     def diagnose(self, energies: np.ndarray, channel: int) -> dict[str, Any]:
         """Mean log10 energies (C, D) of the alarm's recent frames -> the defect that rose most on ``channel``.

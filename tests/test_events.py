@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -100,6 +101,40 @@ def test_a_gradual_rise_alarms_without_waiting_and_names_only_the_channel_that_m
     assert all(set(v.active) <= {0} for v in verdicts)
 
 
+def test_the_whole_window_score_alarms_when_its_blame_moves_between_two_channels() -> None:
+    """Two channels moved alike (a fault on one whose vibration reaches the other): the whole-window score is
+    above for good, but its blame goes to whichever has the larger share, window by window (0, 3, 0, 0, 3, ...),
+    so neither channel's own k-of-k sees 3 windows in a row. The score's own k-of-k raises the alarm, named
+    after the channel blamed most over those windows, and only that one."""
+    alarm = AlarmRule(raise_after=3, clear_after=3)
+    run = quiet(30)
+    pattern = [0, 3, 0, 0, 3, 0, 3, 0, 0, 3, 0, 3, 0, 3, 0, 3, 0, 0, 3, 0]
+    for i, b in enumerate(pattern, start=10):
+        run["score"][i] = 1.4
+        run["z"][i, [0, 3]] = 2.0  # both channels' own inputs rose alike ...
+        run["cl"][i, [0, 3]] = 0.9  # ... with shares below their thresholds,
+        run["cl"][i, b] = 0.95  # the larger one taking the blame
+    verdicts = run_events(run["t"], run["score"], run["cl"], run["own"], run["z"], run["lv"], RULE, alarm, STEP)
+    assert raised(verdicts) == [(12, 0)]  # the third window above: blamed 0, 3, 0
+    assert all(set(v.active) <= {0} for v in verdicts) and verdicts[-1].active == (0,)
+    # the same windows with the blame on one channel throughout raise that channel at the same window
+    steady = copy.deepcopy(run)
+    steady["cl"][10:, 0], steady["cl"][10:, 3] = 0.95, 0.9
+    assert raised(run_events(steady["t"], steady["score"], steady["cl"], steady["own"], steady["z"], steady["lv"],
+                             RULE, alarm, STEP)) == [(12, 0)]
+
+
+def test_a_score_above_on_a_held_channel_does_not_count_toward_the_whole_window_alarm() -> None:
+    """A one-channel step that relaxes back moves the whole-window score too, and the score is blamed on the
+    stepped channel; while that channel is held the score's k-of-k does not count, so no alarm at all."""
+    run = quiet(40)
+    jump(run, [2], 10, np.r_[np.full(4, 1.6), np.full(26, 1.0)])
+    run["score"][10:14] = 1.5
+    verdicts = decide(run)
+    assert raised(verdicts) == []
+    assert [e.kind for v in verdicts for e in v.events] == ["transient"]
+
+
 def test_streaming_state_and_batch_twin_agree() -> None:
     run = quiet(60, seed=4)
     jump(run, [2], 10, np.r_[np.full(3, 1.6), np.ones(47)])
@@ -119,6 +154,91 @@ def test_diagnosis_names_the_defect_that_rose_most_or_none() -> None:
     assert out["defect"] == "bpfo" and out["ratio"] == pytest.approx(3.0)
     assert dg.diagnose(np.log10([[3.0, 1.2, 1.1, 1.0], [1.1, 1.0, 1.05, 1.0]]), 1)["defect"] is None
     assert dg.diagnose(np.log10([[2.0, 1.9, 1.0, 1.0]] * 2), 0)["defect"] is None  # two rose alike: none stands out
+
+
+def _defect_signal(n_frames: int, noise: float, impacts: float, seed: int) -> np.ndarray:
+    """(n_frames, N, 1) broadband noise of rms ``noise`` plus a 4 kHz resonance rung at 230.5 Hz: IMS test 2's
+    outer-race line, 2.5% below BPFO at the nameplate 2000 rpm (236.4 Hz)."""
+    rng = np.random.default_rng(seed)
+    fs, n = 20000.0, 20000
+    t = np.arange(n) / fs
+    ring = np.exp(-0.05 * 2 * np.pi * 4000 * t[:200]) * np.sin(2 * np.pi * 4000 * t[:200])
+    out = np.empty((n_frames, n, 1))
+    for i in range(n_frames):
+        train = np.zeros(n)
+        train[(np.arange(rng.uniform(0, 1 / 230.5), t[-1], 1 / 230.5) * fs).astype(int)] = impacts
+        out[i, :, 0] = noise * rng.standard_normal(n) + np.convolve(train, ring)[:n]
+    return out
+
+
+def test_the_peak_statistic_sees_a_defect_line_in_broadband_noise_that_rises_with_it() -> None:
+    """A failing bearing's broadband level rises with its defect (here 3x), and its line is rarely at the
+    nameplate frequency. The energy within 2 bins of BPFO and its harmonics rises like every other defect's
+    (the noise's 9x): nothing stands out. The peak statistic (the line, searched within 3% slip, over its local
+    background) stays near 1x for louder noise alone and names BPFO when the line is there."""
+    from vibrawatch.agent.events import envelope_energies
+    from vibrawatch.agent.features import FeatureSpec
+
+    spec = FeatureSpec(20000.0, 20000, ("b1",), ())
+    defects = {"bpfo": 236.4, "bpfi": 296.9, "bsf": 139.9, "ftf": 14.8}
+    healthy, louder, failing = (_defect_signal(8, 1.0, 0.0, 1), _defect_signal(8, 3.0, 0.0, 2),
+                                _defect_signal(8, 3.0, 3.0, 3))
+    out = {}
+    for stat in ("energy", "peak"):
+        dg = Diagnosis(defects, (2000.0, 8000.0), 3, np.zeros((1, 4)), statistic=stat)
+        dg = replace(dg, healthy=np.median(envelope_energies(healthy, spec, dg), axis=0))
+        out[stat] = [dg.diagnose(envelope_energies(x, spec, dg).mean(axis=0), 0) for x in (louder, failing)]
+    noise_only, defect = out["peak"]
+    assert noise_only["defect"] is None and all(0.7 < r < 1.4 for r in noise_only["ratios"].values())
+    assert defect["defect"] == "bpfo" and defect["ratio"] > 2
+    assert all(r > 5 for r in out["energy"][0]["ratios"].values())  # energy measures the noise's level ...
+    assert out["energy"][1]["defect"] is None  # ... and misses the line 2.5% off the nameplate
+
+
+@pytest.mark.parametrize(("fault", "defect"), [("outer", "bpfo"), ("inner", "bpfi"), ("ball", "bsf")])
+def test_the_simulators_defects_are_named_by_the_peak_statistic(fault: str, defect: str) -> None:
+    """The bearing simulator's outer-race, inner-race (shaft-modulated) and ball (cage-modulated) defects: the
+    failing bearing's last snapshots name their own defect, a healthy bearing names none."""
+    from vibrawatch.agent.events import envelope_energies
+    from vibrawatch.agent.features import FeatureSpec
+    from vibrawatch.agent.simulate import BearingSimulator
+
+    sim = BearingSimulator(n_snapshots=30, snapshot_samples=10240, onset=0.5, fault=fault, seed=3)
+    rec = sim.run()
+    spec = FeatureSpec(rec.fs_hz, 10240, rec.channels, ())
+    dg = Diagnosis({k: float(v) for k, v in sim.geometry.defect_frequencies(sim.shaft_hz).items()},
+                   (2000.0, 8000.0), 3, np.zeros((4, 4)), statistic="peak")
+    e = envelope_energies(rec.data, spec, dg)
+    dg = replace(dg, healthy=np.median(e[:15], axis=0))
+    assert dg.diagnose(e[-3:].mean(axis=0), 0)["defect"] == defect
+    assert all(dg.diagnose(e[-3:].mean(axis=0), c)["defect"] is None for c in (1, 2, 3))
+    assert all(dg.diagnose(e[i - 2:i + 1].mean(axis=0), c)["defect"] is None for i in range(2, 15) for c in range(4))
+
+
+def test_a_wrong_diagnosis_statistic_is_named_and_old_bundles_keep_the_energy(tmp_path: Path) -> None:
+    """A manifest's diagnosis without ``statistic`` (made before the peak statistic) keeps measuring energy, as
+    its healthy numbers were fitted; an unknown statistic is one line naming the field, in a manifest, a
+    training config or a feature definition."""
+    from vibrawatch.agent.features import FeatureDef, FeatureSpec, extract
+    from vibrawatch.train.config import load_config
+
+    d = Diagnosis({"bpfo": 236.4}, (2000.0, 8000.0), 3, np.zeros((2, 1)), statistic="peak").to_dict()
+    assert Diagnosis.from_dict(d, 2).statistic == "peak"
+    assert Diagnosis.from_dict({k: v for k, v in d.items() if k != "statistic"}, 2).statistic == "energy"
+    with pytest.raises(ConfigError, match=r"^diagnosis\.statistic: .*'spiky'$"):
+        Diagnosis.from_dict({**d, "statistic": "spiky"}, 2)
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[diagnosis]\nrpm = 2000\nn_balls = 16\nball_diameter = 0.33\npitch_diameter = 2.8\n'
+                   'statistic = "spiky"\n')
+    with pytest.raises(ConfigError, match=r"\[diagnosis\] statistic 'spiky'"):
+        load_config(cfg)
+    env = {"band_hz": [2000, 8000], "defects_hz": {"bpfo": 236.4}}
+    with pytest.raises(ConfigError, match="envelope: statistic 'spiky'"):
+        FeatureSpec(20000.0, 2000, ("a",), (FeatureDef("envelope", {**env, "statistic": "spiky"}),))
+    with pytest.raises(ConfigError, match="envelope: slip -1"):
+        FeatureSpec(20000.0, 2000, ("a",), (FeatureDef("envelope", {**env, "statistic": "peak", "slip": -1}),))
+    ok = FeatureSpec(20000.0, 2000, ("a",), (FeatureDef("envelope", {**env, "statistic": "peak"}),))
+    assert extract(np.zeros((1, 2000, 1)), ok).shape == (1, 1)
 
 
 @pytest.mark.parametrize(("path", "value", "named"), [
@@ -195,13 +315,20 @@ def test_ims2_bearing1_envelope_says_outer_race() -> None:
     spec = build_spec(data, cfg)
     sub = Recording(data.data[::4], data.timestamps[::4], data.fs_hz, data.channels, "ims2 every 4th")
     dg = diagnosis_from_config(cfg.diagnosis, spec.fs_hz, spec.frame_length, 4)
+    assert dg.statistic == "peak"
     e = frame_energies(sub, spec, dg)
     healthy = sub.timestamps <= 1076849559  # 2004-02-15 12:52:39, the config's healthy_until
-    dg = Diagnosis(dg.defects_hz, dg.band_hz, dg.harmonics, np.median(e[healthy], axis=0))
+    dg = replace(dg, healthy=np.median(e[healthy], axis=0))
     last_day = sub.timestamps >= sub.timestamps[-1] - 86400
     assert dg.diagnose(e[last_day][:-3].mean(axis=0), 0)["defect"] == "bpfo"  # the last snapshots are zeros
     day2 = (sub.timestamps > 1076849559) & (sub.timestamps <= 1076849559 + 6 * 3600)
-    assert dg.diagnose(e[day2].mean(axis=0), 0)["defect"] is None
+    assert all(dg.diagnose(e[day2].mean(axis=0), c)["defect"] is None for c in range(4))
+    # the ten snapshots up to 2004-02-16 04:22:39 (the default features' first alarm): outer race stands out
+    # (the energy at BPFO is 1.15x healthy there: the line sits at 230.5 Hz, 2.5% below BPFO at 2000 rpm)
+    end = int(np.searchsorted(data.timestamps, 1076905359)) + 1
+    last = Recording(data.data[end - 10:end], data.timestamps[end - 10:end], data.fs_hz, data.channels, "alarm")
+    out = dg.diagnose(frame_energies(last, spec, dg).mean(axis=0), 0)
+    assert out["defect"] == "bpfo" and out["ratio"] > 3
 
 
 def test_the_gateway_pipeline_decides_like_evaluate(tiny_run: Path, tiny_data: Path, tmp_path: Path) -> None:

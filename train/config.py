@@ -51,6 +51,7 @@ class DiagnosisConfig:
     harmonics: int = 3
     min_ratio: float = 1.5
     margin: float = 1.25
+    statistic: str = "peak"  # "peak": defect lines over their local background; "energy": energy at the lines
 
     @property
     def enabled(self) -> bool:
@@ -149,6 +150,8 @@ def _validate(cfg: TrainConfig) -> None:
             raise ConfigError(f"{cfg.source}: [diagnosis] needs {', '.join(missing)} (the bearing geometry and speed)")
         if dg.n_balls < 1 or dg.ball_diameter <= 0 or dg.pitch_diameter <= dg.ball_diameter:
             raise ConfigError(f"{cfg.source}: [diagnosis] needs n_balls >= 1 and 0 < ball_diameter < pitch_diameter")
+        if dg.statistic not in ("peak", "energy"):
+            raise ConfigError(f"{cfg.source}: [diagnosis] statistic {dg.statistic!r} must be 'peak' or 'energy'")
     for ok, msg in checks:
         if not ok:
             raise ConfigError(f"{cfg.source}: {msg}")

@@ -268,6 +268,10 @@ def evaluate_run(
         baselines["isolation_forest"] = summarize(det, channels, t_fail, failed_idx, relative, onset_t=onset_t)
         frames_scaled = run.detector.scaler.transform(ff.values)
         pca = PCA(n_components=0.95, random_state=seed).fit(frames_scaled[h_frames])
+        if pca.n_components_ >= frames_scaled.shape[1] > 1:
+            # every axis kept (a table of a few columns): the reconstruction is exact and its residual only
+            # rounding error, which grows with the values; one axis fewer leaves a residual to score
+            pca = PCA(n_components=frames_scaled.shape[1] - 1, random_state=seed).fit(frames_scaled[h_frames])
         recon = pca.inverse_transform(pca.transform(frames_scaled))
         p_scores, p_contrib = reconstruction_scores(
             sliding_windows(frames_scaled, T, hop), sliding_windows(recon, T, hop),

@@ -4,6 +4,7 @@ deviation, step sizes and the healthy envelope energies for diagnosis. Plain num
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 
@@ -53,13 +54,14 @@ def step_sizes(log_level: np.ndarray, history: int) -> np.ndarray:
 
 def fit_pca(frames_scaled: np.ndarray, variance: float) -> tuple[np.ndarray, np.ndarray]:
     """Mean and the principal axes keeping ``variance`` of the healthy frames' variance (as scikit-learn's
-    PCA(n_components=variance) chooses them)."""
+    PCA(n_components=variance) chooses them), but never every axis: with as many axes as features (the IMS
+    table's 4 columns need all 4 for 95%) the reconstruction is exact and the residual is rounding error."""
     mean = frames_scaled.mean(axis=0)
     _, s, vt = np.linalg.svd(frames_scaled - mean, full_matrices=False)
     var = s**2
     share = np.cumsum(var) / max(var.sum(), 1e-300)
     k = int(np.searchsorted(share, variance) + 1)
-    return mean, vt[: min(k, len(vt))]
+    return mean, vt[: max(1, min(k, len(vt), frames_scaled.shape[1] - 1))]
 
 
 def diagnosis_from_config(cfg: DiagnosisConfig, fs_hz: float, frame_length: int, n_channels: int) -> Diagnosis:
@@ -72,7 +74,7 @@ def diagnosis_from_config(cfg: DiagnosisConfig, fs_hz: float, frame_length: int,
     band = tuple(cfg.band_hz) if cfg.band_hz else (0.2 * nyq, 0.8 * nyq)
     return Diagnosis({k: round(float(v), 4) for k, v in defects.items()}, (float(band[0]), float(band[1])),
                      int(cfg.harmonics), np.zeros((n_channels, len(defects))), float(cfg.min_ratio),
-                     float(cfg.margin))
+                     float(cfg.margin), str(cfg.statistic))
 
 
 def fit_product(
@@ -116,6 +118,5 @@ def fit_product(
     if diagnosis.enabled and isinstance(data, Recording):
         dg = diagnosis_from_config(diagnosis, spec.fs_hz, spec.frame_length, n_ch)
         energies = frame_energies(data, spec, dg)[:last_healthy]
-        parts["diagnosis"] = Diagnosis(dg.defects_hz, dg.band_hz, dg.harmonics, np.median(energies, axis=0),
-                                       dg.min_ratio, dg.margin)
+        parts["diagnosis"] = replace(dg, healthy=np.median(energies, axis=0))
     return parts
