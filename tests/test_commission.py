@@ -5,6 +5,7 @@ over MQTT as documented (threshold_source on every score, the status messages, `
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import subprocess
 from pathlib import Path
@@ -179,6 +180,99 @@ def test_state_survives_restarts_a_new_model_restarts_and_a_damaged_file_falls_b
                                  "finished_t": 1}))
     bad = Commissioning.open(det, "m2", cfg, state)
     assert bad.source == "bundle" and "threshold.value" in (bad.note or "")
+
+
+def test_a_torn_windows_line_is_skipped_and_the_state_file_stays_small(tmp_path: Path,
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """The windows go append-only to calibration.windows.jsonl (calibration.json stays a few hundred bytes); a
+    power cut that tears the last line costs that window only: skipped with one log line naming the file, and
+    the commissioning resumes and fits what an uninterrupted one fits on the windows it kept."""
+    det, state = detector(), tmp_path / "calibration.json"
+    windows = tmp_path / "calibration.windows.jsonl"
+    cfg = CommissioningSection(windows=100)
+    scores, contrib, times = machine(1.5)
+    first = Commissioning.open(det, "m1", cfg, state)
+    stream(first, scores[:40], contrib[:40], times[:40])
+    first.save()  # what the agent does at stop
+    lines = windows.read_text().splitlines()
+    assert [json.loads(x)["score"] for x in lines] == scores[:40].tolist()
+    assert json.loads(state.read_text())["state"] == "commissioning" and len(state.read_bytes()) < 300
+    with windows.open("a") as f:
+        f.write(lines[-1][:25])  # the next append, cut by a power failure
+    with caplog.at_level(logging.WARNING, logger="vibrawatch.commission"):
+        resumed = Commissioning.open(det, "m1", cfg, state)
+    said = [r.getMessage() for r in caplog.records if "damaged line" in r.getMessage()]
+    assert len(said) == 1 and str(windows) in said[0] and "resumes with 40 window(s)" in said[0]
+    assert resumed.commissioning and len(resumed.rows) == 40
+    assert windows.read_text().endswith("\n")  # the next append starts a line of its own
+    stream(resumed, scores[40:120], contrib[40:120], times[40:120])
+    whole, _ = commission(Evidence(times, scores, contrib), det, cfg, "m1")
+    assert whole is not None and resumed.calibration is not None and resumed.source == "commissioned"
+    assert resumed.calibration.threshold == whole.threshold
+    assert not windows.exists()  # commissioned: the windows are in the detector now
+    assert set(json.loads(state.read_text())["detector"]) == {"threshold"}
+
+
+def test_training_and_commissioning_fit_the_same_healthy_statistics(tiny_run: Path, tiny_data: Path,
+                                                                    tiny_bundle: Path, tmp_path: Path) -> None:
+    """agent/healthy.py's fit on the training run's healthy windows gives the numbers training wrote into
+    run.json (floors, PCA thresholds, own deviation, autoencoder thresholds; to 1e-9); and the gateway's
+    pipeline commissioning the reference machine over the same healthy windows fits them again, the
+    autoencoder's thresholds up to TFLite's float32 against Keras. A calibration file whose floors were
+    damaged falls back to the bundle's detector, naming the field."""
+    from vibrawatch.agent import healthy
+    from vibrawatch.agent.bundle import load_bundle
+    from vibrawatch.agent.commission import fitted_parts
+    from vibrawatch.agent.loaders import load
+    from vibrawatch.agent.pipeline import Pipeline
+    from vibrawatch.agent.source import ReplaySource
+    from vibrawatch.train.dataset import featurize, make_windows
+    from vibrawatch.train.product import frame_floor_values
+    from vibrawatch.train.run import Run
+
+    def numbers(d: Detector) -> dict[str, np.ndarray]:
+        parts = fitted_parts(d)
+        return {f"{k}.{f}": np.asarray(v, float) for k, part in parts.items() for f, v in part.items()
+                if f != "features"}
+
+    run = Run.open(tiny_run)
+    d = run.detector
+    assert d.combined and d.floor is not None and d.pca is not None and d.own is not None
+    w = np.load(tiny_run / "windows.npz")
+    h = w["healthy"]
+    data = load(tiny_data)
+    ends = make_windows(featurize(data, d.spec, progress=False), d.window, d.hop).end_frames[h]
+    ev = healthy.window_evidence(d, w["end_times"][h], w["x"][h], w["scores"][h], w["contributions"][h],
+                                 frame_floor_values(data, d.spec)[ends])
+    trained, refit = numbers(d), numbers(healthy.fit(d, ev))
+    assert set(trained) == set(refit) and len(trained) == 9
+    for k in trained:
+        np.testing.assert_allclose(refit[k], trained[k], rtol=1e-9, atol=0, err_msg=k)
+
+    bundle = load_bundle(tiny_bundle)
+    comm = Commissioning(bundle.detector, bundle.version, CommissioningSection(windows=int(h.sum())))
+    pipe = Pipeline(bundle)
+    pipe.attach(comm)
+    for chunk in ReplaySource(tiny_data, speed=0).chunks():
+        pipe.process(chunk)
+    assert comm.calibration is not None and comm.calibration.state == "commissioned"
+    assert pipe.detector is comm.calibration.detector  # the pipeline decides with it
+    gateway = numbers(comm.calibration.detector)
+    for k in trained:
+        np.testing.assert_allclose(gateway[k], trained[k], rtol=1e-5 if k.startswith("threshold.") else 1e-9, atol=0,
+                                   err_msg=k)
+
+    state = tmp_path / "calibration.json"
+    comm.state_file = state
+    comm.save()
+    back = Commissioning.open(bundle.detector, bundle.version, comm.cfg, state)
+    assert back.source == "commissioned" and back.active.to_dict() == comm.calibration.detector.to_dict()
+    cal = json.loads(state.read_text())
+    cal["detector"]["floor"]["thresholds"] = cal["detector"]["floor"]["thresholds"][:1]
+    state.write_text(json.dumps(cal))
+    damaged = Commissioning.open(bundle.detector, bundle.version, comm.cfg, state)
+    assert damaged.source == "bundle" and damaged.active is bundle.detector
+    assert "floor.thresholds" in (damaged.note or "") and "recalibrate" in (damaged.note or "")
 
 
 @pytest.mark.parametrize("body, named", [
