@@ -53,7 +53,7 @@ from . import healthy
 from .decide import Decision
 from .detector import Detector
 from .errors import ConfigError
-from .healthy import Evidence, levels
+from .healthy import Evidence, EvidenceLog, levels
 
 if TYPE_CHECKING:
     from .bundle import Bundle
@@ -270,7 +270,7 @@ class Commissioning:
     cfg: CommissioningSection | None
     state_file: Path | None = None
     calibration: Calibration | None = None
-    rows: list[dict[str, Any]] = field(default_factory=list)  # the commissioning's windows so far
+    log: EvidenceLog = field(default_factory=EvidenceLog)  # the commissioning's windows so far
     note: str | None = None  # what happened at load (unreadable file, new model), for the log and status
     warm: Evidence | None = None  # the last raise_after - 1 commissioning windows, once it completed
     _pending: list[str] = field(default_factory=list)  # windows-file lines not written yet
@@ -308,18 +308,17 @@ class Commissioning:
         if not self.commissioning:
             return replace(ev, source=self.source), None
         assert self.cfg is not None and ev.evidence is not None
-        row = ev.evidence.rows()[0]
-        self.rows.append(row)
-        self._pending.append(json.dumps(row, allow_nan=False))
+        self.log.append(ev.evidence)
+        self._pending.append(json.dumps(ev.evidence.rows()[0], allow_nan=False))
         d = ev.decision
         quiet = replace(ev, decision=Decision(above=d.level > 1.0, active=False, event=None, channel=d.channel,
                                               level=d.level),
                         since=None, verdict=None, diagnosis={}, diagnosed={}, source="commissioning")
-        if _done(self.cfg, len(self.rows), float(self.rows[0]["t"]), ev.t):
-            every = Evidence.stack(self.rows)
+        every = self.log.evidence()
+        if _done(self.cfg, len(every), float(every.t[0]), ev.t):
             self.calibration = calibrate(every, self.detector, self.cfg, self.model)
             self.warm = every.tail(self.detector.rule.raise_after - 1)
-            self.rows, self._pending, self._json_written = [], [], False
+            self.log, self._pending, self._json_written = EvidenceLog(), [], False
             self.save()
             return replace(quiet, calibration=self.calibration), self.calibration
         if time.monotonic() - self._saved >= SAVE_EVERY_S:
@@ -369,7 +368,7 @@ class Commissioning:
 
     def _start(self) -> None:
         """A new commissioning: an empty windows file and the state file saying so."""
-        self.rows, self._pending, self._json_written = [], [], False
+        self.log, self._pending, self._json_written = EvidenceLog(), [], False
         if self.windows_file is not None:
             try:
                 self.windows_file.unlink(missing_ok=True)
@@ -434,8 +433,10 @@ class Commissioning:
             return f"calibrated for model {d['model']}, this is {self.model}"
         self._json_written = True
         if d["state"] == "commissioning":
-            self.rows = self._read_windows()
-            self.note = f"commissioning resumes after {len(self.rows)} window(s)"
+            rows = self._read_windows()
+            if rows:
+                self.log.append(Evidence.stack(rows))
+            self.note = f"commissioning resumes after {len(rows)} window(s)"
             return None
         if d["state"] not in ("commissioned", "commissioning_suspect"):
             raise ValueError(f"state {d['state']!r}")
@@ -531,7 +532,7 @@ def status(comm: Commissioning, cal: Calibration | None = None) -> tuple[str, di
             cal.median_level, cal.standout)
         return cal.state, cal.status_fields()
     if comm.commissioning:
-        return "commissioning", {"threshold_source": "commissioning", "windows": len(comm.rows),
+        return "commissioning", {"threshold_source": "commissioning", "windows": len(comm.log),
                                  **({"note": comm.note} if comm.note else {})}
     if comm.calibration is not None and comm.calibration.state == "unreadable":
         return "online", {"event": "calibration_unreadable", "threshold_source": "bundle", "note": comm.note or ""}

@@ -152,7 +152,7 @@ def test_state_survives_restarts_a_new_model_restarts_and_a_damaged_file_falls_b
     stream(first, scores[:60], contrib[:60], times[:60])
     first.save()  # what the agent does on SIGTERM and before a reload
     resumed = Commissioning.open(det, "m1", cfg, state)
-    assert len(resumed.rows) == 60 and resumed.commissioning
+    assert len(resumed.log) == 60 and resumed.commissioning
     stream(resumed, scores[60:120], contrib[60:120], times[60:120])
     assert resumed.source == "commissioned"
     # the same thresholds as one uninterrupted commissioning
@@ -203,7 +203,7 @@ def test_a_torn_windows_line_is_skipped_and_the_state_file_stays_small(tmp_path:
         resumed = Commissioning.open(det, "m1", cfg, state)
     said = [r.getMessage() for r in caplog.records if "damaged line" in r.getMessage()]
     assert len(said) == 1 and str(windows) in said[0] and "resumes with 40 window(s)" in said[0]
-    assert resumed.commissioning and len(resumed.rows) == 40
+    assert resumed.commissioning and len(resumed.log) == 40
     assert windows.read_text().endswith("\n")  # the next append starts a line of its own
     stream(resumed, scores[40:120], contrib[40:120], times[40:120])
     whole, _ = commission(Evidence(times, scores, contrib), det, cfg, "m1")
@@ -513,21 +513,21 @@ def test_every_swap_through_agent_apply_carries_the_commissioning(plain_bundle: 
     try:
         agent._commit(agent._first)
         assert agent.commission is not None and agent.commission.commissioning
-        while len(agent.commission.rows) < 5:
+        while len(agent.commission.log) < 5:
             item = agent.reader.get(5.0)
             assert item is not None
             agent._handle(item)
-        seen = agent.commission.rows
+        seen = agent.commission.log.evidence().rows()
         calibration = state / "calibration.json"
 
         agent.apply(agent.cfg, agent.bundle)  # a reload, nothing changed: resumed, progress saved first
-        assert agent.commission.rows == seen
+        assert agent.commission.log.evidence().rows() == seen
         assert [json.loads(x) for x in windows.read_text().splitlines()] == seen
 
         old = agent.bundle
         new = dataclasses.replace(old, version=old.version + "-new")
         agent.apply(agent.cfg, new)  # a deploy's apply: another model version
-        assert agent.commission.commissioning and agent.commission.rows == [] and not windows.exists()
+        assert agent.commission.commissioning and len(agent.commission.log) == 0 and not windows.exists()
         assert "a new commissioning starts" in (agent.commission.note or "")
         assert json.loads(calibration.read_text())["model"] == new.version
 
@@ -538,12 +538,12 @@ def test_every_swap_through_agent_apply_carries_the_commissioning(plain_bundle: 
         agent.apply(agent.cfg, combined)  # the combined detector: commissioned like any other
         assert agent.commission.commissioning and agent.commission.model == combined.version
         assert agent.pipeline is not None and agent.pipeline.detector is combined.detector
-        while len(agent.commission.rows) < 3:
+        while len(agent.commission.log) < 3:
             item = agent.reader.get(5.0)
             assert item is not None
             agent._handle(item)
-        assert set(agent.commission.rows[0]) == {"t", "score", "contributions", "pca_score", "pca_contributions",
-                                                 "floors", "means"}
+        assert set(agent.commission.log.evidence().rows()[0]) == {
+            "t", "score", "contributions", "pca_score", "pca_contributions", "floors", "means"}
     finally:
         if agent.reader is not None:
             agent.reader.close()
