@@ -275,6 +275,54 @@ def test_training_and_commissioning_fit_the_same_healthy_statistics(tiny_run: Pa
     assert "floor.thresholds" in (damaged.note or "") and "recalibrate" in (damaged.note or "")
 
 
+def test_a_diagnosing_detector_refits_its_healthy_envelope_energies(tiny_run: Path, tiny_data: Path,
+                                                                     tmp_path: Path) -> None:
+    """With [diagnosis], each commissioning window keeps its last frame's envelope energies (a restart resumes
+    them from the windows file) and the commissioned detector's healthy energies are their median: what
+    training fits on its healthy windows' last frames."""
+    from vibrawatch.agent.bundle import load_bundle
+    from vibrawatch.agent.loaders import load
+    from vibrawatch.agent.pipeline import Pipeline
+    from vibrawatch.agent.source import ReplaySource
+    from vibrawatch.train.config import DiagnosisConfig
+    from vibrawatch.train.dataset import featurize, make_windows
+    from vibrawatch.train.product import diagnosis_from_config, frame_energies
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    meta = json.loads((run / "run.json").read_text())
+    dg = diagnosis_from_config(DiagnosisConfig(rpm=2000, n_balls=9, ball_diameter=7.9, pitch_diameter=39.0),
+                               20000.0, 1024, 4)
+    meta["diagnosis"] = dg.to_dict()
+    (run / "run.json").write_text(json.dumps(meta))
+    cli("convert", run, "--out", tmp_path / "diag.tar")
+    bundle = load_bundle(tmp_path / "diag.tar")
+    d = bundle.detector
+    assert d.diagnosis is not None
+    state, cfg = tmp_path / "calibration.json", CommissioningSection(windows=100)
+    first = Commissioning.open(d, bundle.version, cfg, state)
+    pipe = Pipeline(bundle)
+    pipe.attach(first)
+    chunks = iter(ReplaySource(tiny_data, speed=0).chunks())
+    while len(first.log) < 50:
+        pipe.process(next(chunks))
+    first.save()  # a stop
+    resumed = Commissioning.open(d, bundle.version, cfg, state)
+    assert len(resumed.log) == len(first.log) and resumed.log.evidence().energies is not None
+    pipe.attach(resumed)
+    for chunk in chunks:
+        pipe.process(chunk)
+    assert resumed.calibration is not None and resumed.calibration.state == "commissioned"
+    data = load(tiny_data)
+    ends = make_windows(featurize(data, d.spec, progress=False), d.window, d.hop).end_frames[:100]
+    healthy = np.median(frame_energies(data, d.spec, d.diagnosis)[ends], axis=0)
+    fitted = resumed.calibration.detector.diagnosis
+    assert fitted is not None and fitted.defects_hz == d.diagnosis.defects_hz
+    np.testing.assert_allclose(fitted.healthy, healthy, rtol=1e-9)
+    back = Commissioning.open(d, bundle.version, cfg, state)  # a restart once commissioned
+    assert back.active.diagnosis is not None and np.array_equal(back.active.diagnosis.healthy, fitted.healthy)
+
+
 @pytest.mark.parametrize("body, named", [
     ("windows = 10\nhours = 2", "exactly one of"),
     ("", "exactly one of"),
