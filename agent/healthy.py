@@ -46,6 +46,10 @@ class Evidence:
     def __len__(self) -> int:
         return len(self.score)
 
+    def finite(self) -> bool:
+        """Is every number of every window finite?"""
+        return all(np.isfinite(getattr(self, f.name)).all() for f in fields(self) if getattr(self, f.name) is not None)
+
     def rows(self) -> list[dict[str, Any]]:
         """One plain dict (lists of numbers) per window: a line of the commissioning's windows file."""
         present = [(f.name, getattr(self, f.name)) for f in fields(self) if getattr(self, f.name) is not None]

@@ -124,6 +124,8 @@ class Decider:
 
     def _decide(self, ev: Evidence, energy: np.ndarray | None) -> Scored | None:
         d = self.detector
+        if not ev.finite():  # e.g. a feature mean of -inf: no level would say so, the commissioning would keep it
+            return None
         t, score, contrib = float(ev.t[0]), float(ev.score[0]), ev.contributions[0]
         if self.events is None:
             decision = self.alarm.update(score, contrib)
