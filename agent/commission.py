@@ -508,8 +508,9 @@ def describe(cfg: AgentConfig, bundle: Bundle) -> str:
     try:
         d = json.loads(path.read_text())
         state, model = d["state"], d["model"]
-        threshold = (with_fitted(bundle.detector, d["detector"]).threshold if state == "commissioned"
-                     and model == bundle.version else bundle.detector.threshold)
+        current = d.get("schema") == SCHEMA and model == bundle.version
+        threshold = (with_fitted(bundle.detector, d["detector"]).threshold if current and state == "commissioned"
+                     else bundle.detector.threshold)
     except (OSError, ValueError, KeyError, TypeError, ConfigError) as e:
         return (f"the bundle's: {path} is unreadable ({str(e)[:60]}); "
                 "`vibrawatch-agent recalibrate --config FILE` commissions again")
