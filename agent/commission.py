@@ -1,38 +1,38 @@
-"""Commissioning: each gateway learns its own machine's thresholds, by the rule training used.
+"""Commissioning: each gateway learns its own machine's healthy state, by the functions training used.
 
 One model trained on a reference machine goes to many machines of the same type, but each has its own
-healthy level: with the bundle's thresholds a rougher machine raises false alarms and a quieter one raises
-a late alarm. With ``[commissioning]`` in the config the agent first scores ``windows`` windows (or
-``hours`` of window time) and publishes them with ``threshold_source: commissioning`` and no alarm; then it
-fits this machine's thresholds from those scores with the bundle's rule and margin (``Detector.
-threshold_rule``, the same ``fit_threshold`` as training), stores them in the state directory and alarms
-from then on with ``threshold_source: commissioned``.
+healthy level: with the bundle's numbers a rougher machine raises false alarms and a quieter one raises a
+late alarm. With ``[commissioning]`` in the config the agent first scores ``windows`` windows (or ``hours``
+of window time) and publishes them with ``threshold_source: commissioning``, raising no alarm and publishing
+no transient, condition change or diagnosis (each would be judged on the reference machine's levels). Then
+it refits every number of the detector that describes *this machine's healthy state* with the same function
+as training (agent/healthy.py ``fit``, the bundle's threshold rule and margin): the autoencoder's thresholds,
+and for the combined detector (agent/events.py) the level floors (thresholds, healthy median, step sizes),
+the PCA residual's thresholds, each channel's own-deviation centre and spread, and the diagnosis's healthy
+envelope energies. The model, the scaler, the PCA's axes and the rules stay the bundle's. The agent stores
+the result in the state directory, publishes it on the status topic and decides with it from then on
+(``threshold_source: commissioned``).
 
-Guard against learning a fault as normal: when the median commissioning window sits above ``suspect_factor``
-times the bundle's thresholds (its alarm level, ``decide.alarm_levels``), or when one channel stands out,
-above its bundle threshold and more than ``channel_factor`` times the median of the other channels' levels
-(three channels or more), the machine is not one the model knows as healthy: it keeps the bundle's thresholds
-and says so (``commissioning_suspect``), alarming as before. The second test is what tells a fault from a
-machine that is merely rougher or quieter: on the simulator a rougher (1.4x) or quieter (0.7x) healthy machine
-moves every channel alike (the most different channel within 5% of the others) while a defect already present
-at commissioning moves its own bearing 9x more than the others, at an overall level (6.9) the first test
-cannot tell from the rougher machine's (7.2). With two channels the test is off: FEMTO's bearing at another
-load and speed has its horizontal/vertical balance 4.4x the reference's while healthy. See
-bench/commissioning.py.
+Guard against learning a fault as normal: when the median commissioning window's level against the bundle's
+detector (its score level and, with the combined detector, each channel's level against its floor and its
+share of the models' error: ``healthy.levels``) sits above ``suspect_factor``, or when one channel stands
+out, above 1 and more than ``channel_factor`` times the median of the other channels' median levels (three
+channels or more), the machine is not one the model knows as healthy: it keeps the bundle's detector and says
+so (``commissioning_suspect``), alarming as before. See bench/commissioning.py for what the simulator and
+FEMTO show. With two channels the standout test is off: FEMTO's bearing at another load and speed has its
+horizontal/vertical balance 4.4x the reference's while healthy.
 
 A new bundle (another ``model`` version) or ``vibrawatch-agent recalibrate`` starts a new commissioning.
 
-Only a bundle whose decisions are the autoencoder's (``[product] combined = false``) is commissioned. The
-combined detector (agent/events.py) also alarms on per-channel level floors, a PCA residual and each
-channel's own deviation, all against the reference machine's healthy statistics, which this rule does not
-refit; commissioning only its autoencoder thresholds would call the result this machine's while the floors
-still alarm at the reference machine's. So with such a bundle ``[commissioning]`` is refused: one error line
-in the log, a status with ``event: commissioning_refused`` (``threshold_source: bundle``), and the bundle's
-thresholds; the calibration file is left as it was.
-A calibration file that cannot be read falls back to the bundle's thresholds and says so; scoring never stops for it.
+State: ``calibration.json`` (small: state, model, and once commissioned the fitted parts under ``detector``,
+as ``Detector.to_dict()`` keys, parsed back with ``Detector.from_dict``'s checks) and, while commissioning,
+``calibration.windows.jsonl`` beside it: one line per window (what ``fit`` needs of it), appended at most once
+a minute and at stop, deleted once commissioned. A restart resumes from both; a torn last line (a power cut)
+is skipped with a log line. A calibration file that cannot be read falls back to the bundle's detector and
+says so; scoring never stops for it.
 
-``Commissioning`` is the streaming object (one ``update`` per scored window, as ``AlarmState``);
-``commission`` is its batch twin over a whole run, tested equal.
+``Commissioning`` is the streaming object (one ``window`` per scored window, called by the pipeline's
+``Decider``); ``commission`` is its batch twin over a whole run, tested equal.
 """
 
 from __future__ import annotations
@@ -49,10 +49,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .decide import AlarmState, Decision, alarm_levels
+from . import healthy
+from .decide import Decision
 from .detector import Detector
 from .errors import ConfigError
-from .threshold import fit_channel_thresholds, fit_threshold
+from .healthy import Evidence, EvidenceLog, levels
 
 if TYPE_CHECKING:
     from .bundle import Bundle
@@ -61,10 +62,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("vibrawatch.commission")
 
-SCHEMA = "vibrawatch.calibration/1"
+SCHEMA = "vibrawatch.calibration/2"
+OLD_SCHEMA = "vibrawatch.calibration/1"  # thresholds only, every window's numbers in the file: commissioned again
 CALIBRATION_FILE = "calibration.json"
+WINDOWS_SUFFIX = ".windows.jsonl"  # calibration.windows.jsonl: the commissioning's windows, one line each
 SOURCES = ("bundle", "commissioning", "commissioned")
-SAVE_EVERY_S = 60.0  # progress is written at most once a minute (and at every transition and stop)
+SAVE_EVERY_S = 60.0  # windows are appended at most once a minute (and at every transition and stop)
 
 
 @dataclass(frozen=True)
@@ -120,14 +123,13 @@ def default_state_file(spool: str | Path) -> Path:
 
 @dataclass(frozen=True)
 class Calibration:
-    """The outcome of a commissioning: this machine's thresholds, or why the bundle's were kept."""
+    """The outcome of a commissioning: this machine's detector, or why the bundle's was kept."""
 
     state: str  # "commissioned" | "commissioning_suspect" | "unreadable" (a damaged file: the bundle's)
     model: str
-    threshold: float
-    channel_thresholds: np.ndarray
+    detector: Detector  # the detector that decides from now on: this machine's, or the bundle's
     windows: int
-    median_level: float  # median commissioning window's alarm level against the bundle's thresholds
+    median_level: float  # median commissioning window's level against the bundle's detector
     standout: float  # the most different channel's median level / the other channels' median (1: all alike)
     bundle_threshold: float
     started_t: float
@@ -137,37 +139,80 @@ class Calibration:
     def source(self) -> str:
         return "commissioned" if self.state == "commissioned" else "bundle"
 
+    @property
+    def threshold(self) -> float:
+        return self.detector.threshold
+
+    @property
+    def channel_thresholds(self) -> np.ndarray:
+        return self.detector.channel_thresholds
+
     def status_fields(self) -> dict[str, Any]:
         """What the status message says about it."""
-        return {"threshold_source": self.source, "threshold": self.threshold,
-                "channel_thresholds": [float(x) for x in self.channel_thresholds], "windows": self.windows,
-                "median_level": self.median_level, "standout": self.standout,
-                "bundle_threshold": self.bundle_threshold}
+        d = self.detector
+        out: dict[str, Any] = {
+            "threshold_source": self.source, "threshold": self.threshold,
+            "channel_thresholds": [float(x) for x in self.channel_thresholds], "windows": self.windows,
+            "median_level": self.median_level, "standout": self.standout, "bundle_threshold": self.bundle_threshold}
+        if d.floor is not None:
+            out["floor_thresholds"] = d.floor.thresholds.tolist()
+        if d.pca is not None:
+            out["pca_threshold"] = d.pca.threshold
+        return out
 
 
-def standout(contributions: np.ndarray, channel_thresholds: np.ndarray) -> tuple[float, float]:
-    """(the highest channel's median level, it / the median of the other channels' median levels)."""
-    per_channel = np.median(np.asarray(contributions) / np.maximum(channel_thresholds, 1e-12), axis=0)
-    if per_channel.size < 3:  # "the others" would be one channel: an operating condition moves that balance
-        return float(per_channel.max()), 1.0
-    top = int(np.argmax(per_channel))
-    others = float(np.median(np.delete(per_channel, top)))
-    return float(per_channel[top]), float(per_channel[top] / max(others, 1e-12))
+FITTED = ("threshold", "floor", "pca", "own", "diagnosis")  # the Detector.to_dict() keys a commissioning refits
 
 
-def fit(scores: np.ndarray, contributions: np.ndarray, times: np.ndarray, detector: Detector,
-        cfg: CommissioningSection, model: str) -> Calibration:
-    """Thresholds from commissioning windows by the bundle's rule, or the bundle's when they look faulty."""
-    levels = alarm_levels(scores, detector.threshold, contributions, detector.channel_thresholds)
-    median = float(np.median(levels))
-    top, ratio = standout(contributions, detector.channel_thresholds)
-    common = {"model": model, "windows": int(len(scores)), "median_level": median, "standout": ratio,
-              "bundle_threshold": detector.threshold, "started_t": float(times[0]), "finished_t": float(times[-1])}
+def fitted_parts(d: Detector) -> dict[str, Any]:
+    """What a calibration file keeps of a commissioned detector: its ``to_dict`` keys that commissioning refits
+    (the PCA's mean and axes are the model's and stay in the bundle)."""
+    out = {k: v for k, v in d.to_dict().items() if k in FITTED}
+    out["threshold"] = {k: out["threshold"][k] for k in ("value", "channels")}
+    if "pca" in out:
+        out["pca"] = {k: out["pca"][k] for k in ("threshold", "channel_thresholds")}
+    return out
+
+
+def with_fitted(bundle: Detector, parts: Any) -> Detector:
+    """The bundle's detector with a calibration file's fitted parts, checked by ``Detector.from_dict`` (a damaged
+    file is a ConfigError naming the field, never a detector half of one machine's and half of another's)."""
+    base = bundle.to_dict()
+    if not isinstance(parts, Mapping):
+        raise ConfigError(f"detector: expected an object, got {type(parts).__name__}")
+    wanted = {k for k in FITTED if k in base}
+    if set(parts) != wanted:
+        raise ConfigError(f"detector: parts {sorted(parts)}, expected {sorted(wanted)} (the bundle's detector)")
+    merged = dict(base)
+    for k, v in parts.items():
+        if not isinstance(v, Mapping):
+            raise ConfigError(f"detector.{k}: expected an object, got {type(v).__name__}")
+        merged[k] = {**base[k], **v}
+    return Detector.from_dict(merged)
+
+
+def standout(per_channel: np.ndarray) -> tuple[float, float]:
+    """Each window's channel levels (n, C) -> (the highest channel's median level, it / the median of the other
+    channels' median levels)."""
+    med = np.median(np.asarray(per_channel), axis=0)
+    if med.size < 3:  # "the others" would be one channel: an operating condition moves that balance
+        return float(med.max()), 1.0
+    top = int(np.argmax(med))
+    others = float(np.median(np.delete(med, top)))
+    return float(med[top]), float(med[top] / max(others, 1e-12))
+
+
+def calibrate(ev: Evidence, detector: Detector, cfg: CommissioningSection, model: str) -> Calibration:
+    """This machine's detector from its commissioning windows (``healthy.fit``, training's functions and rule),
+    or the bundle's when the windows look faulty against it (the suspect guard)."""
+    level, per_channel = levels(detector, ev)
+    median = float(np.median(level))
+    top, ratio = standout(per_channel)
+    common = {"model": model, "windows": len(ev), "median_level": median, "standout": ratio,
+              "bundle_threshold": detector.threshold, "started_t": float(ev.t[0]), "finished_t": float(ev.t[-1])}
     if median > cfg.suspect_factor or (top > 1.0 and ratio > cfg.channel_factor):
-        return Calibration("commissioning_suspect", threshold=detector.threshold,
-                           channel_thresholds=np.asarray(detector.channel_thresholds, float), **common)
-    return Calibration("commissioned", threshold=fit_threshold(scores, detector.threshold_rule),
-                       channel_thresholds=fit_channel_thresholds(contributions, detector.threshold_rule), **common)
+        return Calibration("commissioning_suspect", detector=detector, **common)
+    return Calibration("commissioned", detector=healthy.fit(detector, ev), **common)
 
 
 def _done(cfg: CommissioningSection, n: int, t0: float, t: float) -> bool:
@@ -176,39 +221,61 @@ def _done(cfg: CommissioningSection, n: int, t0: float, t: float) -> bool:
     return n >= 2 and t - t0 >= float(cfg.hours or 0) * 3600.0
 
 
-def commission(scores: np.ndarray, contributions: np.ndarray, times: np.ndarray, detector: Detector,
-               cfg: CommissioningSection, model: str) -> tuple[Calibration | None, int]:
-    """Batch twin of ``Commissioning``: the calibration a run's windows give and the index of the first
-    window decided with it (None and len(scores) when the run is shorter than the commissioning)."""
-    for i in range(len(scores)):
-        if _done(cfg, i + 1, float(times[0]), float(times[i])):
-            return fit(scores[: i + 1], contributions[: i + 1], times[: i + 1], detector, cfg, model), i + 1
-    return None, len(scores)
+def commission(ev: Evidence, detector: Detector, cfg: CommissioningSection, model: str
+               ) -> tuple[Calibration | None, int]:
+    """Batch twin of ``Commissioning``: the calibration a run's windows give and the index of the first window
+    decided with it (None and len(ev) when the run is shorter than the commissioning)."""
+    for i in range(len(ev)):
+        if _done(cfg, i + 1, float(ev.t[0]), float(ev.t[i])):
+            return calibrate(ev.window(slice(0, i + 1)), detector, cfg, model), i + 1
+    return None, len(ev)
+
+
+def row_shapes(d: Detector) -> dict[str, tuple[int, ...]]:
+    """The parts (and their shapes) of one commissioning window for detector ``d``: a windows-file line."""
+    c = len(d.channels)
+    shapes: dict[str, tuple[int, ...]] = {"t": (), "score": (), "contributions": (c,)}
+    if d.combined:
+        assert d.floor is not None
+        if d.pca is not None:
+            shapes |= {"pca_score": (), "pca_contributions": (c,)}
+        shapes |= {"floors": d.floor.thresholds.shape, "means": (d.spec.n_features,)}
+        if d.diagnosis is not None and d.spec.input != "table":
+            shapes["energies"] = d.diagnosis.healthy.shape
+    return shapes
+
+
+def _row_ok(row: Any, shapes: Mapping[str, tuple[int, ...]]) -> bool:
+    if not isinstance(row, dict) or set(row) != set(shapes):
+        return False
+    for k, shape in shapes.items():
+        a = np.asarray(row[k], dtype=np.float64)  # ValueError (ragged, text) is a damaged line too
+        if a.shape != shape or not np.all(np.isfinite(a)):
+            return False
+    return True
 
 
 @dataclass
 class Commissioning:
-    """Streaming commissioning for one agent: ``update`` each scored window, get it back as published.
+    """Streaming commissioning for one agent: each scored window goes through ``window`` (the pipeline's
+    ``Decider`` calls it), which keeps it while commissioning and publishes it with no alarm.
 
-    During commissioning a window's decision never alarms (its level is against the bundle's thresholds);
-    once calibrated, windows are decided by an ``AlarmState`` on the calibrated (or the bundle's) thresholds.
+    While it runs nothing alarms and no transient, condition change or diagnosis is published (each would be
+    judged on the reference machine's levels); when it completes, ``calibration.detector`` decides (the
+    ``Decider`` swaps it in, its alarm rule warmed with ``warm``, the last commissioning windows).
     """
 
-    detector: Detector
+    detector: Detector  # the bundle's
     model: str
     cfg: CommissioningSection | None
     state_file: Path | None = None
     calibration: Calibration | None = None
-    scores: list[float] = field(default_factory=list)
-    contributions: list[list[float]] = field(default_factory=list)
-    times: list[float] = field(default_factory=list)
+    log: EvidenceLog = field(default_factory=EvidenceLog)  # the commissioning's windows so far
     note: str | None = None  # what happened at load (unreadable file, new model), for the log and status
-    refused: bool = False  # [commissioning] given, but the bundle's detector is one it cannot commission
-    window_source: str = "bundle"  # threshold_source and threshold of the last window through ``window``
-    window_threshold: float = 0.0
-    _alarm: AlarmState | None = None
-    _since: float | None = None
+    warm: Evidence | None = None  # the last raise_after - 1 commissioning windows, once it completed
+    _pending: list[str] = field(default_factory=list)  # windows-file lines not written yet
     _saved: float = 0.0
+    _json_written: bool = False
 
     @property
     def source(self) -> str:
@@ -218,95 +285,96 @@ class Commissioning:
         return "commissioning" if self.calibration is None else self.calibration.source
 
     @property
+    def active(self) -> Detector:
+        """The detector that decides now: this machine's once commissioned, else the bundle's."""
+        return self.detector if self.calibration is None else self.calibration.detector
+
+    @property
     def threshold(self) -> float:
-        return self.detector.threshold if self.calibration is None else self.calibration.threshold
+        return self.active.threshold
 
     @property
     def commissioning(self) -> bool:
         return self.source == "commissioning"
 
-    def alarm_state(self) -> AlarmState:
-        if self._alarm is None:
-            d = self.detector
-            if self.calibration is not None:
-                d = d.with_thresholds(self.calibration.threshold, self.calibration.channel_thresholds)
-            self._alarm = d.alarm_state()
-        return self._alarm
-
-    def update(self, score: float, contributions: np.ndarray, t: float, decision: Decision
-               ) -> tuple[Decision, float | None, Calibration | None]:
-        """One scored window (its pipeline decision on the bundle's thresholds) -> the decision to publish,
-        the active alarm's start time, and the calibration when this window completed the commissioning."""
-        if not self.commissioning:
-            d = self.alarm_state().update(score, contributions)
-            return d, self._track_since(d, t), None
-        self.scores.append(float(score))
-        self.contributions.append([float(x) for x in contributions])
-        self.times.append(float(t))
-        quiet = Decision(above=decision.level > 1.0, active=False, event=None, channel=decision.channel,
-                         level=decision.level)
-        assert self.cfg is not None
-        if _done(self.cfg, len(self.scores), self.times[0], float(t)):
-            self.calibration = fit(np.asarray(self.scores), np.asarray(self.contributions), np.asarray(self.times),
-                                   self.detector, self.cfg, self.model)
-            self._alarm = None
-            warm = self.detector.rule.raise_after - 1  # the alarm rule remembers the last commissioning windows,
-            state = self.alarm_state()  # so a fault present at the end alarms at the first window after them
-            for s, c in zip(self.scores[len(self.scores) - warm:], self.contributions[len(self.scores) - warm:],
-                            strict=True):
-                state.update(s, np.asarray(c))
-            self.scores, self.contributions, self.times = [], [], []
-            self.save()
-            return quiet, None, self.calibration
-        if time.monotonic() - self._saved >= SAVE_EVERY_S:
-            self.save()
-        return quiet, None, None
+    @property
+    def windows_file(self) -> Path | None:
+        """``calibration.windows.jsonl`` beside the state file: one line per commissioning window."""
+        return None if self.state_file is None else self.state_file.with_name(self.state_file.stem + WINDOWS_SUFFIX)
 
     def window(self, ev: Scored) -> tuple[Scored, Calibration | None]:
-        """The agent's one call per scored window: the window as it is published, and the calibration when
-        this window completed the commissioning. Without ``[commissioning]`` the window is unchanged."""
-        self.window_source, self.window_threshold = self.source, self.threshold
-        if self.cfg is None or not self.cfg.enabled:
-            return ev, None
-        d, since, cal = self.update(ev.score, ev.contributions, ev.t, ev.decision)
-        return replace(ev, decision=d, level=d.level, since=since), cal
+        """One scored window -> the window as published, and the calibration when it completed the
+        commissioning. Outside a commissioning only its ``source`` is set."""
+        if not self.commissioning:
+            return replace(ev, source=self.source), None
+        assert self.cfg is not None and ev.evidence is not None
+        self.log.append(ev.evidence)
+        self._pending.append(json.dumps(ev.evidence.rows()[0], allow_nan=False))
+        d = ev.decision
+        quiet = replace(ev, decision=Decision(above=d.level > 1.0, active=False, event=None, channel=d.channel,
+                                              level=d.level),
+                        since=None, verdict=None, diagnosis={}, diagnosed={}, source="commissioning")
+        every = self.log.evidence()
+        if _done(self.cfg, len(every), float(every.t[0]), ev.t):
+            self.calibration = calibrate(every, self.detector, self.cfg, self.model)
+            self.warm = every.tail(self.detector.rule.raise_after - 1)
+            self.log, self._pending, self._json_written = EvidenceLog(), [], False
+            self.save()
+            return replace(quiet, calibration=self.calibration), self.calibration
+        if time.monotonic() - self._saved >= SAVE_EVERY_S:
+            self.save()
+        return quiet, None
 
-    def _track_since(self, d: Decision, t: float) -> float | None:
-        if d.event == "raised":
-            self._since = t
-        elif d.event == "cleared" or not d.active:
-            self._since = None
-        return self._since
-
-    # -- the state file ----------------------------------------------------------------------------------
+    # -- the state files ---------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         c = self.calibration
         out: dict[str, Any] = {"schema": SCHEMA, "model": self.model, "updated": time.time()}
         if c is None:
-            out |= {"state": "commissioning", "scores": self.scores, "contributions": self.contributions,
-                    "times": self.times}
-        else:
-            out |= {"state": c.state, "threshold": c.threshold, "channel_thresholds": c.channel_thresholds.tolist(),
-                    "windows": c.windows, "median_level": c.median_level, "standout": c.standout,
-                    "bundle_threshold": c.bundle_threshold,
-                    "started_t": c.started_t, "finished_t": c.finished_t}
+            return out | {"state": "commissioning", "windows_file": WINDOWS_SUFFIX.lstrip(".")}
+        out |= {"state": c.state, "windows": c.windows, "median_level": c.median_level, "standout": c.standout,
+                "bundle_threshold": c.bundle_threshold, "started_t": c.started_t, "finished_t": c.finished_t}
+        if c.state == "commissioned":
+            out["detector"] = fitted_parts(c.detector)
         return out
 
     def save(self) -> None:
-        """Write the state file atomically (a power cut leaves the old or the new one, never half of one)."""
+        """Write what is not written yet: the state file when the state changed (atomically: a power cut leaves
+        the old or the new one), and the windows since the last save, appended to the windows file (a power
+        cut tears at most its last line, which a resume skips). Called at most once a minute, at every
+        transition and at stop."""
         self._saved = time.monotonic()
         if self.state_file is None or self.cfg is None or not self.cfg.enabled:
             return
         if self.calibration is not None and self.calibration.state == "unreadable":
             return  # the damaged file stays for a look until `recalibrate` replaces it
-        tmp = self.state_file.with_name(self.state_file.name + ".tmp")
+        windows = self.windows_file
+        assert windows is not None
         try:
             self.state_file.parent.mkdir(parents=True, exist_ok=True)  # as the spool's: owner only (umask 077)
-            tmp.write_text(json.dumps(self.to_dict(), allow_nan=False))
-            os.replace(tmp, self.state_file)
+            if not self._json_written:
+                tmp = self.state_file.with_name(self.state_file.name + ".tmp")
+                tmp.write_text(json.dumps(self.to_dict(), allow_nan=False))
+                os.replace(tmp, self.state_file)
+                self._json_written = True
+                if self.calibration is not None:
+                    windows.unlink(missing_ok=True)  # commissioned: its windows are in the detector now
+            if self._pending and self.calibration is None:
+                with windows.open("a") as f:
+                    f.write("".join(line + "\n" for line in self._pending))
+                self._pending = []
         except OSError as e:  # scoring goes on; the commissioning is lost at the next restart
             log.error("%s: cannot save the calibration (%s); make the state directory writable for the service",
-                      self.state_file, e.strerror)
+                      e.filename or self.state_file, e.strerror)
+
+    def _start(self) -> None:
+        """A new commissioning: an empty windows file and the state file saying so."""
+        self.log, self._pending, self._json_written = EvidenceLog(), [], False
+        if self.windows_file is not None:
+            try:
+                self.windows_file.unlink(missing_ok=True)
+            except OSError as e:
+                log.error("%s: cannot remove the old commissioning windows (%s)", self.windows_file, e.strerror)
+        self.save()
 
     @classmethod
     def open(cls, detector: Detector, model: str, cfg: CommissioningSection | None, state_file: Path | None
@@ -316,24 +384,20 @@ class Commissioning:
         if cfg is None or not cfg.enabled or state_file is None:
             return c
         if not state_file.exists():
-            c.note = f"commissioning starts: {_length(cfg)} before this machine's thresholds are fitted"
-            c.save()
+            c.note = f"commissioning starts: {_length(cfg)} before this machine's detector is fitted"
+            c._start()
             return c
         try:
-            d = json.loads(state_file.read_text())
-            resumed = c._load(d)
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            c.calibration = Calibration("unreadable", model, detector.threshold,
-                                        np.asarray(detector.channel_thresholds, float), 0, float("nan"),
-                                        float("nan"), detector.threshold, float("nan"), float("nan"))
+            why = c._load(json.loads(state_file.read_text()))
+        except (OSError, ValueError, KeyError, TypeError, ConfigError) as e:
+            c.calibration = Calibration("unreadable", model, detector, 0, float("nan"), float("nan"),
+                                        detector.threshold, float("nan"), float("nan"))
             c.note = (f"{state_file}: unreadable calibration ({str(e)[:80]}); using the bundle's thresholds; "
                       f"run `vibrawatch-agent recalibrate --config FILE` to commission again")
             return c
-        if not resumed:
-            why = ("recalibration requested" if d.get("state") == "requested"
-                   else f"calibrated for model {d.get('model')}, this is {model}")
+        if why is not None:
             c.note = f"{state_file}: {why}: a new commissioning starts ({_length(cfg)})"
-            c.save()
+            c._start()
         return c
 
     def reopen(self, detector: Detector, model: str, cfg: CommissioningSection | None, state_file: Path | None
@@ -355,32 +419,64 @@ class Commissioning:
         if not requested and (self.calibration is None or self.calibration.state != "unreadable"):
             self.save()
 
-    def _load(self, d: Mapping[str, Any]) -> bool:
-        """Take over a state file's content; False when it belongs to another model or asks to start over."""
+    def _load(self, d: Any) -> str | None:
+        """Take over a state file's content; why a new commissioning starts instead (None: resumed)."""
+        if not isinstance(d, Mapping):
+            raise ValueError(f"expected a JSON object, got {type(d).__name__}")
+        if d.get("schema") == OLD_SCHEMA:
+            return "calibration from an older agent (its windows lack what this one fits)"
         if d.get("schema") != SCHEMA:
             raise ValueError(f"schema {d.get('schema')!r}, expected {SCHEMA}")
-        if d["model"] != self.model or d["state"] == "requested":
-            return False
+        if d["state"] == "requested":
+            return "recalibration requested"
+        if d["model"] != self.model:
+            return f"calibrated for model {d['model']}, this is {self.model}"
+        self._json_written = True
         if d["state"] == "commissioning":
-            self.scores = [float(x) for x in d["scores"]]
-            self.contributions = [[float(y) for y in x] for x in d["contributions"]]
-            self.times = [float(x) for x in d["times"]]
-            if not (len(self.scores) == len(self.contributions) == len(self.times)):
-                raise ValueError("scores, contributions and times differ in length")
-            self.note = f"commissioning resumes after {len(self.scores)} window(s)"
-            return True
+            rows = self._read_windows()
+            if rows:
+                self.log.append(Evidence.stack(rows))
+            self.note = f"commissioning resumes after {len(rows)} window(s)"
+            return None
         if d["state"] not in ("commissioned", "commissioning_suspect"):
             raise ValueError(f"state {d['state']!r}")
-        ch = np.asarray(d["channel_thresholds"], dtype=np.float64)
-        thr = float(d["threshold"])
-        if ch.shape != self.detector.channel_thresholds.shape or not np.all(np.isfinite(ch) & (ch > 0)) \
-                or not (math.isfinite(thr) and thr > 0):
-            raise ValueError("thresholds are not positive numbers, one per channel")
-        self.calibration = Calibration(d["state"], self.model, thr, ch, int(d["windows"]), float(d["median_level"]),
+        det = with_fitted(self.detector, d["detector"]) if d["state"] == "commissioned" else self.detector
+        self.calibration = Calibration(d["state"], self.model, det, int(d["windows"]), float(d["median_level"]),
                                        float(d["standout"]), float(d["bundle_threshold"]), float(d["started_t"]),
                                        float(d["finished_t"]))
-        self.note = f"{d['state']}: threshold {thr:.6g} ({self.calibration.source}) from {self.state_file}"
-        return True
+        self.note = f"{d['state']}: threshold {det.threshold:.6g} ({self.calibration.source}) from {self.state_file}"
+        return None
+
+    def _read_windows(self) -> list[dict[str, Any]]:
+        """The commissioning's windows so far; damaged lines (a write torn by a power cut) are skipped with one
+        log line and the file is rewritten without them, so the next append starts on a line of its own."""
+        path = self.windows_file
+        assert path is not None
+        if not path.exists():
+            return []
+        raw = path.read_bytes()
+        shapes = row_shapes(self.detector)
+        rows, good, bad = [], [], 0
+        for line in raw.split(b"\n"):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                ok = _row_ok(row, shapes)
+            except ValueError:
+                ok = False
+            if ok:
+                rows.append(row)
+                good.append(line)
+            else:
+                bad += 1
+        if bad or (raw and not raw.endswith(b"\n")):
+            log.warning("%s: %d damaged line(s) skipped (a write torn by a power cut?); commissioning resumes with "
+                        "%d window(s)", path, bad, len(rows))
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_bytes(b"".join(x + b"\n" for x in good))
+            os.replace(tmp, path)
+        return rows
 
 
 def open_commissioning(cfg: AgentConfig, bundle: Bundle, previous: Commissioning | None = None) -> Commissioning:
@@ -388,13 +484,6 @@ def open_commissioning(cfg: AgentConfig, bundle: Bundle, previous: Commissioning
     on a reload (``previous``) its progress is kept unless ``recalibrate`` asked to start over."""
     c = cfg.commissioning
     path = (Path(c.state) if c.state else default_state_file(cfg.agent.spool)) if c else None
-    if c is not None and c.enabled and bundle.detector.combined:
-        if previous is not None:
-            previous.keep()
-        comm = Commissioning(bundle.detector, bundle.version, None, None, refused=True,
-                             note=refused_note(cfg, bundle))
-        log.error("%s", comm.note)
-        return comm
     args = (bundle.detector, bundle.version, c, path)
     comm = previous.reopen(*args) if previous is not None else Commissioning.open(*args)
     if comm.note:
@@ -403,21 +492,11 @@ def open_commissioning(cfg: AgentConfig, bundle: Bundle, previous: Commissioning
     return comm
 
 
-def refused_note(cfg: AgentConfig, bundle: Bundle) -> str:
-    """Why a combined-detector bundle is not commissioned (one line, for the log, the status and ``check``)."""
-    return (f"{cfg.path}: [commissioning] not applied: bundle {bundle.version} uses the combined detector (level "
-            "floors, PCA residual, per-channel attribution), whose thresholds commissioning cannot refit; its alarms "
-            "use the bundle's thresholds. To commission this machine, deploy a bundle trained with [product] "
-            "combined = false; or remove [commissioning]")
-
-
 def describe(cfg: AgentConfig, bundle: Bundle) -> str:
     """For ``vibrawatch-agent check``: where the thresholds will come from, without writing anything."""
     c = cfg.commissioning
     if c is None:
         return f"the bundle's ({bundle.detector.threshold:.6g}); no [commissioning] in the config"
-    if c.enabled and bundle.detector.combined:
-        return f"the bundle's ({bundle.detector.threshold:.6g}); {refused_note(cfg, bundle)}"
     path = Path(c.state) if c.state else default_state_file(cfg.agent.spool)
     from .preflight import creatable_dir
 
@@ -429,14 +508,19 @@ def describe(cfg: AgentConfig, bundle: Bundle) -> str:
     try:
         d = json.loads(path.read_text())
         state, model = d["state"], d["model"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
+        current = d.get("schema") == SCHEMA and model == bundle.version
+        threshold = (with_fitted(bundle.detector, d["detector"]).threshold if current and state == "commissioned"
+                     else bundle.detector.threshold)
+    except (OSError, ValueError, KeyError, TypeError, ConfigError) as e:
         return (f"the bundle's: {path} is unreadable ({str(e)[:60]}); "
                 "`vibrawatch-agent recalibrate --config FILE` commissions again")
-    if model != bundle.version or state == "requested":
+    if model != bundle.version or state == "requested" or d.get("schema") != SCHEMA:
         return f"a new commissioning ({_length(c)}) starts at the next start or reload ({path}: {state}, {model})"
     if state == "commissioning":
-        return f"commissioning, {len(d.get('scores', []))} of {_length(c)} so far ({path})"
-    return f"{state}: {float(d['threshold']):.6g} (the bundle's {bundle.detector.threshold:.6g}) from {path}"
+        windows = path.with_name(path.stem + WINDOWS_SUFFIX)
+        n = windows.read_bytes().count(b"\n") if windows.exists() else 0
+        return f"commissioning, {n} of {_length(c)} so far ({path})"
+    return f"{state}: {threshold:.6g} (the bundle's {bundle.detector.threshold:.6g}) from {path}"
 
 
 def status(comm: Commissioning, cal: Calibration | None = None) -> tuple[str, dict[str, Any]] | None:
@@ -448,10 +532,8 @@ def status(comm: Commissioning, cal: Calibration | None = None) -> tuple[str, di
             "most different channel %.2f x the others", cal.state, cal.windows, cal.threshold, cal.bundle_threshold,
             cal.median_level, cal.standout)
         return cal.state, cal.status_fields()
-    if comm.refused:
-        return "online", {"event": "commissioning_refused", "threshold_source": "bundle", "note": comm.note or ""}
     if comm.commissioning:
-        return "commissioning", {"threshold_source": "commissioning", "windows": len(comm.scores),
+        return "commissioning", {"threshold_source": "commissioning", "windows": len(comm.log),
                                  **({"note": comm.note} if comm.note else {})}
     if comm.calibration is not None and comm.calibration.state == "unreadable":
         return "online", {"event": "calibration_unreadable", "threshold_source": "bundle", "note": comm.note or ""}

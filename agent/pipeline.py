@@ -11,18 +11,23 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .bundle import Bundle
 from .decide import Decision, reconstruction_scores
+from .detector import Detector
 from .events import DiagnosisState, Verdict, envelope_energies, floor_values
 from .features import extract
 from .frames import Framer
+from .healthy import Evidence, event_inputs, window_evidence
 from .sensor_check import SensorLimits, check_chunk
 from .source import Chunk
 from .window import WindowBuffer
+
+if TYPE_CHECKING:
+    from .commission import Calibration, Commissioning
 
 NON_FINITE = "non-finite score: samples out of any sane range"
 SANE_FEATURE = 1e12  # beyond this |value| a feature comes from samples out of any sane range, not from a sensor
@@ -51,6 +56,10 @@ class Scored:
     verdict: Verdict | None = None  # the combined detector's (agent/events.py): channels, transients, ...
     diagnosis: dict[int, dict[str, Any]] = field(default_factory=dict)  # channel raised now -> its diagnosis
     diagnosed: dict[int, dict[str, Any]] = field(default_factory=dict)  # active channel -> defect now standing out
+    threshold: float = 0.0  # the score threshold of the detector that decided it
+    source: str = "bundle"  # where its thresholds come from: bundle, commissioning, commissioned
+    evidence: Evidence | None = None  # what commissioning keeps of it (agent/healthy.py)
+    calibration: Calibration | None = None  # the commissioning's outcome, on the window that completed it
 
 
 @dataclass(frozen=True)
@@ -73,6 +82,79 @@ class StageTimes:
 
 
 @dataclass
+class Decider:
+    """Everything after the score: one window's evidence in, its decision out, by the detector it holds.
+
+    The alarm rule (the autoencoder's thresholds) or, for a combined detector, the event layer and the
+    diagnosis (agent/events.py). With a ``Commissioning`` attached (agent/commission.py) each window goes
+    through it: while it runs, nothing alarms; when it completes, ``use`` swaps in the detector it fitted
+    (this machine's healthy statistics), its alarm rule warmed with the last commissioning windows, so a
+    fault present at the end alarms at the first window after them.
+    """
+
+    detector: Detector
+    commission: Commissioning | None = None
+
+    def __post_init__(self) -> None:
+        self.use(self.detector)
+
+    def use(self, detector: Detector, warm: Evidence | None = None) -> None:
+        """Decide with ``detector`` from now on: fresh alarm, event and diagnosis states, fed ``warm``'s windows
+        (decisions dropped: they only fill the alarm rule's memory)."""
+        self.detector = detector
+        self.alarm = detector.alarm_state()
+        self.events = detector.event_state() if detector.combined else None
+        self.diagnosis = DiagnosisState(detector.diagnosis) if self.events and detector.diagnosis else None
+        self._since: float | None = None
+        if warm is not None:
+            for i in range(len(warm)):
+                self._decide(warm.window(slice(i, i + 1)), None)
+        self._since = None
+
+    def window(self, ev: Evidence, energy: np.ndarray | None = None) -> Scored | None:
+        """One window (``ev`` of length 1; ``energy``: mean envelope energies of its frames, when diagnosing) ->
+        its result as published; None when any level it would decide on is not finite (nothing changed)."""
+        scored = self._decide(ev, energy)
+        if scored is None or self.commission is None:
+            return scored
+        scored, cal = self.commission.window(scored)
+        if cal is not None:
+            self.use(cal.detector, self.commission.warm)
+        return scored
+
+    def _decide(self, ev: Evidence, energy: np.ndarray | None) -> Scored | None:
+        d = self.detector
+        if not ev.finite():  # e.g. a feature mean of -inf: no level would say so, the commissioning would keep it
+            return None
+        t, score, contrib = float(ev.t[0]), float(ev.score[0]), ev.contributions[0]
+        if self.events is None:
+            decision = self.alarm.update(score, contrib)
+            if decision.event == "raised":
+                self._since = t
+            elif decision.event == "cleared":
+                self._since = None
+            return Scored(t, score, decision.level, contrib, decision, self._since, threshold=d.threshold,
+                          evidence=ev)
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            sl, cl, ratios, own, log_level = event_inputs(d, ev)
+        if not all(np.isfinite(a).all() for a in (sl, cl, ratios, own, log_level)) or (
+                energy is not None and not np.isfinite(energy).all()):
+            return None
+        v = self.events.update(t, float(sl[0]), cl[0], ratios[0], own[0], log_level[0])
+        if v.active and self._since is None:
+            self._since = t
+        elif not v.active:
+            self._since = None
+        at_raise: dict[int, dict[str, Any]] = {}
+        found: dict[int, dict[str, Any]] = {}
+        if energy is not None and self.diagnosis is not None:
+            at_raise, found = self.diagnosis.update(v, energy)
+        decision = Decision(v.above, bool(v.active), v.event, v.channel, v.level)
+        return Scored(t, score, v.level, contrib, decision, self._since, v, at_raise, found, threshold=d.threshold,
+                      evidence=ev)
+
+
+@dataclass
 class Pipeline:
     bundle: Bundle
     full_scale: float | None = None
@@ -84,14 +166,30 @@ class Pipeline:
         self._table = b.detector.spec.input == "table"
         self.framer = Framer(b.detector.spec.frame_length, n_ch, b.detector.spec.fs_hz)
         self.windows = WindowBuffer(b.detector.window, b.detector.hop, b.detector.spec.n_features)
-        self.alarm = b.detector.alarm_state()
+        self.decider = Decider(b.detector)
         self.limits = SensorLimits(n_ch, b.detector.spec.fs_hz, self.full_scale)
         self._fault: str | None = None
-        self._since: float | None = None
         self._next_t: float | None = None
-        self.events = b.detector.event_state() if b.detector.combined else None
+        self._combined = b.detector.combined
+        self._diagnosing = self._combined and b.detector.diagnosis is not None
         self._energies: deque[np.ndarray] = deque(maxlen=b.detector.window)  # diagnosis: the window's frames
-        self._diagnosis = DiagnosisState(b.detector.diagnosis) if self.events and b.detector.diagnosis else None
+
+    @property
+    def detector(self) -> Detector:
+        """The detector deciding now: the bundle's, or the one a commissioning fitted on this machine."""
+        return self.decider.detector
+
+    def use(self, detector: Detector, warm: Evidence | None = None) -> None:
+        """Decide with ``detector`` from the next window on (see ``Decider.use``)."""
+        self.decider.use(detector, warm)
+
+    def attach(self, commission: Commissioning | None) -> None:
+        """Send every window through ``commission`` and decide with the detector it holds now; a detector equal
+        to the one deciding keeps the running alarm and event states (a reload changes nothing)."""
+        self.decider.commission = commission
+        active = self.bundle.detector if commission is None else commission.active
+        if active is not self.detector and active.to_dict() != self.detector.to_dict():
+            self.use(active)
 
     def process(self, chunk: Chunk) -> list[SensorStatus | Scored]:
         """Feed one chunk; returns sensor status changes and one ``Scored`` per window that ends in it."""
@@ -110,10 +208,10 @@ class Pipeline:
         self._next_t = chunk.t_start + len(chunk.samples) / self.bundle.detector.spec.fs_hz
         t0 = time.perf_counter()
         det = self.bundle.detector
+        energies = None
         if self._table:
             feats, times = chunk.samples.astype(np.float64), np.full(len(chunk.samples), chunk.t_start)
-            floors = floor_values(feats, det.spec) if self.events else None
-            energies = None
+            floors = floor_values(feats, det.spec) if self._combined else None
         else:
             if chunk.new_segment:
                 self.framer.reset()
@@ -121,15 +219,18 @@ class Pipeline:
             if len(frames) == 0:
                 return events
             feats = extract(frames, det.spec)
-            floors = floor_values(frames, det.spec) if self.events else None
-            energies = envelope_energies(frames, det.spec, det.diagnosis) if self.events and det.diagnosis else None
+            floors = floor_values(frames, det.spec) if self._combined else None
+            if self._diagnosing:
+                assert det.diagnosis is not None
+                energies = envelope_energies(frames, det.spec, det.diagnosis)
         self.times.features += time.perf_counter() - t0
         for k, (row, t) in enumerate(zip(feats, times, strict=True)):
             if energies is not None:
                 self._energies.append(energies[k])
             window = self.windows.push(row)
             if window is not None:
-                scored = self._score(window, float(t), None if floors is None else floors[k])
+                scored = self._score(window, float(t), None if floors is None else floors[k],
+                                     None if energies is None else energies[k])
                 if scored is None:  # samples so large that the features or the model overflow (e.g. 1e38)
                     return self._sensor_fault(events, float(t), NON_FINITE)
                 if self._fault is not None:
@@ -149,7 +250,8 @@ class Pipeline:
         self._fault = reason
         return events
 
-    def _score(self, window: np.ndarray, t: float, floor: np.ndarray | None = None) -> Scored | None:
+    def _score(self, window: np.ndarray, t: float, floor: np.ndarray | None = None,
+               energy: np.ndarray | None = None) -> Scored | None:
         """The window's score and decision; None when the score (or, with the combined detector, any level
         it decides on) is not a finite number: never published, never fed to the alarm or event state, where
         NaN would compare as 'below threshold'."""
@@ -163,15 +265,12 @@ class Pipeline:
         s, c = reconstruction_scores(x[None], y[None], len(b.detector.spec.channels))
         if not (np.isfinite(s[0]) and np.isfinite(c[0]).all()):
             return self._not_finite(window)
-        if self.events is not None and floor is not None:
-            scored = self._combined(x, float(s[0]), c[0], floor, t)
-            return scored if scored is not None else self._not_finite(window)
-        decision = self.alarm.update(float(s[0]), c[0])
-        if decision.event == "raised":
-            self._since = t
-        elif decision.event == "cleared":
-            self._since = None
-        return Scored(t, float(s[0]), decision.level, c[0], decision, self._since)
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            ev = window_evidence(self.detector, np.array([t]), x[None], s, c,
+                                 None if floor is None else floor[None], None if energy is None else energy[None])
+            mean_energy = np.mean(np.stack(self._energies), axis=0) if self._energies else None
+        scored = self.decider.window(ev, mean_energy if self._diagnosing else None)
+        return scored if scored is not None else self._not_finite(window)
 
     def _not_finite(self, window: np.ndarray) -> None:
         """Count a window whose score is not finite. When its features (before the bundle's scaler and model)
@@ -181,29 +280,3 @@ class Pipeline:
         self.times.non_finite += 1
         if np.all(np.abs(window) <= SANE_FEATURE):  # NaN compares False: not sane either
             self.times.model_non_finite += 1
-
-    def _combined(self, x: np.ndarray, score: float, contrib: np.ndarray, floor: np.ndarray, t: float
-                  ) -> Scored | None:
-        """The combined detector's verdict on one window (the same steps as ``vibrawatch evaluate``); None,
-        with the event state untouched, when any level it would decide on is not finite."""
-        d = self.bundle.detector
-        assert self.events is not None and d.floor is not None
-        sl, cl = d.model_levels(x[None], np.array([score]), contrib[None])
-        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            ratios, own, log_level = d.floor.ratios(floor), d.own_z(x[None])[0], d.floor.log_level(floor)
-            energy = (np.mean(np.stack(self._energies), axis=0)
-                      if self._diagnosis is not None and len(self._energies) else None)
-        if not all(np.isfinite(a).all() for a in (sl, cl, ratios, own, log_level)) or (
-                energy is not None and not np.isfinite(energy).all()):
-            return None
-        v = self.events.update(t, float(sl[0]), cl[0], ratios, own, log_level)
-        if v.active and self._since is None:
-            self._since = t
-        elif not v.active:
-            self._since = None
-        at_raise: dict[int, dict[str, Any]] = {}
-        found: dict[int, dict[str, Any]] = {}
-        if energy is not None and self._diagnosis is not None:
-            at_raise, found = self._diagnosis.update(v, energy)
-        decision = Decision(v.above, bool(v.active), v.event, v.channel, v.level)
-        return Scored(t, score, v.level, contrib, decision, self._since, v, at_raise, found)

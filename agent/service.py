@@ -15,9 +15,11 @@ waiting for (a real-time replay sleeps 10 minutes between IMS snapshots).
 - An exception in the loop is a crash: the retained status says ``offline``, reason ``crashed``, with the
   error's one line, and the process exits 1 (systemd's Restart=on-failure restarts it); the last will
   (``connection lost``) stays for a process that vanished without a word.
-- With ``[commissioning]`` (agent/commission.py) every scored window goes through the commissioning once,
-  whichever detector the bundle uses; every ``Agent.apply`` (SIGHUP, a deploy's apply or rollback) saves the
-  running commissioning and reopens it for the new bundle: another bundle version starts a new one.
+- With ``[commissioning]`` (agent/commission.py) every scored window goes through the commissioning (the
+  pipeline's ``Decider`` calls it), whichever detector the bundle uses, and the pipeline decides with the
+  detector it holds (this machine's once commissioned); every ``Agent.apply`` (SIGHUP, a deploy's apply or
+  rollback) saves the running commissioning and reopens it for the new bundle: another bundle version starts
+  a new one.
 
 With ``NOTIFY_SOCKET`` set (systemd Type=notify) it sends READY=1 after the first scored window and
 WATCHDOG=1 only while windows are being scored, so a stalled sensor lets systemd's watchdog restart the
@@ -334,6 +336,7 @@ class Agent:
         # saved first; another bundle version, or `recalibrate`, starts a new one (agent.commission). It does
         # not fail: an unreadable or unwritable state file falls back to the bundle's thresholds and says so.
         self.commission = open_commissioning(plan.cfg, plan.bundle, self.commission)
+        plan.pipeline.attach(self.commission)  # the pipeline decides with the detector the commissioning holds
 
     def _route(self, t: str, payload: bytes) -> None:
         """paho's thread: hand a message to the current source's handler (a replaced source gets nothing)."""
@@ -428,12 +431,11 @@ class Agent:
                     self.publisher.set_status("sensor", fault=ev.reason)
                 continue
             n += 1
-            ev, cal = self.commission.window(ev)  # this machine's thresholds (agent.commission), either detector
             if self.deploy:
                 self.deploy.check(ev)
             self._publish(ev, names)
-            if cal is not None:
-                state, fields = status(self.commission, cal) or ("online", {})
+            if ev.calibration is not None:  # this window completed the commissioning: the pipeline decides with it
+                state, fields = status(self.commission, ev.calibration) or ("online", {})
                 self.publisher.set_status(state, **fields)
         self._resume_t = chunk.t_start + len(chunk.samples) / self.reader.source.fs_hz
         if n:
@@ -443,10 +445,9 @@ class Agent:
     def _publish(self, ev: Scored, names: tuple[str, ...]) -> None:
         assert self.publisher is not None and self.commission is not None
         b = self.bundle
-        for kind, payload in window_messages(ev, names, self.commission.window_threshold, b.version,
-                                             _model_sha256(b)):
+        for kind, payload in window_messages(ev, names, ev.threshold, b.version, _model_sha256(b)):
             if kind == "score":
-                payload["threshold_source"] = self.commission.window_source
+                payload["threshold_source"] = ev.source
             if kind == "alarm":
                 log.warning("alarm %s: channel %s, score %.4g (level %.2f)", payload["event"], payload["channel"],
                             ev.score, ev.level)

@@ -1,11 +1,13 @@
 """Commissioning benchmark: one model on machines with another healthy level, before and after commissioning.
 
-    nice .venv/bin/python bench/commissioning.py [--out runs/bench_commissioning] [--only sim,femto]
+    nice .venv/bin/python bench/commissioning.py [--out runs/bench_commissioning] [--only sim,femto] [--plain]
 
-A model is trained (``vibrawatch train``, then ``vibrawatch convert``) on one machine and its bundle is run
-by the gateway's own code (``ReplaySource`` -> ``Pipeline`` -> ``Commissioning``, what ``vibrawatch-agent
-run`` does per window, without MQTT) over another machine's run to failure, twice: with the bundle's
-thresholds (no ``[commissioning]``) and with a commissioning over the first ``share`` of the run.
+A model is trained (``vibrawatch train``, then ``vibrawatch convert``) on one machine, with the default
+(combined) detector (``--plain``: ``[product] combined = false``, the autoencoder's thresholds alone), and its
+bundle is run by the gateway's own code (``ReplaySource`` -> ``Pipeline`` with its ``Commissioning``
+attached, what ``vibrawatch-agent run`` does per window, without MQTT) over another machine's run to
+failure, twice: with the bundle's detector (no ``[commissioning]``) and with a commissioning over the first
+``share`` of the run, after which the pipeline decides with the detector commissioning fitted.
 
 - sim: the built-in bearing simulator. The reference machine (noise 0.07, seed 1) is trained on its
   healthy half; the others differ only in their healthy broadband level (``noise``) and seed: the same
@@ -50,11 +52,8 @@ seed = 1
 [alarm]
 raise_after = 3
 clear_after = 6
-
-[product]
-combined = false                      # commissioning refits the autoencoder's thresholds only (agent/commission.py)
 """
-PLAIN_CONFIG = "[product]\ncombined = false\n"  # FEMTO: the default model config, without the combined detector
+PLAIN = "\n[product]\ncombined = false\n"  # --plain: the autoencoder's thresholds decide alone
 SIM = {"snapshots": 120, "samples": 8192, "onset": 0.6}
 # name -> (noise, seed, share of the run at which the gateway starts watching)
 MACHINES = {
@@ -85,42 +84,30 @@ class Outcome:
     stuck: bool = False  # an alarm raised in the healthy span was still active at the failure
 
 
-def windows(bundle_path: Path, data: Path) -> tuple[object, list]:
-    """Every scored window of a replay, through the gateway's pipeline."""
-    from vibrawatch.agent.bundle import load_bundle
+def replay(bundle: object, data: Path, windows: int | None = None, **guard: float) -> tuple[list, object]:
+    """Every scored window of a replay through the gateway's pipeline, with a commissioning over the first
+    ``windows`` (None: the bundle's detector throughout), and the commissioning."""
+    from vibrawatch.agent.commission import Commissioning, CommissioningSection
     from vibrawatch.agent.pipeline import Pipeline, Scored
     from vibrawatch.agent.source import ReplaySource
 
-    b = load_bundle(bundle_path)
-    if b.detector.combined:
-        raise SystemExit(f"{bundle_path}: a combined-detector bundle (from before [product] combined = false here, "
-                         "or trained by hand); the gateway does not commission those: delete it and run again")
-    p = Pipeline(b)
-    return b, [e for ch in ReplaySource(str(data), speed=0).chunks() for e in p.process(ch) if isinstance(e, Scored)]
-
-
-def outcome(bundle: object, evs: list, healthy_end: float, failure: float, commission_share: float | None,
-            **guard: float) -> Outcome:
-    """False alarms and the first alarm of one replay, with the bundle's thresholds or after commissioning."""
-    from vibrawatch.agent.commission import Commissioning, CommissioningSection
-
-    n_comm = None if commission_share is None else max(2, int(round(commission_share * len(evs))))
-    cfg = None if n_comm is None else CommissioningSection(windows=n_comm, **guard)
+    cfg = None if windows is None else CommissioningSection(windows=windows, **guard)
     comm = Commissioning(bundle.detector, bundle.version, cfg)
-    raised: list[float] = []
-    note = ""
-    active = False
-    for ev in evs:
-        out, cal = comm.window(ev)
-        active = out.decision.active
-        if cal is not None:
-            note = (f"{cal.state}: median level {cal.median_level:.2f}, most different channel {cal.standout:.2f}x "
-                    f"the others, {cal.windows} windows")
-        if out.decision.event == "raised":
-            raised.append(out.t)
+    p = Pipeline(bundle)
+    p.attach(comm)
+    return [e for ch in ReplaySource(str(data), speed=0).chunks() for e in p.process(ch) if isinstance(e, Scored)], comm
+
+
+def outcome(evs: list, comm: object, healthy_end: float, failure: float) -> Outcome:
+    """False alarms and the first alarm of one replay, with the bundle's detector or after commissioning."""
+    raised = [e.t for e in evs if e.decision.event == "raised"]
+    cal = comm.calibration
+    note = "" if cal is None else (f"{cal.state}: median level {cal.median_level:.2f}, most different channel "
+                                   f"{cal.standout:.2f}x the others, {cal.windows} windows")
     false = sum(t < healthy_end for t in raised)
     after = [t for t in raised if t >= healthy_end]
     first = after[0] if after else None
+    active = bool(evs) and evs[-1].decision.active
     return Outcome(false, None if first is None else first / 3600, None if first is None else (failure - first) / 3600,
                    comm.threshold, comm.source, note, stuck=first is None and active and false > 0)
 
@@ -138,35 +125,48 @@ def table_head(kind: str) -> None:
     print("|---|---|---|---|---|---|---|---|---|")
 
 
-def row(name: str, b: object, evs: list, healthy_end: float, failure: float, share: float) -> None:
-    from vibrawatch.agent.decide import alarm_levels
+def row(name: str, b: object, data: Path, healthy_end: float | None, failure: float | None, share: float) -> None:
+    """One machine: its healthy level against the bundle's detector, then both replays."""
+    from vibrawatch.agent.healthy import Evidence, levels
 
-    s = np.array([e.score for e in evs])
-    c = np.array([e.contributions for e in evs])
+    evs, comm = replay(b, data)
     t = np.array([e.t for e in evs])
-    lv = alarm_levels(s, b.detector.threshold, c, b.detector.channel_thresholds)
-    healthy_lv = f"{np.median(lv[t < healthy_end]):.2f}" if np.any(t < healthy_end) else "- (no healthy span)"
-    before, after = outcome(b, evs, healthy_end, failure, None), outcome(b, evs, healthy_end, failure, share)
+    healthy_end = float(t[0] + (t[-1] - t[0]) / 2) if healthy_end is None else healthy_end
+    failure = float(t[-1]) if failure is None else failure
+    ev = Evidence.stack([e.evidence.rows()[0] for e in evs if e.t < healthy_end])
+    healthy_lv = f"{np.median(levels(b.detector, ev)[0]):.2f}" if len(ev) else "- (no healthy span)"
+    before = outcome(evs, comm, healthy_end, failure)
+    after = outcome(*replay(b, data, max(2, int(round(share * len(evs))))), healthy_end, failure)
     print(f"| {name} | {healthy_lv} | {fmt(before)} | {fmt(after)} | {after.note} |", flush=True)
 
 
-def sim(out: Path, share: float) -> None:
+def bundle(out: Path, name: str, data: Path, config: str) -> tuple[object, str]:
+    """``name``.tar trained on the first half of ``data`` with ``config`` (reused when there: seeded, a rerun
+    trains the same model) and loaded as the gateway loads it; how it was made."""
+    from vibrawatch.agent.bundle import load_bundle
+
+    tar = out / f"{name}.tar"
+    t0 = time.perf_counter()
+    reused = tar.exists()
+    if not reused:
+        (out / f"{name}.toml").write_text(config)
+        vibrawatch("train", "--data", data, "--healthy-until", "50%", "--config", out / f"{name}.toml",
+                   "--out", out / f"{name}_run", "--quiet")
+        vibrawatch("convert", out / f"{name}_run", "--out", tar)
+    b = load_bundle(tar)
+    kind = "combined detector" if b.detector.combined else "autoencoder thresholds only (--plain)"
+    return b, f"{kind}; {'reused ' + str(tar) if reused else f'trained in {time.perf_counter() - t0:.0f} s'}"
+
+
+def sim(out: Path, share: float, plain: bool) -> None:
     from vibrawatch.agent.loaders import save_snapshot_npz
     from vibrawatch.agent.simulate import simulate_bearing_run
 
-    cfg = out / "sim.toml"
-    cfg.write_text(SIM_CONFIG)
     ref = out / "sim_reference.npz"
     save_snapshot_npz(simulate_bearing_run(n_snapshots=SIM["snapshots"], snapshot_samples=SIM["samples"],
                                            onset=SIM["onset"], noise=0.07, seed=1), ref)
-    t0 = time.perf_counter()
-    reused = (out / "sim.tar").exists()
-    if not reused:  # seeded: a rerun would train the same model
-        vibrawatch("train", "--data", ref, "--healthy-until", "50%", "--config", cfg, "--out", out / "sim_run",
-                   "--quiet")
-        vibrawatch("convert", out / "sim_run", "--out", out / "sim.tar")
-    trained = f"reused {out / 'sim.tar'}" if reused else f"in {time.perf_counter() - t0:.0f} s"
-    print(f"\nsimulator: trained on the reference machine (noise 0.07) {trained}; "
+    b, how = bundle(out, "sim_plain" if plain else "sim", ref, SIM_CONFIG + (PLAIN if plain else ""))
+    print(f"\nsimulator: trained on the reference machine (noise 0.07), {how}; "
           f"{SIM['snapshots']} snapshots of {SIM['samples']} samples, 600 s apart; commissioning = first "
           f"{share:.0%} of each run")
     table_head("simulated machine")
@@ -179,31 +179,24 @@ def sim(out: Path, share: float) -> None:
                                    onset=SIM["onset"], noise=noise, seed=seed)
         k = int(start * SIM["snapshots"])
         save_snapshot_npz(replace(rec, data=rec.data[k:], timestamps=rec.timestamps[k:], labels=rec.labels[k:]), data)
-        b, evs = windows(out / "sim.tar", data)
-        row(f"{name}, noise {noise}", b, evs, onset_t, failure, share)
+        row(f"{name}, noise {noise}", b, data, onset_t, failure, share)
 
 
-def femto(out: Path, share: float) -> None:
+def femto(out: Path, share: float, plain: bool) -> None:
     runs = {"Bearing1_1": DATA / "femto" / "Learning_set_Bearing1_1.npz",
             "Bearing2_1": DATA / "femto" / "Learning_set_Bearing2_1.npz"}
     if not all(p.exists() for p in runs.values()):
         print(f"\nFEMTO: {DATA / 'femto'} not present; skipped")
         return
-    for name, path in runs.items():
-        if not (out / f"femto_{name}.tar").exists():
-            (out / "femto.toml").write_text(PLAIN_CONFIG)
-            vibrawatch("train", "--data", path, "--healthy-until", "50%", "--config", out / "femto.toml",
-                       "--out", out / f"femto_{name}", "--quiet")
-            vibrawatch("convert", out / f"femto_{name}", "--out", out / f"femto_{name}.tar")
-    print(f"\nFEMTO: trained on the first half of one bearing (default model config), run on both; "
-          f"commissioning = first {share:.0%} of the run; healthy = first half")
+    bundles = {name: bundle(out, f"femto_{name}{'_plain' if plain else ''}", path, PLAIN if plain else "")
+               for name, path in runs.items()}
+    print(f"\nFEMTO: trained on the first half of one bearing (default model config, "
+          f"{next(iter(bundles.values()))[1].split(';')[0]}), run on both; commissioning = first {share:.0%} of the "
+          "run; healthy = first half")
     table_head("trained on -> run on")
-    for train_name in runs:
+    for train_name, (b, _) in bundles.items():
         for run_name, path in runs.items():
-            b, evs = windows(out / f"femto_{train_name}.tar", path)
-            t = np.array([e.t for e in evs])
-            end = float(t[-1])
-            row(f"{train_name} -> {run_name}", b, evs, t[0] + (end - t[0]) / 2, end, share)
+            row(f"{train_name} -> {run_name}", b, path, None, None, share)
 
 
 def main() -> None:
@@ -211,14 +204,15 @@ def main() -> None:
     ap.add_argument("--out", default="runs/bench_commissioning")
     ap.add_argument("--only", default="sim,femto")
     ap.add_argument("--share", type=float, default=0.25, help="commissioning length, share of each run")
+    ap.add_argument("--plain", action="store_true", help="bundles without the combined detector")
     a = ap.parse_args()
     out = (ROOT / a.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    print("# bench/commissioning.py")
+    print("# bench/commissioning.py" + (" --plain" if a.plain else ""))
     if "sim" in a.only:
-        sim(out, a.share)
+        sim(out, a.share, a.plain)
     if "femto" in a.only:
-        femto(out, a.share)
+        femto(out, a.share, a.plain)
 
 
 if __name__ == "__main__":

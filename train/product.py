@@ -1,14 +1,18 @@
 """Fit the product's decision layer (agent/events.py) on the healthy period: floors, PCA residual, own
-deviation, step sizes and the healthy envelope energies for diagnosis. Plain numbers out, numpy only."""
+deviation, step sizes and the healthy envelope energies for diagnosis. Plain numbers out, numpy only.
+
+The healthy statistics are fitted by ``vibrawatch.agent.healthy.fit``, the function a gateway's commissioning
+calls on its own machine's windows; here only the parts that belong to the model (the PCA's axes, the defect
+frequencies) and the whole run's per-frame values are computed."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 
-from vibrawatch.agent.decide import reconstruction_scores
+from vibrawatch.agent.detector import Detector
 from vibrawatch.agent.events import (
     FLOOR_FEATURES,
     Diagnosis,
@@ -21,13 +25,11 @@ from vibrawatch.agent.events import (
 )
 from vibrawatch.agent.features import FeatureSpec
 from vibrawatch.agent.frames import iter_frames
+from vibrawatch.agent.healthy import fit, window_evidence
 from vibrawatch.agent.recording import FeatureTable, Recording
 from vibrawatch.agent.simulate import BearingGeometry
-from vibrawatch.agent.threshold import ThresholdRule, fit_channel_thresholds, fit_threshold
 
 from .config import DiagnosisConfig, ProductConfig
-
-MIN_STEP = math.log(1.2)  # no level change below 20% is ever called a step
 
 
 def frame_floor_values(data: Recording | FeatureTable, spec: FeatureSpec) -> np.ndarray:
@@ -41,15 +43,6 @@ def frame_energies(data: Recording, spec: FeatureSpec, diagnosis: Diagnosis) -> 
     """Envelope energies of every frame, (n_frames, C, D)."""
     return np.concatenate([envelope_energies(b.frames, spec, diagnosis)
                            for b in iter_frames(data, spec.frame_length, 16)])
-
-
-def step_sizes(log_level: np.ndarray, history: int) -> np.ndarray:
-    """(n, C) healthy log levels per window -> (C,) the smallest jump called a step: 1.5x any healthy jump."""
-    if len(log_level) <= history:
-        return np.full(log_level.shape[1], MIN_STEP * 2)
-    base = np.stack([np.median(log_level[i - history:i], axis=0) for i in range(history, len(log_level))])
-    jumps = log_level[history:] - base
-    return np.maximum(MIN_STEP, 1.5 * jumps.max(axis=0))
 
 
 def fit_pca(frames_scaled: np.ndarray, variance: float) -> tuple[np.ndarray, np.ndarray]:
@@ -79,44 +72,41 @@ def diagnosis_from_config(cfg: DiagnosisConfig, fs_hz: float, frame_length: int,
 
 def fit_product(
     data: Recording | FeatureTable,
-    spec: FeatureSpec,
+    base: Detector,
     frames_scaled: np.ndarray,
     x_windows: np.ndarray,
     end_frames: np.ndarray,
+    end_times: np.ndarray,
+    scores: np.ndarray,
+    contributions: np.ndarray,
     healthy: np.ndarray,
-    rule: ThresholdRule,
     cfg: ProductConfig,
     diagnosis: DiagnosisConfig,
-) -> dict[str, object]:
-    """The Detector's floor, pca, own, events (and diagnosis) parts, fitted on the healthy windows only."""
+) -> Detector:
+    """``base`` (the autoencoder's detector) with the floor, pca, own, events (and diagnosis) parts, every healthy
+    statistic fitted on the healthy windows by ``vibrawatch.agent.healthy.fit``, as a gateway's commissioning
+    refits them on its own machine. Floors and diagnosis energies are read on the healthy windows' last frames."""
+    spec = base.spec
     n_ch = len(spec.channels)
     last_healthy = int(end_frames[healthy][-1]) + 1
-    fv = frame_floor_values(data, spec)
-    hv = fv[:last_healthy]
-    thresholds = np.stack([fit_channel_thresholds(hv[:, k, :], rule) for k in range(hv.shape[1])])
-    median = np.median(hv, axis=0)
+    ends = end_frames[healthy]
     names = ("value",) if spec.input == "table" else FLOOR_FEATURES
-    log_lv = np.log(np.maximum(np.abs(fv[end_frames][healthy, 0, :]), 1e-12) / np.maximum(np.abs(median[0]), 1e-12))
-    floor = Floor(names, np.maximum(thresholds, 1e-12), median, step_sizes(log_lv, cfg.history))
-
-    # Axes from the first 80% of the healthy frames, thresholds from every healthy window: residuals of frames
-    # the axes were fitted on are optimistic, and a threshold on them alone alarms on the next healthy day.
+    k = len(names)
+    # Axes from the first 80% of the healthy frames (they are the model's; commissioning keeps them); thresholds
+    # from every healthy window: residuals of frames the axes were fitted on are optimistic.
     mean, axes = fit_pca(frames_scaled[: max(2, int(0.8 * last_healthy))], cfg.pca_variance)
-    pca = PcaResidual(mean, axes, 1.0, np.ones(n_ch))
-    xh = x_windows[healthy].astype(np.float64)
-    ps, pc = reconstruction_scores(xh, pca.reconstruct(xh), n_ch)
-    pca = PcaResidual(mean, axes, max(fit_threshold(ps, rule), 1e-12),
-                      np.maximum(fit_channel_thresholds(pc, rule), 1e-12))
-
-    means = xh.mean(axis=1)
-    center = np.median(means, axis=0)
-    spread = np.maximum(np.abs(means - center).max(axis=0), 1e-6)
-    parts: dict[str, object] = {
-        "floor": floor, "pca": pca, "own": OwnDeviation(center, spread),
+    parts: dict[str, Any] = {
+        "floor": Floor(names, np.ones((k, n_ch)), np.ones((k, n_ch)), np.ones(n_ch)),
+        "pca": PcaResidual(mean, axes, 1.0, np.ones(n_ch)),
+        "own": OwnDeviation(np.zeros(spec.n_features), np.ones(spec.n_features)),
         "events": EventRule(cfg.transient_s, cfg.relaxed, cfg.grows, cfg.history, cfg.share),
     }
+    energies = None
     if diagnosis.enabled and isinstance(data, Recording):
         dg = diagnosis_from_config(diagnosis, spec.fs_hz, spec.frame_length, n_ch)
-        energies = frame_energies(data, spec, dg)[:last_healthy]
-        parts["diagnosis"] = replace(dg, healthy=np.median(energies, axis=0))
-    return parts
+        parts["diagnosis"] = dg
+        energies = frame_energies(data, spec, dg)[ends]
+    d = replace(base, **parts)
+    ev = window_evidence(d, end_times[healthy], x_windows[healthy], scores[healthy], contributions[healthy],
+                         frame_floor_values(data, spec)[ends], energies)
+    return fit(d, ev)

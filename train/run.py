@@ -152,13 +152,13 @@ def train_run(
         scores=scores,
         contributions=contrib,
     )
-    parts: dict[str, Any] = {}
+    detector = Detector(spec, scaler, T, hop, threshold, ch_thr, cfg.alarm, cfg.threshold)
     if cfg.product.combined:
         from .product import fit_product
 
-        parts = fit_product(data, spec, scaler.transform(ff.values), x_all, wins.end_frames, healthy, cfg.threshold,
-                            cfg.product, cfg.diagnosis)
-    det = Detector(spec, scaler, T, hop, threshold, ch_thr, cfg.alarm, cfg.threshold, **parts).to_dict()
+        detector = fit_product(data, detector, scaler.transform(ff.values), x_all, wins.end_frames, wins.end_times,
+                               scores, contrib, healthy, cfg.product, cfg.diagnosis)
+    det = detector.to_dict()
     det["threshold"].update(healthy_score_max=float(scores[healthy].max()),
                             healthy_score_p99=float(np.quantile(scores[healthy], 0.99)))
     meta = {

@@ -1,0 +1,189 @@
+"""Fit a detector's healthy statistics: every number that describes one machine's healthy state, from what
+its healthy windows showed.
+
+Training (train/product.py) fits them on the reference machine's healthy period; commissioning
+(agent/commission.py) fits them again on the gateway's own machine; both call ``fit`` here on the same
+per-window ``Evidence``, so the two cannot disagree. What is refitted: the autoencoder's thresholds (overall
+and per channel), the level floors' thresholds, healthy median and step sizes, the PCA residual's thresholds,
+each channel's own-deviation centre and spread, and the diagnosis's healthy envelope energies. What is kept:
+the model, the scaler, the PCA's mean and axes (they are the model's), the rules and margins.
+
+Floors and diagnosis energies are read on each window's last frame (what the gateway has per window), so
+training fits them on its healthy windows' end frames too.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+import numpy as np
+
+from .decide import alarm_levels, reconstruction_scores
+from .detector import Detector
+from .events import EventRule, Floor, OwnDeviation, PcaResidual
+from .threshold import ThresholdRule, fit_channel_thresholds, fit_threshold
+
+MIN_STEP = math.log(1.2)  # no level change below 20% is ever called a step
+_TINY = 1e-12
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What each of n windows showed, the parts a detector needs (None where it has no such part)."""
+
+    t: np.ndarray  # (n,) time of the window's last frame
+    score: np.ndarray  # (n,) the autoencoder's score
+    contributions: np.ndarray  # (n, C) its per-channel shares
+    pca_score: np.ndarray | None = None  # (n,) the PCA residual's score
+    pca_contributions: np.ndarray | None = None  # (n, C)
+    floors: np.ndarray | None = None  # (n, K, C) floor values of the window's last frame
+    means: np.ndarray | None = None  # (n, F) window means of the scaled features
+    energies: np.ndarray | None = None  # (n, C, D) log10 envelope energies of the window's last frame
+
+    def __len__(self) -> int:
+        return len(self.score)
+
+    def finite(self) -> bool:
+        """Is every number of every window finite?"""
+        return all(np.isfinite(getattr(self, f.name)).all() for f in fields(self) if getattr(self, f.name) is not None)
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One plain dict (lists of numbers) per window: a line of the commissioning's windows file."""
+        present = [(f.name, getattr(self, f.name)) for f in fields(self) if getattr(self, f.name) is not None]
+        return [{k: (v[i].tolist() if v.ndim > 1 else float(v[i])) for k, v in present} for i in range(len(self))]
+
+    def window(self, which: slice) -> Evidence:
+        """Some of the windows (``slice(-3, None)``: the last three)."""
+        return replace(self, **{f.name: getattr(self, f.name)[which] for f in fields(self)
+                                if getattr(self, f.name) is not None})
+
+    def tail(self, k: int) -> Evidence:
+        """The last ``k`` windows (none for k <= 0)."""
+        return self.window(slice(max(len(self) - k, 0), None) if k > 0 else slice(0, 0))
+
+    @classmethod
+    def stack(cls, rows: Sequence[Mapping[str, Any]]) -> Evidence:
+        """Windows' rows (``rows()`` or the pipeline's per-window ``Evidence``) as one Evidence; ValueError when
+        they do not all have the same parts and shapes."""
+        names = [f.name for f in fields(cls)]
+        keys = [k for k in names if rows and k in rows[0]]
+        if any(set(r) - set(names) or [k for k in names if k in r] != keys for r in rows):
+            raise ValueError("windows differ in their parts")
+        cols = {k: np.asarray([r[k] for r in rows], dtype=np.float64) for k in keys}
+        if not rows:
+            cols = {"t": np.zeros(0), "score": np.zeros(0), "contributions": np.zeros((0, 0))}
+        return cls(**cols)
+
+
+@dataclass
+class EvidenceLog:
+    """Windows' evidence appended one window at a time into growing float64 arrays: 8 bytes a number in
+    memory (a list of Python floats takes about 32), for a commissioning of hours of windows."""
+
+    _cols: dict[str, np.ndarray] = field(default_factory=dict)
+    _n: int = 0
+
+    def __len__(self) -> int:
+        return self._n
+
+    def append(self, ev: Evidence) -> None:
+        """Add ``ev``'s windows (every window must have the same parts)."""
+        k = len(ev)
+        for f in fields(ev):
+            v = getattr(ev, f.name)
+            if v is None:
+                continue
+            col = self._cols.get(f.name)
+            if col is None or self._n + k > len(col):
+                grown = np.empty((max(64, 2 * self._n, self._n + k), *np.shape(v)[1:]))
+                if col is not None:
+                    grown[: self._n] = col[: self._n]
+                col = self._cols[f.name] = grown
+            col[self._n: self._n + k] = v
+        self._n += k
+
+    def evidence(self) -> Evidence:
+        """Every window so far (views, valid until the next ``append``)."""
+        if not self._n:
+            return Evidence(np.zeros(0), np.zeros(0), np.zeros((0, 0)))
+        return Evidence(**{k: c[: self._n] for k, c in self._cols.items()})
+
+
+def window_evidence(detector: Detector, t: np.ndarray, x_scaled: np.ndarray, score: np.ndarray,
+                    contributions: np.ndarray, floors: np.ndarray | None = None,
+                    energies: np.ndarray | None = None) -> Evidence:
+    """n windows (n, T, F) scaled, with their autoencoder scores, contributions, and (combined detector) the
+    floor values and envelope energies of each one's last frame -> what ``fit`` and the decisions read."""
+    ev = Evidence(np.asarray(t, np.float64).reshape(-1), np.asarray(score, np.float64).reshape(-1),
+                  np.asarray(contributions, np.float64))
+    if not detector.combined:
+        return ev
+    x = np.asarray(x_scaled, dtype=np.float64)
+    ps = pc = None
+    if detector.pca is not None:
+        ps, pc = reconstruction_scores(x, detector.pca.reconstruct(x), len(detector.channels))
+    return replace(ev, pca_score=ps, pca_contributions=pc, floors=np.asarray(floors, np.float64),
+                   means=x.mean(axis=-2),
+                   energies=None if detector.diagnosis is None or energies is None else np.asarray(energies))
+
+
+def event_inputs(d: Detector, ev: Evidence) -> tuple[np.ndarray, ...]:
+    """What the event layer (agent/events.py) reads per window, as ``EventState.update`` takes it: the models'
+    score level (n,) and channel levels (n, C), the floor ratios, own deviation and log levels (n, C)."""
+    assert d.floor is not None and d.own is not None and ev.floors is not None and ev.means is not None
+    sl = ev.score / d.threshold
+    if d.pca is not None and ev.pca_score is not None:
+        sl = np.maximum(sl, ev.pca_score / d.pca.threshold)  # its channel shares spread too much to name a channel
+    cl = ev.contributions / d.channel_thresholds
+    return sl, cl, d.floor.ratios(ev.floors), d.own.z(ev.means, len(d.channels)), d.floor.log_level(ev.floors)
+
+
+def levels(d: Detector, ev: Evidence) -> tuple[np.ndarray, np.ndarray]:
+    """How far each window (n,) and each channel (n, C) sit from ``d``'s healthy state, in units of its
+    thresholds (> 1 is above): the autoencoder's (and PCA's) score level and each channel's share of the
+    models' error, and with the combined detector each channel's own level against its floor."""
+    per_channel = ev.contributions / d.channel_thresholds
+    if not d.combined:
+        return alarm_levels(ev.score, d.threshold, ev.contributions, d.channel_thresholds), per_channel
+    sl, cl, ratios, _, _ = event_inputs(d, ev)
+    per_channel = np.maximum(cl, ratios)
+    return np.maximum(sl, per_channel.max(axis=1)), per_channel
+
+
+def step_sizes(log_level: np.ndarray, history: int) -> np.ndarray:
+    """(n, C) healthy log levels per window -> (C,) the smallest jump called a step: 1.5x any healthy jump."""
+    if len(log_level) <= history:
+        return np.full(log_level.shape[1], MIN_STEP * 2)
+    base = np.stack([np.median(log_level[i - history:i], axis=0) for i in range(history, len(log_level))])
+    jumps = log_level[history:] - base
+    return np.maximum(MIN_STEP, 1.5 * jumps.max(axis=0))
+
+
+def fit_floor(floor: Floor, floors: np.ndarray, rule: ThresholdRule, history: int) -> Floor:
+    """Floor thresholds (by the threshold rule), healthy median and step sizes from healthy windows' floor
+    values (n, K, C)."""
+    thresholds = np.stack([fit_channel_thresholds(floors[:, k, :], rule) for k in range(floors.shape[1])])
+    median = np.median(floors, axis=0)
+    log_lv = np.log(np.maximum(np.abs(floors[:, 0, :]), _TINY) / np.maximum(np.abs(median[0]), _TINY))
+    return Floor(floor.features, np.maximum(thresholds, _TINY), median, step_sizes(log_lv, history))
+
+
+def fit(detector: Detector, ev: Evidence) -> Detector:
+    """``detector`` with every healthy statistic refitted on ``ev`` (healthy windows) by its own threshold rule."""
+    rule = detector.threshold_rule
+    d = detector.with_thresholds(fit_threshold(ev.score, rule), fit_channel_thresholds(ev.contributions, rule))
+    if not detector.combined:
+        return d
+    assert d.floor is not None and ev.floors is not None and ev.means is not None
+    parts: dict[str, Any] = {"floor": fit_floor(d.floor, ev.floors, rule, (d.events or EventRule()).history)}
+    if d.pca is not None and ev.pca_score is not None and ev.pca_contributions is not None:
+        parts["pca"] = PcaResidual(d.pca.mean, d.pca.components, max(fit_threshold(ev.pca_score, rule), _TINY),
+                                   np.maximum(fit_channel_thresholds(ev.pca_contributions, rule), _TINY))
+    center = np.median(ev.means, axis=0)
+    parts["own"] = OwnDeviation(center, np.maximum(np.abs(ev.means - center).max(axis=0), 1e-6))
+    if d.diagnosis is not None and ev.energies is not None:
+        parts["diagnosis"] = replace(d.diagnosis, healthy=np.median(ev.energies, axis=0))
+    return replace(d, **parts)
