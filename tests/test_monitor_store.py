@@ -191,3 +191,42 @@ def test_shared_table_properties_decode_mqtt5_publish_properties_as_paho_does() 
                                             "UserProperty": [("a", "1"), ("b", "2")]}
     assert SharedTableProperties(PacketTypes.PUBLISH).json() == {}  # nothing leaks between instances
     assert install()
+
+
+def test_shared_table_properties_clear_what_a_packet_before_set() -> None:
+    """paho reuses nothing between packets today, but ``unpack`` clears first: ours must clear the same way."""
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    from vibrawatch.monitor.pahofast import SharedTableProperties
+
+    one, two = Properties(PacketTypes.PUBLISH), Properties(PacketTypes.PUBLISH)
+    one.ContentType = "application/json"
+    two.MessageExpiryInterval = 5
+    ours = SharedTableProperties(PacketTypes.PUBLISH)
+    ours.unpack(one.pack())
+    ours.unpack(two.pack())
+    assert ours.json() == {"MessageExpiryInterval": 5}
+
+
+def test_acks_of_a_batch_are_the_bytes_paho_sends_one_by_one_in_one_write() -> None:
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from vibrawatch.monitor.pahofast import QuickMatcher, ack_many, quick_matcher
+
+    def client() -> mqtt.Client:
+        return mqtt.Client(CallbackAPIVersion.VERSION2, client_id="x", protocol=mqtt.MQTTv5, manual_ack=True)
+
+    mids = [1, 2, 300, 65535]
+    theirs, ours = client(), client()
+    for mid in mids:
+        theirs.ack(mid, 1)
+    ack_many(ours, mids)
+    assert len(theirs._out_packet) == 4 and len(ours._out_packet) == 1
+    assert b"".join(p["packet"] for p in theirs._out_packet) == ours._out_packet[0]["packet"]
+    c = client()
+    assert quick_matcher(c) and isinstance(c._on_message_filtered, QuickMatcher)
+    assert list(c._on_message_filtered.iter_match("vibrawatch/v1/s/d/score")) == []
+    c.message_callback_add("vibrawatch/v1/+/+/score", print)  # the real matcher underneath still works
+    assert list(c._on_message_filtered.iter_match("vibrawatch/v1/s/d/score")) == [print]
