@@ -178,8 +178,12 @@ def cpu_seconds(pid: int) -> float:
 
 
 def tree_cpu_seconds(pid: int) -> float:
-    """CPU of a process and its direct children (PostgreSQL: the postmaster and its backends)."""
-    total = cpu_seconds(pid)
+    """CPU of a process and its direct children, live or ended (PostgreSQL: the postmaster and its backends)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    total = sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")  # its own and its ended children's
     for d in Path("/proc").iterdir():
         if d.name.isdigit():
             try:
