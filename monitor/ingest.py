@@ -71,7 +71,8 @@ def decode(topic: str, payload: bytes, received: float) -> Score | Alarm | Statu
         return DeadLetter(topic, payload, f"payload: {error} (schema agent/schemas/{kind}.json)", received)
     if kind == "score":
         return Score(site, device, msg["seq"], float(msg["t"]), msg["timestamp"], float(msg["score"]),
-                     float(msg["threshold"]), float(msg["level"]), msg["contributions"], msg["model"], received)
+                     float(msg["threshold"]), float(msg["level"]), msg["contributions"], msg["model"], received,
+                     msg.get("threshold_source"))
     if kind == "alarm":
         return Alarm(site, device, msg["seq"], float(msg["t"]), msg["timestamp"], msg["event"], msg["channel"],
                      float(msg["score"]), float(msg["level"]), msg["since"], msg["model"], received)

@@ -31,7 +31,7 @@ from vibrawatch.agent.errors import VibrawatchError
 from . import fleet
 from .fastjson import dumps
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: where thresholds come from (scores, devices) and the last commissioning (devices)
 
 
 class StoreError(VibrawatchError):
@@ -52,6 +52,7 @@ class Score:
     contributions: dict[str, float]
     model: str
     received: float
+    threshold_source: str | None = None  # bundle | commissioning | commissioned; None from older agents (bundle)
 
 
 @dataclass(slots=True)
@@ -140,7 +141,8 @@ DDL = [
         site TEXT NOT NULL, device TEXT NOT NULL, seq BIGINT NOT NULL,
         t DOUBLE PRECISION NOT NULL, ts TEXT NOT NULL, score DOUBLE PRECISION NOT NULL,
         threshold DOUBLE PRECISION NOT NULL, level DOUBLE PRECISION NOT NULL, contributions TEXT NOT NULL,
-        model TEXT NOT NULL, received DOUBLE PRECISION NOT NULL, PRIMARY KEY (site, device, seq))""",
+        model TEXT NOT NULL, received DOUBLE PRECISION NOT NULL, threshold_source TEXT,
+        PRIMARY KEY (site, device, seq))""",
     """CREATE INDEX IF NOT EXISTS scores_received ON scores (received)""",
     """CREATE TABLE IF NOT EXISTS alarms (
         site TEXT NOT NULL, device TEXT NOT NULL, seq BIGINT NOT NULL,
@@ -170,6 +172,7 @@ DDL = [
         spool_dropped BIGINT, event TEXT,
         alarm_seq BIGINT, alarm INTEGER NOT NULL DEFAULT 0, alarm_since TEXT, alarm_channel TEXT,
         last_seen DOUBLE PRECISION, interval_s DOUBLE PRECISION, silent_since DOUBLE PRECISION,
+        threshold_source TEXT, commissioning TEXT, commissioning_info TEXT,
         PRIMARY KEY (site, device))""",
     """CREATE TABLE IF NOT EXISTS alerts (
         key TEXT PRIMARY KEY, kind TEXT NOT NULL, site TEXT NOT NULL, device TEXT NOT NULL, payload TEXT NOT NULL,
@@ -186,8 +189,16 @@ DEVICE_COLUMNS = (
     "site", "device", "first_seq", "last_seq", "received", "lost", "score_seq", "last_t", "last_ts", "last_score",
     "threshold", "level", "contributions", "model", "state", "state_ts", "fault", "reason", "agent", "runtime",
     "channels", "spool_dropped", "event", "alarm_seq", "alarm", "alarm_since", "alarm_channel", "last_seen",
-    "interval_s", "silent_since",
+    "interval_s", "silent_since", "threshold_source", "commissioning", "commissioning_info",
 )
+# Columns later schema versions added, as (version, table, column, type): a database of an older version gets
+# them on open (ALTER TABLE ... ADD COLUMN), in the transaction that creates the tables.
+MIGRATIONS = [
+    (2, "scores", "threshold_source", "TEXT"),
+    (2, "devices", "threshold_source", "TEXT"),
+    (2, "devices", "commissioning", "TEXT"),
+    (2, "devices", "commissioning_info", "TEXT"),
+]
 _ROWS_PER_INSERT = 400  # rows per multi-row INSERT: 400 x 12 parameters stays under every driver's limit
 
 
@@ -216,13 +227,22 @@ class Store:
             cur.execute("SELECT value FROM meta WHERE key = 'schema'")
             row = cur.fetchone()
             if row is None:
-                cur.execute("INSERT INTO meta (key, value) VALUES (?, ?)".replace("?", self.param), ("schema", "1"))
-            elif int(row[0]) != SCHEMA_VERSION:
-                raise StoreError(f"{self.safe_url}: database schema {row[0]}, this vibrawatch reads "
-                                 f"{SCHEMA_VERSION}")
+                cur.execute("INSERT INTO meta (key, value) VALUES (?, ?)", ("schema", str(SCHEMA_VERSION)))
+            elif int(row[0]) > SCHEMA_VERSION:
+                raise StoreError(f"{self.safe_url}: database schema {row[0]} is newer than this vibrawatch "
+                                 f"(it reads {SCHEMA_VERSION} and older): upgrade vibrawatch")
+            elif int(row[0]) < SCHEMA_VERSION:
+                for version, table, column, kind in MIGRATIONS:
+                    if version > int(row[0]) and column not in self._columns(cur, table):
+                        cur.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+                cur.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (str(SCHEMA_VERSION),))
 
     # -- what a backend provides -------------------------------------------------------------------------
     param: ClassVar[str] = "?"
+
+    def _columns(self, cur: _Cursor, table: str) -> set[str]:
+        cur.execute(f"SELECT * FROM {table} LIMIT 0")
+        return {d[0] for d in cur.raw.description}
 
     def _connect(self) -> Any:
         raise NotImplementedError
@@ -289,9 +309,9 @@ class Store:
         with self.transaction() as cur:
             new_scores = self._insert_new(
                 cur, "scores", ("site", "device", "seq", "t", "ts", "score", "threshold", "level", "contributions",
-                                "model", "received"),
+                                "model", "received", "threshold_source"),
                 [(s.site, s.device, s.seq, s.t, s.ts, s.score, s.threshold, s.level, dumps(s.contributions), s.model,
-                  s.received) for s in batch.scores],
+                  s.received, s.threshold_source) for s in batch.scores],
                 ("site", "device", "seq"))
             new_alarms = self._insert_new(
                 cur, "alarms", ("site", "device", "seq", "t", "ts", "event", "channel", "score", "level", "since",
