@@ -1,13 +1,17 @@
 """Fleet monitor benchmark: 1,000 simulated gateways publishing scores through one Mosquitto, on loopback.
 
-    .venv/bin/python bench/monitor.py [--gateways 1000] [--per-gateway 100] [--skip-postgres] [--json FILE]
+    .venv/bin/python bench/monitor.py [--gateways 1000] [--per-gateway 100] [--pairs 3] [--skip-postgres]
+                                      [--json FILE]
 
 What it measures, each in the same run, on the same broker and the same messages:
 - ingest rate of one `vibrawatch monitor` process into SQLite: the messages are published while the monitor
   is stopped (they wait in its persistent session), then the monitor starts and drains them: rate = messages
   / (last row stored - first row stored), schema-validated, batched, acknowledged after each commit;
 - the reference: a bare paho QoS 1 subscriber writing (topic, payload) batches to SQLite, no validation, no
-  state, the same drain;
+  state, the same drain; reference and one monitor alternate ``--pairs`` times, each pair's ratio reported;
+- CPU per message of every consumer: its whole life's user + system time (all threads, from ``wait4``)
+  draining, minus the same consumer's whole life with nothing to drain, over the messages; and, per drain,
+  the broker's and PostgreSQL's CPU seconds and how busy the whole machine was (/proc);
 - two monitor processes in one shared-subscription group into one SQLite file; then the same into PostgreSQL
   (a throwaway cluster, as in the tests) with one and with two monitors;
 - end-to-end latency with the monitor running while the gateways publish live: a probe message every 20 ms
