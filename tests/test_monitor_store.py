@@ -191,6 +191,9 @@ def test_shared_table_properties_decode_mqtt5_publish_properties_as_paho_does() 
     assert ours.json() == theirs.json() == {"MessageExpiryInterval": 60, "ContentType": "application/json",
                                             "UserProperty": [("a", "1"), ("b", "2")]}
     assert SharedTableProperties(PacketTypes.PUBLISH).json() == {}  # nothing leaks between instances
+    empty = Properties(PacketTypes.PUBLISH).pack() + b"payload"  # no properties: one zero byte, then the payload
+    ours, theirs = SharedTableProperties(PacketTypes.PUBLISH), Properties(PacketTypes.PUBLISH)
+    assert empty[0] == 0 and ours.unpack(empty)[1] == theirs.unpack(empty)[1] == 1 and ours.json() == theirs.json()
     assert install()
 
 
