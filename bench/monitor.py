@@ -1,13 +1,17 @@
 """Fleet monitor benchmark: 1,000 simulated gateways publishing scores through one Mosquitto, on loopback.
 
-    .venv/bin/python bench/monitor.py [--gateways 1000] [--per-gateway 100] [--skip-postgres] [--json FILE]
+    .venv/bin/python bench/monitor.py [--gateways 1000] [--per-gateway 100] [--pairs 3] [--skip-postgres]
+                                      [--json FILE]
 
 What it measures, each in the same run, on the same broker and the same messages:
 - ingest rate of one `vibrawatch monitor` process into SQLite: the messages are published while the monitor
   is stopped (they wait in its persistent session), then the monitor starts and drains them: rate = messages
   / (last row stored - first row stored), schema-validated, batched, acknowledged after each commit;
 - the reference: a bare paho QoS 1 subscriber writing (topic, payload) batches to SQLite, no validation, no
-  state, the same drain;
+  state, the same drain; reference and one monitor alternate ``--pairs`` times, each pair's ratio reported;
+- CPU per message of every consumer: its whole life's user + system time (all threads, from ``wait4``)
+  draining, minus the same consumer's whole life with nothing to drain, over the messages; and, per drain,
+  the broker's and PostgreSQL's CPU seconds and how busy the whole machine was (/proc);
 - two monitor processes in one shared-subscription group into one SQLite file; then the same into PostgreSQL
   (a throwaway cluster, as in the tests) with one and with two monitors;
 - end-to-end latency with the monitor running while the gateways publish live: a probe message every 20 ms
@@ -144,13 +148,19 @@ def start_monitor(port: int, db: str, client_id: str, log: Path, group: str) -> 
                                 stderr=subprocess.STDOUT)
 
 
-def stop(proc: subprocess.Popen[bytes]) -> None:
+def stop(proc: subprocess.Popen[bytes], timeout: float = 60) -> float:
+    """SIGTERM, wait for the exit; the CPU seconds (user + system, every thread) the process used in its life."""
     proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    deadline = time.monotonic() + timeout
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid == proc.pid:
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            return usage.ru_utime + usage.ru_stime
+        if time.monotonic() > deadline:
+            proc.kill()
+            deadline = time.monotonic() + 30
+        time.sleep(0.02)
 
 
 def wait_log(log: Path, text: str, n: int = 1) -> None:
@@ -163,9 +173,58 @@ def wait_log(log: Path, text: str, n: int = 1) -> None:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU a live process has used (Linux /proc), children not included."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    """User + system CPU a live process has used (Linux /proc), children not included; 0 once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU of a process and its direct children, live or ended (PostgreSQL: the postmaster and its backends)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    total = sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")  # its own and its ended children's
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def machine_busy() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine since boot, all cores (/proc/stat)."""
+    ticks = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = ticks[3] + ticks[4]
+    hz = os.sysconf("SC_CLK_TCK")
+    return (sum(ticks[:8]) - idle) / hz, sum(ticks[:8]) / hz
+
+
+class Others:
+    """CPU the broker, the database server and the whole machine spend over a span (who else wants the cores)."""
+
+    def __init__(self, broker_pid: int, db_pid: int | None) -> None:
+        self.broker_pid, self.db_pid = broker_pid, db_pid
+        self.start = self._now()
+
+    def _now(self) -> tuple[float, float, float, float]:
+        busy, total = machine_busy()
+        return (cpu_seconds(self.broker_pid), tree_cpu_seconds(self.db_pid) if self.db_pid else 0.0, busy, total)
+
+    def since(self) -> dict[str, float]:
+        end = self._now()
+        broker, db, busy, total = (b - a for a, b in zip(self.start, end, strict=True))
+        out = {"broker_cpu_s": round(broker, 2), "machine_busy": round(busy / max(total, 1e-9), 2)}
+        if self.db_pid:
+            out["db_cpu_s"] = round(db, 2)
+        return out
 
 
 class Counter:
@@ -198,30 +257,49 @@ def self_is_cheap(count: Counter) -> bool:
     return count.db.startswith("sqlite:///")
 
 
-def drain(count: Counter, total: int, pids: list[int] | None = None) -> dict[str, float]:
-    """Poll until ``total`` rows: rate between the first and the last row seen, and the CPU the consumer
-    processes ``pids`` used over that span, per message (start-up and imports excluded)."""
+def drain(count: Counter, total: int) -> dict[str, float]:
+    """Poll until ``total`` rows: the rate between the first and the last row seen."""
     deadline = time.monotonic() + DEADLINE_S
     first_t = None
     n = 0
-    cpu0 = 0.0
     while time.monotonic() < deadline:
         n = count()
         now = time.monotonic()
         if n > 0 and first_t is None:
             first_t, first_n = now, n
-            cpu0 = sum(cpu_seconds(p) for p in pids or [])
         if n >= total:
             break
         time.sleep(0.05 if self_is_cheap(count) else 0.25)
     if n < total:
         raise SystemExit(f"only {n} of {total} rows after {DEADLINE_S} s")
     seconds = max(now - first_t, 1e-6)
-    out = {"rows": n, "seconds": round(seconds, 2), "rate": round((n - first_n) / seconds)}
-    if pids:
-        cpu = sum(cpu_seconds(p) for p in pids) - cpu0
-        out["cpu_us_per_msg"] = round(cpu / max(n - first_n, 1) * 1e6, 1)
-    return out
+    return {"rows": n, "seconds": round(seconds, 2), "rate": round((n - first_n) / seconds)}
+
+
+def per_message(drain_cpu: float, idle_cpu: float, messages: int) -> float:
+    """CPU microseconds per message: a consumer's whole life draining ``messages`` minus the same consumer's
+    whole life with nothing to drain (start-up, imports, connect, stop), so neither start-up nor when the
+    first row became visible enters the figure, and the other engineers' load on the cores only as much as
+    it slows the same work (caches, the scheduler)."""
+    return round((drain_cpu - idle_cpu) / messages * 1e6, 1)
+
+
+def end_session(port: int, client_id: str) -> None:
+    """Connect once with a clean start and go: the broker drops the session and stops queueing for it (a
+    stopped consumer's persistent session would otherwise collect every later run's messages)."""
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    c.connect("127.0.0.1", port, clean_start=True)
+    c.loop_start()
+    deadline = time.monotonic() + 10
+    while not c.is_connected() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    c.disconnect()
+    c.loop_stop()
+
+
+def median_run(runs: list[dict]) -> dict:
+    """The run with the median CPU per message (the table's row; every run is in the JSON)."""
+    return sorted(runs, key=lambda r: r["cpu_us_per_msg"])[len(runs) // 2]
 
 
 def check_monitor_rows(db: str, n_gateways: int, per: int) -> dict[str, int]:
@@ -241,28 +319,34 @@ def check_monitor_rows(db: str, n_gateways: int, per: int) -> dict[str, int]:
     return {"rows": int(rows), "devices": int(devices), "lost": int(lost), "devices_not_exact": int(bad)}
 
 
-def run_monitors(broker: Mosquitto, db: str, n_mon: int, args: argparse.Namespace, work: Path, tag: str) -> dict:
+def run_monitors(broker: Mosquitto, db: str, n_mon: int, args: argparse.Namespace, work: Path, tag: str,
+                 db_pid: int | None = None) -> dict:
     """Pre-load every gateway's messages into the group's sessions, then let ``n_mon`` monitors drain them."""
     logs = [work / f"{tag}-m{i}.log" for i in range(n_mon)]
     ids = [f"bench-{tag}-{i}" for i in range(n_mon)]
-    # Create the sessions (and the schema) once, stop, publish, start again: a drain of a full queue.
+    # Create the sessions (and the schema) once, stop, publish, start again: a drain of a full queue. The
+    # first start, with nothing to drain, is also the idle CPU subtracted from the drain's.
     subprocess.run(vibrawatch("fleet", "--db", db, "--json"), check=True, stdout=subprocess.DEVNULL)
     ms = [start_monitor(broker.port, db, ids[i], logs[i], tag) for i in range(n_mon)]
     for log in logs:
         wait_log(log, "subscribing to")
-    for m in ms:
-        stop(m)
+    idle = [stop(m) for m in ms]
     total = args.gateways * args.per_gateway
     publish_s = publish_all(broker.port, args.gateways, 1, args.per_gateway, args.publishers)
     t0 = time.monotonic()
+    others = Others(broker.proc.pid, db_pid)
     ms = [start_monitor(broker.port, db, ids[i], logs[i], tag) for i in range(n_mon)]
-    res = drain(Counter(db, "scores"), total, [m.pid for m in ms])
+    res = drain(Counter(db, "scores"), total)
+    load = others.since()
     wall = time.monotonic() - t0
-    for m in ms:
-        stop(m)
+    cpu = [stop(m) for m in ms]
+    for client_id in ids:
+        end_session(broker.port, client_id)
     stored = [_stopped_counts(log) for log in logs]
     rows = check_monitor_rows(db, args.gateways, args.per_gateway)
     return {"monitors": n_mon, "messages": total, "publish_rate": round(total / publish_s), **res,
+            "cpu_us_per_msg": per_message(sum(cpu), sum(idle), total),
+            "cpu_s_per_monitor": [round(c - i, 2) for c, i in zip(cpu, idle, strict=True)], **load,
             "wall_incl_start_s": round(wall, 2), "per_monitor_stored": [s["stored"] for s in stored],
             "repeats_dropped": sum(s["repeats"] for s in stored), "lost": rows["lost"],
             "devices_not_exact": rows["devices_not_exact"], "rows_check": rows["rows"] == total}
@@ -275,21 +359,27 @@ def _stopped_counts(log: Path) -> dict[str, int]:
     return {"received": nums[0], "stored": nums[1], "repeats": nums[2]}
 
 
-def reference_subscriber(broker: Mosquitto, args: argparse.Namespace, work: Path) -> dict:
+def reference_subscriber(broker: Mosquitto, args: argparse.Namespace, work: Path, tag: str = "") -> dict:
     """A bare paho QoS 1 subscriber (auto-ack) writing (topic, payload) batches to SQLite, in its own process."""
-    path = work / "reference.db"
-    cmd = [sys.executable, __file__, "--reference", str(broker.port), str(path)]
-    subprocess.run([*cmd, "--session-only"], check=True)  # its persistent session, then publish into it
+    path = work / f"reference{tag}.db"
+    client_id = f"bench-reference{tag}"
+    cmd = [sys.executable, __file__, "--reference", str(broker.port), str(path), client_id]
+    proc = subprocess.Popen(cmd)  # its persistent session; also its idle CPU (nothing queued yet)
+    time.sleep(2.0)
+    idle = stop(proc)
     total = args.gateways * args.per_gateway
     publish_all(broker.port, args.gateways, 1, args.per_gateway, args.publishers)
+    others = Others(broker.proc.pid, None)
     proc = subprocess.Popen(cmd)
-    res = drain(Counter(f"sqlite:///{path}", "messages"), total, [proc.pid])
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=30)
-    return {"messages": total, **res}
+    res = drain(Counter(f"sqlite:///{path}", "messages"), total)
+    load = others.since()
+    cpu = stop(proc)
+    end_session(broker.port, client_id)
+    return {"messages": total, **res, "cpu_us_per_msg": per_message(cpu, idle, total), "cpu_s": round(cpu - idle, 2),
+            **load}
 
 
-def reference_process(port: int, path: Path, session_only: bool) -> None:
+def reference_process(port: int, path: Path, client_id: str) -> None:
     """The reference consumer: what a bare paho QoS 1 subscriber writing batches to SQLite costs."""
     conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
     conn.execute("PRAGMA journal_mode=WAL")
@@ -302,7 +392,7 @@ def reference_process(port: int, path: Path, session_only: bool) -> None:
             buf.append((m.topic, m.payload, time.time()))
 
     def make() -> mqtt.Client:
-        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-reference", protocol=mqtt.MQTTv311,
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311,
                         clean_session=False)
         c.on_message = on_message
         c.max_inflight_messages_set(65535)
@@ -310,13 +400,6 @@ def reference_process(port: int, path: Path, session_only: bool) -> None:
         c.subscribe("vibrawatch/v1/+/+/#", qos=1)
         return c
 
-    if session_only:
-        c = make()
-        c.loop_start()
-        time.sleep(0.5)
-        c.disconnect()
-        c.loop_stop()
-        return
     stop_flag = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop_flag.set())
 
@@ -375,6 +458,7 @@ def latency(broker: Mosquitto, db: str, args: argparse.Namespace, work: Path) ->
     probe.disconnect()
     probe.loop_stop()
     stop(m)
+    end_session(broker.port, "bench-latency")
     samples.sort()
     q = statistics.quantiles(samples, n=100, method="inclusive") if len(samples) > 2 else [float("nan")] * 99
     load_rows = check_monitor_rows(db, args.gateways, args.per_gateway + per)
@@ -401,13 +485,14 @@ def main() -> None:
     ap.add_argument("--publishers", type=int, default=4, help="publisher processes (gateways spread over them)")
     ap.add_argument("--live-rate", type=float, default=2000.0, help="messages/s during the latency run")
     ap.add_argument("--live-seconds", type=float, default=12.0)
+    ap.add_argument("--pairs", type=int, default=3, help="reference and one monitor into SQLite, alternated this "
+                    "many times (the CPU ratio of each pair is reported, and their median)")
     ap.add_argument("--skip-postgres", action="store_true")
     ap.add_argument("--json", type=Path, help="also write the results here")
-    ap.add_argument("--reference", nargs=2, metavar=("PORT", "DB"), help=argparse.SUPPRESS)
-    ap.add_argument("--session-only", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--reference", nargs=3, metavar=("PORT", "DB", "CLIENT_ID"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.reference:
-        reference_process(int(args.reference[0]), Path(args.reference[1]), args.session_only)
+        reference_process(int(args.reference[0]), Path(args.reference[1]), args.reference[2])
         return
     work = Path(tempfile.mkdtemp(prefix="vibrawatch-bench-monitor-"))
     mosq = subprocess.run([mosquitto_binary(), "-h"], capture_output=True, text=True).stdout.splitlines()[0]
@@ -419,11 +504,20 @@ def main() -> None:
     broker = Mosquitto(work)
     pg = None
     try:
-        results["reference_paho_sqlite"] = reference_subscriber(broker, args, work)
-        print("reference", results["reference_paho_sqlite"], flush=True)
-        results["monitor_sqlite_1"] = run_monitors(broker, f"sqlite:///{work / 'one.db'}", 1, args, work, "s1")
-        print("monitor sqlite x1", results["monitor_sqlite_1"], flush=True)
-        results["latency_sqlite"] = latency(broker, f"sqlite:///{work / 'one.db'}", args, work)
+        refs, mons = [], []
+        for i in range(max(args.pairs, 1)):  # alternated: both see the same neighbours' load, pair by pair
+            refs.append(reference_subscriber(broker, args, work, f"-{i}"))
+            print("reference", refs[-1], flush=True)
+            mons.append(run_monitors(broker, f"sqlite:///{work / f'one-{i}.db'}", 1, args, work, f"s1-{i}"))
+            print("monitor sqlite x1", mons[-1], flush=True)
+            print(f"pair {i + 1}: CPU per message, monitor / reference = "
+                  f"{mons[-1]['cpu_us_per_msg'] / refs[-1]['cpu_us_per_msg']:.2f}", flush=True)
+        results["pairs"] = [{"reference": r, "monitor": m,
+                             "cpu_ratio": round(m["cpu_us_per_msg"] / r["cpu_us_per_msg"], 3)}
+                            for r, m in zip(refs, mons, strict=True)]
+        results["reference_paho_sqlite"] = median_run(refs)
+        results["monitor_sqlite_1"] = median_run(mons)
+        results["latency_sqlite"] = latency(broker, f"sqlite:///{work / 'one-0.db'}", args, work)
         print("latency", results["latency_sqlite"], flush=True)
         results["monitor_sqlite_2"] = run_monitors(broker, f"sqlite:///{work / 'two.db'}", 2, args, work, "s2")
         print("monitor sqlite x2", results["monitor_sqlite_2"], flush=True)
@@ -435,9 +529,10 @@ def main() -> None:
             else:
                 pg = Postgres().start()
                 db1, db2 = pg.fresh_database("bench1"), pg.fresh_database("bench2")
-                results["monitor_postgres_1"] = run_monitors(broker, db1, 1, args, work, "p1")
+                pg_pid = int((pg.data / "postmaster.pid").read_text().split()[0])
+                results["monitor_postgres_1"] = run_monitors(broker, db1, 1, args, work, "p1", pg_pid)
                 print("monitor postgres x1", results["monitor_postgres_1"], flush=True)
-                results["monitor_postgres_2"] = run_monitors(broker, db2, 2, args, work, "p2")
+                results["monitor_postgres_2"] = run_monitors(broker, db2, 2, args, work, "p2", pg_pid)
                 print("monitor postgres x2", results["monitor_postgres_2"], flush=True)
     finally:
         broker.stop()
@@ -459,6 +554,17 @@ def main() -> None:
             print(f"| {name} | {r['monitors']} | {r['messages']} | {r['rate']} | {r['rate'] / ref:.2f} | "
                   f"{r['cpu_us_per_msg']} | {r['cpu_us_per_msg'] / ref_cpu:.2f} | {r['lost']} | "
                   f"{r['devices_not_exact']} | {r['repeats_dropped']} |")
+    ratios = [p["cpu_ratio"] for p in results["pairs"]]
+    print(f"\nCPU per message, monitor / reference, pair by pair: {', '.join(f'{r:.2f}' for r in ratios)} "
+          f"(median {statistics.median(ratios):.2f})")
+    print("\nwho used the cores during each drain (CPU seconds; machine busy = share of all cores):")
+    for key in ("reference_paho_sqlite", "monitor_sqlite_1", "monitor_sqlite_2", "monitor_postgres_1",
+                "monitor_postgres_2"):
+        if key in results:
+            r = results[key]
+            mine = r.get("cpu_s_per_monitor", [r.get("cpu_s")])
+            print(f"  {key}: consumer(s) {mine}, broker {r['broker_cpu_s']}, database server "
+                  f"{r.get('db_cpu_s', '-')}, drain {r['seconds']} s, machine busy {r['machine_busy']:.0%}")
     lat = results["latency_sqlite"]
     print(f"\nlatency publish -> row visible (SQLite, one monitor, {lat['live_rate_target']:.0f} msg/s live load, "
           f"{lat['probes']} probes): p50 {lat['p50_ms']} ms, p99 {lat['p99_ms']} ms, max {lat['max_ms']} ms")

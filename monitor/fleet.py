@@ -20,8 +20,15 @@ from .fastjson import dumps
 if TYPE_CHECKING:
     from .store import Alarm, Event, Score, Status, Store
 
-# Severity order of the fleet table, worst first.
-SEVERITY = {"alarm": 0, "sensor": 1, "offline": 2, "silent": 3, "online": 4, "unknown": 5}
+# Severity order of the fleet table, worst first. ``suspect``: the machine's commissioning looked like a fault
+# (the bundle's thresholds are kept): a person should look, so right after an alarm. ``commissioning``: its
+# thresholds are being learned and no alarm can be raised yet, so not healthy, but nothing is wrong either.
+SEVERITY = {"alarm": 0, "suspect": 1, "sensor": 2, "offline": 3, "silent": 4, "commissioning": 5, "online": 6,
+            "unknown": 7}
+COMMISSIONING_STATES = ("commissioning", "commissioned", "commissioning_suspect")
+COMMISSIONING_EVENTS = ("commissioning_refused", "calibration_unreadable")  # with state online: bundle thresholds
+COMMISSIONING_FIELDS = ("windows", "note", "threshold", "channel_thresholds", "median_level", "standout",
+                        "bundle_threshold")
 _EWMA = 0.2
 
 
@@ -38,7 +45,7 @@ class AlertEvent:
     """Something a person should hear about; ``key`` names its cause, so it is queued once however often seen."""
 
     key: str
-    kind: str  # alarm_raised | alarm_cleared | offline | silent
+    kind: str  # alarm_raised | alarm_cleared | offline | silent | commissioning_suspect
     site: str
     device: str
     payload: dict[str, Any]
@@ -85,7 +92,8 @@ def apply(before: dict[str, Any], msgs: Messages, now: float) -> Change:
         if s["score_seq"] is None or newest.seq > s["score_seq"]:
             s.update(score_seq=newest.seq, last_t=newest.t, last_ts=newest.ts, last_score=newest.score,
                      threshold=newest.threshold, level=newest.level, model=newest.model,
-                     contributions=dumps(newest.contributions))
+                     contributions=dumps(newest.contributions),
+                     threshold_source=newest.threshold_source or "bundle")
         # The usual interval: wall time since the last score over the scores that came in it, so a spool
         # flushed after an outage (many at once) still averages to the device's real rate.
         n = len(msgs.scores)
@@ -124,6 +132,20 @@ def apply(before: dict[str, Any], msgs: Messages, now: float) -> Change:
             s["spool_dropped"] = p["spool_dropped"]
         if p.get("event"):
             s["event"] = p["event"]
+        if p.get("threshold_source"):
+            s["threshold_source"] = p["threshold_source"]
+        if st.state in COMMISSIONING_STATES or p.get("event") in COMMISSIONING_EVENTS:
+            # The last word on this machine's thresholds; kept through later online statuses (a suspect
+            # commissioning stays suspect until the machine is commissioned again).
+            s["commissioning"] = st.state if st.state in COMMISSIONING_STATES else p["event"]
+            s["commissioning_info"] = dumps({"timestamp": st.ts, **{k: p[k] for k in COMMISSIONING_FIELDS if k in p}})
+            if st.state == "commissioning_suspect":
+                change.alerts.append(AlertEvent(
+                    key=f"commissioning_suspect:{site}/{device}:{st.ts}", kind="commissioning_suspect", site=site,
+                    device=device, payload=alert_payload(
+                        "commissioning_suspect", site, device, timestamp=st.ts,
+                        **{k: p[k] for k in ("threshold", "bundle_threshold", "median_level", "standout", "windows")
+                           if k in p})))
         if st.state == "offline":
             change.alerts.append(AlertEvent(
                 key=f"offline:{site}/{device}:{st.ts}", kind="offline", site=site, device=device,
@@ -132,13 +154,21 @@ def apply(before: dict[str, Any], msgs: Messages, now: float) -> Change:
 
 
 def health(row: dict[str, Any], now: float, silent_factor: float, min_silent_s: float) -> str:
-    """One word for the table: alarm, sensor, offline, silent, online (or unknown before any message)."""
+    """One word for the table: alarm, suspect, sensor, offline, silent, commissioning, online (or unknown
+    before any message)."""
     if row.get("alarm"):
         return "alarm"
+    if row.get("commissioning") == "commissioning_suspect":
+        return "suspect"
     if row.get("state") in ("sensor", "offline"):
         return str(row["state"])
     if is_silent(row, now, silent_factor, min_silent_s):
         return "silent"
+    source = row.get("threshold_source")  # the newest score's or status's word on it, whichever came last
+    if source == "commissioning" or source is None and row.get("state") == "commissioning":
+        return "commissioning"
+    if row.get("state") in COMMISSIONING_STATES:  # commissioned: running on its own thresholds
+        return "online"
     return str(row.get("state") or "unknown")
 
 
@@ -150,6 +180,25 @@ def is_silent(row: dict[str, Any], now: float, silent_factor: float, min_silent_
     return now - float(row["last_seen"]) > limit
 
 
+def note(r: dict[str, Any]) -> str:
+    """What the table's last column says about a device: a fault, why it is offline, its commissioning."""
+    info = json.loads(r["commissioning_info"]) if r.get("commissioning_info") else {}
+    if r["health"] == "suspect":
+        return (f"commissioning suspect: median window {info.get('median_level', 0):.3g}x the bundle's thresholds, "
+                f"one channel {info.get('standout', 0):.3g}x the others; alarms on the bundle's thresholds")
+    if r["health"] == "commissioning":
+        return f"commissioning: {info.get('windows', 0)} windows so far, no alarm until it ends"
+    if r["health"] == "sensor":
+        return f"sensor fault: {r.get('fault') or '?'}"
+    if r["health"] == "offline":
+        return str(r.get("reason") or "")
+    if r["health"] == "silent" and r.get("age_s") is not None:
+        return f"no score for {r['age_s']:.0f} s"
+    if r.get("commissioning") in ("commissioning_refused", "calibration_unreadable"):
+        return f"{r['commissioning']}: {info.get('note', '')}"
+    return str(r.get("event") or "")
+
+
 def table(store: Store, now: float, silent_factor: float = 5.0, min_silent_s: float = 30.0) -> list[dict[str, Any]]:
     """The fleet table, worst first: each device's row plus its ``health`` and seconds since its last score."""
     rows = []
@@ -157,6 +206,7 @@ def table(store: Store, now: float, silent_factor: float = 5.0, min_silent_s: fl
         r = dict(r)
         r["health"] = health(r, now, silent_factor, min_silent_s)
         r["age_s"] = None if r["last_seen"] is None else round(now - r["last_seen"], 1)
+        r["note"] = note(r)
         rows.append(r)
     rows.sort(key=lambda r: (SEVERITY.get(r["health"], 9), -(r["level"] or 0.0), r["site"], r["device"]))
     return rows

@@ -21,6 +21,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import urlparse
@@ -30,7 +31,7 @@ from vibrawatch.agent.errors import VibrawatchError
 from . import fleet
 from .fastjson import dumps
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: where thresholds come from (scores, devices) and the last commissioning (devices)
 
 
 class StoreError(VibrawatchError):
@@ -51,6 +52,7 @@ class Score:
     contributions: dict[str, float]
     model: str
     received: float
+    threshold_source: str | None = None  # bundle | commissioning | commissioned; None from older agents (bundle)
 
 
 @dataclass(slots=True)
@@ -139,7 +141,8 @@ DDL = [
         site TEXT NOT NULL, device TEXT NOT NULL, seq BIGINT NOT NULL,
         t DOUBLE PRECISION NOT NULL, ts TEXT NOT NULL, score DOUBLE PRECISION NOT NULL,
         threshold DOUBLE PRECISION NOT NULL, level DOUBLE PRECISION NOT NULL, contributions TEXT NOT NULL,
-        model TEXT NOT NULL, received DOUBLE PRECISION NOT NULL, PRIMARY KEY (site, device, seq))""",
+        model TEXT NOT NULL, received DOUBLE PRECISION NOT NULL, threshold_source TEXT,
+        PRIMARY KEY (site, device, seq))""",
     """CREATE INDEX IF NOT EXISTS scores_received ON scores (received)""",
     """CREATE TABLE IF NOT EXISTS alarms (
         site TEXT NOT NULL, device TEXT NOT NULL, seq BIGINT NOT NULL,
@@ -169,6 +172,7 @@ DDL = [
         spool_dropped BIGINT, event TEXT,
         alarm_seq BIGINT, alarm INTEGER NOT NULL DEFAULT 0, alarm_since TEXT, alarm_channel TEXT,
         last_seen DOUBLE PRECISION, interval_s DOUBLE PRECISION, silent_since DOUBLE PRECISION,
+        threshold_source TEXT, commissioning TEXT, commissioning_info TEXT,
         PRIMARY KEY (site, device))""",
     """CREATE TABLE IF NOT EXISTS alerts (
         key TEXT PRIMARY KEY, kind TEXT NOT NULL, site TEXT NOT NULL, device TEXT NOT NULL, payload TEXT NOT NULL,
@@ -185,8 +189,16 @@ DEVICE_COLUMNS = (
     "site", "device", "first_seq", "last_seq", "received", "lost", "score_seq", "last_t", "last_ts", "last_score",
     "threshold", "level", "contributions", "model", "state", "state_ts", "fault", "reason", "agent", "runtime",
     "channels", "spool_dropped", "event", "alarm_seq", "alarm", "alarm_since", "alarm_channel", "last_seen",
-    "interval_s", "silent_since",
+    "interval_s", "silent_since", "threshold_source", "commissioning", "commissioning_info",
 )
+# Columns later schema versions added, as (version, table, column, type): a database of an older version gets
+# them on open (ALTER TABLE ... ADD COLUMN), in the transaction that creates the tables.
+MIGRATIONS = [
+    (2, "scores", "threshold_source", "TEXT"),
+    (2, "devices", "threshold_source", "TEXT"),
+    (2, "devices", "commissioning", "TEXT"),
+    (2, "devices", "commissioning_info", "TEXT"),
+]
 _ROWS_PER_INSERT = 400  # rows per multi-row INSERT: 400 x 12 parameters stays under every driver's limit
 
 
@@ -215,13 +227,22 @@ class Store:
             cur.execute("SELECT value FROM meta WHERE key = 'schema'")
             row = cur.fetchone()
             if row is None:
-                cur.execute("INSERT INTO meta (key, value) VALUES (?, ?)".replace("?", self.param), ("schema", "1"))
-            elif int(row[0]) != SCHEMA_VERSION:
-                raise StoreError(f"{self.safe_url}: database schema {row[0]}, this vibrawatch reads "
-                                 f"{SCHEMA_VERSION}")
+                cur.execute("INSERT INTO meta (key, value) VALUES (?, ?)", ("schema", str(SCHEMA_VERSION)))
+            elif int(row[0]) > SCHEMA_VERSION:
+                raise StoreError(f"{self.safe_url}: database schema {row[0]} is newer than this vibrawatch "
+                                 f"(it reads {SCHEMA_VERSION} and older): upgrade vibrawatch")
+            elif int(row[0]) < SCHEMA_VERSION:
+                for version, table, column, kind in MIGRATIONS:
+                    if version > int(row[0]) and column not in self._columns(cur, table):
+                        cur.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+                cur.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (str(SCHEMA_VERSION),))
 
     # -- what a backend provides -------------------------------------------------------------------------
     param: ClassVar[str] = "?"
+
+    def _columns(self, cur: _Cursor, table: str) -> set[str]:
+        cur.execute(f"SELECT * FROM {table} LIMIT 0")
+        return {d[0] for d in cur.raw.description}
 
     def _connect(self) -> Any:
         raise NotImplementedError
@@ -286,26 +307,26 @@ class Store:
         now = time.time() if now is None else now
         w = Written()
         with self.transaction() as cur:
-            new_scores = self._insert_returning(
+            new_scores = self._insert_new(
                 cur, "scores", ("site", "device", "seq", "t", "ts", "score", "threshold", "level", "contributions",
-                                "model", "received"),
+                                "model", "received", "threshold_source"),
                 [(s.site, s.device, s.seq, s.t, s.ts, s.score, s.threshold, s.level, dumps(s.contributions), s.model,
-                  s.received) for s in batch.scores],
-                ("site", "device", "seq"), ("site", "device", "seq"))
-            new_alarms = self._insert_returning(
+                  s.received, s.threshold_source) for s in batch.scores],
+                ("site", "device", "seq"))
+            new_alarms = self._insert_new(
                 cur, "alarms", ("site", "device", "seq", "t", "ts", "event", "channel", "score", "level", "since",
                                 "model", "received"),
                 [(a.site, a.device, a.seq, a.t, a.ts, a.event, a.channel, a.score, a.level, a.since, a.model,
                   a.received) for a in batch.alarms],
-                ("site", "device", "seq"), ("site", "device", "seq"))
-            new_statuses = self._insert_returning(
+                ("site", "device", "seq"))
+            new_statuses = self._insert_new(
                 cur, "statuses", ("site", "device", "ts", "state", "payload", "received"),
                 [(s.site, s.device, s.ts, s.state, dumps(s.payload), s.received) for s in batch.statuses],
-                ("site", "device", "ts", "state"), ("site", "device", "ts", "state"))
-            new_events = self._insert_returning(
+                ("site", "device", "ts", "state"))
+            new_events = self._insert_new(
                 cur, "events", ("site", "device", "seq", "t", "ts", "kind", "payload", "received"),
                 [(e.site, e.device, e.seq, e.t, e.ts, e.kind, dumps(e.payload), e.received) for e in batch.events],
-                ("site", "device", "seq"), ("site", "device", "seq"))
+                ("site", "device", "seq"))
             if batch.dead:
                 dead = self._insert_returning(
                     cur, "dead_letters", ("digest", "received", "topic", "payload", "reason"),
@@ -328,6 +349,37 @@ class Store:
                 lost, alerts = self._apply_to_devices(cur, scores, alarms, statuses, now, events)
                 w.lost, w.alerts = lost, alerts
         return w
+
+    def _insert_new(self, cur: _Cursor, table: str, columns: Sequence[str], rows: list[tuple[Any, ...]],
+                    key: Sequence[str]) -> set[tuple[Any, ...]]:
+        """INSERT ... ON CONFLICT DO NOTHING; the keys of the rows that were new (a key twice in ``rows``: the
+        first one counts).
+
+        The usual batch is all new (a redelivery follows a restart or a lost PUBACK), so it is tried first as
+        one ``executemany`` (half the cost of multi-row VALUES with RETURNING on SQLite): when every row went in,
+        every key is new. Otherwise that attempt is rolled back to its savepoint and the rows go in again with
+        RETURNING, which names the new ones."""
+        if not rows:
+            return set()
+        at = [columns.index(k) for k in key]
+        keyf = itemgetter(*at) if len(at) > 1 else (lambda r: (r[at[0]],))
+        unique: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+        for r in rows:
+            unique.setdefault(keyf(r), r)
+        return self._insert_unique(cur, table, columns, unique, key)
+
+    def _insert_unique(self, cur: _Cursor, table: str, columns: Sequence[str],
+                       unique: dict[tuple[Any, ...], tuple[Any, ...]], key: Sequence[str]) -> set[tuple[Any, ...]]:
+        """Rows with distinct keys in; the keys that were new."""
+        cur.execute("SAVEPOINT vw_insert")
+        cur.executemany(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))}) "
+                        f"ON CONFLICT ({', '.join(key)}) DO NOTHING", list(unique.values()))
+        if cur.rowcount == len(unique):
+            cur.execute("RELEASE SAVEPOINT vw_insert")
+            return set(unique)
+        cur.execute("ROLLBACK TO SAVEPOINT vw_insert")
+        cur.execute("RELEASE SAVEPOINT vw_insert")
+        return self._insert_returning(cur, table, columns, list(unique.values()), key, key)
 
     def _insert_returning(self, cur: _Cursor, table: str, columns: Sequence[str], rows: list[tuple[Any, ...]],
                           key: Sequence[str], returning: Sequence[str]) -> set[tuple[Any, ...]]:
@@ -374,9 +426,7 @@ class Store:
             gaps_filled += [(k[0], k[1], s) for s in change.late]
             alerts += change.alerts
             lost += change.state["lost"] - (before["lost"] or 0)
-        cols = [c for c in DEVICE_COLUMNS if c not in ("site", "device")]
-        cur.executemany(f"UPDATE devices SET {', '.join(f'{c} = ?' for c in cols)} WHERE site = ? AND device = ?",
-                        [[u[c] for c in cols] + [u["site"], u["device"]] for u in updates])
+        self._update_devices(cur, updates)
         if gaps_new:
             cur.executemany("INSERT INTO gaps (site, device, first_seq, last_seq, filled, detected) "
                             "VALUES (?, ?, ?, ?, 0, ?) ON CONFLICT (site, device, first_seq) DO NOTHING", gaps_new)
@@ -384,6 +434,12 @@ class Store:
             cur.executemany("UPDATE gaps SET filled = filled + 1 WHERE site = ? AND device = ? "
                             "AND first_seq <= ? AND last_seq >= ?", [(s, d, q, q) for s, d, q in gaps_filled])
         return lost, self.add_alerts(cur, alerts, now)
+
+    def _update_devices(self, cur: _Cursor, updates: list[dict[str, Any]]) -> None:
+        """Write the devices' new state (every column but the key)."""
+        cols = [c for c in DEVICE_COLUMNS if c not in ("site", "device")]
+        cur.executemany(f"UPDATE devices SET {', '.join(f'{c} = ?' for c in cols)} WHERE site = ? AND device = ?",
+                        [[u[c] for c in cols] + [u["site"], u["device"]] for u in updates])
 
     def add_alerts(self, cur: _Cursor, alerts: Iterable[fleet.AlertEvent], now: float) -> int:
         """Queue alerts for the sinks (in the caller's transaction); an alert already queued is not repeated."""
@@ -419,11 +475,15 @@ class _Cursor:
 
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         if rows:
-            self._cur.executemany(sql if self._param == "?" else sql.replace("?", self._param),
-                                  [tuple(r) for r in rows])
+            self._cur.executemany(sql if self._param == "?" else sql.replace("?", self._param), rows)
 
     def fetchone(self) -> Any:
         return self._cur.fetchone()
+
+    @property
+    def raw(self) -> Any:
+        """The driver's own cursor (PostgreSQL's COPY)."""
+        return self._cur
 
     def fetchall(self) -> list[Any]:
         return self._cur.fetchall()
@@ -491,6 +551,35 @@ class PostgresStore(Store):
 
     def _begin(self, conn: Any) -> None:
         conn.rollback()  # leave any read transaction; psycopg opens the next one on the first statement
+
+    # A batch's rows go to the server by COPY into a temporary staging table (one per table and connection,
+    # emptied at each commit), then one INSERT ... SELECT ... ON CONFLICT DO NOTHING RETURNING puts the new
+    # ones in place: three round trips and one set operation on the server, where executemany() runs one
+    # INSERT per row (pipelined, but each parsed and planned: the server's CPU was the limit).
+    def _stage(self, cur: _Cursor, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+        stage = f"vw_stage_{table}"
+        cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS {stage} (LIKE {table}) ON COMMIT DELETE ROWS")
+        with cur.raw.copy(f"COPY {stage} ({', '.join(columns)}) FROM STDIN") as copy:
+            for r in rows:
+                copy.write_row(r)
+        return stage
+
+    def _insert_unique(self, cur: _Cursor, table: str, columns: Sequence[str],
+                       unique: dict[tuple[Any, ...], tuple[Any, ...]], key: Sequence[str]) -> set[tuple[Any, ...]]:
+        stage = self._stage(cur, table, columns, unique.values())
+        cols = ", ".join(columns)
+        cur.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {stage} ON CONFLICT ({', '.join(key)}) "
+                    f"DO NOTHING RETURNING {', '.join(key)}")
+        new = {tuple(r) for r in cur.fetchall()}
+        cur.execute(f"DELETE FROM {stage}")  # the same table may be staged again before the commit
+        return new
+
+    def _update_devices(self, cur: _Cursor, updates: list[dict[str, Any]]) -> None:
+        stage = self._stage(cur, "devices", DEVICE_COLUMNS, ([u[c] for c in DEVICE_COLUMNS] for u in updates))
+        cols = [c for c in DEVICE_COLUMNS if c not in ("site", "device")]
+        cur.execute(f"UPDATE devices AS d SET {', '.join(f'{c} = s.{c}' for c in cols)} FROM {stage} AS s "
+                    "WHERE d.site = s.site AND d.device = s.device")
+        cur.execute(f"DELETE FROM {stage}")
 
 
 BACKENDS: dict[str, type[Store]] = {"sqlite": SQLiteStore, "postgresql": PostgresStore, "postgres": PostgresStore}

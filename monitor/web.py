@@ -65,8 +65,8 @@ def device_detail(store: Store, site: str, device: str, now: float, cfg: Monitor
             if r["site"] == site and r["device"] == device]
     if not rows:
         return None
-    raw = store.query("SELECT seq, t, score, threshold, level, contributions FROM scores WHERE site = ? AND device = ? "
-                      "ORDER BY seq DESC LIMIT ?", (site, device, RAW_POINTS))
+    raw = store.query("SELECT seq, t, score, threshold, level, contributions, threshold_source FROM scores "
+                      "WHERE site = ? AND device = ? ORDER BY seq DESC LIMIT ?", (site, device, RAW_POINTS))
     raw.sort(key=lambda r: r["t"])
     contributions: dict[str, list[float | None]] = {}
     for i, r in enumerate(raw):
@@ -76,6 +76,7 @@ def device_detail(store: Store, site: str, device: str, now: float, cfg: Monitor
         "device": rows[0],
         "scores": {"t": [r["t"] for r in raw], "score": [r["score"] for r in raw],
                    "threshold": [r["threshold"] for r in raw], "level": [r["level"] for r in raw],
+                   "threshold_source": [r["threshold_source"] or "bundle" for r in raw],
                    "contributions": contributions},
         "hourly": store.query("SELECT hour, n, min, mean, max, above, threshold FROM score_hourly "
                               "WHERE site = ? AND device = ? ORDER BY hour", (site, device)),

@@ -53,12 +53,17 @@ def test_page_shows_the_device_and_its_chart_and_both_change_when_the_agent_rais
         browser.goto(f"{base}/")
         assert browser.wait_for("document.querySelector('tr[data-device=\"demo/machine1\"]')?.dataset.health") \
             == "online"
+        assert browser.js("document.querySelector('tr[data-device]').dataset.thresholdSource") == "bundle"
         browser.screenshot(tmp_path / "fleet_healthy.png")
         browser.goto(f"{base}/device?site=demo&device=machine1")
         points = int(browser.wait_for("+document.querySelector('#score-chart').dataset.points"))
         assert points >= 50
         assert browser.js("document.querySelectorAll('#score-chart canvas').length") == 1  # uPlot drew it
         assert browser.js("document.querySelector('#score-chart').dataset.alarms") == "0"
+        # Where the thresholds come from, and the threshold line is each score's own (the newest stored here).
+        assert browser.js("document.querySelector('#thresholds').dataset.source") == "bundle"
+        newest = store.query("SELECT threshold FROM scores ORDER BY seq DESC LIMIT 1")[0]["threshold"]
+        assert float(browser.js("document.querySelector('#score-chart').dataset.lastThreshold")) == newest
         browser.screenshot(tmp_path / "device_healthy.png")
 
         node.publish(sample_messages(snapshots[30:], rec.fs_hz, 2048))  # the bearing fails

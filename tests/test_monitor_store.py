@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -190,4 +191,149 @@ def test_shared_table_properties_decode_mqtt5_publish_properties_as_paho_does() 
     assert ours.json() == theirs.json() == {"MessageExpiryInterval": 60, "ContentType": "application/json",
                                             "UserProperty": [("a", "1"), ("b", "2")]}
     assert SharedTableProperties(PacketTypes.PUBLISH).json() == {}  # nothing leaks between instances
+    empty = Properties(PacketTypes.PUBLISH).pack() + b"payload"  # no properties: one zero byte, then the payload
+    ours, theirs = SharedTableProperties(PacketTypes.PUBLISH), Properties(PacketTypes.PUBLISH)
+    assert empty[0] == 0 and ours.unpack(empty)[1] == theirs.unpack(empty)[1] == 1 and ours.json() == theirs.json()
     assert install()
+
+
+def test_shared_table_properties_clear_what_a_packet_before_set() -> None:
+    """paho reuses nothing between packets today, but ``unpack`` clears first: ours must clear the same way."""
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    from vibrawatch.monitor.pahofast import SharedTableProperties
+
+    one, two = Properties(PacketTypes.PUBLISH), Properties(PacketTypes.PUBLISH)
+    one.ContentType = "application/json"
+    two.MessageExpiryInterval = 5
+    ours = SharedTableProperties(PacketTypes.PUBLISH)
+    ours.unpack(one.pack())
+    ours.unpack(two.pack())
+    assert ours.json() == {"MessageExpiryInterval": 5}
+
+
+def test_acks_of_a_batch_are_the_bytes_paho_sends_one_by_one_in_one_write() -> None:
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from vibrawatch.monitor.pahofast import QuickMatcher, ack_many, quick_matcher
+
+    def client() -> mqtt.Client:
+        return mqtt.Client(CallbackAPIVersion.VERSION2, client_id="x", protocol=mqtt.MQTTv5, manual_ack=True)
+
+    mids = [1, 2, 300, 65535]
+    theirs, ours = client(), client()
+    for mid in mids:
+        theirs.ack(mid, 1)
+    ack_many(ours, mids)
+    assert len(theirs._out_packet) == 4 and len(ours._out_packet) == 1
+    assert b"".join(p["packet"] for p in theirs._out_packet) == ours._out_packet[0]["packet"]
+    c = client()
+    assert quick_matcher(c) and isinstance(c._on_message_filtered, QuickMatcher)
+    assert list(c._on_message_filtered.iter_match("vibrawatch/v1/s/d/score")) == []
+    c.message_callback_add("vibrawatch/v1/+/+/score", print)  # the real matcher underneath still works
+    assert list(c._on_message_filtered.iter_match("vibrawatch/v1/s/d/score")) == [print]
+
+
+def _status(state: str, ts: str, **fields: object) -> dict:
+    return {"v": 1, "state": state, "timestamp": ts, **fields}
+
+
+def _decoded(kind: str, payload: dict, device: str = "d1") -> object:
+    row = decode(f"vibrawatch/v1/s1/{device}/{kind}", json.dumps(payload).encode(), 1000.0)
+    assert not hasattr(row, "reason"), getattr(row, "reason", "")  # valid against agent/schemas/
+    return row
+
+
+def _score_msg(seq: int, threshold: float, source: str | None) -> dict:
+    p = {"v": 1, "timestamp": f"2026-01-01T00:00:{seq:02d}.000Z", "t": float(seq), "seq": seq, "score": 0.1,
+         "threshold": threshold, "level": 0.1 / threshold, "contributions": {"a": 0.1}, "model": "m"}
+    return p if source is None else {**p, "threshold_source": source}
+
+
+def test_commissioning_shows_in_the_fleet_table_and_each_score_keeps_its_own_threshold(store: Store) -> None:
+    """A machine being commissioned is not healthy (no alarm can be raised yet), a suspect commissioning needs a
+    look (right after alarms, an alert), and every score row keeps the threshold and its source as sent."""
+    d1 = [_decoded("status", _status("commissioning", "2026-01-01T00:00:00.000Z", threshold_source="commissioning",
+                                     windows=0, note="commissioning starts: 3 windows"))]
+    store.write(Batch(statuses=d1, scores=[_decoded("score", _score_msg(i, 0.5, "commissioning"))  # type: ignore
+                                           for i in (1, 2, 3)]), now=1000.0)
+    store.write(Batch(scores=[_decoded("score", _score_msg(1, 0.5, None), "d2")]), now=1000.0)  # type: ignore
+    rows = {r["device"]: r for r in fleet.table(store, 1001.0)}
+    assert (rows["d1"]["health"], rows["d1"]["threshold_source"]) == ("commissioning", "commissioning")
+    assert "commissioning: 0 windows so far" in rows["d1"]["note"]
+    assert (rows["d2"]["health"], rows["d2"]["threshold_source"]) == ("online", "bundle")  # an older agent
+    assert [r["device"] for r in fleet.table(store, 1001.0)] == ["d1", "d2"]  # commissioning before online
+
+    done = _status("commissioned", "2026-01-01T00:00:04.000Z", threshold_source="commissioned", threshold=0.3,
+                   channel_thresholds=[0.3], windows=3, median_level=0.8, standout=1.0, bundle_threshold=0.5)
+    store.write(Batch(statuses=[_decoded("status", done)],  # type: ignore[list-item]
+                      scores=[_decoded("score", _score_msg(4, 0.3, "commissioned"))]), now=1002.0)  # type: ignore
+    suspect = _status("commissioning_suspect", "2026-01-01T00:00:05.000Z", threshold_source="bundle", threshold=0.5,
+                      channel_thresholds=[0.5], windows=3, median_level=12.5, standout=1.0, bundle_threshold=0.5)
+    store.write(Batch(statuses=[_decoded("status", suspect, "d2")]), now=1002.0)  # type: ignore[list-item]
+    rows = {r["device"]: r for r in fleet.table(store, 1003.0)}
+    assert (rows["d1"]["health"], rows["d1"]["threshold_source"], rows["d1"]["threshold"]) == \
+        ("online", "commissioned", 0.3)
+    assert rows["d2"]["health"] == "suspect" and "median window 12.5x" in rows["d2"]["note"]
+    assert [r["device"] for r in fleet.table(store, 1003.0)] == ["d2", "d1"]  # suspect before online
+    assert store.query("SELECT kind, device FROM alerts") == [{"kind": "commissioning_suspect", "device": "d2"}]
+    # An agent restart after a suspect commissioning says only "online": the verdict stands until the next one.
+    store.write(Batch(statuses=[_decoded("status", _status("online", "2026-01-01T00:00:06.000Z"), "d2")]),  # type: ignore
+                now=1004.0)
+    assert fleet.table(store, 1005.0)[0]["health"] == "suspect"
+    assert store.query("SELECT seq, threshold, threshold_source FROM scores WHERE device = 'd1' ORDER BY seq") == [
+        {"seq": 1, "threshold": 0.5, "threshold_source": "commissioning"},
+        {"seq": 2, "threshold": 0.5, "threshold_source": "commissioning"},
+        {"seq": 3, "threshold": 0.5, "threshold_source": "commissioning"},
+        {"seq": 4, "threshold": 0.3, "threshold_source": "commissioned"}]
+
+
+def test_a_schema_1_database_gains_the_commissioning_columns_and_keeps_its_rows(store: Store) -> None:
+    store.write(Batch(scores=[score(1, 1.0)]), now=1000.0)
+    with store.transaction() as cur:  # back to what vibrawatch with schema 1 created
+        cur.execute("ALTER TABLE scores DROP COLUMN threshold_source")
+        for column in ("threshold_source", "commissioning", "commissioning_info"):
+            cur.execute(f"ALTER TABLE devices DROP COLUMN {column}")
+        cur.execute("UPDATE meta SET value = '1' WHERE key = 'schema'")
+    store.close()
+    again = open_store(store.url)
+    try:
+        assert again.query("SELECT value FROM meta WHERE key = 'schema'") == [{"value": "2"}]
+        again.write(Batch(scores=[score(2, 2.0)]), now=1001.0)
+        assert [r["threshold_source"] for r in again.query("SELECT threshold_source FROM scores ORDER BY seq")] == \
+            [None, None]
+        assert fleet.table(again, 1002.0)[0]["threshold_source"] == "bundle"
+        with again.transaction() as cur:
+            cur.execute("UPDATE meta SET value = '3' WHERE key = 'schema'")
+        again.close()
+        with pytest.raises(StoreError, match="schema 3 is newer"):
+            open_store(store.url)
+    finally:
+        again.close()
+
+
+def test_the_terminal_fleet_table_says_which_machine_is_commissioning_or_suspect_and_where_thresholds_come_from(
+        tmp_path: Path) -> None:
+    import subprocess
+
+    from monitor_helpers import vibrawatch_command
+
+    db = f"sqlite:///{tmp_path / 'fleet.db'}"
+    s = open_store(db)
+    learning = _status("commissioning", "2026-01-01T00:00:00.000Z", threshold_source="commissioning", windows=120)
+    suspect = _status("commissioning_suspect", "2026-01-01T00:00:05.000Z", threshold_source="bundle", threshold=0.5,
+                      windows=3, median_level=12.5, standout=4.2, bundle_threshold=0.5)
+    s.write(Batch(statuses=[_decoded("status", learning, "new"), _decoded("status", suspect, "odd")],  # type: ignore
+                  scores=[_decoded("score", _score_msg(1, 0.5, "commissioning"), "new"),  # type: ignore[list-item]
+                          _decoded("score", _score_msg(1, 0.5, "bundle"), "odd"),  # type: ignore[list-item]
+                          _decoded("score", _score_msg(1, 0.3, "commissioned"), "ok")]), now=time.time())
+    s.close()
+    out = subprocess.run(vibrawatch_command("fleet", "--db", db), capture_output=True, text=True, check=True).stdout
+    lines = {ln.split()[0]: ln for ln in out.splitlines()[1:] if ln.startswith("s1/")}
+    assert list(lines) == ["s1/odd", "s1/new", "s1/ok"]  # worst first
+    assert lines["s1/odd"].split()[1:2] == ["suspect"] and "median window 12.5x" in lines["s1/odd"]
+    assert "bundle" in lines["s1/odd"]
+    assert lines["s1/new"].split()[1:2] == ["commissioning"] and "120 windows so far" in lines["s1/new"]
+    assert lines["s1/ok"].split()[1:2] == ["online"] and "commissioned" in lines["s1/ok"]

@@ -25,13 +25,6 @@ const vw = (() => {
     run();
   }
 
-  function note(d) {
-    if (d.health === "sensor") return `sensor fault: ${d.fault || "?"}`;
-    if (d.health === "offline") return d.reason || "";
-    if (d.health === "silent") return `no score for ${age(d.age_s)}`;
-    return d.event || "";
-  }
-
   function fleetPage() {
     const body = document.querySelector("#fleet tbody");
     live(async () => {
@@ -39,11 +32,13 @@ const vw = (() => {
       body.innerHTML = data.devices.map((d) => {
         const key = `${d.site}/${d.device}`;
         const href = `/device?site=${encodeURIComponent(d.site)}&device=${encodeURIComponent(d.device)}`;
-        return `<tr class="${esc(d.health)}" data-device="${esc(key)}" data-health="${esc(d.health)}">` +
+        return `<tr class="${esc(d.health)}" data-device="${esc(key)}" data-health="${esc(d.health)}" ` +
+          `data-threshold-source="${esc(d.threshold_source || "")}">` +
           `<td><a href="${href}">${esc(key)}</a></td><td><span class="health">${esc(d.health)}</span></td>` +
           `<td class="num">${num(d.level)}</td><td class="num">${num(d.last_score)}</td><td class="num">${num(d.threshold)}</td>` +
+          `<td class="source">${esc(d.threshold_source || "")}</td>` +
           `<td>${esc(d.alarm_since || "")}</td><td>${esc(d.alarm_channel || "")}</td><td>${esc(age(d.age_s))}</td>` +
-          `<td class="num">${d.lost || 0}</td><td>${esc(d.model || "")}</td><td>${esc(d.agent || "")}</td><td>${esc(note(d))}</td></tr>`;
+          `<td class="num">${d.lost || 0}</td><td>${esc(d.model || "")}</td><td>${esc(d.agent || "")}</td><td>${esc(d.note)}</td></tr>`;
       }).join("");
       document.title = `vibrawatch fleet (${data.devices.filter((d) => d.health === "alarm").length} alarm)`;
     });
@@ -61,11 +56,23 @@ const vw = (() => {
     return out;
   }
 
-  function shade(periods) {
+  // Runs of consecutive scores whose thresholds were still being learned: [first t, last t].
+  function commissioningPeriods(t, sources) {
+    const out = [];
+    let start = null;
+    for (let i = 0; i < t.length; i++) {
+      if (sources[i] === "commissioning" && start === null) start = t[i];
+      if (sources[i] !== "commissioning" && start !== null) { out.push([start, t[i - 1]]); start = null; }
+    }
+    if (start !== null) out.push([start, t[t.length - 1]]);
+    return out;
+  }
+
+  function shade(periods, colour = "rgba(217, 48, 37, 0.15)") {
     return (u) => {
       const ctx = u.ctx;
       ctx.save();
-      ctx.fillStyle = "rgba(217, 48, 37, 0.15)";
+      ctx.fillStyle = colour;
       for (const [a, b] of periods) {
         const x0 = u.valToPos(a, "x", true), x1 = u.valToPos(b, "x", true);
         ctx.fillRect(x0, u.bbox.top, Math.max(x1 - x0, 2), u.bbox.height);
@@ -73,6 +80,8 @@ const vw = (() => {
       ctx.restore();
     };
   }
+
+  const learning = "rgba(26, 115, 232, 0.12)";
 
   const palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#17becf"];
 
@@ -99,22 +108,28 @@ const vw = (() => {
       document.querySelector("#device tbody").innerHTML =
         `<tr class="${esc(row.health)}" data-device="${esc(site + "/" + device)}" data-health="${esc(row.health)}">` +
         `<td><span class="health">${esc(row.health)}</span></td><td>level ${num(row.level)}</td>` +
-        `<td>alarm since ${esc(row.alarm_since || "-")}</td><td>${esc(note(row))}</td></tr>`;
+        `<td>alarm since ${esc(row.alarm_since || "-")}</td>` +
+        `<td id="thresholds" data-source="${esc(row.threshold_source || "")}">thresholds from ${esc(row.threshold_source || "?")}</td>` +
+        `<td>${esc(row.note)}</td></tr>`;
 
       const periods = alarmPeriods(d.alarms, s.t.length ? s.t[s.t.length - 1] : null);
+      const learned = commissioningPeriods(s.t, s.threshold_source);
       const chartEl = document.getElementById("score-chart");
       draw("score-chart", {
-        series: [{}, { label: "score", stroke: "#1f5fbf", width: 1.5 }, { label: "threshold", stroke: "#d93025", dash: [6, 4] }],
-        hooks: { drawClear: [shade(periods)] },
+        series: [{}, { label: "score", stroke: "#1f5fbf", width: 1.5 },
+          { label: "threshold (each score's own)", stroke: "#d93025", dash: [6, 4] }],
+        hooks: { drawClear: [shade(learned, learning), shade(periods)] },
         axes: [{}, { label: "score (MAE)" }],
       }, [s.t, s.score, s.threshold]);
       chartEl.dataset.points = String(s.t.length);
       chartEl.dataset.alarms = String(periods.length);
+      chartEl.dataset.commissioning = String(learned.length);
+      chartEl.dataset.lastThreshold = s.threshold.length ? String(s.threshold[s.threshold.length - 1]) : "";
 
       const chans = Object.keys(s.contributions);
       draw("contrib-chart", {
         series: [{}, ...chans.map((c, i) => ({ label: c, stroke: palette[i % palette.length] }))],
-        hooks: { drawClear: [shade(periods)] },
+        hooks: { drawClear: [shade(learned, learning), shade(periods)] },
       }, [s.t, ...chans.map((c) => s.contributions[c])]);
 
       const h = d.hourly;
