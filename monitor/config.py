@@ -157,5 +157,9 @@ def _check(cfg: MonitorConfig) -> None:
             raise ConfigError(f"{cfg.path}: http {cfg.monitor.http!r}: expected HOST:PORT (e.g. 127.0.0.1:8080)")
     if "/" in cfg.monitor.group or "+" in cfg.monitor.group or "#" in cfg.monitor.group:
         raise ConfigError(f"{cfg.path}: group {cfg.monitor.group!r}: no '/', '+' or '#'")
+    rm = cfg.mqtt.receive_maximum
+    if isinstance(rm, bool) or not isinstance(rm, int) or not 1 <= rm <= 65535:
+        raise ConfigError(f"{cfg.path}: [mqtt] receive_maximum = {rm!r}: expected an integer from 1 to 65535 "
+                          "(MQTT 5's limit; about 3 x batch_max lets the broker send while a batch is written)")
     if cfg.alerts.webhook and urlparse(cfg.alerts.webhook).scheme not in ("http", "https"):
         raise ConfigError(f"{cfg.path}: [alerts] webhook {cfg.alerts.webhook!r}: expected an http:// or https:// URL")

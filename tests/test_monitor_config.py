@@ -25,6 +25,8 @@ def test_example_config_loads_and_the_command_line_overrides_it() -> None:
     ("[monitor]\nbroker = 'http://x'\n", "expected mqtt://HOST:PORT"),
     ("[alerts]\nwebhook = 'ftp://x'\n", "expected an http:// or https:// URL"),
     ("[nope]\n", "unknown section(s) ['nope']"),
+    ("[mqtt]\nreceive_maximum = 70000\n", "[mqtt] receive_maximum = 70000: expected an integer from 1 to 65535"),
+    ("[mqtt]\nreceive_maximum = 0\n", "[mqtt] receive_maximum = 0: expected an integer from 1 to 65535"),
 ])
 def test_a_bad_setting_names_the_file_and_the_key(tmp_path: Path, text: str, message: str) -> None:
     p = tmp_path / "monitor.toml"
