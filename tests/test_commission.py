@@ -638,6 +638,7 @@ def test_the_documented_commissioning_keys_parse(tmp_path: Path) -> None:
     cfg.write_text("\n".join(lines[:start] + block) + "\n")
     c = load_agent_config(cfg).commissioning
     assert c is not None and c.hours == 24 and c.suspect_factor == 10 and c.channel_factor == 3
+    assert c.keep == 20000 == CommissioningSection().keep  # the documented default is the default
     assert c.state == "/var/lib/vibrawatch/calibration.json"
 
 
