@@ -101,7 +101,8 @@ class EvidenceLog:
     It keeps an evenly spaced subsample of every window it has seen, in order: window i (counting from 0) is
     kept when ``i % stride == 0``. When it is full and a window to keep arrives it drops every second kept
     window and doubles the stride, so it never holds more than ``keep`` windows (``stride_for`` says which
-    stride a count of windows ends with: the batch twin). The arrays grow by doubling up to ``keep`` rows."""
+    stride a count of windows ends with: the batch twin). The arrays are allocated for ``keep`` rows at the
+    first window (np.empty: the system commits their pages as they fill), so filling them never copies."""
 
     keep: int | None = None  # the most windows held (None: every one)
     stride: int = 1
@@ -142,12 +143,14 @@ class EvidenceLog:
     def restore(cls, ev: Evidence, stride: int, seen: int, keep: int | None) -> EvidenceLog:
         """A log holding ``ev`` (the windows a log with ``stride`` kept of ``seen`` windows, in order), halved
         until it fits ``keep`` (a config whose ``keep`` went down)."""
-        log = cls(keep=None, stride=stride)
+        log = cls(keep=None if keep is None else max(keep, len(ev)), stride=stride)
         for j in range(len(ev)):
             log._put(ev, j)
         log.keep, log.seen = keep, seen
-        while keep is not None and log._n > keep:
-            log._halve()
+        if keep is not None and log._n > keep:
+            while log._n > keep:
+                log._halve()
+            log._cols = {k: c[:keep].copy() for k, c in log._cols.items()}
         return log
 
     def _put(self, ev: Evidence, j: int) -> None:
@@ -157,8 +160,8 @@ class EvidenceLog:
                 continue
             col = self._cols.get(f.name)
             if col is None or self._n >= len(col):
-                size = max(64, 2 * self._n)
-                grown = np.empty((size if self.keep is None else min(self.keep, size), *np.shape(v)[1:]))
+                size = max(64, 2 * self._n) if self.keep is None else self.keep  # no copy as it fills
+                grown = np.empty((size, *np.shape(v)[1:]))
                 if col is not None:
                     grown[: self._n] = col[: self._n]
                 col = self._cols[f.name] = grown

@@ -258,6 +258,25 @@ def test_a_long_commissioning_keeps_an_evenly_spaced_subsample_in_memory_and_on_
     assert not windows.exists()
 
 
+@pytest.mark.parametrize("keep", [100, 101, 333])
+def test_the_log_is_every_stride_th_window_whatever_keep_and_a_lower_keep_halves_at_resume(keep: int) -> None:
+    """Odd sizes too: after each window the log holds windows 0, s, 2s, ... with the stride the batch twin
+    computes, in arrays of at most ``keep`` rows; resumed with a lower ``keep`` (an edited config) it halves
+    until it fits and stays evenly spaced."""
+    from vibrawatch.agent.healthy import EvidenceLog, stride_for
+
+    ev = Evidence(np.arange(1000.0), np.arange(1000.0), np.zeros((1000, 2)))
+    log = EvidenceLog(keep=keep)
+    for i in range(1000):
+        log.append(ev.window(slice(i, i + 1)))
+        assert log.stride == stride_for(i + 1, keep) and len(log) <= keep
+        np.testing.assert_array_equal(log.evidence().t, ev.t[: i + 1: log.stride])
+    assert log.nbytes <= keep * 4 * 8
+    lower = EvidenceLog.restore(log.evidence(), log.stride, log.seen, 100)
+    assert lower.seen == 1000 and len(lower) <= 100 and lower.nbytes <= 100 * 4 * 8
+    np.testing.assert_array_equal(lower.evidence().t, ev.t[:: lower.stride])
+
+
 def test_a_restart_mid_way_resumes_the_subsample_to_the_same_fit(tiny_bundle: Path, tiny_data: Path,
                                                                  tmp_path: Path) -> None:
     """The default (combined) detector's windows from the gateway's pipeline (the replay twice: 630), keep =
