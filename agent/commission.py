@@ -77,7 +77,7 @@ CALIBRATION_FILE = "calibration.json"
 WINDOWS_SUFFIX = ".windows.jsonl"  # calibration.windows.jsonl: the commissioning's windows, one line each
 SOURCES = ("bundle", "commissioning", "commissioned")
 SAVE_EVERY_S = 60.0  # windows are appended at most once a minute (and at every transition and stop)
-KEEP = 20000  # [commissioning] keep: windows held in memory and on disk, at most (about 25 MB of windows file)
+KEEP = 20000  # [commissioning] keep: windows held in memory and on disk, at most (about 24 MB of windows file)
 MIN_KEEP = 100
 WINDOWS_FORMAT = "vibrawatch.calibration-windows/1"
 

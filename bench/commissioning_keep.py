@@ -94,7 +94,7 @@ def fit_table(b: object, ev: Evidence) -> dict[str, object]:
     kind = {"threshold.value": "max x margin", "threshold.channels": "max x margin",
             "floor.thresholds": "max x margin", "floor.median": "median", "floor.step": "max jump x 1.5",
             "pca.threshold": "max x margin", "pca.channel_thresholds": "max x margin", "own.center": "median",
-            "own.spread": "max |deviation|", "diagnosis.healthy": "median"}
+            "own.spread": "max abs deviation", "diagnosis.healthy": "median"}
     for key, a in ref.items():
         cells = []
         for _, _, got in cols:
