@@ -277,6 +277,24 @@ def test_the_log_is_every_stride_th_window_whatever_keep_and_a_lower_keep_halves
     np.testing.assert_array_equal(lower.evidence().t, ev.t[:: lower.stride])
 
 
+def test_the_saves_that_count_windows_never_overwrite_a_recalibrate_request(tmp_path: Path) -> None:
+    """calibration.json now carries the count of windows seen, so each save rewrites it; a `recalibrate`
+    request written meanwhile stays until the next start or reload takes it (and starts over)."""
+    det, state = detector(), tmp_path / "calibration.json"
+    cfg = CommissioningSection(windows=1000, keep=100)
+    scores, contrib, times = machine(1.0, n=300)
+    comm = Commissioning.open(det, "m1", cfg, state)
+    stream(comm, scores[:150], contrib[:150], times[:150])
+    comm.save()
+    assert json.loads(state.read_text())["seen"] == 150
+    request_recalibration(state, "m1")
+    stream(comm, scores[150:], contrib[150:], times[150:])
+    comm.save()
+    assert json.loads(state.read_text())["state"] == "requested"
+    again = Commissioning.open(det, "m1", cfg, state)
+    assert again.commissioning and again.log.seen == 0 and "recalibration requested" in (again.note or "")
+
+
 def test_a_restart_mid_way_resumes_the_subsample_to_the_same_fit(tiny_bundle: Path, tiny_data: Path,
                                                                  tmp_path: Path) -> None:
     """The default (combined) detector's windows from the gateway's pipeline (the replay twice: 630), keep =
