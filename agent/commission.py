@@ -24,12 +24,20 @@ horizontal/vertical balance 4.4x the reference's while healthy.
 
 A new bundle (another ``model`` version) or ``vibrawatch-agent recalibrate`` starts a new commissioning.
 
-State: ``calibration.json`` (small: state, model, and once commissioned the fitted parts under ``detector``,
-as ``Detector.to_dict()`` keys, parsed back with ``Detector.from_dict``'s checks) and, while commissioning,
-``calibration.windows.jsonl`` beside it: one line per window (what ``fit`` needs of it), appended at most once
-a minute and at stop, deleted once commissioned. A restart resumes from both; a torn last line (a power cut)
-is skipped with a log line. A calibration file that cannot be read falls back to the bundle's detector and
-says so; scoring never stops for it.
+Memory and disk are bounded whatever the window rate: the commissioning keeps at most ``keep`` windows
+(default 20000), an evenly spaced subsample of all it has seen (healthy.py ``EvidenceLog``: when full it
+drops every second kept window and from then on keeps every 2nd, then 4th, ... window). Its length
+(``windows``/``hours``) counts every window; the fit runs on the kept ones.
+
+State: ``calibration.json`` (small: state, model, the count of windows seen while commissioning, and once
+commissioned the fitted parts under ``detector``, as ``Detector.to_dict()`` keys, parsed back with
+``Detector.from_dict``'s checks) and, while commissioning, ``calibration.windows.jsonl`` beside it: a header
+(the column layout and the stride) then one JSON array per kept window (what ``fit`` needs of it, float64
+exact), appended at most once a minute and at stop, rewritten atomically at each halving (so at most
+``keep`` + 1 lines, rewritten log2(seen / keep) times), deleted once commissioned. A restart resumes the
+kept windows, the stride and the count seen; a torn last line (a power cut) is skipped with a log line. A
+calibration file that cannot be read falls back to the bundle's detector and says so; scoring never stops
+for it.
 
 ``Commissioning`` is the streaming object (one ``window`` per scored window, called by the pipeline's
 ``Decider``); ``commission`` is its batch twin over a whole run, tested equal.
@@ -42,7 +50,8 @@ import logging
 import math
 import os
 import time
-from collections.abc import Mapping
+from collections import deque
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -53,7 +62,7 @@ from . import healthy
 from .decide import Decision
 from .detector import Detector
 from .errors import ConfigError
-from .healthy import Evidence, EvidenceLog, levels
+from .healthy import Evidence, EvidenceLog, levels, stride_for
 
 if TYPE_CHECKING:
     from .bundle import Bundle
@@ -68,6 +77,9 @@ CALIBRATION_FILE = "calibration.json"
 WINDOWS_SUFFIX = ".windows.jsonl"  # calibration.windows.jsonl: the commissioning's windows, one line each
 SOURCES = ("bundle", "commissioning", "commissioned")
 SAVE_EVERY_S = 60.0  # windows are appended at most once a minute (and at every transition and stop)
+KEEP = 20000  # [commissioning] keep: windows held in memory and on disk, at most (about 24 MB of windows file)
+MIN_KEEP = 100
+WINDOWS_FORMAT = "vibrawatch.calibration-windows/1"
 
 
 @dataclass(frozen=True)
@@ -79,6 +91,7 @@ class CommissioningSection:
     suspect_factor: float = 10.0  # median commissioning level above this x the bundle's thresholds: suspect
     channel_factor: float = 3.0  # one channel's median level above this x the others' (and above 1): suspect
     state: str | None = None  # the calibration file; default: calibration.json in $STATE_DIRECTORY or the spool's
+    keep: int = KEEP  # the most windows held and written: an evenly spaced subsample of all windows seen
 
     @property
     def enabled(self) -> bool:
@@ -90,7 +103,7 @@ def commissioning_section(raw: Mapping[str, Any] | None, path: Path) -> Commissi
     if raw is None:
         return None
     where = f"{path}: [commissioning]"
-    known = {"windows", "hours", "suspect_factor", "channel_factor", "state"}
+    known = {"windows", "hours", "suspect_factor", "channel_factor", "state", "keep"}
     bad = set(raw) - known
     if bad:
         raise ConfigError(f"{where} unknown key(s) {sorted(bad)}; known: {sorted(known)}")
@@ -105,6 +118,10 @@ def commissioning_section(raw: Mapping[str, Any] | None, path: Path) -> Commissi
     for key in ("suspect_factor", "channel_factor"):
         if key in raw and raw[key] <= 1:
             raise ConfigError(f"{where} {key} = {raw[key]}: expected a factor > 1")
+    keep = raw.get("keep", KEEP)
+    if isinstance(keep, bool) or not isinstance(keep, int) or keep < MIN_KEEP:
+        raise ConfigError(f"{where} keep = {keep!r}: expected an integer >= {MIN_KEEP} (the most windows kept; "
+                          f"default {KEEP})")
     state = raw.get("state")
     if state is not None and not isinstance(state, str):
         raise ConfigError(f"{where} state: expected a file path")
@@ -112,7 +129,7 @@ def commissioning_section(raw: Mapping[str, Any] | None, path: Path) -> Commissi
         state = str((path.parent / state).resolve())
     return CommissioningSection(windows=raw.get("windows"), hours=raw.get("hours"),
                                 suspect_factor=float(raw.get("suspect_factor", 10.0)),
-                                channel_factor=float(raw.get("channel_factor", 3.0)), state=state)
+                                channel_factor=float(raw.get("channel_factor", 3.0)), state=state, keep=keep)
 
 
 def default_state_file(spool: str | Path) -> Path:
@@ -202,14 +219,17 @@ def standout(per_channel: np.ndarray) -> tuple[float, float]:
     return float(med[top]), float(med[top] / max(others, 1e-12))
 
 
-def calibrate(ev: Evidence, detector: Detector, cfg: CommissioningSection, model: str) -> Calibration:
-    """This machine's detector from its commissioning windows (``healthy.fit``, training's functions and rule),
-    or the bundle's when the windows look faulty against it (the suspect guard)."""
+def calibrate(ev: Evidence, detector: Detector, cfg: CommissioningSection, model: str, windows: int | None = None,
+              finished_t: float | None = None) -> Calibration:
+    """This machine's detector from its commissioning windows ``ev`` (those kept of ``windows`` seen, the last
+    at ``finished_t``; default: every window), by ``healthy.fit`` (training's functions and rule), or the
+    bundle's when the windows look faulty against it (the suspect guard)."""
     level, per_channel = levels(detector, ev)
     median = float(np.median(level))
     top, ratio = standout(per_channel)
-    common = {"model": model, "windows": len(ev), "median_level": median, "standout": ratio,
-              "bundle_threshold": detector.threshold, "started_t": float(ev.t[0]), "finished_t": float(ev.t[-1])}
+    common = {"model": model, "windows": len(ev) if windows is None else windows, "median_level": median,
+              "standout": ratio, "bundle_threshold": detector.threshold, "started_t": float(ev.t[0]),
+              "finished_t": float(ev.t[-1]) if finished_t is None else float(finished_t)}
     if median > cfg.suspect_factor or (top > 1.0 and ratio > cfg.channel_factor):
         return Calibration("commissioning_suspect", detector=detector, **common)
     return Calibration("commissioned", detector=healthy.fit(detector, ev), **common)
@@ -224,10 +244,12 @@ def _done(cfg: CommissioningSection, n: int, t0: float, t: float) -> bool:
 def commission(ev: Evidence, detector: Detector, cfg: CommissioningSection, model: str
                ) -> tuple[Calibration | None, int]:
     """Batch twin of ``Commissioning``: the calibration a run's windows give and the index of the first window
-    decided with it (None and len(ev) when the run is shorter than the commissioning)."""
+    decided with it (None and len(ev) when the run is shorter than the commissioning). Like the streaming
+    object it fits on the evenly spaced subsample of at most ``cfg.keep`` windows (``EvidenceLog``)."""
     for i in range(len(ev)):
         if _done(cfg, i + 1, float(ev.t[0]), float(ev.t[i])):
-            return calibrate(ev.window(slice(0, i + 1)), detector, cfg, model), i + 1
+            kept = ev.window(slice(0, i + 1, stride_for(i + 1, cfg.keep)))
+            return calibrate(kept, detector, cfg, model, windows=i + 1, finished_t=float(ev.t[i])), i + 1
     return None, len(ev)
 
 
@@ -245,14 +267,63 @@ def row_shapes(d: Detector) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def _row_ok(row: Any, shapes: Mapping[str, tuple[int, ...]]) -> bool:
-    if not isinstance(row, dict) or set(row) != set(shapes):
-        return False
-    for k, shape in shapes.items():
-        a = np.asarray(row[k], dtype=np.float64)  # ValueError (ragged, text) is a damaged line too
-        if a.shape != shape or not np.all(np.isfinite(a)):
-            return False
-    return True
+def windows_header(shapes: Mapping[str, tuple[int, ...]], stride: int, keep: int) -> str:
+    """The windows file's first line: its format, the column layout of every line after it (each part's name
+    and shape, flattened in that order) and the stride its windows were kept with."""
+    return json.dumps({"format": WINDOWS_FORMAT, "stride": stride, "keep": keep,
+                       "columns": [[k, list(v)] for k, v in shapes.items()]})
+
+
+def window_line(ev: Evidence, j: int, names: Sequence[str]) -> str:
+    """Window ``j`` of ``ev`` as one windows-file line: a JSON array of its numbers in the header's column
+    order. Python writes a float's shortest exact form, so a resumed commissioning fits the same numbers."""
+    return json.dumps(np.concatenate([np.ravel(getattr(ev, k)[j]) for k in names]).tolist(), allow_nan=False)
+
+
+def _row(line: bytes, width: int) -> list[float] | None:
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(row, list) or len(row) != width:
+        return None
+    if not all(type(x) in (int, float) and math.isfinite(x) for x in row):
+        return None
+    return row
+
+
+def read_windows(path: Path, shapes: Mapping[str, tuple[int, ...]]) -> tuple[Evidence, int, int, bool]:
+    """A windows file -> (its windows, the stride they were kept with, the lines dropped from the first
+    damaged one on, whether the file ended cleanly). Only the last line can be damaged (lines are appended;
+    every rewrite is a rename), by a write torn by a power cut; dropping from the first bad line on keeps the
+    windows the evenly spaced subsample they were. ValueError when the header is not one for ``shapes``."""
+    raw = path.read_bytes()
+    lines = raw.split(b"\n")
+    try:
+        head = json.loads(lines[0])
+    except ValueError as e:
+        raise ValueError(f"unreadable header ({e})") from None
+    want = json.loads(windows_header(shapes, 1, 1))["columns"]
+    if not isinstance(head, dict) or head.get("format") != WINDOWS_FORMAT or head.get("columns") != want:
+        raise ValueError(f"header is not {WINDOWS_FORMAT} with this detector's columns")
+    stride = head.get("stride")
+    if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
+        raise ValueError(f"header stride {stride!r}, expected an integer >= 1")
+    width = sum(math.prod(s) for s in shapes.values())
+    body = lines[1:-1] if lines[-1] == b"" else lines[1:]
+    rows = []
+    for line in body:
+        row = _row(line, width)
+        if row is None:
+            break
+        rows.append(row)
+    flat = np.asarray(rows, dtype=np.float64).reshape(len(rows), width)
+    cols, at = {}, 0
+    for k, s in shapes.items():
+        n = math.prod(s)
+        cols[k] = flat[:, at: at + n].reshape(len(rows), *s)
+        at += n
+    return Evidence(**cols), stride, len(body) - len(rows), raw.endswith(b"\n")
 
 
 @dataclass
@@ -263,6 +334,10 @@ class Commissioning:
     While it runs nothing alarms and no transient, condition change or diagnosis is published (each would be
     judged on the reference machine's levels); when it completes, ``calibration.detector`` decides (the
     ``Decider`` swaps it in, its alarm rule warmed with ``warm``, the last commissioning windows).
+
+    Memory and disk are bounded by ``cfg.keep`` whatever the window rate: ``log`` keeps an evenly spaced
+    subsample of the windows (``EvidenceLog``: at most ``keep``, the stride doubling when full) and the
+    windows file follows it (rewritten at each halving, appended between them).
     """
 
     detector: Detector  # the bundle's
@@ -270,12 +345,22 @@ class Commissioning:
     cfg: CommissioningSection | None
     state_file: Path | None = None
     calibration: Calibration | None = None
-    log: EvidenceLog = field(default_factory=EvidenceLog)  # the commissioning's windows so far
+    log: EvidenceLog = field(default_factory=EvidenceLog)  # the commissioning's windows so far (those kept)
     note: str | None = None  # what happened at load (unreadable file, new model), for the log and status
     warm: Evidence | None = None  # the last raise_after - 1 commissioning windows, once it completed
     _pending: list[str] = field(default_factory=list)  # windows-file lines not written yet
     _saved: float = 0.0
     _json_written: bool = False
+    _json_seen: int | None = None  # the windows seen that the state file says
+    _rewrite: bool = False  # the windows file is to be written anew (a halving, a new commissioning, damage)
+
+    def __post_init__(self) -> None:
+        self.log = self._new_log()
+        self._recent: deque[Evidence] = deque(maxlen=max(self.detector.rule.raise_after - 1, 0))
+        self._shapes = row_shapes(self.detector)
+
+    def _new_log(self) -> EvidenceLog:
+        return EvidenceLog(keep=self.cfg.keep if self.cfg is not None else None)
 
     @property
     def source(self) -> str:
@@ -299,7 +384,7 @@ class Commissioning:
 
     @property
     def windows_file(self) -> Path | None:
-        """``calibration.windows.jsonl`` beside the state file: one line per commissioning window."""
+        """``calibration.windows.jsonl`` beside the state file: a header, then one line per window kept."""
         return None if self.state_file is None else self.state_file.with_name(self.state_file.stem + WINDOWS_SUFFIX)
 
     def window(self, ev: Scored) -> tuple[Scored, Calibration | None]:
@@ -308,20 +393,26 @@ class Commissioning:
         if not self.commissioning:
             return replace(ev, source=self.source), None
         assert self.cfg is not None and ev.evidence is not None
-        self.log.append(ev.evidence)
-        self._pending.append(json.dumps(ev.evidence.rows()[0], allow_nan=False))
+        stride = self.log.stride
+        kept = self.log.append(ev.evidence)
+        if self.log.stride != stride:  # halved: the file is rewritten with what is kept now
+            self._rewrite, self._pending = True, []
+        elif len(kept):
+            self._pending.append(window_line(ev.evidence, 0, list(self._shapes)))
+        self._recent.append(ev.evidence)
         d = ev.decision
         quiet = replace(ev, decision=Decision(above=d.level > 1.0, active=False, event=None, channel=d.channel,
                                               level=d.level),
                         since=None, verdict=None, diagnosis={}, diagnosed={}, source="commissioning")
-        every = self.log.evidence()
-        if _done(self.cfg, len(every), float(every.t[0]), ev.t):
-            self.calibration = calibrate(every, self.detector, self.cfg, self.model)
-            self.warm = every.tail(self.detector.rule.raise_after - 1)
-            self.log, self._pending, self._json_written = EvidenceLog(), [], False
+        if _done(self.cfg, self.log.seen, self.log.t0, ev.t):
+            self.calibration = calibrate(self.log.evidence(), self.detector, self.cfg, self.model,
+                                         windows=self.log.seen, finished_t=ev.t)
+            self.warm = Evidence.concat(list(self._recent)) if self._recent else None
+            self.log, self._pending, self._json_written, self._rewrite = self._new_log(), [], False, False
+            self._recent.clear()
             self.save()
             return replace(quiet, calibration=self.calibration), self.calibration
-        if time.monotonic() - self._saved >= SAVE_EVERY_S:
+        if self._rewrite or time.monotonic() - self._saved >= SAVE_EVERY_S:
             self.save()
         return quiet, None
 
@@ -330,7 +421,7 @@ class Commissioning:
         c = self.calibration
         out: dict[str, Any] = {"schema": SCHEMA, "model": self.model, "updated": time.time()}
         if c is None:
-            return out | {"state": "commissioning", "windows_file": WINDOWS_SUFFIX.lstrip(".")}
+            return out | {"state": "commissioning", "windows_file": WINDOWS_SUFFIX.lstrip("."), "seen": self.log.seen}
         out |= {"state": c.state, "windows": c.windows, "median_level": c.median_level, "standout": c.standout,
                 "bundle_threshold": c.bundle_threshold, "started_t": c.started_t, "finished_t": c.finished_t}
         if c.state == "commissioned":
@@ -338,10 +429,11 @@ class Commissioning:
         return out
 
     def save(self) -> None:
-        """Write what is not written yet: the state file when the state changed (atomically: a power cut leaves
-        the old or the new one), and the windows since the last save, appended to the windows file (a power
-        cut tears at most its last line, which a resume skips). Called at most once a minute, at every
-        transition and at stop."""
+        """Write what is not written yet, windows first: the windows file (anew after a halving, atomically:
+        header and kept windows to a temporary file renamed over it; else the windows kept since the last save,
+        appended: a power cut tears at most its last line, which a resume drops), then the state file with the
+        count of windows seen (atomically: the old or the new one; never over a ``recalibrate`` request).
+        Called at most once a minute, at every halving and transition, and at stop."""
         self._saved = time.monotonic()
         if self.state_file is None or self.cfg is None or not self.cfg.enabled:
             return
@@ -351,24 +443,55 @@ class Commissioning:
         assert windows is not None
         try:
             self.state_file.parent.mkdir(parents=True, exist_ok=True)  # as the spool's: owner only (umask 077)
-            if not self._json_written:
-                tmp = self.state_file.with_name(self.state_file.name + ".tmp")
-                tmp.write_text(json.dumps(self.to_dict(), allow_nan=False))
-                os.replace(tmp, self.state_file)
-                self._json_written = True
-                if self.calibration is not None:
-                    windows.unlink(missing_ok=True)  # commissioned: its windows are in the detector now
-            if self._pending and self.calibration is None:
-                with windows.open("a") as f:
-                    f.write("".join(line + "\n" for line in self._pending))
-                self._pending = []
+            if self.calibration is None:
+                self._save_windows(windows)
+                if not self._json_written or (self._json_seen != self.log.seen and not self._requested()):
+                    self._write_state()
+            elif not self._json_written:
+                self._write_state()
+                windows.unlink(missing_ok=True)  # commissioned: its windows are in the detector now
         except OSError as e:  # scoring goes on; the commissioning is lost at the next restart
             log.error("%s: cannot save the calibration (%s); make the state directory writable for the service",
                       e.filename or self.state_file, e.strerror)
 
+    def _write_state(self) -> None:
+        assert self.state_file is not None
+        tmp = self.state_file.with_name(self.state_file.name + ".tmp")
+        tmp.write_text(json.dumps(self.to_dict(), allow_nan=False))
+        os.replace(tmp, self.state_file)
+        self._json_written, self._json_seen = True, self.log.seen
+
+    def _save_windows(self, path: Path) -> None:
+        assert self.cfg is not None
+        if not len(self.log):  # nothing kept (yet): no file
+            path.unlink(missing_ok=True)
+            self._rewrite, self._pending = False, []
+            return
+        if self._rewrite or not path.exists():
+            tmp = path.with_name(path.name + ".tmp")
+            ev, names = self.log.evidence(), list(self._shapes)
+            with tmp.open("w") as f:  # line by line: no second copy of the windows in memory
+                f.write(windows_header(self._shapes, self.log.stride, self.cfg.keep) + "\n")
+                for j in range(len(self.log)):
+                    f.write(window_line(ev, j, names) + "\n")
+            os.replace(tmp, path)
+            self._rewrite = False
+        elif self._pending:
+            with path.open("a") as f:
+                f.write("".join(line + "\n" for line in self._pending))
+        self._pending = []
+
+    def _requested(self) -> bool:
+        """Does the state file hold a ``recalibrate`` request (which only a start or reload may replace)?"""
+        try:
+            return json.loads(self.state_file.read_text()).get("state") == "requested"  # type: ignore[union-attr]
+        except (OSError, ValueError, AttributeError):
+            return False
+
     def _start(self) -> None:
         """A new commissioning: an empty windows file and the state file saying so."""
-        self.log, self._pending, self._json_written = EvidenceLog(), [], False
+        self.log, self._pending, self._json_written, self._rewrite = self._new_log(), [], False, True
+        self._recent.clear()
         if self.windows_file is not None:
             try:
                 self.windows_file.unlink(missing_ok=True)
@@ -410,12 +533,7 @@ class Commissioning:
     def keep(self) -> None:
         """Save this commissioning's progress before it is replaced, unless ``recalibrate`` asked to start over
         (its request in the state file stays) or the file was unreadable (it stays for a look)."""
-        requested = False
-        if self.state_file is not None and self.state_file.exists():
-            try:
-                requested = json.loads(self.state_file.read_text()).get("state") == "requested"
-            except (OSError, ValueError, AttributeError):
-                requested = False
+        requested = self.state_file is not None and self.state_file.exists() and self._requested()
         if not requested and (self.calibration is None or self.calibration.state != "unreadable"):
             self.save()
 
@@ -433,10 +551,7 @@ class Commissioning:
             return f"calibrated for model {d['model']}, this is {self.model}"
         self._json_written = True
         if d["state"] == "commissioning":
-            rows = self._read_windows()
-            if rows:
-                self.log.append(Evidence.stack(rows))
-            self.note = f"commissioning resumes after {len(rows)} window(s)"
+            self._resume(d.get("seen"))
             return None
         if d["state"] not in ("commissioned", "commissioning_suspect"):
             raise ValueError(f"state {d['state']!r}")
@@ -447,36 +562,37 @@ class Commissioning:
         self.note = f"{d['state']}: threshold {det.threshold:.6g} ({self.calibration.source}) from {self.state_file}"
         return None
 
-    def _read_windows(self) -> list[dict[str, Any]]:
-        """The commissioning's windows so far; damaged lines (a write torn by a power cut) are skipped with one
-        log line and the file is rewritten without them, so the next append starts on a line of its own."""
+    def _resume(self, said: Any) -> None:
+        """Take over the windows file: the windows kept, their stride, and the count seen (the state file's
+        ``said``, which a power cut between the two files' writes can leave behind or ahead: it is clamped to
+        what the kept windows allow). A damaged last line is dropped with one log line and the file rewritten;
+        a file that is not this detector's starts the commissioning over."""
+        assert self.cfg is not None
         path = self.windows_file
         assert path is not None
+        self._rewrite = True
         if not path.exists():
-            return []
-        raw = path.read_bytes()
-        shapes = row_shapes(self.detector)
-        rows, good, bad = [], [], 0
-        for line in raw.split(b"\n"):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                ok = _row_ok(row, shapes)
-            except ValueError:
-                ok = False
-            if ok:
-                rows.append(row)
-                good.append(line)
-            else:
-                bad += 1
-        if bad or (raw and not raw.endswith(b"\n")):
+            self.note = "commissioning resumes after 0 window(s)"
+            return
+        try:
+            ev, stride, dropped, clean = read_windows(path, self._shapes)
+        except (OSError, ValueError) as e:
+            log.warning("%s: %s; the commissioning starts over", path, e)
+            self.note = f"{path}: unreadable commissioning windows: the commissioning starts over"
+            self._json_written = False
+            self.save()
+            return
+        k = len(ev)
+        seen = said if isinstance(said, int) and not isinstance(said, bool) else 0
+        seen = min(max(seen, (k - 1) * stride + 1), k * stride) if k else 0
+        self.log = EvidenceLog.restore(ev, stride if k else 1, seen, self.cfg.keep)
+        self._rewrite = self.log.stride != stride or bool(dropped) or not clean
+        if dropped or not clean:
             log.warning("%s: %d damaged line(s) skipped (a write torn by a power cut?); commissioning resumes with "
-                        "%d window(s)", path, bad, len(rows))
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_bytes(b"".join(x + b"\n" for x in good))
-            os.replace(tmp, path)
-        return rows
+                        "%d window(s) seen, %d kept", path, dropped, seen, len(self.log))
+        self.note = f"commissioning resumes after {seen} window(s) ({len(self.log)} kept, every {self.log.stride})"
+        if self._rewrite:
+            self.save()
 
 
 def open_commissioning(cfg: AgentConfig, bundle: Bundle, previous: Commissioning | None = None) -> Commissioning:
@@ -517,9 +633,8 @@ def describe(cfg: AgentConfig, bundle: Bundle) -> str:
     if model != bundle.version or state == "requested" or d.get("schema") != SCHEMA:
         return f"a new commissioning ({_length(c)}) starts at the next start or reload ({path}: {state}, {model})"
     if state == "commissioning":
-        windows = path.with_name(path.stem + WINDOWS_SUFFIX)
-        n = windows.read_bytes().count(b"\n") if windows.exists() else 0
-        return f"commissioning, {n} of {_length(c)} so far ({path})"
+        return (f"commissioning, {d.get('seen', 0)} window(s) so far of {_length(c)} (at most {c.keep} kept, "
+                f"evenly spaced) ({path})")
     return f"{state}: {threshold:.6g} (the bundle's {bundle.detector.threshold:.6g}) from {path}"
 
 
@@ -533,7 +648,7 @@ def status(comm: Commissioning, cal: Calibration | None = None) -> tuple[str, di
             cal.median_level, cal.standout)
         return cal.state, cal.status_fields()
     if comm.commissioning:
-        return "commissioning", {"threshold_source": "commissioning", "windows": len(comm.log),
+        return "commissioning", {"threshold_source": "commissioning", "windows": comm.log.seen,
                                  **({"note": comm.note} if comm.note else {})}
     if comm.calibration is not None and comm.calibration.state == "unreadable":
         return "online", {"event": "calibration_unreadable", "threshold_source": "bundle", "note": comm.note or ""}

@@ -55,14 +55,20 @@ class Evidence:
         present = [(f.name, getattr(self, f.name)) for f in fields(self) if getattr(self, f.name) is not None]
         return [{k: (v[i].tolist() if v.ndim > 1 else float(v[i])) for k, v in present} for i in range(len(self))]
 
-    def window(self, which: slice) -> Evidence:
-        """Some of the windows (``slice(-3, None)``: the last three)."""
+    def window(self, which: slice | np.ndarray) -> Evidence:
+        """Some of the windows (``slice(-3, None)``: the last three; or an array of indices)."""
         return replace(self, **{f.name: getattr(self, f.name)[which] for f in fields(self)
                                 if getattr(self, f.name) is not None})
 
     def tail(self, k: int) -> Evidence:
         """The last ``k`` windows (none for k <= 0)."""
         return self.window(slice(max(len(self) - k, 0), None) if k > 0 else slice(0, 0))
+
+    @classmethod
+    def concat(cls, parts: Sequence[Evidence]) -> Evidence:
+        """Several Evidence with the same parts as one, in order."""
+        return replace(parts[0], **{f.name: np.concatenate([getattr(p, f.name) for p in parts])
+                                    for f in fields(cls) if getattr(parts[0], f.name) is not None})
 
     @classmethod
     def stack(cls, rows: Sequence[Mapping[str, Any]]) -> Evidence:
@@ -78,35 +84,99 @@ class Evidence:
         return cls(**cols)
 
 
+def stride_for(seen: int, keep: int | None) -> int:
+    """The stride ``EvidenceLog`` has after ``seen`` windows with room for ``keep``: the smallest power of two
+    that leaves at most ``keep`` windows (1 when ``keep`` is None: every window)."""
+    s = 1
+    while keep is not None and -(-seen // s) > keep:
+        s *= 2
+    return s
+
+
 @dataclass
 class EvidenceLog:
-    """Windows' evidence appended one window at a time into growing float64 arrays: 8 bytes a number in
-    memory (a list of Python floats takes about 32), for a commissioning of hours of windows."""
+    """Windows' evidence appended one window at a time into float64 arrays (8 bytes a number; a list of Python
+    floats takes about 32), holding at most ``keep`` windows whatever the commissioning's length.
 
+    It keeps an evenly spaced subsample of every window it has seen, in order: window i (counting from 0) is
+    kept when ``i % stride == 0``. When it is full and a window to keep arrives it drops every second kept
+    window and doubles the stride, so it never holds more than ``keep`` windows (``stride_for`` says which
+    stride a count of windows ends with: the batch twin). The arrays are allocated for ``keep`` rows at the
+    first window (np.empty: the system commits their pages as they fill), so filling them never copies."""
+
+    keep: int | None = None  # the most windows held (None: every one)
+    stride: int = 1
+    seen: int = 0  # windows offered so far, kept or not
     _cols: dict[str, np.ndarray] = field(default_factory=dict)
     _n: int = 0
 
     def __len__(self) -> int:
         return self._n
 
-    def append(self, ev: Evidence) -> None:
-        """Add ``ev``'s windows (every window must have the same parts)."""
-        k = len(ev)
+    @property
+    def nbytes(self) -> int:
+        """Bytes its arrays hold (allocated: at most ``keep`` rows)."""
+        return sum(c.nbytes for c in self._cols.values())
+
+    @property
+    def t0(self) -> float:
+        """The time of the first window (always kept)."""
+        return float(self._cols["t"][0])
+
+    def append(self, ev: Evidence) -> np.ndarray:
+        """Offer ``ev``'s windows in order (every window must have the same parts); the indices into ``ev`` of
+        the ones kept. ``stride`` changes when the log was full and halved."""
+        kept = []
+        for j in range(len(ev)):
+            i, self.seen = self.seen, self.seen + 1
+            if i % self.stride:
+                continue
+            if self.keep is not None and self._n >= self.keep:
+                self._halve()
+                if i % self.stride:
+                    continue
+            self._put(ev, j)
+            kept.append(j)
+        return np.asarray(kept, dtype=np.intp)
+
+    @classmethod
+    def restore(cls, ev: Evidence, stride: int, seen: int, keep: int | None) -> EvidenceLog:
+        """A log holding ``ev`` (the windows a log with ``stride`` kept of ``seen`` windows, in order), halved
+        until it fits ``keep`` (a config whose ``keep`` went down)."""
+        log = cls(keep=None if keep is None else max(keep, len(ev)), stride=stride)
+        for j in range(len(ev)):
+            log._put(ev, j)
+        log.keep, log.seen = keep, seen
+        if keep is not None and log._n > keep:
+            while log._n > keep:
+                log._halve()
+            log._cols = {k: c[:keep].copy() for k, c in log._cols.items()}
+        return log
+
+    def _put(self, ev: Evidence, j: int) -> None:
         for f in fields(ev):
             v = getattr(ev, f.name)
             if v is None:
                 continue
             col = self._cols.get(f.name)
-            if col is None or self._n + k > len(col):
-                grown = np.empty((max(64, 2 * self._n, self._n + k), *np.shape(v)[1:]))
+            if col is None or self._n >= len(col):
+                size = max(64, 2 * self._n) if self.keep is None else self.keep  # no copy as it fills
+                grown = np.empty((size, *np.shape(v)[1:]))
                 if col is not None:
                     grown[: self._n] = col[: self._n]
                 col = self._cols[f.name] = grown
-            col[self._n: self._n + k] = v
-        self._n += k
+            col[self._n] = v[j]
+        self._n += 1
+
+    def _halve(self) -> None:
+        """Drop every second kept window (the kept ones stay those with ``i % stride == 0``, stride doubled)."""
+        m = (self._n + 1) // 2
+        for col in self._cols.values():
+            col[:m] = col[: self._n: 2].copy()
+        self._n, self.stride = m, self.stride * 2
 
     def evidence(self) -> Evidence:
-        """Every window so far (views, valid until the next ``append``)."""
+        """Every window kept so far (views, valid until the next ``append``)."""
         if not self._n:
             return Evidence(np.zeros(0), np.zeros(0), np.zeros((0, 0)))
         return Evidence(**{k: c[: self._n] for k, c in self._cols.items()})

@@ -22,7 +22,9 @@ from vibrawatch.agent.commission import (
     CommissioningSection,
     commission,
     commissioning_section,
+    read_windows,
     request_recalibration,
+    row_shapes,
 )
 from vibrawatch.agent.config import load_agent_config
 from vibrawatch.agent.decide import run_alarms
@@ -194,15 +196,16 @@ def test_a_torn_windows_line_is_skipped_and_the_state_file_stays_small(tmp_path:
     first = Commissioning.open(det, "m1", cfg, state)
     stream(first, scores[:40], contrib[:40], times[:40])
     first.save()  # what the agent does at stop
-    lines = windows.read_text().splitlines()
-    assert [json.loads(x)["score"] for x in lines] == scores[:40].tolist()
+    head, *lines = windows.read_text().splitlines()
+    assert json.loads(head)["columns"] == [["t", []], ["score", []], ["contributions", [3]]]
+    assert [json.loads(x)[1] for x in lines] == scores[:40].tolist()  # one array per window, no keys
     assert json.loads(state.read_text())["state"] == "commissioning" and len(state.read_bytes()) < 300
     with windows.open("a") as f:
         f.write(lines[-1][:25])  # the next append, cut by a power failure
     with caplog.at_level(logging.WARNING, logger="vibrawatch.commission"):
         resumed = Commissioning.open(det, "m1", cfg, state)
     said = [r.getMessage() for r in caplog.records if "damaged line" in r.getMessage()]
-    assert len(said) == 1 and str(windows) in said[0] and "resumes with 40 window(s)" in said[0]
+    assert len(said) == 1 and str(windows) in said[0] and "resumes with 40 window(s) seen, 40 kept" in said[0]
     assert resumed.commissioning and len(resumed.log) == 40
     assert windows.read_text().endswith("\n")  # the next append starts a line of its own
     stream(resumed, scores[40:120], contrib[40:120], times[40:120])
@@ -211,6 +214,135 @@ def test_a_torn_windows_line_is_skipped_and_the_state_file_stays_small(tmp_path:
     assert resumed.calibration.threshold == whole.threshold
     assert not windows.exists()  # commissioned: the windows are in the detector now
     assert set(json.loads(state.read_text())["detector"]) == {"threshold"}
+
+
+def test_a_long_commissioning_keeps_an_evenly_spaced_subsample_in_memory_and_on_disk(tmp_path: Path) -> None:
+    """keep = 128 over 600 windows: the log halves three times (stride 2, 4, 8); at every window it holds at
+    most 128 windows (arrays of at most 128 rows) and the windows file at most a header and 128 lines, and
+    what it holds is windows 0, s, 2s, ... of all it has seen, in order; the length still counts every window,
+    and the fit is ``healthy.fit`` on the kept windows, as the batch twin's."""
+    from vibrawatch.agent import healthy
+
+    det, state = detector(), tmp_path / "calibration.json"
+    windows = tmp_path / "calibration.windows.jsonl"
+    cfg = CommissioningSection(windows=600, keep=128)
+    scores, contrib, times = machine(1.5, n=700)
+    ev = Evidence(times, scores, contrib)
+    comm = Commissioning.open(det, "m1", cfg, state)
+    decider = Decider(comm.active, comm)
+    strides = set()
+    for i in range(599):
+        decider.window(ev.window(slice(i, i + 1)))
+        if i % 37 == 0:
+            comm.save()  # a stop now and then
+        n, s = i + 1, comm.log.stride
+        assert comm.log.seen == n and len(comm.log) == -(-n // s) <= 128
+        assert comm.log.nbytes <= 128 * (1 + 1 + 3) * 8
+        np.testing.assert_array_equal(comm.log.evidence().t, times[:n:s])
+        assert len(windows.read_bytes().splitlines()) <= 129
+        strides.add(s)
+    assert strides == {1, 2, 4, 8}
+    comm.save()
+    head, *lines = windows.read_text().splitlines()
+    assert json.loads(head)["stride"] == 8 and len(lines) == 75
+    back, stride, dropped, clean = read_windows(windows, row_shapes(det))
+    assert stride == 8 and not dropped and clean
+    np.testing.assert_array_equal(back.score, scores[:599:8])
+    assert json.loads(state.read_text())["seen"] == 599
+    decider.window(ev.window(slice(599, 600)))
+    cal = comm.calibration
+    assert cal is not None and cal.state == "commissioned" and cal.windows == 600 and cal.finished_t == times[599]
+    assert cal.detector.to_dict() == healthy.fit(det, ev.window(slice(0, 600, 8))).to_dict()
+    whole, start = commission(ev, det, cfg, "m1")
+    assert whole is not None and start == 600 and whole.detector.to_dict() == cal.detector.to_dict()
+    assert not windows.exists()
+
+
+@pytest.mark.parametrize("keep", [100, 101, 333])
+def test_the_log_is_every_stride_th_window_whatever_keep_and_a_lower_keep_halves_at_resume(keep: int) -> None:
+    """Odd sizes too: after each window the log holds windows 0, s, 2s, ... with the stride the batch twin
+    computes, in arrays of at most ``keep`` rows; resumed with a lower ``keep`` (an edited config) it halves
+    until it fits and stays evenly spaced."""
+    from vibrawatch.agent.healthy import EvidenceLog, stride_for
+
+    ev = Evidence(np.arange(1000.0), np.arange(1000.0), np.zeros((1000, 2)))
+    log = EvidenceLog(keep=keep)
+    for i in range(1000):
+        log.append(ev.window(slice(i, i + 1)))
+        assert log.stride == stride_for(i + 1, keep) and len(log) <= keep
+        np.testing.assert_array_equal(log.evidence().t, ev.t[: i + 1: log.stride])
+    assert log.nbytes <= keep * 4 * 8
+    lower = EvidenceLog.restore(log.evidence(), log.stride, log.seen, 100)
+    assert lower.seen == 1000 and len(lower) <= 100 and lower.nbytes <= 100 * 4 * 8
+    np.testing.assert_array_equal(lower.evidence().t, ev.t[:: lower.stride])
+
+
+def test_the_saves_that_count_windows_never_overwrite_a_recalibrate_request(tmp_path: Path) -> None:
+    """calibration.json now carries the count of windows seen, so each save rewrites it; a `recalibrate`
+    request written meanwhile stays until the next start or reload takes it (and starts over)."""
+    det, state = detector(), tmp_path / "calibration.json"
+    cfg = CommissioningSection(windows=1000, keep=100)
+    scores, contrib, times = machine(1.0, n=300)
+    comm = Commissioning.open(det, "m1", cfg, state)
+    stream(comm, scores[:150], contrib[:150], times[:150])
+    comm.save()
+    assert json.loads(state.read_text())["seen"] == 150
+    request_recalibration(state, "m1")
+    stream(comm, scores[150:], contrib[150:], times[150:])
+    comm.save()
+    assert json.loads(state.read_text())["state"] == "requested"
+    again = Commissioning.open(det, "m1", cfg, state)
+    assert again.commissioning and again.log.seen == 0 and "recalibration requested" in (again.note or "")
+
+
+def test_a_restart_mid_way_resumes_the_subsample_to_the_same_fit(tiny_bundle: Path, tiny_data: Path,
+                                                                 tmp_path: Path) -> None:
+    """The default (combined) detector's windows from the gateway's pipeline (the replay twice: 630), keep =
+    128, 600 windows: a stop after 303 windows (stride 4, the last three not kept) and a start resume the kept
+    windows, the stride and the count seen, and the commissioning ends with exactly (every refitted number,
+    float64) the detector of an uninterrupted one, which is the batch twin's on every 8th window."""
+    from dataclasses import replace
+
+    from vibrawatch.agent.bundle import load_bundle
+    from vibrawatch.agent.pipeline import Pipeline, Scored
+    from vibrawatch.agent.source import ReplaySource
+
+    bundle = load_bundle(tiny_bundle)
+    d = bundle.detector
+    pipe = Pipeline(bundle)
+    one = Evidence.concat([e.evidence for c in ReplaySource(tiny_data, speed=0).chunks() for e in pipe.process(c)
+                           if isinstance(e, Scored) and e.evidence is not None])
+    ev = Evidence.concat([one, replace(one, t=one.t + one.t[-1] - one.t[0] + 600.0)])
+    assert len(ev) > 600 and ev.floors is not None and ev.means is not None and ev.pca_score is not None
+    cfg = CommissioningSection(windows=600, keep=128)
+
+    def run(comm: Commissioning, lo: int, hi: int) -> None:
+        decider = Decider(comm.active, comm)
+        for i in range(lo, hi):
+            decider.window(ev.window(slice(i, i + 1)))
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    whole = Commissioning.open(d, bundle.version, cfg, tmp_path / "a" / "calibration.json")
+    run(whole, 0, 600)
+    first = Commissioning.open(d, bundle.version, cfg, tmp_path / "b" / "calibration.json")
+    run(first, 0, 303)
+    first.save()  # a stop
+    resumed = Commissioning.open(d, bundle.version, cfg, tmp_path / "b" / "calibration.json")
+    assert resumed.log.stride == 4 and resumed.log.seen == 303 and len(resumed.log) == 76
+    kept = resumed.log.evidence()
+    assert kept.means is not None and kept.floors is not None
+    np.testing.assert_array_equal(kept.means, ev.means[:303:4])
+    np.testing.assert_array_equal(kept.floors, ev.floors[:303:4])
+    run(resumed, 303, 600)
+    assert whole.calibration is not None and resumed.calibration is not None
+    assert whole.calibration.state == resumed.calibration.state == "commissioned"
+    assert resumed.calibration.windows == whole.calibration.windows == 600
+    assert resumed.calibration.detector.to_dict() == whole.calibration.detector.to_dict()
+    batch, _ = commission(ev, d, cfg, bundle.version)
+    assert batch is not None and batch.detector.to_dict() == whole.calibration.detector.to_dict()
+    a, b = (json.loads((tmp_path / x / "calibration.json").read_text())["detector"] for x in "ab")
+    assert a == b
 
 
 def test_training_and_commissioning_fit_the_same_healthy_statistics(tiny_run: Path, tiny_data: Path,
@@ -330,6 +462,9 @@ def test_a_diagnosing_detector_refits_its_healthy_envelope_energies(tiny_run: Pa
     ("windows = 1.5", "windows = 1.5"),
     ("hours = 1\nsuspect_factor = 0.5", "suspect_factor"),
     ("hours = 1\nlenght = 3", "unknown key"),
+    ("hours = 1\nkeep = 99", "keep = 99: expected an integer >= 100"),
+    ("hours = 1\nkeep = 2e4", "keep = 20000.0: expected an integer >= 100"),
+    ("hours = 1\nkeep = true", "keep = True"),
 ])
 def test_a_wrong_commissioning_section_is_one_line_naming_the_file_and_key(tmp_path: Path, body: str,
                                                                            named: str) -> None:
@@ -540,6 +675,7 @@ def test_the_documented_commissioning_keys_parse(tmp_path: Path) -> None:
     cfg.write_text("\n".join(lines[:start] + block) + "\n")
     c = load_agent_config(cfg).commissioning
     assert c is not None and c.hours == 24 and c.suspect_factor == 10 and c.channel_factor == 3
+    assert c.keep == 20000 == CommissioningSection().keep  # the documented default is the default
     assert c.state == "/var/lib/vibrawatch/calibration.json"
 
 
@@ -570,7 +706,8 @@ def test_every_swap_through_agent_apply_carries_the_commissioning(plain_bundle: 
 
         agent.apply(agent.cfg, agent.bundle)  # a reload, nothing changed: resumed, progress saved first
         assert agent.commission.log.evidence().rows() == seen
-        assert [json.loads(x) for x in windows.read_text().splitlines()] == seen
+        ev, stride, dropped, clean = read_windows(windows, row_shapes(agent.bundle.detector))
+        assert ev.rows() == seen and stride == 1 and not dropped and clean
 
         old = agent.bundle
         new = dataclasses.replace(old, version=old.version + "-new")
