@@ -62,7 +62,7 @@ from . import healthy
 from .decide import Decision
 from .detector import Detector
 from .errors import ConfigError
-from .healthy import Evidence, EvidenceLog, levels, stride_for
+from .healthy import Evidence, EvidenceLog, Extremes, levels, stride_for
 
 if TYPE_CHECKING:
     from .bundle import Bundle
@@ -220,10 +220,10 @@ def standout(per_channel: np.ndarray) -> tuple[float, float]:
 
 
 def calibrate(ev: Evidence, detector: Detector, cfg: CommissioningSection, model: str, windows: int | None = None,
-              finished_t: float | None = None) -> Calibration:
+              finished_t: float | None = None, extremes: Extremes | None = None) -> Calibration:
     """This machine's detector from its commissioning windows ``ev`` (those kept of ``windows`` seen, the last
-    at ``finished_t``; default: every window), by ``healthy.fit`` (training's functions and rule), or the
-    bundle's when the windows look faulty against it (the suspect guard)."""
+    at ``finished_t``, with the ``extremes`` of all of them; default: every window), by ``healthy.fit``
+    (training's functions and rule), or the bundle's when the windows look faulty against it (the suspect guard)."""
     level, per_channel = levels(detector, ev)
     median = float(np.median(level))
     top, ratio = standout(per_channel)
@@ -232,7 +232,7 @@ def calibrate(ev: Evidence, detector: Detector, cfg: CommissioningSection, model
               "finished_t": float(ev.t[-1]) if finished_t is None else float(finished_t)}
     if median > cfg.suspect_factor or (top > 1.0 and ratio > cfg.channel_factor):
         return Calibration("commissioning_suspect", detector=detector, **common)
-    return Calibration("commissioned", detector=healthy.fit(detector, ev), **common)
+    return Calibration("commissioned", detector=healthy.fit(detector, ev, extremes), **common)
 
 
 def _done(cfg: CommissioningSection, n: int, t0: float, t: float) -> bool:
@@ -249,7 +249,8 @@ def commission(ev: Evidence, detector: Detector, cfg: CommissioningSection, mode
     for i in range(len(ev)):
         if _done(cfg, i + 1, float(ev.t[0]), float(ev.t[i])):
             kept = ev.window(slice(0, i + 1, stride_for(i + 1, cfg.keep)))
-            return calibrate(kept, detector, cfg, model, windows=i + 1, finished_t=float(ev.t[i])), i + 1
+            return calibrate(kept, detector, cfg, model, windows=i + 1, finished_t=float(ev.t[i]),
+                             extremes=Extremes.of(ev.window(slice(0, i + 1)))), i + 1
     return None, len(ev)
 
 
@@ -406,7 +407,7 @@ class Commissioning:
                         since=None, verdict=None, diagnosis={}, diagnosed={}, source="commissioning")
         if _done(self.cfg, self.log.seen, self.log.t0, ev.t):
             self.calibration = calibrate(self.log.evidence(), self.detector, self.cfg, self.model,
-                                         windows=self.log.seen, finished_t=ev.t)
+                                         windows=self.log.seen, finished_t=ev.t, extremes=self.log.extremes)
             self.warm = Evidence.concat(list(self._recent)) if self._recent else None
             self.log, self._pending, self._json_written, self._rewrite = self._new_log(), [], False, False
             self._recent.clear()
@@ -421,7 +422,10 @@ class Commissioning:
         c = self.calibration
         out: dict[str, Any] = {"schema": SCHEMA, "model": self.model, "updated": time.time()}
         if c is None:
-            return out | {"state": "commissioning", "windows_file": WINDOWS_SUFFIX.lstrip("."), "seen": self.log.seen}
+            out |= {"state": "commissioning", "windows_file": WINDOWS_SUFFIX.lstrip("."), "seen": self.log.seen}
+            if self.log.extremes is not None:  # of every window seen: the maxima the fit needs exact
+                out["extremes"] = self.log.extremes.to_dict()
+            return out
         out |= {"state": c.state, "windows": c.windows, "median_level": c.median_level, "standout": c.standout,
                 "bundle_threshold": c.bundle_threshold, "started_t": c.started_t, "finished_t": c.finished_t}
         if c.state == "commissioned":
@@ -551,7 +555,7 @@ class Commissioning:
             return f"calibrated for model {d['model']}, this is {self.model}"
         self._json_written = True
         if d["state"] == "commissioning":
-            self._resume(d.get("seen"))
+            self._resume(d.get("seen"), d.get("extremes"))
             return None
         if d["state"] not in ("commissioned", "commissioning_suspect"):
             raise ValueError(f"state {d['state']!r}")
@@ -562,7 +566,7 @@ class Commissioning:
         self.note = f"{d['state']}: threshold {det.threshold:.6g} ({self.calibration.source}) from {self.state_file}"
         return None
 
-    def _resume(self, said: Any) -> None:
+    def _resume(self, said: Any, extremes: Any = None) -> None:
         """Take over the windows file: the windows kept, their stride, and the count seen (the state file's
         ``said``, which a power cut between the two files' writes can leave behind or ahead: it is clamped to
         what the kept windows allow). A damaged last line is dropped with one log line and the file rewritten;
@@ -585,7 +589,13 @@ class Commissioning:
         k = len(ev)
         seen = said if isinstance(said, int) and not isinstance(said, bool) else 0
         seen = min(max(seen, (k - 1) * stride + 1), k * stride) if k else 0
-        self.log = EvidenceLog.restore(ev, stride if k else 1, seen, self.cfg.keep)
+        ext = None
+        if k and extremes is not None:
+            try:
+                ext = Extremes.from_dict(extremes, ev)
+            except ValueError as e:  # the kept windows' own extremes stand in: maxima at most slightly lower
+                log.warning("%s: %s; the kept windows' extremes are used", self.state_file, e)
+        self.log = EvidenceLog.restore(ev, stride if k else 1, seen, self.cfg.keep, ext)
         self._rewrite = self.log.stride != stride or bool(dropped) or not clean
         if dropped or not clean:
             log.warning("%s: %d damaged line(s) skipped (a write torn by a power cut?); commissioning resumes with "

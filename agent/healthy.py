@@ -84,6 +84,45 @@ class Evidence:
         return cls(**cols)
 
 
+@dataclass(frozen=True)
+class Extremes:
+    """Each number's largest and smallest value over every window a commissioning saw, kept or not: what makes
+    the statistics that are maxima (the ``max`` threshold rule, the own-deviation spread) exact on a subsample."""
+
+    hi: Evidence  # one row: the elementwise maximum
+    lo: Evidence  # one row: the elementwise minimum
+
+    @classmethod
+    def of(cls, ev: Evidence) -> Extremes:
+        """The extremes of ``ev``'s windows (at least one)."""
+        return cls(_reduce(ev, np.max), _reduce(ev, np.min))
+
+    def merge(self, other: Extremes) -> Extremes:
+        both = [Evidence.concat([self.hi, other.hi]), Evidence.concat([self.lo, other.lo])]
+        return Extremes(_reduce(both[0], np.max), _reduce(both[1], np.min))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"hi": self.hi.rows()[0], "lo": self.lo.rows()[0]}
+
+    @classmethod
+    def from_dict(cls, d: Any, like: Evidence) -> Extremes:
+        """Parse what ``to_dict`` wrote; ValueError unless both rows have ``like``'s parts and shapes."""
+        if not isinstance(d, Mapping) or not isinstance(d.get("hi"), Mapping) or not isinstance(d.get("lo"), Mapping):
+            raise ValueError("extremes: expected {hi: {...}, lo: {...}}")
+        hi, lo = Evidence.stack([d["hi"]]), Evidence.stack([d["lo"]])
+        for row in (hi, lo):
+            for f in fields(like):
+                a, b = getattr(row, f.name), getattr(like, f.name)
+                if (a is None) != (b is None) or (a is not None and a.shape[1:] != b.shape[1:]):
+                    raise ValueError(f"extremes.{f.name}: not this detector's shape")
+        return cls(hi, lo)
+
+
+def _reduce(ev: Evidence, how: Any) -> Evidence:
+    return replace(ev, **{f.name: how(getattr(ev, f.name), axis=0, keepdims=True) for f in fields(ev)
+                          if getattr(ev, f.name) is not None})
+
+
 def stride_for(seen: int, keep: int | None) -> int:
     """The stride ``EvidenceLog`` has after ``seen`` windows with room for ``keep``: the smallest power of two
     that leaves at most ``keep`` windows (1 when ``keep`` is None: every window)."""
@@ -107,6 +146,7 @@ class EvidenceLog:
     keep: int | None = None  # the most windows held (None: every one)
     stride: int = 1
     seen: int = 0  # windows offered so far, kept or not
+    extremes: Extremes | None = None  # over every window offered, kept or not
     _cols: dict[str, np.ndarray] = field(default_factory=dict)
     _n: int = 0
 
@@ -126,6 +166,9 @@ class EvidenceLog:
     def append(self, ev: Evidence) -> np.ndarray:
         """Offer ``ev``'s windows in order (every window must have the same parts); the indices into ``ev`` of
         the ones kept. ``stride`` changes when the log was full and halved."""
+        if len(ev):
+            ext = Extremes.of(ev)
+            self.extremes = ext if self.extremes is None else self.extremes.merge(ext)
         kept = []
         for j in range(len(ev)):
             i, self.seen = self.seen, self.seen + 1
@@ -140,13 +183,16 @@ class EvidenceLog:
         return np.asarray(kept, dtype=np.intp)
 
     @classmethod
-    def restore(cls, ev: Evidence, stride: int, seen: int, keep: int | None) -> EvidenceLog:
-        """A log holding ``ev`` (the windows a log with ``stride`` kept of ``seen`` windows, in order), halved
-        until it fits ``keep`` (a config whose ``keep`` went down)."""
+    def restore(cls, ev: Evidence, stride: int, seen: int, keep: int | None, extremes: Extremes | None = None
+                ) -> EvidenceLog:
+        """A log holding ``ev`` (the windows a log with ``stride`` kept of ``seen`` windows, in order, and the
+        ``extremes`` of all of them as saved), halved until it fits ``keep`` (a config whose ``keep`` went down)."""
         log = cls(keep=None if keep is None else max(keep, len(ev)), stride=stride)
         for j in range(len(ev)):
             log._put(ev, j)
         log.keep, log.seen = keep, seen
+        if len(ev):
+            log.extremes = Extremes.of(ev) if extremes is None else extremes.merge(Extremes.of(ev))
         if keep is not None and log._n > keep:
             while log._n > keep:
                 log._halve()
@@ -241,19 +287,36 @@ def fit_floor(floor: Floor, floors: np.ndarray, rule: ThresholdRule, history: in
     return Floor(floor.features, np.maximum(thresholds, _TINY), median, step_sizes(log_lv, history))
 
 
-def fit(detector: Detector, ev: Evidence) -> Detector:
-    """``detector`` with every healthy statistic refitted on ``ev`` (healthy windows) by its own threshold rule."""
+def fit(detector: Detector, ev: Evidence, extremes: Extremes | None = None) -> Detector:
+    """``detector`` with every healthy statistic refitted on ``ev`` (healthy windows) by its own threshold rule.
+
+    ``extremes`` (of every window, when ``ev`` is a subsample of them) make the maxima exact: with the ``max``
+    rule each threshold is the largest value seen, and the own-deviation spread is the farthest any window's
+    mean went from the centre; medians, quantiles and step sizes come from ``ev``."""
     rule = detector.threshold_rule
-    d = detector.with_thresholds(fit_threshold(ev.score, rule), fit_channel_thresholds(ev.contributions, rule))
+
+    def col(name: str) -> np.ndarray:
+        v = getattr(ev, name)
+        if extremes is None or rule.method != "max":
+            return v
+        return np.concatenate([v, getattr(extremes.hi, name)])  # max of (kept + every window's max) = exact
+
+    d = detector.with_thresholds(fit_threshold(col("score"), rule), fit_channel_thresholds(col("contributions"), rule))
     if not detector.combined:
         return d
     assert d.floor is not None and ev.floors is not None and ev.means is not None
-    parts: dict[str, Any] = {"floor": fit_floor(d.floor, ev.floors, rule, (d.events or EventRule()).history)}
+    floor = fit_floor(d.floor, ev.floors, rule, (d.events or EventRule()).history)
+    if extremes is not None and rule.method == "max":
+        hv = col("floors")
+        thr = np.stack([fit_channel_thresholds(hv[:, k, :], rule) for k in range(hv.shape[1])])
+        floor = replace(floor, thresholds=np.maximum(thr, _TINY))
+    parts: dict[str, Any] = {"floor": floor}
     if d.pca is not None and ev.pca_score is not None and ev.pca_contributions is not None:
-        parts["pca"] = PcaResidual(d.pca.mean, d.pca.components, max(fit_threshold(ev.pca_score, rule), _TINY),
-                                   np.maximum(fit_channel_thresholds(ev.pca_contributions, rule), _TINY))
+        parts["pca"] = PcaResidual(d.pca.mean, d.pca.components, max(fit_threshold(col("pca_score"), rule), _TINY),
+                                   np.maximum(fit_channel_thresholds(col("pca_contributions"), rule), _TINY))
     center = np.median(ev.means, axis=0)
-    parts["own"] = OwnDeviation(center, np.maximum(np.abs(ev.means - center).max(axis=0), 1e-6))
+    means = ev.means if extremes is None else np.concatenate([ev.means, extremes.hi.means, extremes.lo.means])
+    parts["own"] = OwnDeviation(center, np.maximum(np.abs(means - center).max(axis=0), 1e-6))
     if d.diagnosis is not None and ev.energies is not None:
         parts["diagnosis"] = replace(d.diagnosis, healthy=np.median(ev.energies, axis=0))
     return replace(d, **parts)

@@ -30,7 +30,7 @@ from vibrawatch.agent.config import load_agent_config
 from vibrawatch.agent.decide import run_alarms
 from vibrawatch.agent.detector import Detector
 from vibrawatch.agent.errors import ConfigError
-from vibrawatch.agent.healthy import Evidence
+from vibrawatch.agent.healthy import Evidence, Extremes
 from vibrawatch.agent.pipeline import Decider
 from vibrawatch.agent.threshold import fit_channel_thresholds, fit_threshold
 
@@ -186,7 +186,8 @@ def test_state_survives_restarts_a_new_model_restarts_and_a_damaged_file_falls_b
 
 def test_a_torn_windows_line_is_skipped_and_the_state_file_stays_small(tmp_path: Path,
                                                                        caplog: pytest.LogCaptureFixture) -> None:
-    """The windows go append-only to calibration.windows.jsonl (calibration.json stays a few hundred bytes); a
+    """The windows go append-only to calibration.windows.jsonl (calibration.json stays a few hundred bytes,
+    whatever the count of windows); a
     power cut that tears the last line costs that window only: skipped with one log line naming the file, and
     the commissioning resumes and fits what an uninterrupted one fits on the windows it kept."""
     det, state = detector(), tmp_path / "calibration.json"
@@ -199,7 +200,8 @@ def test_a_torn_windows_line_is_skipped_and_the_state_file_stays_small(tmp_path:
     head, *lines = windows.read_text().splitlines()
     assert json.loads(head)["columns"] == [["t", []], ["score", []], ["contributions", [3]]]
     assert [json.loads(x)[1] for x in lines] == scores[:40].tolist()  # one array per window, no keys
-    assert json.loads(state.read_text())["state"] == "commissioning" and len(state.read_bytes()) < 300
+    small = len(state.read_bytes())  # the state, the count seen and each number's extremes: not the windows
+    assert json.loads(state.read_text())["state"] == "commissioning" and small < 700
     with windows.open("a") as f:
         f.write(lines[-1][:25])  # the next append, cut by a power failure
     with caplog.at_level(logging.WARNING, logger="vibrawatch.commission"):
@@ -252,7 +254,14 @@ def test_a_long_commissioning_keeps_an_evenly_spaced_subsample_in_memory_and_on_
     decider.window(ev.window(slice(599, 600)))
     cal = comm.calibration
     assert cal is not None and cal.state == "commissioned" and cal.windows == 600 and cal.finished_t == times[599]
-    assert cal.detector.to_dict() == healthy.fit(det, ev.window(slice(0, 600, 8))).to_dict()
+    # fitted on the kept windows with every window's extremes: the max rule's thresholds are exactly those of
+    # all 600 windows, where the kept ones alone come out lower
+    seen = ev.window(slice(0, 600))
+    everything = healthy.fit(det, seen)
+    assert cal.detector.to_dict() == healthy.fit(det, ev.window(slice(0, 600, 8)), Extremes.of(seen)).to_dict()
+    assert cal.detector.threshold == everything.threshold
+    np.testing.assert_array_equal(cal.detector.channel_thresholds, everything.channel_thresholds)
+    assert healthy.fit(det, ev.window(slice(0, 600, 8))).threshold < everything.threshold
     whole, start = commission(ev, det, cfg, "m1")
     assert whole is not None and start == 600 and whole.detector.to_dict() == cal.detector.to_dict()
     assert not windows.exists()
