@@ -44,7 +44,7 @@ def robust_run(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> tup
 
 
 def test_robust_scaler_goes_from_training_through_the_bundle_to_the_gateway(
-        robust_run: tuple[Path, Path], tiny_data: Path) -> None:
+        robust_run: tuple[Path, Path], tiny_data: Path, tiny_run: Path) -> None:
     from vibrawatch.train.cwru import load
     from vibrawatch.train.dataset import featurize
     from vibrawatch.train.run import Run
@@ -66,6 +66,10 @@ def test_robust_scaler_goes_from_training_through_the_bundle_to_the_gateway(
     # evaluate scores with it and still finds the failing bearing without a false alarm
     report = json.loads(cli("evaluate", run_dir, "--data", tiny_data, "--failed", "bearing1", "--json", "--quiet"))
     assert report["false_alarms"] == 0 and report["lead_hours"] > 0
+    # the baselines keep min-max: a scaling variant meets the same PCA and IsolationForest as the default run
+    default = json.loads(cli("evaluate", tiny_run, "--data", tiny_data, "--failed", "bearing1", "--json", "--quiet"))
+    for name in ("pca", "isolation_forest"):
+        assert report["baselines"][name] == default["baselines"][name]
 
 
 def test_a_bundle_without_a_scaler_kind_reads_as_min_max(tiny_bundle: Path) -> None:
