@@ -23,7 +23,7 @@ from .decide import AlarmRule, AlarmState
 from .errors import ConfigError
 from .events import Diagnosis, EventRule, EventState, Floor, OwnDeviation, PcaResidual
 from .features import FeatureSpec
-from .scale import MinMaxScaling
+from .scale import Scaling, scaling_from_dict
 from .threshold import ThresholdRule
 
 
@@ -70,7 +70,7 @@ class Detector:
     """Feature spec, window, scaler, thresholds and alarm rule: what turns samples into decisions."""
 
     spec: FeatureSpec
-    scaler: MinMaxScaling
+    scaler: Scaling  # MinMaxScaling or RobustScaling (agent/scale.py)
     window: int  # T frames per window
     hop: int  # frames between windows
     threshold: float  # on the window's score
@@ -156,9 +156,9 @@ class Detector:
             _field(feats, "input", "features", str)
         spec = FeatureSpec.from_dict(feats)
         win = _field(d, "window", "detector")
-        scaler = MinMaxScaling.from_dict(_field(d, "scaler", "detector"))
-        if scaler.scale.shape != (spec.n_features,):
-            raise ConfigError(f"scaler: {scaler.scale.shape[0]} features, the feature spec makes {spec.n_features}")
+        scaler = scaling_from_dict(_field(d, "scaler", "detector"))
+        if scaler.n_features != spec.n_features:
+            raise ConfigError(f"scaler: {scaler.n_features} features, the feature spec makes {spec.n_features}")
         thr = _field(d, "threshold", "detector")
         alarm = _field(d, "alarm", "detector")
         for k in ("raise_after", "clear_after"):

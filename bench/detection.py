@@ -1,6 +1,7 @@
 """Detection benchmark: every README result, trained and evaluated from the CLI, printed as one markdown table.
 
     .venv/bin/python bench/detection.py [--out runs/bench] [--only ims2,femto1_1] [--write-readme]
+                                        [--scaling robust]
 
 The generality table (``GENERAL``: one default configuration, no per-run tuning, every run the project
 has) compares the product with each of its baselines on every run: first alarm, lead, false alarms,
@@ -129,6 +130,23 @@ def write_readme(table: str, header: str) -> None:
     readme.write_text(f"{head}{BEGIN}\n{header}\n\n{table}\n{END}{tail}")
 
 
+def with_scaling(train_args: list[str], scaling: str, path: Path) -> list[str]:
+    """The case's train arguments with ``[features] scaling`` set: its --config (if any) copied to ``path`` with
+    the key added, so a scaling variant runs every case exactly as the default does otherwise."""
+    args = list(train_args)
+    text = ""
+    if "--config" in args:
+        i = args.index("--config") + 1
+        text, args[i] = (ROOT / args[i]).read_text(), str(path)
+    else:
+        args += ["--config", str(path)]
+    line = f'scaling = "{scaling}"'
+    text = text.replace("[features]\n", f"[features]\n{line}\n", 1) if "[features]\n" in text \
+        else f"{text}\n[features]\n{line}\n"
+    path.write_text(text)
+    return args
+
+
 def vibrawatch(*args: str) -> str:
     """Run the CLI as a user would; stop the benchmark with its message if it fails."""
     cmd = [str(Path(sys.executable).with_name("vibrawatch")), *args]
@@ -156,6 +174,8 @@ def main() -> None:
     ap.add_argument("--out", default="runs/bench", help="where the runs go (default runs/bench)")
     ap.add_argument("--only", default="", help="comma-separated case names: " + ", ".join(CASES))
     ap.add_argument("--write-readme", action="store_true", help="write the generality table into README.md")
+    ap.add_argument("--scaling", choices=("minmax", "robust"), help="train every case with this [features] "
+                    "scaling (default: each case's own config, min-max unless it says otherwise)")
     a = ap.parse_args()
     out = (ROOT / a.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -174,6 +194,8 @@ def main() -> None:
         train_args, eval_args = (
             [s.replace("{out}", str(out)) for s in part] for part in CASES[name]
         )
+        if a.scaling:
+            train_args = with_scaling(train_args, a.scaling, out / f"{name}.toml")
         t0 = time.perf_counter()
         vibrawatch("train", *train_args, "--out", str(out / name), "--quiet")
         report = json.loads(vibrawatch("evaluate", str(out / name), *eval_args, "--json", "--quiet"))

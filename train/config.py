@@ -14,6 +14,7 @@ from typing import Any
 from vibrawatch.agent.config import read_toml
 from vibrawatch.agent.decide import AlarmRule
 from vibrawatch.agent.errors import ConfigError
+from vibrawatch.agent.scale import SCALINGS
 from vibrawatch.agent.threshold import ThresholdRule
 
 
@@ -22,6 +23,7 @@ class FeaturesConfig:
     frame_length: int | None = None  # samples; default: 1 s, or the whole snapshot if shorter
     list: tuple[Any, ...] | None = None  # feature names / tables; default: agent.features.DEFAULT_FEATURES
     fs_hz: float | None = None  # override the data's sample rate (IMS text files do not carry one)
+    scaling: str = "minmax"  # "minmax": healthy min..max -> 0..1; "robust": (x - median) / (q95 - q05)
 
 
 @dataclass(frozen=True)
@@ -142,6 +144,9 @@ def _validate(cfg: TrainConfig) -> None:
         (cfg.product.transient_s > 0 and 0 < cfg.product.relaxed < 1 and cfg.product.grows > 1
          and cfg.product.history >= 1, "[product] need transient_s > 0, 0 < relaxed < 1, grows > 1, history >= 1"),
     ]
+    if cfg.features.scaling not in SCALINGS:
+        raise ConfigError(f"{cfg.source}: [features] scaling must be one of {', '.join(map(repr, SCALINGS))}, "
+                          f"got {cfg.features.scaling!r}")
     dg = cfg.diagnosis
     if dg != DiagnosisConfig():
         need = {"n_balls": dg.n_balls, "ball_diameter": dg.ball_diameter, "pitch_diameter": dg.pitch_diameter}

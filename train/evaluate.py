@@ -27,6 +27,7 @@ from vibrawatch.agent.events import DiagnosisState, EventRule, run_events
 from vibrawatch.agent.features import FeatureDef, FeatureSpec, extract
 from vibrawatch.agent.frames import iter_frames
 from vibrawatch.agent.recording import FeatureTable, Recording
+from vibrawatch.agent.scale import MinMaxScaling
 from vibrawatch.agent.threshold import ThresholdRule, fit_channel_thresholds, fit_threshold
 from vibrawatch.agent.window import sliding_windows
 
@@ -163,6 +164,7 @@ def evaluate_run(
     from sklearn.decomposition import PCA
     from sklearn.ensemble import IsolationForest
     from sklearn.metrics import roc_auc_score
+    from sklearn.preprocessing import MinMaxScaler
 
     run = Run.open(run_dir)
     data = load(data_path)
@@ -260,13 +262,19 @@ def evaluate_run(
             det = _per_channel_series_alarms(vals, ff.times, h_frames, tcfg, run.detector.rule)
             baselines[name] = summarize(det, channels, t_fail, failed_idx, relative, onset_t=onset_t)
         seed = int(run.meta["training"]["config"]["model"]["seed"])
-        flat = x.reshape(len(x), -1)
+        # The baselines keep min-max scaling (as training fits it) whatever the product's scaler is, so a product
+        # variant is compared with the same baselines.
+        mm = run.detector.scaler
+        if not isinstance(mm, MinMaxScaling):
+            sk = MinMaxScaler().fit(ff.values[: int(wins.end_frames[h_windows][-1]) + 1])
+            mm = MinMaxScaling(sk.scale_, sk.min_, sk.data_min_, sk.data_max_)
+        flat = mm.transform(wins.x).astype(np.float32).reshape(len(x), -1)
         iso = IsolationForest(n_estimators=200, random_state=seed).fit(flat[h_windows])
         iso_scores = -iso.score_samples(flat)
         thr = fit_threshold(iso_scores[h_windows], tcfg)
         det = Detection(wins.end_times, iso_scores, run_alarms(iso_scores, thr, run.detector.rule), thr)
         baselines["isolation_forest"] = summarize(det, channels, t_fail, failed_idx, relative, onset_t=onset_t)
-        frames_scaled = run.detector.scaler.transform(ff.values)
+        frames_scaled = mm.transform(ff.values)
         pca = PCA(n_components=0.95, random_state=seed).fit(frames_scaled[h_frames])
         if pca.n_components_ >= frames_scaled.shape[1] > 1:
             # every axis kept (a table of a few columns): the reconstruction is exact and its residual only

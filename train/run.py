@@ -21,7 +21,7 @@ from vibrawatch.agent.decide import reconstruction_scores
 from vibrawatch.agent.detector import Detector
 from vibrawatch.agent.errors import ConfigError
 from vibrawatch.agent.loaders import detect_format
-from vibrawatch.agent.scale import MinMaxScaling
+from vibrawatch.agent.scale import MinMaxScaling, RobustScaling, Scaling
 from vibrawatch.agent.threshold import fit_channel_thresholds, fit_threshold
 
 from .config import TrainConfig, load_config
@@ -114,8 +114,12 @@ def train_run(
         )
     # Scale by the healthy frames only: the failing part must not shape what 'normal' means.
     healthy_frames = ff.values[: int(wins.end_frames[healthy][-1]) + 1]
-    sk = MinMaxScaler().fit(healthy_frames)
-    scaler = MinMaxScaling(sk.scale_, sk.min_, sk.data_min_, sk.data_max_)
+    scaler: Scaling
+    if cfg.features.scaling == "robust":
+        scaler = RobustScaling.fit(healthy_frames)
+    else:
+        sk = MinMaxScaler().fit(healthy_frames)
+        scaler = MinMaxScaling(sk.scale_, sk.min_, sk.data_min_, sk.data_max_)
     x_all = scaler.transform(wins.x).astype(np.float32)
 
     # Chronological split; T-1 windows between train and validation so they share no frame.
