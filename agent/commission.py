@@ -45,6 +45,7 @@ for it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -288,7 +289,10 @@ def _row(line: bytes, width: int) -> list[float] | None:
         return None
     if not isinstance(row, list) or len(row) != width:
         return None
-    if not all(type(x) in (int, float) and math.isfinite(x) for x in row):
+    try:
+        if not all(type(x) in (int, float) and math.isfinite(x) for x in row):
+            return None
+    except OverflowError:  # a 400-digit integer: not a number this file ever holds
         return None
     return row
 
@@ -354,6 +358,7 @@ class Commissioning:
     _json_written: bool = False
     _json_seen: int | None = None  # the windows seen that the state file says
     _rewrite: bool = False  # the windows file is to be written anew (a halving, a new commissioning, damage)
+    _failed: bool = False  # the last save failed (disk full, read-only): retried once a minute, not every window
 
     def __post_init__(self) -> None:
         self.log = self._new_log()
@@ -413,7 +418,7 @@ class Commissioning:
             self._recent.clear()
             self.save()
             return replace(quiet, calibration=self.calibration), self.calibration
-        if self._rewrite or time.monotonic() - self._saved >= SAVE_EVERY_S:
+        if (self._rewrite and not self._failed) or time.monotonic() - self._saved >= SAVE_EVERY_S:
             self.save()
         return quiet, None
 
@@ -451,12 +456,18 @@ class Commissioning:
                 self._save_windows(windows)
                 if not self._json_written or (self._json_seen != self.log.seen and not self._requested()):
                     self._write_state()
-            elif not self._json_written:
+            elif not self._json_written and not self._requested():  # a request made meanwhile stands
                 self._write_state()
                 windows.unlink(missing_ok=True)  # commissioned: its windows are in the detector now
-        except OSError as e:  # scoring goes on; the commissioning is lost at the next restart
-            log.error("%s: cannot save the calibration (%s); make the state directory writable for the service",
-                      e.filename or self.state_file, e.strerror)
+            self._failed = False
+        except (OSError, ValueError) as e:  # scoring goes on; the commissioning is lost at the next restart
+            for f in (windows, self.state_file):  # no half-written temporary file left behind
+                with contextlib.suppress(OSError):
+                    f.with_name(f.name + ".tmp").unlink(missing_ok=True)
+            if not self._failed:  # one line per failure, not one per window: the next try is a minute later
+                log.error("%s: cannot save the calibration (%s); make the state directory writable for the service",
+                          getattr(e, "filename", None) or self.state_file, getattr(e, "strerror", None) or e)
+            self._failed = True
 
     def _write_state(self) -> None:
         assert self.state_file is not None
@@ -481,8 +492,12 @@ class Commissioning:
             os.replace(tmp, path)
             self._rewrite = False
         elif self._pending:
-            with path.open("a") as f:
-                f.write("".join(line + "\n" for line in self._pending))
+            try:
+                with path.open("a") as f:
+                    f.write("".join(line + "\n" for line in self._pending))
+            except OSError:  # part of it may be written: the next save writes the whole file anew, atomically
+                self._rewrite, self._pending = True, []
+                raise
         self._pending = []
 
     def _requested(self) -> bool:

@@ -109,7 +109,12 @@ class Extremes:
         """Parse what ``to_dict`` wrote; ValueError unless both rows have ``like``'s parts and shapes."""
         if not isinstance(d, Mapping) or not isinstance(d.get("hi"), Mapping) or not isinstance(d.get("lo"), Mapping):
             raise ValueError("extremes: expected {hi: {...}, lo: {...}}")
-        hi, lo = Evidence.stack([d["hi"]]), Evidence.stack([d["lo"]])
+        try:
+            hi, lo = Evidence.stack([d["hi"]]), Evidence.stack([d["lo"]])
+        except (TypeError, KeyError) as e:
+            raise ValueError(f"extremes: {e}") from None
+        if not (hi.finite() and lo.finite()):
+            raise ValueError("extremes: every number must be finite")
         for row in (hi, lo):
             for f in fields(like):
                 a, b = getattr(row, f.name), getattr(like, f.name)

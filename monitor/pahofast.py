@@ -72,8 +72,8 @@ def install() -> bool:
     current: Any = getattr(_packet, "Properties", None)
     if current is SharedTableProperties:
         return True
-    if current is not Properties:
-        return False
+    if current is not Properties or set(vars(_TEMPLATE)) != {"packetType", "types", "names", "properties"}:
+        return False  # another paho: what ``SharedTableProperties.__init__`` sets would not be all it needs
     _packet.Properties = SharedTableProperties  # type: ignore[attr-defined]
     return True
 

@@ -304,6 +304,82 @@ def test_the_saves_that_count_windows_never_overwrite_a_recalibrate_request(tmp_
     assert again.commissioning and again.log.seen == 0 and "recalibration requested" in (again.note or "")
 
 
+def test_a_recalibrate_request_made_during_commissioning_outlives_its_completion(tmp_path: Path) -> None:
+    """The operator asked to start over: the commissioning that completes meanwhile does not write over it."""
+    det, state = detector(), tmp_path / "calibration.json"
+    cfg = CommissioningSection(windows=100)
+    scores, contrib, times = machine(1.0, n=150)
+    comm = Commissioning.open(det, "m1", cfg, state)
+    stream(comm, scores[:50], contrib[:50], times[:50])
+    request_recalibration(state, "m1")
+    stream(comm, scores[50:], contrib[50:], times[50:])
+    assert comm.source == "commissioned"  # it goes on deciding with what it fitted until the reload ...
+    assert json.loads(state.read_text())["state"] == "requested"  # ... which starts over
+    assert Commissioning.open(det, "m1", cfg, state).commissioning
+
+
+@pytest.mark.parametrize("damage", [None, 1e999, "drop-t"])
+def test_damaged_extremes_in_the_state_file_never_stop_scoring(tmp_path: Path, damage: object,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    """A non-finite or missing number in calibration.json's extremes: the kept windows' own extremes stand in,
+    with one log line; scoring, saving and the fit go on (NaN would have reached the fit and the next save)."""
+    det, state = detector(), tmp_path / "calibration.json"
+    cfg = CommissioningSection(windows=100)
+    scores, contrib, times = machine(1.0, n=150)
+    first = Commissioning.open(det, "m1", cfg, state)
+    stream(first, scores[:50], contrib[:50], times[:50])
+    first.save()
+    d = json.loads(state.read_text())
+    if damage == "drop-t":
+        del d["extremes"]["hi"]["t"]
+    else:
+        d["extremes"]["hi"]["score"] = damage
+    state.write_text(json.dumps(d))  # null / 1e999 as JSON writes them: NaN and Infinity are not JSON
+    with caplog.at_level(logging.WARNING, logger="vibrawatch.commission"):
+        resumed = Commissioning.open(det, "m1", cfg, state)
+        decisions = stream(resumed, scores[50:], contrib[50:], times[50:])
+    assert resumed.log.seen == 0 and resumed.source == "commissioned" and len(decisions) == 100
+    assert np.isfinite(resumed.calibration.detector.threshold)  # type: ignore[union-attr]
+    assert json.loads(state.read_text())["state"] == "commissioned"
+    assert any("extremes" in r.getMessage() for r in caplog.records)
+
+
+def test_an_append_that_fails_part_way_is_written_anew_not_after_a_torn_line(tmp_path: Path,
+                                                                            caplog: pytest.LogCaptureFixture) -> None:
+    """A full disk tears an append in the middle of the file: the next save rewrites the whole file from memory
+    (atomically), so a restart resumes every window kept, and a failing save is one log line, not one per window."""
+    det, state = detector(), tmp_path / "calibration.json"
+    windows = tmp_path / "calibration.windows.jsonl"
+    cfg = CommissioningSection(windows=1000)
+    scores, contrib, times = machine(1.0, n=300)
+    comm = Commissioning.open(det, "m1", cfg, state)
+    stream(comm, scores[:100], contrib[:100], times[:100])
+    comm.save()
+    stream(comm, scores[100:200], contrib[100:200], times[100:200])
+    real_open = Path.open
+
+    def torn(self: Path, mode: str = "r", *a: object, **k: object) -> object:
+        if self == windows and mode == "a":
+            f = real_open(self, mode, *a, **k)
+            f.write('[1.0, 2.')  # part of a line, then the disk is full
+            f.close()
+            raise OSError(28, "No space left on device", str(windows))
+        return real_open(self, mode, *a, **k)
+
+    with caplog.at_level(logging.ERROR, logger="vibrawatch.commission"), \
+            pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Path, "open", torn)
+        comm.save()
+        stream(comm, scores[200:250], contrib[200:250], times[200:250])  # windows go on; no retry per window
+    errors = [r for r in caplog.records if "cannot save" in r.getMessage()]
+    assert len(errors) == 1 and "No space left" in errors[0].getMessage()
+    comm.save()  # the disk has room again
+    assert not windows.with_name(windows.name + ".tmp").exists()
+    resumed = Commissioning.open(det, "m1", cfg, state)
+    assert resumed.log.seen == 250 and len(resumed.log) == 250
+    np.testing.assert_array_equal(resumed.log.evidence().score, scores[:250])
+
+
 def test_a_restart_mid_way_resumes_the_subsample_to_the_same_fit(tiny_bundle: Path, tiny_data: Path,
                                                                  tmp_path: Path) -> None:
     """The default (combined) detector's windows from the gateway's pipeline (the replay twice: 630), keep =
