@@ -302,33 +302,39 @@ def read_windows(path: Path, shapes: Mapping[str, tuple[int, ...]]) -> tuple[Evi
     damaged one on, whether the file ended cleanly). Only the last line can be damaged (lines are appended;
     every rewrite is a rename), by a write torn by a power cut; dropping from the first bad line on keeps the
     windows the evenly spaced subsample they were. ValueError when the header is not one for ``shapes``."""
-    raw = path.read_bytes()
-    lines = raw.split(b"\n")
-    try:
-        head = json.loads(lines[0])
-    except ValueError as e:
-        raise ValueError(f"unreadable header ({e})") from None
-    want = json.loads(windows_header(shapes, 1, 1))["columns"]
-    if not isinstance(head, dict) or head.get("format") != WINDOWS_FORMAT or head.get("columns") != want:
-        raise ValueError(f"header is not {WINDOWS_FORMAT} with this detector's columns")
-    stride = head.get("stride")
-    if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
-        raise ValueError(f"header stride {stride!r}, expected an integer >= 1")
-    width = sum(math.prod(s) for s in shapes.values())
-    body = lines[1:-1] if lines[-1] == b"" else lines[1:]
-    rows = []
-    for line in body:
-        row = _row(line, width)
-        if row is None:
-            break
-        rows.append(row)
-    flat = np.asarray(rows, dtype=np.float64).reshape(len(rows), width)
+    with path.open("rb") as f:  # line by line into one array: a resume needs no second copy of the windows
+        first = f.readline()
+        try:
+            head = json.loads(first)
+        except ValueError as e:
+            raise ValueError(f"unreadable header ({e})") from None
+        want = json.loads(windows_header(shapes, 1, 1))["columns"]
+        if not isinstance(head, dict) or head.get("format") != WINDOWS_FORMAT or head.get("columns") != want:
+            raise ValueError(f"header is not {WINDOWS_FORMAT} with this detector's columns")
+        stride = head.get("stride")
+        if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
+            raise ValueError(f"header stride {stride!r}, expected an integer >= 1")
+        width = sum(math.prod(s) for s in shapes.values())
+        start = f.tell()
+        lines = sum(1 for _ in f)
+        flat = np.empty((lines, width))
+        f.seek(start)
+        n, clean, damaged = 0, first.endswith(b"\n"), False
+        for line in f:
+            clean = line.endswith(b"\n")
+            row = None if damaged else _row(line, width)
+            if row is None:  # this line and every one after it are dropped
+                damaged = True
+                continue
+            flat[n] = row
+            n += 1
+    flat = flat[:n]
     cols, at = {}, 0
     for k, s in shapes.items():
-        n = math.prod(s)
-        cols[k] = flat[:, at: at + n].reshape(len(rows), *s)
-        at += n
-    return Evidence(**cols), stride, len(body) - len(rows), raw.endswith(b"\n")
+        w = math.prod(s)
+        cols[k] = flat[:, at: at + w].reshape(n, *s)
+        at += w
+    return Evidence(**cols), stride, lines - n, clean
 
 
 @dataclass
