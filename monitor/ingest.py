@@ -38,6 +38,8 @@ from .fastjson import loads
 from .schemacheck import Checker
 from .store import Alarm, Batch, DeadLetter, Event, Score, Status, Store, Written
 
+Item = tuple[str, bytes, int, int, float, int]  # topic, payload, packet id, QoS, received, connection it came on
+
 log = logging.getLogger("vibrawatch.monitor.ingest")
 KINDS = ("score", "alarm", "status")
 EVENT_KINDS = ("transient", "condition_change", "diagnosis")  # the combined detector's, numbered like scores
@@ -106,7 +108,8 @@ class Ingest:
         self.connected = threading.Event()
         # paho's thread appends, the writer pops from the left (both atomic on a deque); ``_arrived`` wakes the
         # writer, set only when it was clear (an attribute read per message, no lock).
-        self._queue: deque[tuple[str, bytes, int, int, float]] = deque()
+        self._queue: deque[Item] = deque()
+        self._link = 0  # counts successful connections: a packet id is acknowledged only on the one it came in on
         self._arrived = threading.Event()
         self._stopping = threading.Event()
         self._connack_seen = False
@@ -170,6 +173,7 @@ class Ingest:
         version = "5" if self.protocol == mqtt.MQTTv5 else "3.1.1"
         log.info("connected to %s:%d (MQTT %s, session %s), subscribing to %s", self.cfg.host, self.cfg.port,
                  version, "resumed" if getattr(flags, "session_present", False) else "new", self.subscription)
+        self._link += 1
         client.subscribe(self.subscription, qos=1)
         self.connected.set()
 
@@ -195,13 +199,13 @@ class Ingest:
             threading.Thread(target=self._fallback_to_311, daemon=True).start()
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        self._queue.append((message.topic, message.payload, message.mid, message.qos, time.time()))
+        self._queue.append((message.topic, message.payload, message.mid, message.qos, time.time(), self._link))
         if not self._arrived.is_set():
             self._arrived.set()
 
     # -- the writer thread ----------------------------------------------------------------------------------
     def _write_loop(self) -> None:
-        pending: list[tuple[str, bytes, int, int, float]] = []
+        pending: list[Item] = []
         failures = 0
         while True:
             stopping = self._stopping.is_set()
@@ -224,7 +228,7 @@ class Ingest:
                     return  # unacknowledged: the broker sends them again to the next monitor
                 self._stopping.wait(min(1.0 * failures, 10.0))
 
-    def _gather(self, drain: bool) -> list[tuple[str, bytes, int, int, float]]:
+    def _gather(self, drain: bool) -> list[Item]:
         """What has arrived, once the first message has waited ``batch_wait_ms`` or ``batch_max`` are there."""
         batch_max, wait = self.cfg.monitor.batch_max, self.cfg.monitor.batch_wait_ms / 1000
         q = self._queue
@@ -242,9 +246,9 @@ class Ingest:
         popleft = q.popleft
         return [popleft() for _ in range(min(len(q), batch_max))]
 
-    def _write(self, items: list[tuple[str, bytes, int, int, float]]) -> None:
+    def _write(self, items: list[Item]) -> None:
         batch = Batch()
-        for topic, payload, _mid, _qos, received in items:
+        for topic, payload, _mid, _qos, received, _link in items:
             row = decode(topic, payload, received)
             if isinstance(row, Score):
                 batch.scores.append(row)
@@ -260,9 +264,13 @@ class Ingest:
                 log.warning("dead letter: %s: %s", topic, row.reason)
                 batch.dead.append(row)
         written = self.store.write(batch)
-        pahofast.ack_many(self._client, [mid for _topic, _payload, mid, qos, _received in items if qos == 1])
-        for _topic, _payload, mid, qos, _received in items:
-            if qos == 2:  # never granted (we subscribe with QoS 1); paho's own ack if a broker did anyway
+        # Only packet ids of this connection, each once: a message that came in before a reconnect is sent again by
+        # the broker (stored once, acknowledged then); its old id may now name another, not yet committed message.
+        link = self._link
+        mids = dict.fromkeys(mid for *_, mid, qos, _received, at in items if qos == 1 and at == link)
+        pahofast.ack_many(self._client, list(mids))
+        for *_, mid, qos, _received, at in items:  # QoS 2 is never granted (we subscribe with QoS 1): paho's own
+            if qos == 2 and at == link:  # ack if a broker did anyway
                 self._client.ack(mid, qos)
         c = self.counters
         c.received += len(items)

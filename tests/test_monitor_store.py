@@ -236,6 +236,34 @@ def test_acks_of_a_batch_are_the_bytes_paho_sends_one_by_one_in_one_write() -> N
     assert list(c._on_message_filtered.iter_match("vibrawatch/v1/s/d/score")) == [print]
 
 
+def test_only_this_connections_packet_ids_are_acknowledged_and_each_once(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A message that arrived before a reconnect is stored but not acknowledged on the new connection (there its
+    packet id may name another message, not yet committed); the broker sends it again and that copy is acked."""
+    from vibrawatch.monitor import ingest as ingest_mod
+    from vibrawatch.monitor.config import load_monitor_config
+
+    acked: list[list[int]] = []
+    monkeypatch.setattr(ingest_mod.pahofast, "ack_many", lambda client, mids: acked.append(list(mids)))
+    ing = ingest_mod.Ingest(load_monitor_config(None, broker="mqtt://127.0.0.1:1883"),
+                            open_store(f"sqlite:///{tmp_path / 'fleet.db'}"))
+    topic = "vibrawatch/v1/s/d1/score"
+
+    def arrive(seq: int, mid: int) -> None:
+        ing._on_message(ing._client, None, type("M", (), {"topic": topic, "payload": json.dumps(
+            _score_msg(seq, 0.5, None)).encode(), "mid": mid, "qos": 1})())
+
+    ing._link = 1
+    arrive(1, 7)
+    arrive(2, 8)
+    ing._link = 2  # reconnected before the batch was written
+    arrive(2, 3)  # the broker's copy of seq 2 under a new id
+    arrive(3, 8)  # id 8 reused on this connection for another message
+    ing._write(list(ing._queue))
+    assert acked == [[3, 8]]
+    assert ing.counters.stored == 3 and ing.counters.duplicates == 1
+
+
 def _status(state: str, ts: str, **fields: object) -> dict:
     return {"v": 1, "state": state, "timestamp": ts, **fields}
 
