@@ -50,6 +50,7 @@ import json
 import logging
 import math
 import os
+import re
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
@@ -535,8 +536,10 @@ class Commissioning:
             c.note = f"commissioning starts: {_length(cfg)} before this machine's detector is fitted"
             c._start()
             return c
+        d: Any = None
         try:
-            why = c._load(json.loads(state_file.read_text()))
+            d = json.loads(state_file.read_text())
+            why = c._load(d)
         except (OSError, ValueError, KeyError, TypeError, ConfigError) as e:
             c.calibration = Calibration("unreadable", model, detector, 0, float("nan"), float("nan"),
                                         detector.threshold, float("nan"), float("nan"))
@@ -544,8 +547,33 @@ class Commissioning:
                       f"run `vibrawatch-agent recalibrate --config FILE` to commission again")
             return c
         if why is not None:
+            if d.get("state") != "requested" and (back := cls._restore(detector, model, cfg, state_file)):
+                return back
+            _archive(state_file, d)
             c.note = f"{state_file}: {why}: a new commissioning starts ({_length(cfg)})"
             c._start()
+        return c
+
+    @classmethod
+    def _restore(cls, detector: Detector, model: str, cfg: CommissioningSection, state_file: Path
+                 ) -> Commissioning | None:
+        """This model's own calibration, put aside when another model replaced it (a deploy rolled back, or the
+        previous model deployed again): taken back instead of commissioning the machine again."""
+        kept = archive_path(state_file, model)
+        if not kept.exists():
+            return None
+        c = cls(detector, model, cfg, state_file)
+        try:
+            if c._load(json.loads(kept.read_text())) is not None or c.calibration is None:
+                return None
+            os.replace(kept, state_file)
+            if c.windows_file is not None:
+                c.windows_file.unlink(missing_ok=True)  # the replaced model's commissioning in progress
+        except (OSError, ValueError, KeyError, TypeError, ConfigError) as e:
+            log.warning("%s: cannot take this model's calibration back (%s); commissioning again", kept, e)
+            return None
+        c.note = (f"{state_file}: {c.calibration.state} calibration of model {model} taken back from {kept.name} "
+                  "(put aside when another model replaced it)")
         return c
 
     def reopen(self, detector: Detector, model: str, cfg: CommissioningSection | None, state_file: Path | None
@@ -626,6 +654,29 @@ class Commissioning:
             self.save()
 
 
+ARCHIVED = 3  # calibrations of replaced models kept beside the state file, the newest
+
+
+def archive_path(state_file: Path, model: str) -> Path:
+    """Where a replaced model's calibration is put aside: ``calibration.<model>.json`` beside the state file."""
+    return state_file.with_name(f"{state_file.stem}.{re.sub(r'[^A-Za-z0-9._-]', '_', model)[:100]}.json")
+
+
+def _archive(state_file: Path, d: Any) -> None:
+    """Put a finished calibration of another model aside (a rollback or a redeploy takes it back), keeping the
+    newest ``ARCHIVED``; a commissioning in progress or a damaged file is not kept."""
+    if not (isinstance(d, Mapping) and d.get("schema") == SCHEMA and isinstance(d.get("model"), str)
+            and d.get("state") in ("commissioned", "commissioning_suspect")):
+        return
+    try:
+        os.replace(state_file, archive_path(state_file, d["model"]))
+        old = sorted(state_file.parent.glob(f"{state_file.stem}.*.json"), key=lambda p: p.stat().st_mtime)
+        for p in old[:-ARCHIVED]:
+            p.unlink()
+    except OSError as e:
+        log.warning("%s: cannot put model %s's calibration aside (%s)", state_file, d["model"], e.strerror)
+
+
 def open_commissioning(cfg: AgentConfig, bundle: Bundle, previous: Commissioning | None = None) -> Commissioning:
     """The agent's commissioning for ``cfg`` and ``bundle``: resumed from the state directory, or a new one;
     on a reload (``previous``) its progress is kept unless ``recalibrate`` asked to start over."""
@@ -661,6 +712,9 @@ def describe(cfg: AgentConfig, bundle: Bundle) -> str:
     except (OSError, ValueError, KeyError, TypeError, ConfigError) as e:
         return (f"the bundle's: {path} is unreadable ({str(e)[:60]}); "
                 "`vibrawatch-agent recalibrate --config FILE` commissions again")
+    if model != bundle.version and state != "requested" and archive_path(path, bundle.version).exists():
+        return (f"this model's calibration, put aside when another replaced it, is taken back at the next start or "
+                f"reload ({archive_path(path, bundle.version)})")
     if model != bundle.version or state == "requested" or d.get("schema") != SCHEMA:
         return f"a new commissioning ({_length(c)}) starts at the next start or reload ({path}: {state}, {model})"
     if state == "commissioning":

@@ -304,6 +304,33 @@ def test_the_saves_that_count_windows_never_overwrite_a_recalibrate_request(tmp_
     assert again.commissioning and again.log.seen == 0 and "recalibration requested" in (again.note or "")
 
 
+def test_a_rolled_back_model_takes_its_own_calibration_back(tmp_path: Path) -> None:
+    """Model m1 is commissioned; m2 is deployed (its commissioning starts, m1's calibration is put aside) and
+    rolled back: m1 decides with its own commissioned detector at once instead of commissioning the machine
+    again (a day without alarms). Only the newest few calibrations are kept; a recalibrate still starts over."""
+    det, state = detector(), tmp_path / "calibration.json"
+    cfg = CommissioningSection(windows=100)
+    scores, contrib, times = machine(1.5, n=150)
+    m1 = Commissioning.open(det, "m1", cfg, state)
+    stream(m1, scores[:100], contrib[:100], times[:100])
+    assert m1.source == "commissioned"
+    m2 = m1.reopen(det, "m2", cfg, state)  # a deploy applies m2
+    assert m2.commissioning and (tmp_path / "calibration.m1.json").exists()
+    stream(m2, scores[:30], contrib[:30], times[:30])
+    back = m2.reopen(det, "m1", cfg, state)  # ... and rolls back
+    assert back.source == "commissioned" and "taken back" in (back.note or "")
+    assert back.calibration.detector.threshold == m1.calibration.detector.threshold  # type: ignore[union-attr]
+    assert not (tmp_path / "calibration.m1.json").exists()
+    assert not (tmp_path / "calibration.windows.jsonl").exists()  # m2's commissioning in progress is gone
+    assert Commissioning.open(det, "m1", cfg, state).source == "commissioned"  # and it is the state file now
+    for k in range(5):  # models replaced one after another: the newest ARCHIVED calibrations stay
+        c = Commissioning.open(det, f"n{k}", cfg, state)
+        stream(c, scores[:100], contrib[:100], times[:100])
+    assert len(list(tmp_path.glob("calibration.*.json"))) == 3
+    request_recalibration(state, "n4")
+    assert Commissioning.open(det, "n4", cfg, state).commissioning
+
+
 def test_a_recalibrate_request_made_during_commissioning_outlives_its_completion(tmp_path: Path) -> None:
     """The operator asked to start over: the commissioning that completes meanwhile does not write over it."""
     det, state = detector(), tmp_path / "calibration.json"
