@@ -83,7 +83,7 @@ def register(app: typer.Typer, user_errors: Callable[[Any], Any]) -> None:
 def format_table(rows: list[dict[str, Any]]) -> str:
     """The fleet as fixed-width text."""
     head = f"{'site/device':28s} {'health':13s} {'level':>6s} {'score':>9s} {'thresh':>9s} {'thresholds':13s} " \
-           f"{'alarm since':24s} {'last':>7s} {'lost':>5s} {'model':24s} note"
+           f"{'alarm since':24s} {'last':>7s} {'lost':>5s} {'model':24s} {'sha256':12s} note"
     lines = [head]
     for r in rows:
         lvl = f"{r['level']:.2f}" if r["level"] is not None else "-"
@@ -92,7 +92,8 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         age = f"{r['age_s']:.0f}s" if r["age_s"] is not None else "-"
         lines.append(f"{r['site'] + '/' + r['device']:28s} {r['health']:13s} {lvl:>6s} {sc:>9s} {th:>9s} "
                      f"{r.get('threshold_source') or '-':13s} {r['alarm_since'] or '-':24s} {age:>7s} "
-                     f"{r['lost'] or 0:>5d} {r['model'] or '-':24s} {r['note']}".rstrip())
+                     f"{r['lost'] or 0:>5d} {r['model'] or '-':24s} {(r.get('model_sha256') or '-')[:12]:12s} "
+                     f"{r['note']}".rstrip())
     return "\n".join(lines)
 
 

@@ -29,6 +29,7 @@ COMMISSIONING_STATES = ("commissioning", "commissioned", "commissioning_suspect"
 COMMISSIONING_EVENTS = ("commissioning_refused", "calibration_unreadable")  # with state online: bundle thresholds
 COMMISSIONING_FIELDS = ("windows", "note", "threshold", "channel_thresholds", "median_level", "standout",
                         "bundle_threshold")
+DEPLOY_FIELDS = ("deployment", "outcome", "reason", "from", "to", "sha256", "timestamp")  # docs/deploy.md
 _EWMA = 0.2
 
 
@@ -94,6 +95,8 @@ def apply(before: dict[str, Any], msgs: Messages, now: float) -> Change:
                      threshold=newest.threshold, level=newest.level, model=newest.model,
                      contributions=dumps(newest.contributions),
                      threshold_source=newest.threshold_source or "bundle")
+            if newest.model_sha256:  # the model that scores now (after a deploy, before its status arrives)
+                s["model_sha256"] = newest.model_sha256
         # The usual interval: wall time since the last score over the scores that came in it, so a spool
         # flushed after an outage (many at once) still averages to the device's real rate.
         n = len(msgs.scores)
@@ -123,9 +126,11 @@ def apply(before: dict[str, Any], msgs: Messages, now: float) -> Change:
         s["state"], s["state_ts"] = st.state, st.ts
         s["fault"] = p.get("fault") if st.state == "sensor" else None
         s["reason"] = p.get("reason") if st.state == "offline" else None
-        for key in ("agent", "runtime", "model"):
+        for key in ("agent", "runtime", "model", "model_sha256"):
             if p.get(key):
                 s[key] = p[key]
+        if isinstance(p.get("deploy"), dict):  # the last deploy's outcome, as the agent reports it
+            s["deploy"] = dumps({k: p["deploy"][k] for k in DEPLOY_FIELDS if k in p["deploy"]})
         if "channels" in p:
             s["channels"] = json.dumps(p["channels"])
         if "spool_dropped" in p:
@@ -196,7 +201,15 @@ def note(r: dict[str, Any]) -> str:
         return f"no score for {r['age_s']:.0f} s"
     if r.get("commissioning") in ("commissioning_refused", "calibration_unreadable"):
         return f"{r['commissioning']}: {info.get('note', '')}"
+    if r.get("event") == "deploy" and r.get("deploy"):
+        return deploy_note(r["deploy"])
     return str(r.get("event") or "")
+
+
+def deploy_note(d: dict[str, Any]) -> str:
+    """``deploy applied: run-a -> run-b`` (and why, when it was refused or rolled back)."""
+    text = f"deploy {d.get('outcome', '?')}: {d.get('from') or '-'} -> {d.get('to') or '-'}"
+    return f"{text} ({d['reason']})" if d.get("reason") else text
 
 
 def table(store: Store, now: float, silent_factor: float = 5.0, min_silent_s: float = 30.0) -> list[dict[str, Any]]:
@@ -204,6 +217,7 @@ def table(store: Store, now: float, silent_factor: float = 5.0, min_silent_s: fl
     rows = []
     for r in store.devices():
         r = dict(r)
+        r["deploy"] = json.loads(r["deploy"]) if r.get("deploy") else None
         r["health"] = health(r, now, silent_factor, min_silent_s)
         r["age_s"] = None if r["last_seen"] is None else round(now - r["last_seen"], 1)
         r["note"] = note(r)

@@ -75,7 +75,7 @@ def decode(topic: str, payload: bytes, received: float) -> Score | Alarm | Statu
     if kind == "score":
         return Score(site, device, msg["seq"], float(msg["t"]), msg["timestamp"], float(msg["score"]),
                      float(msg["threshold"]), float(msg["level"]), msg["contributions"], msg["model"], received,
-                     msg.get("threshold_source"))
+                     msg.get("threshold_source"), msg.get("model_sha256"))
     if kind == "alarm":
         return Alarm(site, device, msg["seq"], float(msg["t"]), msg["timestamp"], msg["event"], msg["channel"],
                      float(msg["score"]), float(msg["level"]), msg["since"], msg["model"], received)

@@ -31,7 +31,8 @@ from vibrawatch.agent.errors import VibrawatchError
 from . import fleet
 from .fastjson import dumps
 
-SCHEMA_VERSION = 2  # 2: where thresholds come from (scores, devices) and the last commissioning (devices)
+SCHEMA_VERSION = 3  # 2: where thresholds come from (scores, devices) and the last commissioning (devices);
+# 3: the model file's sha256 and the last deploy outcome (devices)
 
 
 class StoreError(VibrawatchError):
@@ -53,6 +54,7 @@ class Score:
     model: str
     received: float
     threshold_source: str | None = None  # bundle | commissioning | commissioned; None from older agents (bundle)
+    model_sha256: str | None = None  # the model file that scored it; None from agents older than deploys
 
 
 @dataclass(slots=True)
@@ -172,7 +174,7 @@ DDL = [
         spool_dropped BIGINT, event TEXT,
         alarm_seq BIGINT, alarm INTEGER NOT NULL DEFAULT 0, alarm_since TEXT, alarm_channel TEXT,
         last_seen DOUBLE PRECISION, interval_s DOUBLE PRECISION, silent_since DOUBLE PRECISION,
-        threshold_source TEXT, commissioning TEXT, commissioning_info TEXT,
+        threshold_source TEXT, commissioning TEXT, commissioning_info TEXT, model_sha256 TEXT, deploy TEXT,
         PRIMARY KEY (site, device))""",
     """CREATE TABLE IF NOT EXISTS alerts (
         key TEXT PRIMARY KEY, kind TEXT NOT NULL, site TEXT NOT NULL, device TEXT NOT NULL, payload TEXT NOT NULL,
@@ -189,7 +191,7 @@ DEVICE_COLUMNS = (
     "site", "device", "first_seq", "last_seq", "received", "lost", "score_seq", "last_t", "last_ts", "last_score",
     "threshold", "level", "contributions", "model", "state", "state_ts", "fault", "reason", "agent", "runtime",
     "channels", "spool_dropped", "event", "alarm_seq", "alarm", "alarm_since", "alarm_channel", "last_seen",
-    "interval_s", "silent_since", "threshold_source", "commissioning", "commissioning_info",
+    "interval_s", "silent_since", "threshold_source", "commissioning", "commissioning_info", "model_sha256", "deploy",
 )
 # Columns later schema versions added, as (version, table, column, type): a database of an older version gets
 # them on open (ALTER TABLE ... ADD COLUMN), in the transaction that creates the tables.
@@ -198,6 +200,8 @@ MIGRATIONS = [
     (2, "devices", "threshold_source", "TEXT"),
     (2, "devices", "commissioning", "TEXT"),
     (2, "devices", "commissioning_info", "TEXT"),
+    (3, "devices", "model_sha256", "TEXT"),
+    (3, "devices", "deploy", "TEXT"),
 ]
 _ROWS_PER_INSERT = 400  # rows per multi-row INSERT: 400 x 12 parameters stays under every driver's limit
 

@@ -5,8 +5,10 @@ saved in the test's folder and copied to test-artifacts/."""
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import subprocess
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -64,6 +66,10 @@ def test_page_shows_the_device_and_its_chart_and_both_change_when_the_agent_rais
         assert browser.js("document.querySelector('#thresholds').dataset.source") == "bundle"
         newest = store.query("SELECT threshold FROM scores ORDER BY seq DESC LIMIT 1")[0]["threshold"]
         assert float(browser.js("document.querySelector('#score-chart').dataset.lastThreshold")) == newest
+        # Which model file scores (the agent's status and scores say it): the bundle's model.tflite.
+        with tarfile.open(tiny_bundle) as tar:
+            sha = hashlib.sha256(tar.extractfile("model.tflite").read()).hexdigest()  # type: ignore[union-attr]
+        assert browser.js("document.querySelector('#sha256').textContent") == f"(sha256 {sha[:12]})"
         browser.screenshot(tmp_path / "device_healthy.png")
 
         node.publish(sample_messages(snapshots[30:], rec.fs_hz, 2048))  # the bearing fails

@@ -318,28 +318,71 @@ def test_commissioning_shows_in_the_fleet_table_and_each_score_keeps_its_own_thr
         {"seq": 4, "threshold": 0.3, "threshold_source": "commissioned"}]
 
 
-def test_a_schema_1_database_gains_the_commissioning_columns_and_keeps_its_rows(store: Store) -> None:
+def test_a_schema_1_database_gains_the_later_columns_and_keeps_its_rows(store: Store) -> None:
     store.write(Batch(scores=[score(1, 1.0)]), now=1000.0)
     with store.transaction() as cur:  # back to what vibrawatch with schema 1 created
         cur.execute("ALTER TABLE scores DROP COLUMN threshold_source")
-        for column in ("threshold_source", "commissioning", "commissioning_info"):
+        for column in ("threshold_source", "commissioning", "commissioning_info", "model_sha256", "deploy"):
             cur.execute(f"ALTER TABLE devices DROP COLUMN {column}")
         cur.execute("UPDATE meta SET value = '1' WHERE key = 'schema'")
     store.close()
     again = open_store(store.url)
     try:
-        assert again.query("SELECT value FROM meta WHERE key = 'schema'") == [{"value": "2"}]
+        assert again.query("SELECT value FROM meta WHERE key = 'schema'") == [{"value": "3"}]
         again.write(Batch(scores=[score(2, 2.0)]), now=1001.0)
         assert [r["threshold_source"] for r in again.query("SELECT threshold_source FROM scores ORDER BY seq")] == \
             [None, None]
         assert fleet.table(again, 1002.0)[0]["threshold_source"] == "bundle"
         with again.transaction() as cur:
-            cur.execute("UPDATE meta SET value = '3' WHERE key = 'schema'")
+            cur.execute("UPDATE meta SET value = '4' WHERE key = 'schema'")
         again.close()
-        with pytest.raises(StoreError, match="schema 3 is newer"):
+        with pytest.raises(StoreError, match="schema 4 is newer"):
             open_store(store.url)
     finally:
         again.close()
+
+
+SHA_A, SHA_B = "a" * 64, "b" * 64
+
+
+def _deploy(outcome: str, ts: str, reason: str = "") -> dict:
+    return {"deployment": 1795448578356, "outcome": outcome, "reason": reason, "from": "run-a", "to": "run-b",
+            "sha256": "c" * 64, "timestamp": ts}
+
+
+def test_the_fleet_state_has_each_devices_model_sha256_and_its_last_deploy_outcome(store: Store) -> None:
+    """Which model file a machine runs, and what its last deploy did, as the agent's statuses and scores say."""
+    online = _status("online", "2026-01-01T00:00:00.000Z", model="run-a", model_sha256=SHA_A, agent="1", runtime="x")
+    store.write(Batch(statuses=[_decoded("status", online)],  # type: ignore[list-item]
+                      scores=[_decoded("score", {**_score_msg(1, 0.5, None), "model_sha256": SHA_A})]),  # type: ignore
+                now=1000.0)
+    row = fleet.table(store, 1001.0)[0]
+    assert (row["model"], row["model_sha256"], row["deploy"]) == ("run-a", SHA_A, None)
+
+    # A deploy is applied: the status says so, and the next score comes from the new model file.
+    applied = _status("online", "2026-01-01T00:00:02.000Z", event="deploy", model="run-b", model_sha256=SHA_B,
+                      deploy=_deploy("applied", "2026-01-01T00:00:02.000Z"))
+    store.write(Batch(statuses=[_decoded("status", applied)],  # type: ignore[list-item]
+                      scores=[_decoded("score", {**_score_msg(2, 0.5, None), "model": "run-b",  # type: ignore
+                                                 "model_sha256": SHA_B})]), now=1002.0)
+    row = fleet.table(store, 1003.0)[0]
+    assert (row["model"], row["model_sha256"]) == ("run-b", SHA_B)
+    assert row["deploy"]["outcome"] == "applied" and row["deploy"]["to"] == "run-b"
+    assert row["note"] == "deploy applied: run-a -> run-b"
+
+    # The next deploy rolls back: the outcome and its reason are kept, and the score says the old file is back.
+    back = _status("online", "2026-01-01T00:00:04.000Z", event="deploy", model="run-a", model_sha256=SHA_A,
+                   deploy=_deploy("rolled_back", "2026-01-01T00:00:04.000Z", "failed on real windows: 3 NaN scores"))
+    store.write(Batch(statuses=[_decoded("status", back)],  # type: ignore[list-item]
+                      scores=[_decoded("score", {**_score_msg(3, 0.5, None), "model_sha256": SHA_A})]),  # type: ignore
+                now=1004.0)
+    row = fleet.table(store, 1005.0)[0]
+    assert (row["model"], row["model_sha256"], row["deploy"]["outcome"]) == ("run-a", SHA_A, "rolled_back")
+    assert row["note"] == "deploy rolled_back: run-a -> run-b (failed on real windows: 3 NaN scores)"
+    # A restart's plain online status keeps the last deploy's outcome on record.
+    store.write(Batch(statuses=[_decoded("status", _status("online", "2026-01-01T00:00:06.000Z"))]),  # type: ignore
+                now=1006.0)
+    assert fleet.table(store, 1007.0)[0]["deploy"]["outcome"] == "rolled_back"
 
 
 def test_the_terminal_fleet_table_says_which_machine_is_commissioning_or_suspect_and_where_thresholds_come_from(

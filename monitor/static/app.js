@@ -8,6 +8,9 @@ const vw = (() => {
   const getJSON = async (url) => { const r = await fetch(url, { cache: "no-store" }); if (!r.ok) throw new Error(`${url}: ${r.status}`); return r.json(); };
 
   // Re-run `refresh` whenever the server says the data changed (at most every 500 ms), and once at start.
+  // The last deploy's outcome as monitor/fleet.py:deploy_note words it.
+  const deployText = (d) => `deploy ${d.outcome || "?"}: ${d.from || "-"} -> ${d.to || "-"}` + (d.reason ? ` (${d.reason})` : "");
+
   function live(refresh) {
     const badge = document.getElementById("live");
     let busy = false, again = false;
@@ -38,7 +41,7 @@ const vw = (() => {
           `<td class="num">${num(d.level)}</td><td class="num">${num(d.last_score)}</td><td class="num">${num(d.threshold)}</td>` +
           `<td class="source">${esc(d.threshold_source || "")}</td>` +
           `<td>${esc(d.alarm_since || "")}</td><td>${esc(d.alarm_channel || "")}</td><td>${esc(age(d.age_s))}</td>` +
-          `<td class="num">${d.lost || 0}</td><td>${esc(d.model || "")}</td><td>${esc(d.agent || "")}</td><td>${esc(d.note)}</td></tr>`;
+          `<td class="num">${d.lost || 0}</td><td class="model" title="sha256 ${esc(d.model_sha256 || "?")}">${esc(d.model || "")}</td><td>${esc(d.agent || "")}</td><td>${esc(d.note)}</td></tr>`;
       }).join("");
       document.title = `vibrawatch fleet (${data.devices.filter((d) => d.health === "alarm").length} alarm)`;
     });
@@ -104,7 +107,9 @@ const vw = (() => {
       const row = d.device, s = d.scores;
       document.getElementById("summary").innerHTML =
         `<span class="${esc(row.health)}"><span class="health">${esc(row.health)}</span></span> ` +
-        `model ${esc(row.model || "?")}, agent ${esc(row.agent || "?")}, ${row.received} messages, ${row.lost || 0} lost`;
+        `model ${esc(row.model || "?")} <span id="sha256">(sha256 ${esc((row.model_sha256 || "?").slice(0, 12))})</span>, ` +
+        `agent ${esc(row.agent || "?")}, ${row.received} messages, ${row.lost || 0} lost` +
+        (row.deploy ? `; <span id="deploy">last ${esc(deployText(row.deploy))}</span>` : "");
       document.querySelector("#device tbody").innerHTML =
         `<tr class="${esc(row.health)}" data-device="${esc(site + "/" + device)}" data-health="${esc(row.health)}">` +
         `<td><span class="health">${esc(row.health)}</span></td><td>level ${num(row.level)}</td>` +
