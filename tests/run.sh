@@ -2,6 +2,7 @@
 # Set up a fresh machine for the test suite and run it: the one test command of the README and of CI.
 #   - Debian's Mosquitto broker (the MQTT tests start their own on 127.0.0.1, on a free port);
 #   - PostgreSQL and Chromium for the fleet monitor's tests (a throwaway cluster; the page in a real browser);
+#   - bubblewrap and systemd-analyze for the systemd units' tests;
 #   - .venv: the project with its train, edge, dev and monitor extras (TensorFlow is real in the tests);
 #   - .venv-tflite: a second environment with tflite-runtime and numpy<2, the way some gateways run,
 #     so a bundle is really invoked through that runtime too.
@@ -19,6 +20,14 @@ if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || ! command -v chromiu
     if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq postgresql chromium >/dev/null
+fi
+
+# The systemd units' tests: systemd-analyze (security, verify, the system-call filter's tables) and bubblewrap,
+# which runs the real agent under the units' restrictions.
+if ! command -v bwrap >/dev/null 2>&1 || ! command -v systemd-analyze >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq bubblewrap systemd >/dev/null
 fi
 
 PY=${PYTHON:-python3}
