@@ -547,9 +547,12 @@ class Commissioning:
                       f"run `vibrawatch-agent recalibrate --config FILE` to commission again")
             return c
         if why is not None:
-            if d.get("state") != "requested" and (back := cls._restore(detector, model, cfg, state_file)):
+            # The replaced model's finished calibration goes aside first (it may come back in turn); this
+            # model's own, if one was put aside earlier, is spared by the pruning and taken back.
+            restorable = d.get("state") != "requested"
+            _archive(state_file, d, spare=archive_path(state_file, model) if restorable else None)
+            if restorable and (back := cls._restore(detector, model, cfg, state_file)):
                 return back
-            _archive(state_file, d)
             c.note = f"{state_file}: {why}: a new commissioning starts ({_length(cfg)})"
             c._start()
         return c
@@ -662,15 +665,17 @@ def archive_path(state_file: Path, model: str) -> Path:
     return state_file.with_name(f"{state_file.stem}.{re.sub(r'[^A-Za-z0-9._-]', '_', model)[:100]}.json")
 
 
-def _archive(state_file: Path, d: Any) -> None:
+def _archive(state_file: Path, d: Any, spare: Path | None = None) -> None:
     """Put a finished calibration of another model aside (a rollback or a redeploy takes it back), keeping the
-    newest ``ARCHIVED``; a commissioning in progress or a damaged file is not kept."""
+    newest ``ARCHIVED`` (and ``spare``, about to be taken back); a commissioning in progress or a damaged file
+    is not kept."""
     if not (isinstance(d, Mapping) and d.get("schema") == SCHEMA and isinstance(d.get("model"), str)
             and d.get("state") in ("commissioned", "commissioning_suspect")):
         return
     try:
         os.replace(state_file, archive_path(state_file, d["model"]))
-        old = sorted(state_file.parent.glob(f"{state_file.stem}.*.json"), key=lambda p: p.stat().st_mtime)
+        old = sorted((p for p in state_file.parent.glob(f"{state_file.stem}.*.json") if p != spare),
+                     key=lambda p: p.stat().st_mtime)
         for p in old[:-ARCHIVED]:
             p.unlink()
     except OSError as e:

@@ -323,6 +323,14 @@ def test_a_rolled_back_model_takes_its_own_calibration_back(tmp_path: Path) -> N
     assert not (tmp_path / "calibration.m1.json").exists()
     assert not (tmp_path / "calibration.windows.jsonl").exists()  # m2's commissioning in progress is gone
     assert Commissioning.open(det, "m1", cfg, state).source == "commissioned"  # and it is the state file now
+    # Back and forth between two commissioned models: each takes its own calibration back, none is lost.
+    m2 = back.reopen(det, "m2", cfg, state)
+    stream(m2, scores[:100], contrib[:100], times[:100])
+    assert m2.source == "commissioned"
+    for model, want in (("m1", m1), ("m2", m2), ("m1", m1)):
+        again = Commissioning.open(det, model, cfg, state)
+        assert again.source == "commissioned" and "taken back" in (again.note or ""), (model, again.note)
+        assert again.calibration.detector.threshold == want.calibration.detector.threshold  # type: ignore
     for k in range(5):  # models replaced one after another: the newest ARCHIVED calibrations stay
         c = Commissioning.open(det, f"n{k}", cfg, state)
         stream(c, scores[:100], contrib[:100], times[:100])
@@ -795,8 +803,9 @@ def test_every_swap_through_agent_apply_carries_the_commissioning(plain_bundle: 
                                                                   tiny_data: Path, tmp_path: Path) -> None:
     """Agent.apply is the one swap (SIGHUP, a deploy's apply or rollback): the same bundle resumes the
     commissioning with its progress saved first; another bundle version starts a new one; going back (a
-    rollback) starts another; a combined-detector bundle is commissioned too, and the pipeline decides with
-    the detector the commissioning holds."""
+    rollback) starts another (the replaced model's commissioning had not finished: there is nothing to take
+    back); a combined-detector bundle is commissioned too, and the pipeline decides with the detector the
+    commissioning holds."""
     import dataclasses
 
     from vibrawatch.agent.bundle import load_bundle
