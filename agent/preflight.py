@@ -82,7 +82,20 @@ def check_credentials(cfg: AgentConfig) -> None:
     creds = os.environ.get("CREDENTIALS_DIRECTORY")
     if m.username and not m.password_file and creds and not (Path(creds) / "mqtt-password").is_file():
         raise ConfigError(f"{cfg.path}: [mqtt] username {m.username!r} but no credential 'mqtt-password' in "
-                          f"{creds}: add LoadCredential=mqtt-password:/etc/vibrawatch/mqtt-password to the unit")
+                          f"{creds}: add LoadCredential=mqtt-password:{unit_credential(cfg.path)} to the unit")
+    if m.username and not m.password_file and not creds and not unit_credential(cfg.path).is_file():
+        # Outside systemd (`check` before a restart): the file the shipped unit would hand over must exist, or
+        # systemd refuses to start the service (243/CREDENTIALS) with no word of which file.
+        raise ConfigError(f"{cfg.path}: [mqtt] username {m.username!r} and no password: the shipped unit loads it "
+                          f"from {unit_credential(cfg.path)} (LoadCredential=), which does not exist: write the "
+                          "password there (root, mode 0600), or name a password_file")
+
+
+def unit_credential(config: Path) -> Path:
+    """The password file the shipped units hand over for this config: ``/etc/vibrawatch/mqtt-password`` for
+    ``agent.toml`` (vibrawatch-agent.service), ``/etc/vibrawatch/NAME.mqtt-password`` for ``NAME.toml``
+    (vibrawatch-agent@NAME.service)."""
+    return config.parent / ("mqtt-password" if config.stem == "agent" else f"{config.stem}.mqtt-password")
 
 
 def check_device(cfg: AgentConfig) -> None:

@@ -62,6 +62,13 @@ def test_missing_password_file_and_missing_credential(tmp_path: Path) -> None:
     (tmp_path / "creds").mkdir()
     one_line_error(agent(cfg, tmp_path, CREDENTIALS_DIRECTORY=str(tmp_path / "creds")), str(cfg), "mqtt-password",
                    "LoadCredential=")
+    # `check` by hand before a restart: the file the shipped unit would load for this config is named.
+    one_line_error(agent(cfg, tmp_path), str(cfg), f"{cfg.parent}/mqtt-password", "does not exist", "LoadCredential=")
+    press9 = cfg.with_name("press9.toml")  # vibrawatch-agent@press9.service
+    press9.write_text(cfg.read_text())
+    one_line_error(agent(press9, tmp_path), str(press9), f"{cfg.parent}/press9.mqtt-password", "does not exist")
+    (cfg.parent / "press9.mqtt-password").write_text("secret\n")
+    assert "mqtt-password" not in agent(press9, tmp_path).stderr  # there now: no word of it
 
 
 def test_missing_i2c_device(tmp_path: Path) -> None:
