@@ -51,6 +51,7 @@ from .bundle import Bundle, load_bundle
 from .commission import Commissioning, describe, open_commissioning, status
 from .config import AgentConfig, load_agent_config
 from .deploy import Deployer, bundle_path
+from .detector import Detector
 from .errors import ConfigError, VibrawatchError
 from .pipeline import Pipeline, Scored, SensorStatus
 from .publish import Publisher
@@ -377,6 +378,10 @@ class Agent:
             self.publisher.set_status(news[0], **news[1])
         log.info("scoring %s from %s; %d message(s) waiting in the spool", ",".join(self.bundle.detector.spec.channels),
                  self.cfg.source.kind, len(self.spool))
+        if (usec := os.environ.get("WATCHDOG_USEC", "")).isdigit() and self.cfg.source.kind in LIVE_SOURCES:
+            fit = watchdog_fit(self.bundle.detector, int(usec) / 1e6)
+            if "too slow" in fit:
+                log.warning("watchdog: %s", fit)
         windows = 0
         crash: Exception | None = None
         try:
@@ -510,7 +515,31 @@ def check(config_path: str | Path) -> str:
         f"broker   {cfg.mqtt.host}:{cfg.mqtt.port} (tls {'on' if cfg.mqtt.tls else 'off'})",
         f"topics   {topic(cfg.agent.site, cfg.agent.device, '{score,alarm,status}')}",
         f"thresholds {describe(cfg, b)}",
+        f"watchdog {watchdog_fit(b.detector)}",
     ])
+
+
+UNIT_WATCHDOG_S, UNIT_START_S = 60.0, 120.0  # the shipped units' WatchdogSec= and TimeoutStartSec=
+LIVE_SOURCES = ("adxl345", "mqtt")  # paced by the sensor, not by a replay's speed
+
+
+def window_seconds(d: Detector) -> tuple[float, float]:
+    """Seconds of real-time samples to the first window and between windows: READY=1 waits for the first,
+    each pings the watchdog."""
+    frame_s = d.spec.frame_length / d.spec.fs_hz
+    return d.window * frame_s, d.hop * frame_s
+
+
+def watchdog_fit(d: Detector, watchdog_s: float = UNIT_WATCHDOG_S, start_s: float = UNIT_START_S) -> str:
+    """Whether a live sensor's windows come often enough for the unit's watchdog and start timeout."""
+    if d.spec.input == "table":
+        return "feature-table rows: one window per row"
+    first, every = window_seconds(d)
+    text = f"at the sensor's rate a window every {every:.3g} s, the first after {first:.3g} s"
+    if every > watchdog_s / 2 or first > start_s:
+        return (f"{text}: too slow for WatchdogSec={watchdog_s:g} / TimeoutStartSec={start_s:g}: raise them in a "
+                "drop-in (systemctl edit), or systemd will restart the agent between windows")
+    return f"{text}: within WatchdogSec={watchdog_s:g} and TimeoutStartSec={start_s:g}"
 
 
 def run(config_path: str | Path) -> int:

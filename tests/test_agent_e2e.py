@@ -135,6 +135,7 @@ def test_check_verifies_config_and_bundle_and_names_what_is_wrong(tiny_bundle: P
                         capture_output=True, text=True, timeout=60)
     assert ok.returncode == 0, ok.stderr
     assert load_bundle(tiny_bundle).version in ok.stdout and "golden self-test ok" in ok.stdout
+    assert "within WatchdogSec=60 and TimeoutStartSec=120" in ok.stdout  # the units' pace, for this bundle
     assert "blocked by the test" not in ok.stderr
     # a damaged model file: refused before anything runs, with the file named
     bad = tmp_path / "bad_bundle"

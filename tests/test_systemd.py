@@ -7,6 +7,7 @@ restrictions as tests/unit_sandbox.py rebuilds them (see there what is and is no
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shutil
@@ -22,6 +23,9 @@ import unit_sandbox
 from conftest import ROOT
 from mosquitto import Broker
 from test_agent_e2e import Subscriber, agent_command
+
+from vibrawatch.agent.bundle import load_bundle
+from vibrawatch.agent.service import UNIT_START_S, UNIT_WATCHDOG_S, watchdog_fit, window_seconds
 
 UNITS = [ROOT / "systemd" / "vibrawatch-agent.service", ROOT / "systemd" / "vibrawatch-agent@.service"]
 IDS = ["single", "template"]
@@ -70,8 +74,10 @@ def test_unit_settings_match_the_agent(unit: Path) -> None:
     """What the agent does and what the unit expects of it: notify, watchdog pace, drain time, paths."""
     s = unit_sandbox.unit_settings(unit)
     assert s["Type"] == ["notify"] and s["NotifyAccess"] == ["main"]
-    # the agent pings at most once a second, while windows are scored (1 s apart by default)
+    # the agent pings at most once a second, while windows are scored (1 s apart by default); `check` measures
+    # a bundle's windows against the units' own numbers
     assert int(s["WatchdogSec"][0]) >= 30
+    assert float(s["WatchdogSec"][0]) == UNIT_WATCHDOG_S and float(s["TimeoutStartSec"][0]) == UNIT_START_S
     assert int(s["TimeoutStopSec"][0]) > 10  # drain_timeout_s, 10 s by default
     assert s["Restart"] == ["on-failure"] and s["RestartPreventExitStatus"] == ["2 216 243"]
     assert s["DynamicUser"] == ["yes"] and "i2c" in s["SupplementaryGroups"][0]
@@ -83,6 +89,20 @@ def test_unit_settings_match_the_agent(unit: Path) -> None:
     assert s["StateDirectory"] == (["vibrawatch/%i"] if "@." in unit.name else ["vibrawatch"])
     unit_text = unit.read_text()
     assert "StartLimitBurst=" in unit_text and "StartLimitIntervalSec=" in unit_text
+
+
+def test_check_says_when_a_bundles_windows_are_too_slow_for_the_units_watchdog(tiny_bundle: Path) -> None:
+    """READY=1 waits for the first window and each window pings the watchdog: a bundle whose windows come
+    further apart than half of WatchdogSec would be restarted between them, and `check` says so."""
+    d = load_bundle(tiny_bundle).detector
+    first, every = window_seconds(d)
+    assert every == d.hop * d.spec.frame_length / d.spec.fs_hz and first == d.window * every / d.hop
+    assert "within WatchdogSec=60" in watchdog_fit(d)
+    slow = dataclasses.replace(d, hop=int(np.ceil(31 * d.spec.fs_hz / d.spec.frame_length)))  # > 30 s apart
+    assert "too slow for WatchdogSec=60" in watchdog_fit(slow) and "drop-in" in watchdog_fit(slow)
+    assert "too slow" not in watchdog_fit(slow, watchdog_s=120)
+    late = dataclasses.replace(d, window=int(np.ceil(121 * d.spec.fs_hz / d.spec.frame_length)))
+    assert "too slow" in watchdog_fit(late)  # the first window after TimeoutStartSec=120
 
 
 needs_sandbox = pytest.mark.skipif(unit_sandbox.available() is not None, reason=str(unit_sandbox.available()))
