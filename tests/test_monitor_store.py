@@ -408,3 +408,34 @@ def test_the_terminal_fleet_table_says_which_machine_is_commissioning_or_suspect
     assert "bundle" in lines["s1/odd"]
     assert lines["s1/new"].split()[1:2] == ["commissioning"] and "120 windows so far" in lines["s1/new"]
     assert lines["s1/ok"].split()[1:2] == ["online"] and "commissioned" in lines["s1/ok"]
+
+
+def grafana_query(site: str, device: str, start: float, end: float) -> str:
+    """docs/monitor.md's Grafana query with its macros and variables filled in as Grafana's PostgreSQL data
+    source fills them (``$__unixEpochFrom()`` is the panel's start in whole seconds)."""
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "monitor.md").read_text()
+    sql = doc[doc.index("```sql", doc.index("Grafana")) + len("```sql"):]
+    sql = sql[: sql.index("```")]
+    return (sql.replace("$__unixEpochFrom()", str(int(start))).replace("$__unixEpochTo()", str(int(end)))
+            .replace("$site", site).replace("$device", device))
+
+
+def test_the_documented_grafana_query_gives_a_devices_score_and_threshold_per_minute(
+        postgres: Postgres) -> None:
+    """The dashboard query docs/monitor.md gives runs on the monitor's PostgreSQL as written: one row a minute,
+    the minute's largest score and threshold, this device only, within the panel's time range."""
+    s = open_store(postgres.fresh_database("grafana"))
+    try:
+        t0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z
+        s.write(Batch(scores=[score(i + 1, t0 + 10 * i, value=0.1 + 0.01 * i) for i in range(18)]  # 3 minutes
+                      + [score(1, t0, value=9.0, device="d2")]), now=t0 + 200)
+        with s.transaction() as cur:
+            cur.execute(grafana_query("s1", "d1", t0, t0 + 179))
+            rows = cur.fetchall()
+        assert [(r[0].timestamp(), round(r[1], 6), r[2]) for r in rows] == [
+            (t0, 0.15, 0.5), (t0 + 60, 0.21, 0.5), (t0 + 120, 0.27, 0.5)]
+        with s.transaction() as cur:  # the time range bounds it
+            cur.execute(grafana_query("s1", "d1", t0 + 60, t0 + 119))
+            assert [r[0].timestamp() for r in cur.fetchall()] == [t0 + 60]
+    finally:
+        s.close()
