@@ -1,7 +1,7 @@
 """Fleet monitor benchmark: 1,000 simulated gateways publishing scores through one Mosquitto, on loopback.
 
     .venv/bin/python bench/monitor.py [--gateways 1000] [--per-gateway 100] [--pairs 3] [--skip-postgres]
-                                      [--json FILE]
+                                      [--live-rate 2000,10000] [--json FILE]
 
 What it measures, each in the same run, on the same broker and the same messages:
 - ingest rate of one `vibrawatch monitor` process into SQLite: the messages are published while the monitor
@@ -14,9 +14,13 @@ What it measures, each in the same run, on the same broker and the same messages
   the broker's and PostgreSQL's CPU seconds and how busy the whole machine was (/proc);
 - two monitor processes in one shared-subscription group into one SQLite file; then the same into PostgreSQL
   (a throwaway cluster, as in the tests) with one and with two monitors;
-- end-to-end latency with the monitor running while the gateways publish live: a probe message every 20 ms
-  carries its publish time; the bench polls the database for it (publish -> row visible), p50/p99;
+- end-to-end latency with the monitor running while the gateways publish live at each ``--live-rate``: a probe
+  message every 20 ms carries its publish time; the bench polls the database for it (publish -> row
+  visible), p50/p99;
 - after every run: rows == messages published, every device's seq 1..N present once (0 lost, 0 duplicated).
+
+At the end each target (>= 10,000 msg/s into SQLite, CPU per message <= 1.15x the reference, p99 <= 1 s) is
+printed as met or MISSED; a run that lost, duplicated or misplaced a message makes the bench exit 1.
 
 Gateways are real MQTT connections (1,000 client ids, QoS 1, each message acknowledged by the broker),
 spread over a few publisher processes. Bounded: every wait has a deadline.
@@ -424,15 +428,16 @@ def reference_process(port: int, path: Path, client_id: str) -> None:
     c.loop_stop()
 
 
-def latency(broker: Mosquitto, db: str, args: argparse.Namespace, work: Path) -> dict:
-    """The monitor running while the gateways publish live at ``--live-rate``; probes timed publish -> row."""
-    log = work / "latency-m.log"
+def latency(broker: Mosquitto, db: str, args: argparse.Namespace, work: Path, live_rate: float) -> dict:
+    """The monitor running while the gateways publish live at ``live_rate``; probes timed publish -> row.
+    ``db`` is a fresh database: every gateway's seq starts at 1 in it."""
+    log = work / f"latency-{live_rate:.0f}-m.log"
     m = start_monitor(broker.port, db, "bench-latency", log, "latency")
     wait_log(log, "subscribing to")
-    first = args.per_gateway + 1
-    per = max(1, int(args.live_rate * (args.live_seconds + 3) / args.gateways))  # lasts the whole probe run
+    first = 1
+    per = max(1, int(live_rate * (args.live_seconds + 3) / args.gateways))  # lasts the whole probe run
     load = mp.Process(target=publish_all, args=(broker.port, args.gateways, first, per, args.publishers,
-                                                args.live_rate))
+                                                live_rate))
     load.start()
     probe = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-probe", protocol=mqtt.MQTTv5)
     probe.connect("127.0.0.1", broker.port)
@@ -454,15 +459,15 @@ def latency(broker: Mosquitto, db: str, args: argparse.Namespace, work: Path) ->
             time.sleep(0.002)
         time.sleep(0.02)
     load.join(timeout=DEADLINE_S)
-    drain(Counter(db, "scores"), args.gateways * (args.per_gateway + per) + seq)
+    drain(Counter(db, "scores"), args.gateways * per + seq)
     probe.disconnect()
     probe.loop_stop()
     stop(m)
     end_session(broker.port, "bench-latency")
     samples.sort()
     q = statistics.quantiles(samples, n=100, method="inclusive") if len(samples) > 2 else [float("nan")] * 99
-    load_rows = check_monitor_rows(db, args.gateways, args.per_gateway + per)
-    return {"live_rate_target": args.live_rate, "live_messages": per * args.gateways, "lost": load_rows["lost"],
+    load_rows = check_monitor_rows(db, args.gateways, per)
+    return {"live_rate_target": live_rate, "live_messages": per * args.gateways, "lost": load_rows["lost"],
             "devices_not_exact": load_rows["devices_not_exact"], "probes": len(samples),
             "p50_ms": round(q[49] * 1000, 1),
             "p99_ms": round(q[98] * 1000, 1), "max_ms": round(max(samples) * 1000, 1) if samples else None}
@@ -483,7 +488,8 @@ def main() -> None:
     ap.add_argument("--gateways", type=int, default=1000)
     ap.add_argument("--per-gateway", type=int, default=100, help="messages each gateway publishes per drain run")
     ap.add_argument("--publishers", type=int, default=4, help="publisher processes (gateways spread over them)")
-    ap.add_argument("--live-rate", type=float, default=2000.0, help="messages/s during the latency run")
+    ap.add_argument("--live-rate", type=lambda v: [float(x) for x in v.split(",")], default=[2000.0, 10000.0],
+                    help="messages/s of live load during the latency runs, one run per rate (default 2000,10000)")
     ap.add_argument("--live-seconds", type=float, default=12.0)
     ap.add_argument("--pairs", type=int, default=3, help="reference and one monitor into SQLite, alternated this "
                     "many times (the CPU ratio of each pair is reported, and their median)")
@@ -517,8 +523,10 @@ def main() -> None:
                             for r, m in zip(refs, mons, strict=True)]
         results["reference_paho_sqlite"] = median_run(refs)
         results["monitor_sqlite_1"] = median_run(mons)
-        results["latency_sqlite"] = latency(broker, f"sqlite:///{work / 'one-0.db'}", args, work)
-        print("latency", results["latency_sqlite"], flush=True)
+        results["latency_sqlite"] = []
+        for i, rate in enumerate(args.live_rate):
+            results["latency_sqlite"].append(latency(broker, f"sqlite:///{work / f'lat-{i}.db'}", args, work, rate))
+            print("latency", results["latency_sqlite"][-1], flush=True)
         results["monitor_sqlite_2"] = run_monitors(broker, f"sqlite:///{work / 'two.db'}", 2, args, work, "s2")
         print("monitor sqlite x2", results["monitor_sqlite_2"], flush=True)
         if not args.skip_postgres:
@@ -565,11 +573,41 @@ def main() -> None:
             mine = r.get("cpu_s_per_monitor", [r.get("cpu_s")])
             print(f"  {key}: consumer(s) {mine}, broker {r['broker_cpu_s']}, database server "
                   f"{r.get('db_cpu_s', '-')}, drain {r['seconds']} s, machine busy {r['machine_busy']:.0%}")
-    lat = results["latency_sqlite"]
-    print(f"\nlatency publish -> row visible (SQLite, one monitor, {lat['live_rate_target']:.0f} msg/s live load, "
-          f"{lat['probes']} probes): p50 {lat['p50_ms']} ms, p99 {lat['p99_ms']} ms, max {lat['max_ms']} ms")
+    for key in ("monitor_sqlite_2", "monitor_postgres_2"):
+        if key in results:
+            print(f"  {key}: messages stored by each monitor of the group {results[key]['per_monitor_stored']}")
+    for lat in results["latency_sqlite"]:
+        print(f"\nlatency publish -> row visible (SQLite, one monitor, {lat['live_rate_target']:.0f} msg/s live "
+              f"load, {lat['probes']} probes): p50 {lat['p50_ms']} ms, p99 {lat['p99_ms']} ms, max {lat['max_ms']} ms"
+              f"; lost {lat['lost']}, not exact {lat['devices_not_exact']}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
+    wrong = verdict(results)
+    sys.exit(1 if wrong else 0)
+
+
+def verdict(results: dict) -> list[str]:
+    """Print each target against what was measured; what went wrong with the data (lost, duplicated, rows not
+    as published) makes the bench exit 1, a missed target is said."""
+    runs = [k for k in ("monitor_sqlite_1", "monitor_sqlite_2", "monitor_postgres_1", "monitor_postgres_2")
+            if k in results]
+    wrong = [f"{k}: {results[k]['lost']} lost, {results[k]['devices_not_exact']} devices not exactly 1..N"
+             for k in runs if results[k]["lost"] or results[k]["devices_not_exact"] or not results[k]["rows_check"]]
+    wrong += [f"latency at {lat['live_rate_target']:.0f} msg/s: {lat['lost']} lost" for lat in results["latency_sqlite"]
+              if lat["lost"] or lat["devices_not_exact"]]
+    ratio = statistics.median(p["cpu_ratio"] for p in results["pairs"])
+    targets = [(">= 10,000 msg/s into SQLite, one monitor", results["monitor_sqlite_1"]["rate"] >= 10_000,
+                f"{results['monitor_sqlite_1']['rate']} msg/s"),
+               ("CPU per message <= 1.15x the bare subscriber (median of pairs)", ratio <= 1.15, f"{ratio:.2f}x"),
+               *((f"p99 <= 1 s at {lat['live_rate_target']:.0f} msg/s live", lat["p99_ms"] <= 1000,
+                  f"{lat['p99_ms']} ms") for lat in results["latency_sqlite"])]
+    print()
+    for what, ok, got in targets:
+        print(f"target {what}: {'met' if ok else 'MISSED'} ({got})")
+    for w in wrong:
+        print(f"WRONG: {w}")
+    print("0 lost, 0 duplicated in every run" if not wrong else "data went wrong: exit 1")
+    return wrong
 
 
 if __name__ == "__main__":
