@@ -729,6 +729,39 @@ def test_agent_commissions_over_mqtt_survives_a_restart_and_recalibrates(plain_b
         broker.stop()
 
 
+def test_a_machine_that_looks_faulty_while_commissioning_keeps_the_bundles_detector_and_says_so(
+        tiny_bundle: Path, tmp_path: Path) -> None:
+    """The real agent on a machine three times as rough as the reference (2x gives a median window 7.6x the
+    bundle's thresholds here, under the default factor 10): its commissioning windows sit far above them, so
+    it must not learn them as normal. The status topic says commissioning_suspect (with the numbers that
+    decided it), the scores after it carry threshold_source bundle, the bundle's detector alarms as before,
+    and a restart keeps the verdict."""
+    from vibrawatch.agent.loaders import save_snapshot_npz
+    from vibrawatch.agent.simulate import simulate_bearing_run
+
+    data = tmp_path / "much_rougher.npz"
+    save_snapshot_npz(simulate_bearing_run(n_snapshots=80, snapshot_samples=4096, fs_hz=20000, onset=0.6, noise=0.21,
+                                           seed=5), data)
+    (tmp_path / "broker").mkdir()
+    broker = Broker(tmp_path / "broker").start()
+    cfg = agent_config(tmp_path, tiny_bundle, data, broker.port, windows=60)
+    try:
+        sub, log = run_agent(cfg, tmp_path, broker.port)
+        scores = scores_of(sub)
+        assert [p["threshold_source"] for p in scores] == ["commissioning"] * 60 + ["bundle"] * (len(scores) - 60)
+        suspect = [p for p in sub.of("status") if p["state"] == "commissioning_suspect"]
+        assert len(suspect) == 1 and suspect[0]["threshold_source"] == "bundle", sub.of("status")
+        assert suspect[0]["median_level"] > 10 or suspect[0]["standout"] > 3  # the documented factors
+        assert suspect[0]["threshold"] == suspect[0]["bundle_threshold"] == scores[60]["threshold"]
+        assert not [p for p in sub.of("status") if p["state"] == "commissioned"]
+        assert [a for a in sub.of("alarm") if a["event"] == "raised" and a["t"] > scores[59]["t"]]  # as before
+        assert json.loads((tmp_path / "state" / "calibration.json").read_text())["state"] == "commissioning_suspect"
+        sub, log = run_agent(cfg, tmp_path, broker.port)  # a restart: the verdict stands, no new commissioning
+        assert {p["threshold_source"] for p in sub.of("score")} == {"bundle"}
+    finally:
+        broker.stop()
+
+
 def test_the_default_detector_is_commissioned_on_a_rougher_machine(tiny_bundle: Path, rougher_data: Path,
                                                                    tmp_path: Path) -> None:
     """The default (combined) bundle on a machine 1.4x rougher than the one it was trained on: with the bundle's
