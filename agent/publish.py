@@ -363,6 +363,8 @@ class Publisher:
             log.error("the broker keeps dropping this connection within seconds (%s): is another client using "
                       "client id %r? two agents share a config? give each gateway its own [agent] site/device or "
                       "[mqtt] client_id", reason_code, self._client_id)
+        elif self.connected and self._stopping.is_set():  # our own goodbye at stop, not a fault
+            log.info("disconnected from the broker (%s)", reason_code)
         elif self.connected:
             log.warning("disconnected from the broker (%s); spooling until it is back", reason_code)
         elif not self._stopping.is_set():  # the connection closed before the broker accepted it

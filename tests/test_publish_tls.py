@@ -13,6 +13,7 @@ import contextlib
 import datetime as dt
 import ipaddress
 import json
+import logging
 import os
 import shutil
 import socket
@@ -308,4 +309,33 @@ def test_two_agents_with_one_client_id_are_named_in_the_log(tmp_path: Path, capl
         for p, s in ((first, first_spool), (second, second_spool)):
             p.stop()
             s.close()
+        broker.stop()
+
+
+def test_a_normal_stop_is_no_warning_and_a_lost_broker_is(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The journal's warnings are for faults: the agent's own disconnect at stop is logged at INFO; a broker
+    that goes away is a WARNING that says the agent spools meanwhile."""
+    broker = Broker(tmp_path).start()
+    pub, spool = publisher(tmp_path, broker.port)
+    try:
+        with caplog.at_level(logging.INFO, logger="vibrawatch.publish"):
+            pub.start()
+            assert wait(lambda: pub.connected)
+            pub.stop()
+        said = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "vibrawatch.publish"]
+        assert any(lv == logging.INFO and "disconnected from the broker" in m for lv, m in said), said
+        assert not [m for lv, m in said if lv >= logging.WARNING], said
+        caplog.clear()
+        again, again_spool = publisher(tmp_path / "again", broker.port)
+        with caplog.at_level(logging.INFO, logger="vibrawatch.publish"):
+            again.start()
+            assert wait(lambda: again.connected)
+            broker.stop()
+            assert wait(lambda: any(r.levelno == logging.WARNING and "spooling until it is back" in r.getMessage()
+                                    for r in caplog.records))
+        again.stop()
+        again_spool.close()
+    finally:
+        pub.stop()
+        spool.close()
         broker.stop()
