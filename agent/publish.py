@@ -36,7 +36,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from .config import AgentConfig
 from .spool import Spool
-from .topics import encode, status_payload, topic
+from .topics import encode, iso, status_payload, topic
 
 log = logging.getLogger("vibrawatch.publish")
 _GATHER_S = 0.01
@@ -121,6 +121,10 @@ class Publisher:
         self._drops_status_at = 0.0
         self._drops_pending = False  # the status's spool_dropped is behind the spool's count
         self._callback_errors: dict[str, tuple[int, float]] = {}  # callback -> (count, last logged)
+        # Which connection a status belongs to: its ``link``, the time this connection was set up (ISO). The
+        # last will is composed before the connection exists, so its ``timestamp`` is older than the statuses
+        # sent on that connection; a consumer tells a current will by its ``link`` instead (docs/mqtt.md).
+        self._link = iso(time.time())
         self._client = self._make_client()
         self._sender = threading.Thread(target=self._send_loop, name="vibrawatch-sender", daemon=True)
 
@@ -128,7 +132,7 @@ class Publisher:
         m = self.cfg.mqtt
         client_id = self._client_id
         c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=self._protocol)
-        c.will_set(self.status_topic, encode(status_payload("offline", reason="connection lost")), qos=1, retain=True)
+        self._set_will(c)
         if m.username:
             c.username_pw_set(m.username, self.cfg.password())
         if m.tls:
@@ -142,6 +146,11 @@ class Publisher:
     def start(self) -> None:
         self._connect()
         self._sender.start()
+
+    def _set_will(self, c: mqtt.Client) -> None:
+        """The retained 'offline' the broker publishes if it loses this connection without a DISCONNECT."""
+        will = status_payload("offline", reason="connection lost", link=self._link)
+        c.will_set(self.status_topic, encode(will), qos=1, retain=True)
 
     def _connect(self) -> None:
         m = self.cfg.mqtt
@@ -158,7 +167,7 @@ class Publisher:
             self._sender.join(timeout=5)
         self._take_acks()  # PUBACKs that came while the sender was stopping: those messages were delivered
         if self.connected:
-            payload = encode(status_payload("offline", reason=reason, **fields))
+            payload = encode(status_payload("offline", reason=reason, link=self._link, **fields))
             info = self._client.publish(self.status_topic, payload, 1, True)
             with contextlib.suppress(RuntimeError, ValueError):  # best effort: the will covers a failure
                 info.wait_for_publish(timeout=2.0)
@@ -267,7 +276,10 @@ class Publisher:
             self._drops_pending, self._drops_status_at, self._status_dirty = False, time.monotonic(), True
         if self._status_dirty:
             self._status_dirty = False
-            payload = {**self._status, "spool_dropped": self.spool.dropped}
+            # Stamped when sent: a status sent again (after a reconnect, with a new spool_dropped) is news, and a
+            # consumer keying statuses by (timestamp, state) must not take it for the earlier one.
+            payload = {**self._status, "timestamp": iso(time.time()), "spool_dropped": self.spool.dropped,
+                       "link": self._link}
             self._client.publish(self.status_topic, encode(payload), qos=1, retain=True)
         room = self.cfg.mqtt.inflight - len(self._inflight)
         if room <= 0:
@@ -369,6 +381,9 @@ class Publisher:
             log.warning("disconnected from the broker (%s); spooling until it is back", reason_code)
         elif not self._stopping.is_set():  # the connection closed before the broker accepted it
             self._unreachable(f"the connection closed before the broker answered ({reason_code})")
+        if self.connected:  # the next connection is another link, and its will says so
+            self._link = iso(time.time())
+            self._set_will(client)
         self.connected = False
         if (self._protocol == mqtt.MQTTv5 and not self._connack_seen and not self._stopping.is_set()
                 and "keep alive" in str(reason_code).lower()):

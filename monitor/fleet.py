@@ -30,6 +30,7 @@ COMMISSIONING_EVENTS = ("commissioning_refused", "calibration_unreadable")  # wi
 COMMISSIONING_FIELDS = ("windows", "note", "threshold", "channel_thresholds", "median_level", "standout",
                         "bundle_threshold")
 DEPLOY_FIELDS = ("deployment", "outcome", "reason", "from", "to", "sha256", "timestamp")  # docs/deploy.md
+WILL_REASON = "connection lost"  # the agent's last will (agent/publish.py)
 _EWMA = 0.2
 
 
@@ -119,11 +120,12 @@ def apply(before: dict[str, Any], msgs: Messages, now: float) -> Change:
             s["alarm_since"] = a.since if a.event == "raised" else None
             s["alarm_channel"] = a.channel if a.event == "raised" else None
 
-    for st in sorted(msgs.statuses, key=lambda m: m.ts):
-        if s["state_ts"] is not None and st.ts < s["state_ts"]:
-            continue  # an older retained status delivered late
+    for st in sorted(msgs.statuses, key=lambda m: (m.payload.get("link") or "", m.ts)):
         p = st.payload
-        s["state"], s["state_ts"] = st.state, st.ts
+        if not current(s, st):
+            continue  # an older retained status delivered late, or the will of a connection since replaced
+        s["state"], s["state_ts"] = st.state, max(st.ts, s["state_ts"] or "")
+        s["link"] = p.get("link") or s["link"]
         s["fault"] = p.get("fault") if st.state == "sensor" else None
         s["reason"] = p.get("reason") if st.state == "offline" else None
         for key in ("agent", "runtime", "model", "model_sha256"):
@@ -156,6 +158,25 @@ def apply(before: dict[str, Any], msgs: Messages, now: float) -> Change:
                 key=f"offline:{site}/{device}:{st.ts}", kind="offline", site=site, device=device,
                 payload=alert_payload("offline", site, device, timestamp=st.ts, reason=p.get("reason"))))
     return change
+
+
+def current(row: dict[str, Any], status: Status) -> bool:
+    """Does a status say more than the row already knows?
+
+    Statuses of one connection are ordered by timestamp. The last will is the exception: the broker sends
+    it when it loses the connection, but it was composed when the connection was set up, so its timestamp is
+    older than the statuses that connection sent. The ``link`` (when the connection was set up) tells: a
+    status of a later connection than the row's is current, one of an earlier connection is not, and a will
+    is its connection's last word. Agents from before links: timestamps alone, as before."""
+    p = status.payload
+    link, known = p.get("link"), row.get("link")
+    if link is None or known is None:
+        return row["state_ts"] is None or status.ts >= row["state_ts"]
+    if link != known:
+        return bool(link > known)
+    if row.get("state") == "offline" and row.get("reason") == WILL_REASON:
+        return False  # this connection is gone: whatever else it sent is older news
+    return (status.state == "offline" and p.get("reason") == WILL_REASON) or status.ts >= row["state_ts"]
 
 
 def health(row: dict[str, Any], now: float, silent_factor: float, min_silent_s: float) -> str:

@@ -32,7 +32,7 @@ from . import fleet
 from .fastjson import dumps
 
 SCHEMA_VERSION = 3  # 2: where thresholds come from (scores, devices) and the last commissioning (devices);
-# 3: the model file's sha256 and the last deploy outcome (devices)
+# 3: the model file's sha256, the last deploy outcome and the connection (link) of the last status (devices)
 
 
 class StoreError(VibrawatchError):
@@ -175,7 +175,7 @@ DDL = [
         alarm_seq BIGINT, alarm INTEGER NOT NULL DEFAULT 0, alarm_since TEXT, alarm_channel TEXT,
         last_seen DOUBLE PRECISION, interval_s DOUBLE PRECISION, silent_since DOUBLE PRECISION,
         threshold_source TEXT, commissioning TEXT, commissioning_info TEXT, model_sha256 TEXT, deploy TEXT,
-        PRIMARY KEY (site, device))""",
+        link TEXT, PRIMARY KEY (site, device))""",
     """CREATE TABLE IF NOT EXISTS alerts (
         key TEXT PRIMARY KEY, kind TEXT NOT NULL, site TEXT NOT NULL, device TEXT NOT NULL, payload TEXT NOT NULL,
         created DOUBLE PRECISION NOT NULL, state TEXT NOT NULL DEFAULT 'pending', attempts INTEGER NOT NULL DEFAULT 0,
@@ -192,6 +192,7 @@ DEVICE_COLUMNS = (
     "threshold", "level", "contributions", "model", "state", "state_ts", "fault", "reason", "agent", "runtime",
     "channels", "spool_dropped", "event", "alarm_seq", "alarm", "alarm_since", "alarm_channel", "last_seen",
     "interval_s", "silent_since", "threshold_source", "commissioning", "commissioning_info", "model_sha256", "deploy",
+    "link",
 )
 # Columns later schema versions added, as (version, table, column, type): a database of an older version gets
 # them on open (ALTER TABLE ... ADD COLUMN), in the transaction that creates the tables.
@@ -202,6 +203,7 @@ MIGRATIONS = [
     (2, "devices", "commissioning_info", "TEXT"),
     (3, "devices", "model_sha256", "TEXT"),
     (3, "devices", "deploy", "TEXT"),
+    (3, "devices", "link", "TEXT"),
 ]
 _ROWS_PER_INSERT = 400  # rows per multi-row INSERT: 400 x 12 parameters stays under every driver's limit
 

@@ -16,19 +16,22 @@ import paho.mqtt.client as mqtt
 from conftest import ROOT
 from paho.mqtt.enums import CallbackAPIVersion
 
-from vibrawatch.agent.topics import alarm_payload, encode, score_payload, status_payload, topic
+from vibrawatch.agent.topics import alarm_payload, encode, iso, score_payload, status_payload, topic
 
 
 class Gateway:
     """Publishes score / alarm / status messages exactly as the agent builds them (vibrawatch.agent.topics),
-    QoS 1, each acknowledged by the broker before the next; reconnects across a broker restart."""
+    QoS 1, each acknowledged by the broker before the next; reconnects across a broker restart, and, like the
+    agent's publisher, each connection has its own ``link``: its will says it, and its first status too."""
 
     def __init__(self, port: int, site: str, device: str, channels: tuple[str, ...] = ("ch0", "ch1")) -> None:
         self.site, self.device, self.channels = site, device, channels
         self.sent: dict[int, dict[str, Any]] = {}  # seq -> payload, what the monitor must hold
         self.c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"gw-{site}-{device}", protocol=mqtt.MQTTv5)
-        self.c.will_set(topic(site, device, "status"), encode(status_payload("offline", reason="connection lost")),
-                        qos=1, retain=True)
+        self._online = False
+        self._new_link()
+        self.c.on_disconnect = lambda c, u, f, rc, p: self._new_link()
+        self.c.on_connect = lambda c, u, f, rc, p: self._online and self._send_online(wait=False)
         self.c.reconnect_delay_set(0.2, 1)
         self.c.connect("127.0.0.1", port)
         self.c.loop_start()
@@ -47,9 +50,22 @@ class Gateway:
             time.sleep(0.1)
         raise AssertionError(f"{self.site}/{self.device}: broker never acknowledged a {kind}")
 
+    def _new_link(self) -> None:
+        self.link = iso(time.time())  # as the agent's publisher: the will is composed before the connection
+        self.c.will_set(topic(self.site, self.device, "status"),
+                        encode(status_payload("offline", reason="connection lost", link=self.link)), qos=1, retain=True)
+
+    def _send_online(self, wait: bool = True) -> None:
+        p = status_payload("online", agent="0.1.0", model="m-1", channels=list(self.channels), spool_dropped=0,
+                           link=self.link)
+        if wait:
+            self._publish("status", p, retain=True)
+        else:  # from paho's thread, after a reconnect: it cannot wait for its own acknowledgement
+            self.c.publish(topic(self.site, self.device, "status"), encode(p), qos=1, retain=True)
+
     def online(self) -> None:
-        self._publish("status", status_payload("online", agent="0.1.0", model="m-1", channels=list(self.channels),
-                                               spool_dropped=0), retain=True)
+        self._online = True
+        self._send_online()
 
     def score(self, seq: int, t: float, score: float, threshold: float = 1.0, send: bool = True) -> dict[str, Any]:
         contributions = {c: score / len(self.channels) for c in self.channels}
@@ -76,9 +92,16 @@ class Gateway:
         info.wait_for_publish(timeout=10)
 
     def close(self) -> None:
-        self._publish("status", status_payload("offline", reason="stopped"), retain=True)
+        self._publish("status", status_payload("offline", reason="stopped", link=self.link), retain=True)
         self.c.disconnect()
         self.c.loop_stop()
+
+    def vanish(self) -> None:
+        """The gateway loses power: its connection ends with no DISCONNECT, so the broker publishes its will."""
+        self.c.loop_stop()
+        sock = self.c.socket()
+        if sock is not None:
+            sock.close()
 
 
 def vibrawatch_command(*args: str) -> list[str]:

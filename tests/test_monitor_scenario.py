@@ -115,7 +115,12 @@ def test_two_gateways_broker_and_monitor_restarts_redelivery_and_malformed_give_
         assert any("not JSON" in r for _, r in rows["dead"]) and any("score.json" in r for _, r in rows["dead"])
         assert {s for _, _, s in rows["statuses"]} == {"online", "offline"}
         kinds = sorted(k for _, k in rows["alerts"])
-        assert kinds == ["alarm_cleared", "alarm_raised", "offline", "offline"]
+        # Each gateway went offline twice: its will when the broker restarted (Mosquitto publishes the wills of
+        # the connections it closes), and its own stop at the end; in between it was back (a status of its
+        # next connection).
+        assert kinds == ["alarm_cleared", "alarm_raised", "offline", "offline", "offline", "offline"]
+        wills = [json.loads(r["payload"]) for r in store.query("SELECT payload FROM statuses WHERE state = 'offline'")]
+        assert sorted(w["reason"] for w in wills) == ["connection lost"] * 2 + ["stopped"] * 2
         assert "('plant1', 'press7', 5)" not in mon.log  # (no IntegrityError or similar trace)
         assert "Traceback" not in mon.log
 

@@ -322,7 +322,7 @@ def test_a_schema_1_database_gains_the_later_columns_and_keeps_its_rows(store: S
     store.write(Batch(scores=[score(1, 1.0)]), now=1000.0)
     with store.transaction() as cur:  # back to what vibrawatch with schema 1 created
         cur.execute("ALTER TABLE scores DROP COLUMN threshold_source")
-        for column in ("threshold_source", "commissioning", "commissioning_info", "model_sha256", "deploy"):
+        for column in ("threshold_source", "commissioning", "commissioning_info", "model_sha256", "deploy", "link"):
             cur.execute(f"ALTER TABLE devices DROP COLUMN {column}")
         cur.execute("UPDATE meta SET value = '1' WHERE key = 'schema'")
     store.close()
@@ -439,3 +439,30 @@ def test_the_documented_grafana_query_gives_a_devices_score_and_threshold_per_mi
             assert [r[0].timestamp() for r in cur.fetchall()] == [t0 + 60]
     finally:
         s.close()
+
+
+def test_a_last_will_counts_for_its_own_connection_and_never_for_a_later_one(store: Store) -> None:
+    """The will is composed when a connection is set up, so its timestamp is older than what that connection
+    sent: the connection (``link``) decides. A will ends its connection (a late status of it changes nothing);
+    a later connection's status is current whatever its timestamp; a will of an older connection is not."""
+    l1, l2 = "2026-01-01T00:00:00.000Z", "2026-01-01T01:00:00.000Z"
+    will1 = _status("offline", "2026-01-01T00:00:00.000Z", reason="connection lost", link=l1)
+    working = _status("commissioning", "2026-01-01T00:30:00.000Z", link=l1, threshold_source="commissioning")
+    state = lambda: [(d["state"], d["reason"]) for d in store.devices()]  # noqa: E731
+
+    def send(*statuses: dict, now: float = 1000.0) -> None:
+        store.write(Batch(statuses=[_decoded("status", p) for p in statuses]), now=now)  # type: ignore[misc]
+
+    send(_status("online", "2026-01-01T00:00:01.000Z", link=l1), working)
+    send(will1)  # older by timestamp than the commissioning status, but its connection's last word
+    assert state() == [("offline", "connection lost")]
+    send(_status("online", "2026-01-01T00:59:00.000Z", link=l1))  # that connection's, delivered late
+    assert state() == [("offline", "connection lost")]
+    send(_status("online", "2026-01-01T00:00:02.000Z", link=l2))  # the next connection, whatever its clock says
+    assert state() == [("online", None)]
+    send(will1)  # the old connection's will, delivered again
+    assert state() == [("online", None)]
+    # Agents from before links: timestamps alone, as before.
+    send(_status("offline", "2026-01-01T00:00:00.000Z", reason="connection lost"), now=1001.0)
+    assert state() == [("online", None)]
+    assert [a["kind"] for a in store.query("SELECT kind FROM alerts")] == ["offline"]  # the one will that counted
