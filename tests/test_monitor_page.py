@@ -62,6 +62,13 @@ def test_page_shows_the_device_and_its_chart_and_both_change_when_the_agent_rais
         assert points >= 50
         assert browser.js("document.querySelectorAll('#score-chart canvas').length") == 1  # uPlot drew it
         assert browser.js("document.querySelector('#score-chart').dataset.alarms") == "0"
+        # per-channel contributions drawn, one series per channel (uPlot's legend lists them), and the status
+        # history has the agent's online status
+        assert browser.js("document.querySelectorAll('#contrib-chart canvas').length") == 1
+        legend = browser.js("[...document.querySelectorAll('#contrib-chart .u-legend .u-series')]"
+                            ".map((e) => e.textContent).join('|')")
+        assert all(ch in legend for ch in ("bearing1", "bearing2", "bearing3", "bearing4")), legend
+        assert "online" in browser.js("document.querySelector('#statuses tbody').textContent")
         # Where the thresholds come from, and the threshold line is each score's own (the newest stored here).
         assert browser.js("document.querySelector('#thresholds').dataset.source") == "bundle"
         newest = store.query("SELECT threshold FROM scores ORDER BY seq DESC LIMIT 1")[0]["threshold"]
