@@ -173,7 +173,7 @@ def current(row: dict[str, Any], status: Status) -> bool:
     if link is None or known is None:
         return row["state_ts"] is None or status.ts >= row["state_ts"]
     if link != known:
-        return bool(link > known)
+        return link > known
     if row.get("state") == "offline" and row.get("reason") == WILL_REASON:
         return False  # this connection is gone: whatever else it sent is older news
     return (status.state == "offline" and p.get("reason") == WILL_REASON) or status.ts >= row["state_ts"]
@@ -222,8 +222,8 @@ def note(r: dict[str, Any]) -> str:
         return f"no score for {r['age_s']:.0f} s"
     if r.get("commissioning") in ("commissioning_refused", "calibration_unreadable"):
         return f"{r['commissioning']}: {info.get('note', '')}"
-    if r.get("event") == "deploy" and r.get("deploy"):
-        return deploy_note(r["deploy"])
+    if r.get("event") == "deploy" and r.get("deploy_note"):
+        return str(r["deploy_note"])
     return str(r.get("event") or "")
 
 
@@ -239,6 +239,7 @@ def table(store: Store, now: float, silent_factor: float = 5.0, min_silent_s: fl
     for r in store.devices():
         r = dict(r)
         r["deploy"] = json.loads(r["deploy"]) if r.get("deploy") else None
+        r["deploy_note"] = deploy_note(r["deploy"]) if r["deploy"] else None  # the table's and the page's words
         r["health"] = health(r, now, silent_factor, min_silent_s)
         r["age_s"] = None if r["last_seen"] is None else round(now - r["last_seen"], 1)
         r["note"] = note(r)

@@ -8,9 +8,6 @@ const vw = (() => {
   const getJSON = async (url) => { const r = await fetch(url, { cache: "no-store" }); if (!r.ok) throw new Error(`${url}: ${r.status}`); return r.json(); };
 
   // Re-run `refresh` whenever the server says the data changed (at most every 500 ms), and once at start.
-  // The last deploy's outcome as monitor/fleet.py:deploy_note words it.
-  const deployText = (d) => `deploy ${d.outcome || "?"}: ${d.from || "-"} -> ${d.to || "-"}` + (d.reason ? ` (${d.reason})` : "");
-
   function live(refresh) {
     const badge = document.getElementById("live");
     let busy = false, again = false;
@@ -109,7 +106,7 @@ const vw = (() => {
         `<span class="${esc(row.health)}"><span class="health">${esc(row.health)}</span></span> ` +
         `model ${esc(row.model || "?")} <span id="sha256">(sha256 ${esc((row.model_sha256 || "?").slice(0, 12))})</span>, ` +
         `agent ${esc(row.agent || "?")}, ${row.received} messages, ${row.lost || 0} lost` +
-        (row.deploy ? `; <span id="deploy">last ${esc(deployText(row.deploy))}</span>` : "");
+        (row.deploy_note ? `; <span id="deploy">last ${esc(row.deploy_note)}</span>` : "");
       document.querySelector("#device tbody").innerHTML =
         `<tr class="${esc(row.health)}" data-device="${esc(site + "/" + device)}" data-health="${esc(row.health)}">` +
         `<td><span class="health">${esc(row.health)}</span></td><td>level ${num(row.level)}</td>` +
