@@ -79,16 +79,18 @@ def check_credentials(cfg: AgentConfig) -> None:
         if not os.access(p, os.R_OK):
             raise ConfigError(f"{cfg.path}: [mqtt] password_file {p} is not readable by {_who()}: under systemd "
                               "hand it over with LoadCredential=mqtt-password:" + str(p) + " and remove password_file")
-    creds = os.environ.get("CREDENTIALS_DIRECTORY")
-    if m.username and not m.password_file and creds and not (Path(creds) / "mqtt-password").is_file():
+    if not m.username or m.password_file:
+        return
+    creds, unit = os.environ.get("CREDENTIALS_DIRECTORY"), unit_credential(cfg.path)
+    if creds and not (Path(creds) / "mqtt-password").is_file():
         raise ConfigError(f"{cfg.path}: [mqtt] username {m.username!r} but no credential 'mqtt-password' in "
-                          f"{creds}: add LoadCredential=mqtt-password:{unit_credential(cfg.path)} to the unit")
-    if m.username and not m.password_file and not creds and not unit_credential(cfg.path).is_file():
+                          f"{creds}: add LoadCredential=mqtt-password:{unit} to the unit")
+    if not creds and not unit.is_file():
         # Outside systemd (`check` before a restart): the file the shipped unit would hand over must exist, or
         # systemd refuses to start the service (243/CREDENTIALS) with no word of which file.
         raise ConfigError(f"{cfg.path}: [mqtt] username {m.username!r} and no password: the shipped unit loads it "
-                          f"from {unit_credential(cfg.path)} (LoadCredential=), which does not exist: write the "
-                          "password there (root, mode 0600), or name a password_file")
+                          f"from {unit} (LoadCredential=), which does not exist: write the password there (root, "
+                          "mode 0600), or name a password_file")
 
 
 def unit_credential(config: Path) -> Path:
