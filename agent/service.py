@@ -379,9 +379,9 @@ class Agent:
         log.info("scoring %s from %s; %d message(s) waiting in the spool", ",".join(self.bundle.detector.spec.channels),
                  self.cfg.source.kind, len(self.spool))
         if (usec := os.environ.get("WATCHDOG_USEC", "")).isdigit() and self.cfg.source.kind in LIVE_SOURCES:
-            fit = watchdog_fit(self.bundle.detector, int(usec) / 1e6)
-            if "too slow" in fit:
-                log.warning("watchdog: %s", fit)
+            fits, text = watchdog_fit(self.bundle.detector, int(usec) / 1e6)
+            if not fits:
+                log.warning("watchdog: %s", text)
         windows = 0
         crash: Exception | None = None
         try:
@@ -515,7 +515,7 @@ def check(config_path: str | Path) -> str:
         f"broker   {cfg.mqtt.host}:{cfg.mqtt.port} (tls {'on' if cfg.mqtt.tls else 'off'})",
         f"topics   {topic(cfg.agent.site, cfg.agent.device, '{score,alarm,status}')}",
         f"thresholds {describe(cfg, b)}",
-        f"watchdog {watchdog_fit(b.detector)}",
+        f"watchdog {watchdog_fit(b.detector)[1]}",
     ])
 
 
@@ -530,16 +530,17 @@ def window_seconds(d: Detector) -> tuple[float, float]:
     return d.window * frame_s, d.hop * frame_s
 
 
-def watchdog_fit(d: Detector, watchdog_s: float = UNIT_WATCHDOG_S, start_s: float = UNIT_START_S) -> str:
-    """Whether a live sensor's windows come often enough for the unit's watchdog and start timeout."""
+def watchdog_fit(d: Detector, watchdog_s: float = UNIT_WATCHDOG_S, start_s: float = UNIT_START_S
+                 ) -> tuple[bool, str]:
+    """Whether a live sensor's windows come often enough for the unit's watchdog and start timeout, and why."""
     if d.spec.input == "table":
-        return "feature-table rows: one window per row"
+        return True, "feature-table rows: one window per row"
     first, every = window_seconds(d)
     text = f"at the sensor's rate a window every {every:.3g} s, the first after {first:.3g} s"
     if every > watchdog_s / 2 or first > start_s:
-        return (f"{text}: too slow for WatchdogSec={watchdog_s:g} / TimeoutStartSec={start_s:g}: raise them in a "
-                "drop-in (systemctl edit), or systemd will restart the agent between windows")
-    return f"{text}: within WatchdogSec={watchdog_s:g} and TimeoutStartSec={start_s:g}"
+        return False, (f"{text}: too slow for WatchdogSec={watchdog_s:g} / TimeoutStartSec={start_s:g}: raise them "
+                       "in a drop-in (systemctl edit), or systemd will restart the agent between windows")
+    return True, f"{text}: within WatchdogSec={watchdog_s:g} and TimeoutStartSec={start_s:g}"
 
 
 def run(config_path: str | Path) -> int:

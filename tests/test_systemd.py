@@ -97,12 +97,16 @@ def test_check_says_when_a_bundles_windows_are_too_slow_for_the_units_watchdog(t
     d = load_bundle(tiny_bundle).detector
     first, every = window_seconds(d)
     assert every == d.hop * d.spec.frame_length / d.spec.fs_hz and first == d.window * every / d.hop
-    assert "within WatchdogSec=60" in watchdog_fit(d)
+    fits, text = watchdog_fit(d)
+    assert fits and "within WatchdogSec=60" in text
     slow = dataclasses.replace(d, hop=int(np.ceil(31 * d.spec.fs_hz / d.spec.frame_length)))  # > 30 s apart
-    assert "too slow for WatchdogSec=60" in watchdog_fit(slow) and "drop-in" in watchdog_fit(slow)
-    assert "too slow" not in watchdog_fit(slow, watchdog_s=120)
+    fits, text = watchdog_fit(slow)
+    assert not fits and "too slow for WatchdogSec=60" in text and "drop-in" in text
+    fits, text = watchdog_fit(slow, watchdog_s=120)
+    assert fits and "too slow" not in text
     late = dataclasses.replace(d, window=int(np.ceil(121 * d.spec.fs_hz / d.spec.frame_length)))
-    assert "too slow" in watchdog_fit(late)  # the first window after TimeoutStartSec=120
+    fits, text = watchdog_fit(late)
+    assert not fits and "too slow" in text  # the first window after TimeoutStartSec=120
 
 
 needs_sandbox = pytest.mark.skipif(unit_sandbox.available() is not None, reason=str(unit_sandbox.available()))
