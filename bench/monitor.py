@@ -473,7 +473,7 @@ def latency(broker: Mosquitto, db: str, args: argparse.Namespace, work: Path, li
         poll()
         time.sleep(0.01)
     load.join(timeout=DEADLINE_S)
-    publish_s = took.get(timeout=10) if not took.empty() else float("nan")
+    publish_s = took.get(timeout=10) if not took.empty() else None  # None: the load process died
     drain(Counter(db, "scores"), args.gateways * per + len(sent))
     probe.disconnect()
     probe.loop_stop()
@@ -482,11 +482,27 @@ def latency(broker: Mosquitto, db: str, args: argparse.Namespace, work: Path, li
     samples = sorted(seen[q] - sent[q] for q in seen if q in sent)
     q = statistics.quantiles(samples, n=100, method="inclusive") if len(samples) > 2 else [float("nan")] * 99
     load_rows = check_monitor_rows(db, args.gateways, per)
-    return {"live_rate_target": live_rate, "live_rate_achieved": round(per * args.gateways / publish_s),
+    return {"live_rate_target": live_rate,
+            "live_rate_achieved": round(per * args.gateways / publish_s) if publish_s else None,
             "live_messages": per * args.gateways, "lost": load_rows["lost"],
             "devices_not_exact": load_rows["devices_not_exact"], "probes": len(sent), "probes_seen": len(samples),
             "p50_ms": round(q[49] * 1000, 1), "p99_ms": round(q[98] * 1000, 1),
             "max_ms": round(max(samples) * 1000, 1) if samples else None}
+
+
+def latency_runs(broker: Mosquitto, args: argparse.Namespace, work: Path) -> list[dict]:
+    """One latency run per ``--live-rate``, each into a fresh database."""
+    runs = []
+    for i, rate in enumerate(args.live_rate):
+        runs.append(latency(broker, f"sqlite:///{work / f'lat-{i}.db'}", args, work, rate))
+        print("latency", runs[-1], flush=True)
+    return runs
+
+
+def latency_wrong(lats: list[dict]) -> list[str]:
+    """What went wrong with the data of the latency runs (their load's messages lost or misplaced)."""
+    return [f"latency at {lat['live_rate_target']:.0f} msg/s: {lat['lost']} lost, {lat['devices_not_exact']} "
+            "devices not exactly 1..N" for lat in lats if lat["lost"] or lat["devices_not_exact"]]
 
 
 def _cpu_model() -> str:
@@ -511,8 +527,8 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=3, help="reference and one monitor into SQLite, alternated this "
                     "many times (the CPU ratio of each pair is reported, and their median)")
     ap.add_argument("--skip-postgres", action="store_true")
-    ap.add_argument("--latency-only", action="store_true", help="only the latency runs (no drains, no targets "
-                    "but p99)")
+    ap.add_argument("--latency-only", action="store_true", help="only the latency runs (no drains, no targets); "
+                    "exits 1 if one lost or misplaced a message")
     ap.add_argument("--json", type=Path, help="also write the results here")
     ap.add_argument("--reference", nargs=3, metavar=("PORT", "DB", "CLIENT_ID"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -529,13 +545,12 @@ def main() -> None:
     broker = Mosquitto(work)
     if args.latency_only:
         try:
-            lats = [latency(broker, f"sqlite:///{work / f'lat-{i}.db'}", args, work, rate)
-                    for i, rate in enumerate(args.live_rate)]
+            lats = latency_runs(broker, args, work)
         finally:
             broker.stop()
         for lat in lats:
             print_latency(lat)
-        sys.exit(1 if any(lat["lost"] or lat["devices_not_exact"] for lat in lats) else 0)
+        sys.exit(1 if latency_wrong(lats) else 0)
     pg = None
     try:
         refs, mons = [], []
@@ -551,10 +566,7 @@ def main() -> None:
                             for r, m in zip(refs, mons, strict=True)]
         results["reference_paho_sqlite"] = median_run(refs)
         results["monitor_sqlite_1"] = median_run(mons)
-        results["latency_sqlite"] = []
-        for i, rate in enumerate(args.live_rate):
-            results["latency_sqlite"].append(latency(broker, f"sqlite:///{work / f'lat-{i}.db'}", args, work, rate))
-            print("latency", results["latency_sqlite"][-1], flush=True)
+        results["latency_sqlite"] = latency_runs(broker, args, work)
         results["monitor_sqlite_2"] = run_monitors(broker, f"sqlite:///{work / 'two.db'}", 2, args, work, "s2")
         print("monitor sqlite x2", results["monitor_sqlite_2"], flush=True)
         if not args.skip_postgres:
@@ -626,8 +638,7 @@ def verdict(results: dict) -> list[str]:
             if k in results]
     wrong = [f"{k}: {results[k]['lost']} lost, {results[k]['devices_not_exact']} devices not exactly 1..N"
              for k in runs if results[k]["lost"] or results[k]["devices_not_exact"] or not results[k]["rows_check"]]
-    wrong += [f"latency at {lat['live_rate_target']:.0f} msg/s: {lat['lost']} lost" for lat in results["latency_sqlite"]
-              if lat["lost"] or lat["devices_not_exact"]]
+    wrong += latency_wrong(results["latency_sqlite"])
     ratio = statistics.median(p["cpu_ratio"] for p in results["pairs"])
     targets = [(">= 10,000 msg/s into SQLite, one monitor", results["monitor_sqlite_1"]["rate"] >= 10_000,
                 f"{results['monitor_sqlite_1']['rate']} msg/s"),
