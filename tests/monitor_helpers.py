@@ -141,6 +141,12 @@ class MonitorProcess:
         return self.log_path.read_text(errors="replace")
 
 
+def start_monitor(tmp_path: Path, name: str, port: int, db: str, *extra: str) -> MonitorProcess:
+    """`vibrawatch monitor` on the test broker, no page, its log in ``tmp_path/NAME.log``, client id NAME."""
+    return MonitorProcess(tmp_path / f"{name}.log", "--broker", f"mqtt://127.0.0.1:{port}", "--db", db, "--http", "off",
+                          "--client-id", name, *extra).start()
+
+
 def wait_until(what: str, check: Callable[[], bool], timeout: float = 60, on_fail: Callable[[], str] = str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
-from monitor_helpers import Gateway, MonitorProcess, wait_until
+from monitor_helpers import Gateway, MonitorProcess, start_monitor, wait_until
 from mosquitto import Broker
 from paho.mqtt.enums import CallbackAPIVersion
 from test_agent_e2e import agent_command, gateway_env
@@ -27,10 +27,8 @@ def test_a_gateway_that_loses_power_goes_offline_by_its_last_will_and_an_alert_g
     broker = Broker(tmp_path / "broker").start()
     hook = Hook(fail=0)
     db = f"sqlite:///{tmp_path / 'fleet.db'}"
-    mon = MonitorProcess(tmp_path / "mon.log", "--broker", f"mqtt://127.0.0.1:{broker.port}", "--db", db,
-                         "--http", "off", "--webhook", hook.url).start()
+    mon = start_monitor(tmp_path, "mon", broker.port, db, "--webhook", hook.url)
     store = open_store(db)
-    g = None
     try:
         wait_until("subscribed", lambda: "subscribing to" in mon.log, on_fail=lambda: mon.log)
         g = Gateway(broker.port, "plant1", "press7")
@@ -61,8 +59,7 @@ def test_an_agent_killed_with_sigkill_shows_offline_at_the_monitor_and_runs_agai
     (tmp_path / "broker").mkdir()
     broker = Broker(tmp_path / "broker").start()
     db = f"sqlite:///{tmp_path / 'fleet.db'}"
-    mon = MonitorProcess(tmp_path / "mon.log", "--broker", f"mqtt://127.0.0.1:{broker.port}", "--db", db,
-                         "--http", "off").start()
+    mon = start_monitor(tmp_path, "mon", broker.port, db)
     # With [commissioning] the agent's first status (commissioning) is composed after its connection and its
     # will: the will is the older of the two, as it is whenever an agent's status changes while it runs.
     cfg = agent_config(tmp_path, tiny_bundle, tiny_data, broker.port, windows=60)

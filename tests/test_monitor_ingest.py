@@ -6,16 +6,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from monitor_helpers import Gateway, MonitorProcess, wait_until
+from monitor_helpers import Gateway, start_monitor, wait_until
 from mosquitto import Broker
 from test_monitor_store import Hook
 
 from vibrawatch.monitor.store import open_store
-
-
-def _monitor(tmp_path: Path, name: str, port: int, db: str, *extra: str) -> MonitorProcess:
-    return MonitorProcess(tmp_path / f"{name}.log", "--broker", f"mqtt://127.0.0.1:{port}", "--db", db, "--http", "off",
-                          "--client-id", name, *extra).start()
 
 
 def _broker_restart_then_publish(tmp_path: Path, *extra: str) -> dict:
@@ -23,7 +18,7 @@ def _broker_restart_then_publish(tmp_path: Path, *extra: str) -> dict:
     (tmp_path / "broker").mkdir()
     broker = Broker(tmp_path / "broker").start()
     db = f"sqlite:///{tmp_path / 'fleet.db'}"
-    mon = _monitor(tmp_path, "mon", broker.port, db, *extra)
+    mon = start_monitor(tmp_path, "mon", broker.port, db, *extra)
     store = open_store(db)
     g = None
     try:
@@ -67,8 +62,8 @@ def test_two_monitors_in_one_group_split_the_traffic_and_store_each_message_once
     broker = Broker(tmp_path / "broker").start()
     db = f"sqlite:///{tmp_path / 'fleet.db'}"
     open_store(db).close()  # create the schema once before two processes race for it
-    m1 = _monitor(tmp_path, "m1", broker.port, db)
-    m2 = _monitor(tmp_path, "m2", broker.port, db)
+    m1 = start_monitor(tmp_path, "m1", broker.port, db)
+    m2 = start_monitor(tmp_path, "m2", broker.port, db)
     store = open_store(db)
     gws: list[Gateway] = []
     try:
@@ -99,7 +94,7 @@ def test_a_running_monitor_posts_alarm_and_offline_alerts_to_the_webhook(tmp_pat
     broker = Broker(tmp_path / "broker").start()
     hook = Hook(fail=1)
     db = f"sqlite:///{tmp_path / 'fleet.db'}"
-    mon = _monitor(tmp_path, "mon", broker.port, db, "--webhook", hook.url)
+    mon = start_monitor(tmp_path, "mon", broker.port, db, "--webhook", hook.url)
     g = None
     try:
         wait_until("subscribed", lambda: "subscribing to" in mon.log, on_fail=lambda: mon.log)
