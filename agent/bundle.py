@@ -27,7 +27,8 @@ from .detector import Detector
 from .errors import ConfigError, VibrawatchError
 from .infer import TFLiteModel, find_runtime
 
-SCHEMA = "vibrawatch.bundle/1"
+SCHEMA = "vibrawatch.bundle/2"  # /2: the PCA residual's per-feature weights (an agent reading /1 would ignore them)
+READS = (SCHEMA, "vibrawatch.bundle/1")  # /1 bundles still load: their PCA residual is unweighted
 MANIFEST, SIGNATURE, MODEL = "manifest.json", "manifest.sig", "model.tflite"
 ALLOWED = (MANIFEST, SIGNATURE, MODEL)
 MAX_BUNDLE_BYTES = 64 * 1024 * 1024  # a few hundred KB is normal; anything near this is not a bundle
@@ -130,10 +131,11 @@ def parse_manifest(p: Path, raw: bytes) -> dict[str, Any]:
         raise BundleSchemaError(f"{p}: {MANIFEST} is nested too deeply to be a manifest") from None
     except (UnicodeDecodeError, ValueError) as e:  # JSONDecodeError, and Python's limit on integer digits
         raise BundleSchemaError(f"{p}: {MANIFEST} is not JSON ({str(e)[:200]})") from None
-    if not isinstance(manifest, dict) or manifest.get("schema") != SCHEMA:
+    if not isinstance(manifest, dict) or manifest.get("schema") not in READS:
         got = manifest.get("schema") if isinstance(manifest, dict) else type(manifest).__name__
         raise BundleSchemaError(
-            f"{p}: {MANIFEST} schema {got!r}; this agent reads {SCHEMA!r}: rebuild the bundle with this "
+            f"{p}: {MANIFEST} schema {got!r}; this agent reads {' or '.join(map(repr, READS))}: rebuild the bundle "
+            "with this "
             "version's `vibrawatch convert`, or update the agent"
         )
     return manifest

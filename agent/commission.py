@@ -263,7 +263,7 @@ def row_shapes(d: Detector) -> dict[str, tuple[int, ...]]:
     if d.combined:
         assert d.floor is not None
         if d.pca is not None:
-            shapes |= {"pca_score": (), "pca_contributions": (c,)}
+            shapes |= {"pca_score": (), "pca_contributions": (c,), "pca_held": ()}
         shapes |= {"floors": d.floor.thresholds.shape, "means": (d.spec.n_features,)}
         if d.diagnosis is not None and d.spec.input != "table":
             shapes["energies"] = d.diagnosis.healthy.shape
@@ -298,6 +298,16 @@ def _row(line: bytes, width: int) -> list[float] | None:
     return row
 
 
+def _current_layout(path: Path, shapes: Mapping[str, tuple[int, ...]]) -> bool:
+    """Does the windows file's header have exactly ``shapes``' columns (not an earlier version's)?"""
+    with path.open("rb") as f:
+        try:
+            head = json.loads(f.readline())
+        except ValueError:
+            return False
+    return isinstance(head, dict) and head.get("columns") == json.loads(windows_header(shapes, 1, 1))["columns"]
+
+
 def read_windows(path: Path, shapes: Mapping[str, tuple[int, ...]]) -> tuple[Evidence, int, int, bool]:
     """A windows file -> (its windows, the stride they were kept with, the lines dropped from the first
     damaged one on, whether the file ended cleanly). Only the last line can be damaged (lines are appended;
@@ -310,6 +320,13 @@ def read_windows(path: Path, shapes: Mapping[str, tuple[int, ...]]) -> tuple[Evi
         except ValueError as e:
             raise ValueError(f"unreadable header ({e})") from None
         want = json.loads(windows_header(shapes, 1, 1))["columns"]
+        # files written before the held PCA score was kept: its single score stands in (never lower: a
+        # threshold fitted on it is never tighter than the held one)
+        before = {k: v for k, v in shapes.items() if k != "pca_held"}
+        if "pca_held" in shapes and isinstance(head, dict) and head.get("columns") == json.loads(
+                windows_header(before, 1, 1))["columns"]:
+            ev, stride, dropped, clean = read_windows(path, before)
+            return replace(ev, pca_held=ev.pca_score), stride, dropped, clean
         if not isinstance(head, dict) or head.get("format") != WINDOWS_FORMAT or head.get("columns") != want:
             raise ValueError(f"header is not {WINDOWS_FORMAT} with this detector's columns")
         stride = head.get("stride")
@@ -648,7 +665,8 @@ class Commissioning:
             except ValueError as e:  # the kept windows' own extremes stand in: maxima at most slightly lower
                 log.warning("%s: %s; the kept windows' extremes are used", self.state_file, e)
         self.log = EvidenceLog.restore(ev, stride if k else 1, seen, self.cfg.keep, ext)
-        self._rewrite = self.log.stride != stride or bool(dropped) or not clean
+        self._rewrite = (self.log.stride != stride or bool(dropped) or not clean
+                         or not _current_layout(path, self._shapes))
         if dropped or not clean:
             log.warning("%s: %d damaged line(s) skipped (a write torn by a power cut?); commissioning resumes with "
                         "%d window(s) seen, %d kept", path, dropped, seen, len(self.log))

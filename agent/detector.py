@@ -98,21 +98,6 @@ class Detector:
         assert self.floor is not None
         return EventState(self.events or EventRule(), self.rule, len(self.channels), self.floor.step)
 
-    def model_levels(self, x_scaled: np.ndarray, scores: np.ndarray, contributions: np.ndarray
-                     ) -> tuple[np.ndarray, np.ndarray]:
-        """Windows (n, T, F) scaled, with their autoencoder scores and contributions -> the models' score level
-        (n,) and each channel's share level (n, C): the score level is the larger of the autoencoder's and, when
-        present, the PCA residual's, each over its own healthy threshold; channel shares are the autoencoder's."""
-        from .decide import reconstruction_scores
-
-        sl = np.asarray(scores, dtype=np.float64) / self.threshold
-        cl = np.asarray(contributions, dtype=np.float64) / self.channel_thresholds
-        if self.pca is not None and len(x_scaled):
-            x = np.asarray(x_scaled, dtype=np.float64)
-            ps, _ = reconstruction_scores(x, self.pca.reconstruct(x), len(self.channels))
-            sl = np.maximum(sl, ps / self.pca.threshold)  # its channel shares spread too much to name a channel
-        return sl, cl
-
     def own_z(self, x_scaled: np.ndarray) -> np.ndarray:
         """Windows (n, T, F) scaled -> each channel's own deviation (n, C)."""
         assert self.own is not None

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from .decide import AlarmRule, AlarmState
+from .decide import AlarmRule, AlarmState, reconstruction_scores
 from .errors import ConfigError
 from .features import ENVELOPE_STATISTICS, FeatureDef, FeatureSpec, extract
 
@@ -110,21 +110,33 @@ class Floor:
 
 @dataclass(frozen=True)
 class PcaResidual:
-    """x_hat = mean + (x - mean) V^T V on scaled frames; scored per window like the autoencoder."""
+    """x_hat = mean + (x - mean) V^T V on scaled frames; scored per window like the autoencoder, each feature's
+    error in units of its healthy mean |error| (``weights``): otherwise the noisiest features, which the axes
+    reconstruct worst even when healthy, set the threshold and a quiet feature's rise hides under it."""
 
     mean: np.ndarray  # (F,)
     components: np.ndarray  # (k, F), orthonormal rows
-    threshold: float
+    threshold: float  # over the window's score held for the alarm rule's k windows (``healthy.held``)
     channel_thresholds: np.ndarray  # (C,)
+    weights: np.ndarray | None = None  # (F,) healthy mean |error| per feature; None: 1 (bundle/1 manifests)
 
     def reconstruct(self, frames: np.ndarray) -> np.ndarray:
         """(..., F) scaled frames -> their reconstruction from the healthy principal axes."""
         centred = np.asarray(frames, dtype=np.float64) - self.mean
         return self.mean + (centred @ self.components.T) @ self.components
 
+    def scores(self, x_scaled: np.ndarray, n_channels: int) -> tuple[np.ndarray, np.ndarray]:
+        """Windows (n, T, F) scaled -> the residual's score (n,) and per-channel contributions (n, C)."""
+        x = np.asarray(x_scaled, dtype=np.float64)
+        w = 1.0 if self.weights is None else self.weights
+        return reconstruction_scores(x / w, self.reconstruct(x) / w, n_channels)
+
     def to_dict(self) -> dict[str, Any]:
-        return {"mean": self.mean.tolist(), "components": self.components.tolist(), "threshold": self.threshold,
-                "channel_thresholds": self.channel_thresholds.tolist()}
+        out = {"mean": self.mean.tolist(), "components": self.components.tolist(), "threshold": self.threshold,
+               "channel_thresholds": self.channel_thresholds.tolist()}
+        if self.weights is not None:
+            out["weights"] = self.weights.tolist()
+        return out
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], n_features: int, n_channels: int) -> PcaResidual:
@@ -133,8 +145,10 @@ class PcaResidual:
         k = len(comps) if isinstance(comps, list) else 0
         if k < 1:
             raise ConfigError(f"{w}.components: expected a list of k >= 1 axes of {n_features} numbers")
+        weights = _array(d, "weights", w, (n_features,), positive=True) if "weights" in d else None
         return cls(_array(d, "mean", w, (n_features,)), _array(d, "components", w, (k, n_features)),
-                   _num(d, "threshold", w, 0.0), _array(d, "channel_thresholds", w, (n_channels,), positive=True))
+                   _num(d, "threshold", w, 0.0), _array(d, "channel_thresholds", w, (n_channels,), positive=True),
+                   weights)
 
 
 @dataclass(frozen=True)
@@ -258,10 +272,11 @@ class EventState:
         self._blamed = deque(maxlen=self.alarm.raise_after)
 
     def update(self, t: float, score_level: float, channel_level: np.ndarray, own: np.ndarray, z: np.ndarray,
-               log_level: np.ndarray) -> Verdict:
+               log_level: np.ndarray, blame_level: np.ndarray | None = None) -> Verdict:
         """One window. ``score_level``: the models' whole-window score over its threshold; ``channel_level``
         (C,): each channel's share of the models' error over its own threshold; ``own``: each channel's floor
-        ratio; ``z``: own deviation; ``log_level``: log level against healthy. Levels > 1 are above."""
+        ratio; ``z``: own deviation; ``log_level``: log level against healthy; ``blame_level`` (C,): each
+        channel's share of the score that set ``score_level`` (default ``channel_level``). Levels > 1 are above."""
         own = np.asarray(own, dtype=np.float64)
         lv = np.asarray(log_level, dtype=np.float64)
         events: list[Event] = []
@@ -300,7 +315,8 @@ class EventState:
         # channel moved at least ``share`` as much as the most-moved one, "moved" being the geometric mean of
         # how far its own inputs rose (z) and its share of the models' error: a fault's vibration and a model's
         # error both spread to the other channels, which then move much less on both counts. The whole-window
-        # score goes to the moved channel with the largest share.
+        # score goes to the moved channel with the largest share of that score (the PCA residual's own shares
+        # when it is the larger: the autoencoder's may favour a channel the residual does not).
         zz = np.asarray(z, dtype=np.float64)
         cl = np.asarray(channel_level, dtype=np.float64)
         m = np.sqrt(np.maximum(zz, 0.0) * np.maximum(cl, 0.0)) if self._offset is None else zz
@@ -309,7 +325,8 @@ class EventState:
         blame = -1
         if self._offset is None and self.n_channels:
             evidence = np.maximum(evidence, np.where(moved, cl, 0.0))
-            blame = int(np.argmax(np.where(moved, cl, -np.inf)))
+            bl = cl if blame_level is None else np.asarray(blame_level, dtype=np.float64)
+            blame = int(np.argmax(np.where(moved, bl, -np.inf)))
             evidence[blame] = max(evidence[blame], float(score_level))
         for c, (at, size) in list(self._relaxing.items()):
             if evidence[c] <= 1.0 or lv[c] > at + 0.5 * size:
@@ -350,11 +367,12 @@ class EventState:
 
 def run_events(
     times: np.ndarray, score_level: np.ndarray, channel_level: np.ndarray, own: np.ndarray, z: np.ndarray,
-    log_level: np.ndarray, rule: EventRule, alarm: AlarmRule, step: np.ndarray,
+    log_level: np.ndarray, rule: EventRule, alarm: AlarmRule, step: np.ndarray, blame_level: np.ndarray | None = None,
 ) -> list[Verdict]:
     """The batch twin of ``EventState``: a whole run, window by window, exactly as the gateway decides it."""
     state = EventState(rule, alarm, own.shape[1], step)
-    return [state.update(float(times[i]), float(score_level[i]), channel_level[i], own[i], z[i], log_level[i])
+    return [state.update(float(times[i]), float(score_level[i]), channel_level[i], own[i], z[i], log_level[i],
+                         None if blame_level is None else blame_level[i])
             for i in range(len(times))]
 
 

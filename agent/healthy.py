@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from .decide import alarm_levels, reconstruction_scores
+from .decide import alarm_levels
 from .detector import Detector
-from .events import EventRule, Floor, OwnDeviation, PcaResidual
+from .events import EventRule, Floor, OwnDeviation
 from .threshold import ThresholdRule, fit_channel_thresholds, fit_threshold
 
 MIN_STEP = math.log(1.2)  # no level change below 20% is ever called a step
@@ -39,6 +39,7 @@ class Evidence:
     contributions: np.ndarray  # (n, C) its per-channel shares
     pca_score: np.ndarray | None = None  # (n,) the PCA residual's score
     pca_contributions: np.ndarray | None = None  # (n, C)
+    pca_held: np.ndarray | None = None  # (n,) the PCA score held over the window and the k-1 before it (``held``)
     floors: np.ndarray | None = None  # (n, K, C) floor values of the window's last frame
     means: np.ndarray | None = None  # (n, F) window means of the scaled features
     energies: np.ndarray | None = None  # (n, C, D) log10 envelope energies of the window's last frame
@@ -109,8 +110,11 @@ class Extremes:
         """Parse what ``to_dict`` wrote; ValueError unless both rows have ``like``'s parts and shapes."""
         if not isinstance(d, Mapping) or not isinstance(d.get("hi"), Mapping) or not isinstance(d.get("lo"), Mapping):
             raise ValueError("extremes: expected {hi: {...}, lo: {...}}")
+        rows = [d["hi"], d["lo"]]
+        if like.pca_held is not None:  # saved before the held PCA score was kept: its single score stands in
+            rows = [r if "pca_held" in r or "pca_score" not in r else {**r, "pca_held": r["pca_score"]} for r in rows]
         try:
-            hi, lo = Evidence.stack([d["hi"]]), Evidence.stack([d["lo"]])
+            hi, lo = Evidence.stack([rows[0]]), Evidence.stack([rows[1]])
         except (TypeError, KeyError) as e:
             raise ValueError(f"extremes: {e}") from None
         if not (hi.finite() and lo.finite()):
@@ -233,33 +237,57 @@ class EvidenceLog:
         return Evidence(**{k: c[: self._n] for k, c in self._cols.items()})
 
 
+def held(scores: np.ndarray, k: int, before: Sequence[float] = ()) -> np.ndarray:
+    """Each of n consecutive windows' score held over it and the k - 1 windows before it (their smallest;
+    ``before``: the scores of the windows just before the first, oldest first): what an alarm rule that needs k
+    windows in a row above sees. A threshold over the healthy windows' held scores is the lowest that keeps the
+    healthy period free of alarms; one over their single scores also covers a single window that the k-of-k
+    rule would never alarm on (a start-up, one noisy snapshot)."""
+    s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if k <= 1:
+        return s.copy()
+    lead = np.asarray(before, dtype=np.float64).reshape(-1)[-(k - 1):]
+    padded = np.concatenate([np.full(k - 1 - len(lead), np.inf), lead, s])  # no window before: not a minimum
+    n = len(s)
+    return np.min(np.stack([padded[k - 1 - lag: k - 1 - lag + n] for lag in range(k)]), axis=0)
+
+
 def window_evidence(detector: Detector, t: np.ndarray, x_scaled: np.ndarray, score: np.ndarray,
                     contributions: np.ndarray, floors: np.ndarray | None = None,
-                    energies: np.ndarray | None = None) -> Evidence:
-    """n windows (n, T, F) scaled, with their autoencoder scores, contributions, and (combined detector) the
-    floor values and envelope energies of each one's last frame -> what ``fit`` and the decisions read."""
+                    energies: np.ndarray | None = None, pca_before: Sequence[float] = ()) -> Evidence:
+    """n consecutive windows (n, T, F) scaled, with their autoencoder scores, contributions, and (combined
+    detector) the floor values and envelope energies of each one's last frame -> what ``fit`` and the decisions
+    read. ``pca_before``: the PCA scores of the windows before these (a gateway scores one window at a time)."""
     ev = Evidence(np.asarray(t, np.float64).reshape(-1), np.asarray(score, np.float64).reshape(-1),
                   np.asarray(contributions, np.float64))
     if not detector.combined:
         return ev
     x = np.asarray(x_scaled, dtype=np.float64)
-    ps = pc = None
+    ps = pc = ph = None
     if detector.pca is not None:
-        ps, pc = reconstruction_scores(x, detector.pca.reconstruct(x), len(detector.channels))
-    return replace(ev, pca_score=ps, pca_contributions=pc, floors=np.asarray(floors, np.float64),
+        ps, pc = detector.pca.scores(x, len(detector.channels))
+        ph = held(ps, detector.rule.raise_after, pca_before)
+    return replace(ev, pca_score=ps, pca_contributions=pc, pca_held=ph, floors=np.asarray(floors, np.float64),
                    means=x.mean(axis=-2),
                    energies=None if detector.diagnosis is None or energies is None else np.asarray(energies))
 
 
 def event_inputs(d: Detector, ev: Evidence) -> tuple[np.ndarray, ...]:
     """What the event layer (agent/events.py) reads per window, as ``EventState.update`` takes it: the models'
-    score level (n,) and channel levels (n, C), the floor ratios, own deviation and log levels (n, C)."""
+    score level (n,) and channel levels (n, C), the floor ratios, own deviation, log levels and blame levels
+    (n, C): each channel's share of whichever score (autoencoder or PCA residual) is the larger."""
     assert d.floor is not None and d.own is not None and ev.floors is not None and ev.means is not None
     sl = ev.score / d.threshold
-    if d.pca is not None and ev.pca_score is not None:
-        sl = np.maximum(sl, ev.pca_score / d.pca.threshold)  # its channel shares spread too much to name a channel
     cl = ev.contributions / d.channel_thresholds
-    return sl, cl, d.floor.ratios(ev.floors), d.own.z(ev.means, len(d.channels)), d.floor.log_level(ev.floors)
+    blame = cl
+    if d.pca is not None and ev.pca_score is not None and ev.pca_contributions is not None:
+        pl = ev.pca_score / d.pca.threshold
+        # its channel shares spread too much to be a channel's evidence, but they say which moved channel
+        # the residual's score belongs to
+        blame = np.where((pl > sl)[:, None], ev.pca_contributions / d.pca.channel_thresholds, cl)
+        sl = np.maximum(sl, pl)
+    return (sl, cl, d.floor.ratios(ev.floors), d.own.z(ev.means, len(d.channels)), d.floor.log_level(ev.floors),
+            blame)
 
 
 def levels(d: Detector, ev: Evidence) -> tuple[np.ndarray, np.ndarray]:
@@ -269,7 +297,7 @@ def levels(d: Detector, ev: Evidence) -> tuple[np.ndarray, np.ndarray]:
     per_channel = ev.contributions / d.channel_thresholds
     if not d.combined:
         return alarm_levels(ev.score, d.threshold, ev.contributions, d.channel_thresholds), per_channel
-    sl, cl, ratios, _, _ = event_inputs(d, ev)
+    sl, cl, ratios, *_ = event_inputs(d, ev)
     per_channel = np.maximum(cl, ratios)
     return np.maximum(sl, per_channel.max(axis=1)), per_channel
 
@@ -317,8 +345,11 @@ def fit(detector: Detector, ev: Evidence, extremes: Extremes | None = None) -> D
         floor = replace(floor, thresholds=np.maximum(thr, _TINY))
     parts: dict[str, Any] = {"floor": floor}
     if d.pca is not None and ev.pca_score is not None and ev.pca_contributions is not None:
-        parts["pca"] = PcaResidual(d.pca.mean, d.pca.components, max(fit_threshold(col("pca_score"), rule), _TINY),
-                                   np.maximum(fit_channel_thresholds(col("pca_contributions"), rule), _TINY))
+        # over the held scores (windows files from before they were kept: the single ones, never lower)
+        held_col = col("pca_held" if ev.pca_held is not None else "pca_score")
+        parts["pca"] = replace(d.pca, threshold=max(fit_threshold(held_col, rule), _TINY),
+                               channel_thresholds=np.maximum(fit_channel_thresholds(col("pca_contributions"), rule),
+                                                             _TINY))
     center = np.median(ev.means, axis=0)
     means = ev.means if extremes is None else np.concatenate([ev.means, extremes.hi.means, extremes.lo.means])
     parts["own"] = OwnDeviation(center, np.maximum(np.abs(means - center).max(axis=0), 1e-6))

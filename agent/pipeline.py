@@ -136,11 +136,11 @@ class Decider:
             return Scored(t, score, decision.level, contrib, decision, self._since, threshold=d.threshold,
                           evidence=ev)
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            sl, cl, ratios, own, log_level = event_inputs(d, ev)
-        if not all(np.isfinite(a).all() for a in (sl, cl, ratios, own, log_level)) or (
+            sl, cl, ratios, own, log_level, blame = event_inputs(d, ev)
+        if not all(np.isfinite(a).all() for a in (sl, cl, ratios, own, log_level, blame)) or (
                 energy is not None and not np.isfinite(energy).all()):
             return None
-        v = self.events.update(t, float(sl[0]), cl[0], ratios[0], own[0], log_level[0])
+        v = self.events.update(t, float(sl[0]), cl[0], ratios[0], own[0], log_level[0], blame[0])
         if v.active and self._since is None:
             self._since = t
         elif not v.active:
@@ -173,6 +173,7 @@ class Pipeline:
         self._combined = b.detector.combined
         self._diagnosing = self._combined and b.detector.diagnosis is not None
         self._energies: deque[np.ndarray] = deque(maxlen=b.detector.window)  # diagnosis: the window's frames
+        self._pca_before: deque[float] = deque(maxlen=max(b.detector.rule.raise_after - 1, 1))  # healthy.held
 
     @property
     def detector(self) -> Detector:
@@ -244,6 +245,7 @@ class Pipeline:
         self.framer.reset()
         self.windows.reset()
         self._energies.clear()
+        self._pca_before.clear()
         self._next_t = None
         if reason != self._fault:
             events.append(SensorStatus(t, reason))
@@ -267,10 +269,15 @@ class Pipeline:
             return self._not_finite(window)
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             ev = window_evidence(self.detector, np.array([t]), x[None], s, c,
-                                 None if floor is None else floor[None], None if energy is None else energy[None])
+                                 None if floor is None else floor[None], None if energy is None else energy[None],
+                                 tuple(self._pca_before))
             mean_energy = np.mean(np.stack(self._energies), axis=0) if self._energies else None
         scored = self.decider.window(ev, mean_energy if self._diagnosing else None)
-        return scored if scored is not None else self._not_finite(window)
+        if scored is None:
+            return self._not_finite(window)
+        if ev.pca_score is not None:
+            self._pca_before.append(float(ev.pca_score[0]))
+        return scored
 
     def _not_finite(self, window: np.ndarray) -> None:
         """Count a window whose score is not finite. When its features (before the bundle's scaler and model)

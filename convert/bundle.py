@@ -2,7 +2,7 @@
 
 ``build_bundle`` converts, checks the op list, measures parity against Keras with the agent's own
 interpreter adapter (several different windows in a row, state reset between them), records which runtimes
-it ran the model on, writes ``manifest.json`` (schema ``vibrawatch.bundle/1``) with a golden input/output
+it ran the model on, writes ``manifest.json`` (schema ``vibrawatch.bundle/2``) with a golden input/output
 pair, signs it when given a key, and writes a directory or a ``.tar``.
 """
 

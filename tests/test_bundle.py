@@ -145,6 +145,28 @@ def test_unknown_schema_is_refused(signed_bundle: Path, tmp_path: Path) -> None:
         load_bundle(b)
 
 
+def test_a_bundle_1_manifest_still_loads_with_an_unweighted_pca_residual(signed_bundle: Path, tmp_path: Path) -> None:
+    """Bundles made before the PCA residual's weights (schema /1) load and score their residual as they were
+    made to; the current schema says the weights are there, so an agent that would ignore them refuses it."""
+    from vibrawatch.agent.decide import reconstruction_scores
+
+    m = json.loads((signed_bundle / "manifest.json").read_text())
+    assert m["schema"] == "vibrawatch.bundle/2" and len(m["pca"]["weights"]) == len(m["pca"]["mean"])
+    b = _copy(signed_bundle, tmp_path)
+    m["schema"] = "vibrawatch.bundle/1"
+    del m["pca"]["weights"]
+    (b / "manifest.json").write_text(json.dumps(m))
+    (b / "manifest.sig").unlink()
+    old, new = load_bundle(b).detector, load_bundle(signed_bundle).detector
+    assert old.pca is not None and new.pca is not None and old.pca.weights is None and new.pca.weights is not None
+    x = np.random.default_rng(0).uniform(0, 1, (5, old.window, old.spec.n_features))
+    c = len(old.channels)
+    np.testing.assert_array_equal(old.pca.scores(x, c)[0], reconstruction_scores(x, old.pca.reconstruct(x), c)[0])
+    w = reconstruction_scores(x / new.pca.weights, new.pca.reconstruct(x) / new.pca.weights, c)[0]
+    np.testing.assert_allclose(new.pca.scores(x, c)[0], w, rtol=1e-12)
+    assert not np.allclose(w, old.pca.scores(x, c)[0])
+
+
 def _tar_with(path: Path, members: list[tarfile.TarInfo], data: bytes = b"x") -> Path:
     with tarfile.open(path, "w") as tar:
         for m in members:

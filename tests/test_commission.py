@@ -465,6 +465,60 @@ def test_a_restart_mid_way_resumes_the_subsample_to_the_same_fit(tiny_bundle: Pa
     assert a == b
 
 
+def test_a_windows_file_from_before_the_held_pca_score_resumes_and_is_rewritten(tiny_bundle: Path, tiny_data: Path,
+                                                                                 tmp_path: Path) -> None:
+    """An agent upgraded mid-commissioning finds a windows file (and extremes) without the ``pca_held`` column:
+    the commissioning resumes from it (nothing lost), the single PCA score standing in for the held one (never
+    lower, so no threshold comes out tighter than it would have), and the file is rewritten in the new layout."""
+    from vibrawatch.agent.bundle import load_bundle
+    from vibrawatch.agent.pipeline import Pipeline, Scored
+    from vibrawatch.agent.source import ReplaySource
+
+    bundle = load_bundle(tiny_bundle)
+    pipe = Pipeline(bundle)
+    ev = Evidence.concat([e.evidence for c in ReplaySource(tiny_data, speed=0).chunks() for e in pipe.process(c)
+                          if isinstance(e, Scored) and e.evidence is not None])
+    assert ev.pca_held is not None and ev.pca_score is not None and np.any(ev.pca_held < ev.pca_score)
+    state = tmp_path / "calibration.json"
+    windows = tmp_path / "calibration.windows.jsonl"
+    cfg = CommissioningSection(windows=len(ev))
+    comm = Commissioning.open(bundle.detector, bundle.version, cfg, state)
+    decider = Decider(comm.active, comm)
+    for i in range(40):
+        decider.window(ev.window(slice(i, i + 1)))
+    comm.save()
+    # the layout an earlier agent wrote: the same columns without pca_held
+    head, *lines = windows.read_text().splitlines()
+    header = json.loads(head)
+    names = [name for name, _ in header["columns"]]
+    at = sum(int(np.prod(shape)) for name, shape in header["columns"][: names.index("pca_held")])
+    header["columns"] = [c for c in header["columns"] if c[0] != "pca_held"]
+    rows = [json.loads(line) for line in lines]
+    windows.write_text("\n".join([json.dumps(header)] + [json.dumps(r[:at] + r[at + 1:]) for r in rows]) + "\n")
+    saved = json.loads(state.read_text())
+    for row in saved["extremes"].values():
+        del row["pca_held"]
+    state.write_text(json.dumps(saved))
+
+    resumed = Commissioning.open(bundle.detector, bundle.version, cfg, state)
+    kept = resumed.log.evidence()
+    assert resumed.log.seen == 40 and len(kept) == 40 and "starts over" not in (resumed.note or "")
+    assert kept.pca_held is not None and kept.pca_score is not None
+    np.testing.assert_array_equal(kept.pca_held, ev.pca_score[:40])
+    assert resumed.log.extremes is not None and resumed.log.extremes.hi.pca_held is not None
+    assert json.loads(windows.read_text().splitlines()[0])["columns"] == json.loads(head)["columns"]
+    decider = Decider(resumed.active, resumed)
+    for i in range(40, 60):
+        decider.window(ev.window(slice(i, i + 1)))
+    resumed.save()
+    back, *_ = read_windows(windows, row_shapes(bundle.detector))  # appended in the new layout
+    assert back.pca_held is not None
+    np.testing.assert_array_equal(back.pca_held[40:], ev.pca_held[40:60])
+    for i in range(60, len(ev)):
+        decider.window(ev.window(slice(i, i + 1)))
+    assert resumed.calibration is not None and resumed.calibration.state == "commissioned"
+
+
 def test_training_and_commissioning_fit_the_same_healthy_statistics(tiny_run: Path, tiny_data: Path,
                                                                     tiny_bundle: Path, tmp_path: Path) -> None:
     """agent/healthy.py's fit on the training run's healthy windows gives the numbers training wrote into
@@ -882,7 +936,7 @@ def test_every_swap_through_agent_apply_carries_the_commissioning(plain_bundle: 
             assert item is not None
             agent._handle(item)
         assert set(agent.commission.log.evidence().rows()[0]) == {
-            "t", "score", "contributions", "pca_score", "pca_contributions", "floors", "means"}
+            "t", "score", "contributions", "pca_score", "pca_contributions", "pca_held", "floors", "means"}
     finally:
         if agent.reader is not None:
             agent.reader.close()

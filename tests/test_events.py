@@ -124,6 +124,48 @@ def test_the_whole_window_score_alarms_when_its_blame_moves_between_two_channels
                              RULE, alarm, STEP)) == [(12, 0)]
 
 
+def test_the_whole_window_score_goes_to_the_moved_channel_with_the_larger_share_of_that_score() -> None:
+    """Two channels moved alike; the autoencoder's shares favour channel 3, but the score above is the PCA
+    residual's and its own shares favour channel 0: the alarm names channel 0, and without the PCA's shares
+    (``blame_level`` left out) channel 3, the same window."""
+    alarm = AlarmRule(raise_after=3, clear_after=3)
+    run = quiet(30)
+    run["score"][10:] = 1.4
+    run["z"][10:, [0, 3]] = 2.0
+    run["cl"][10:, 0], run["cl"][10:, 3] = 0.9, 0.95
+    blame = run["cl"].copy()
+    blame[10:, 0], blame[10:, 3] = 1.3, 0.8
+    args = (run["t"], run["score"], run["cl"], run["own"], run["z"], run["lv"], RULE, alarm, STEP)
+    assert raised(run_events(*args, blame)) == [(12, 0)]
+    assert raised(run_events(*args)) == [(12, 3)]
+
+
+def test_held_scores_set_the_lowest_threshold_that_keeps_the_healthy_period_free_of_alarms() -> None:
+    """A k-of-k rule never alarms on one window: a threshold over the healthy windows' scores held for k
+    windows (``healthy.held``) ignores a single start-up window that a threshold over single windows would
+    be set by. With it the healthy period raises nothing, and a threshold 2% lower would; one window at a
+    time (the gateway, ``before``: the windows just before) gives the same held scores as the whole run."""
+    from vibrawatch.agent.healthy import held
+    from vibrawatch.agent.threshold import ThresholdRule, fit_threshold
+
+    rng = np.random.default_rng(3)
+    score = np.r_[2.5, 1.6, rng.uniform(0.8, 1.0, 60)]  # a start-up, then steady
+    k = 3
+    hs = held(score, k)
+    assert hs[0] == 2.5 and hs[1] == 1.6 and np.all(hs[2:] <= 1.0)  # no window before the first: not held lower
+    stream = np.concatenate([held(score[i:i + 1], k, score[max(i - 5, 0):i]) for i in range(len(score))])
+    np.testing.assert_array_equal(stream, hs)
+    rule = ThresholdRule(margin=1.0)
+    thr_held, thr_single = fit_threshold(hs[2:], rule), fit_threshold(score, rule)
+    assert thr_held < 0.5 * thr_single
+    alarm = AlarmRule(raise_after=k, clear_after=3)
+    run = quiet(62)
+    for thr, alarms in ((thr_held, False), (0.98 * thr_held, True)):
+        run["score"] = score / thr  # the start-up's two windows above, then never three in a row
+        assert bool(raised(run_events(run["t"], run["score"], run["cl"], run["own"], run["z"], run["lv"], RULE,
+                                      alarm, STEP))) == alarms
+
+
 def test_a_score_above_on_a_held_channel_does_not_count_toward_the_whole_window_alarm() -> None:
     """A one-channel step that relaxes back moves the whole-window score too, and the score is blamed on the
     stepped channel; while that channel is held the score's k-of-k does not count, so no alarm at all."""
@@ -246,6 +288,7 @@ def test_a_wrong_diagnosis_statistic_is_named_and_old_bundles_keep_the_energy(tm
     (("floor", "step"), [0.1, -1.0, 0.1, 0.1], "floor.step"),
     (("pca", "components"), "x", "pca.components"),
     (("pca", "threshold"), True, "pca.threshold"),
+    (("pca", "weights"), [1.0], "pca.weights"),
     (("own", "spread"), [1.0], "own.spread"),
     (("events", "transient_s"), "12h", "events.transient_s"),
     (("events", "history"), 2.5, "events.history"),

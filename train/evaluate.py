@@ -21,11 +21,11 @@ from typing import Any
 import numpy as np
 
 from vibrawatch.agent.decide import AlarmRule, Decision, reconstruction_scores, run_alarms
-from vibrawatch.agent.detector import Detector
 from vibrawatch.agent.errors import ConfigError
 from vibrawatch.agent.events import DiagnosisState, EventRule, run_events
 from vibrawatch.agent.features import FeatureDef, FeatureSpec, extract
 from vibrawatch.agent.frames import iter_frames
+from vibrawatch.agent.healthy import event_inputs, window_evidence
 from vibrawatch.agent.recording import FeatureTable, Recording
 from vibrawatch.agent.scale import MinMaxScaling
 from vibrawatch.agent.threshold import ThresholdRule, fit_channel_thresholds, fit_threshold
@@ -311,8 +311,8 @@ def _product(
     d = run.detector
     assert d.floor is not None
     fv = frame_floor_values(data, d.spec)[wins.end_frames]
-    inputs = product_inputs(d, x, scores, contrib, fv)
-    verdicts = run_events(wins.end_times, *inputs, d.events or EventRule(), d.rule, d.floor.step)
+    *inputs, blame = event_inputs(d, window_evidence(d, wins.end_times, x, scores, contrib, fv))
+    verdicts = run_events(wins.end_times, *inputs, d.events or EventRule(), d.rule, d.floor.step, blame)
     decisions = [Decision(v.above, bool(v.active), v.event, v.channel, v.level) for v in verdicts]
     det = Detection(wins.end_times, np.array([v.level for v in verdicts]), decisions, 1.0)
     out = summarize(det, channels, t_fail, failed_idx, relative, named=[v.raised for v in verdicts], onset_t=onset_t)
@@ -352,16 +352,6 @@ def _product(
     out["condition_changes"] = [{"at": format_time(e.t, relative), "ratios": [round(r, 3) for r in e.ratio]}
                                 for v in verdicts for e in v.events if e.kind == "condition_change"]
     return det, out
-
-
-def product_inputs(
-    d: Detector, x_scaled: np.ndarray, scores: np.ndarray, contrib: np.ndarray, floor_values: np.ndarray
-) -> tuple[np.ndarray, ...]:
-    """What the event layer reads per window: models' score and channel levels, own floor ratios, own
-    deviation, log levels."""
-    assert d.floor is not None
-    return (*d.model_levels(x_scaled, scores, contrib), d.floor.ratios(floor_values), d.own_z(x_scaled),
-            d.floor.log_level(floor_values))
 
 
 def data_stem(path: str | Path) -> str:

@@ -57,6 +57,15 @@ def fit_pca(frames_scaled: np.ndarray, variance: float) -> tuple[np.ndarray, np.
     return mean, vt[: max(1, min(k, len(vt), frames_scaled.shape[1] - 1))]
 
 
+def pca_weights(frames_scaled: np.ndarray, mean: np.ndarray, axes: np.ndarray) -> np.ndarray:
+    """Each feature's mean |residual| over the healthy frames (F,): the unit its residual is counted in, so a
+    feature the axes reconstruct badly even when healthy does not drown a quiet one's rise. At least 1% of the
+    median feature's: one that never moved would otherwise count any rounding as a fault."""
+    centred = frames_scaled - mean
+    w = np.abs(centred - (centred @ axes.T) @ axes).mean(axis=0)
+    return np.maximum(w, 0.01 * max(float(np.median(w)), 1e-12))
+
+
 def diagnosis_from_config(cfg: DiagnosisConfig, fs_hz: float, frame_length: int, n_channels: int) -> Diagnosis:
     """Defect frequencies from the geometry and speed, with a placeholder healthy level (fitted later)."""
     shaft = cfg.shaft_hz or (cfg.rpm or 0.0) / 60.0
@@ -97,7 +106,7 @@ def fit_product(
     mean, axes = fit_pca(frames_scaled[: max(2, int(0.8 * last_healthy))], cfg.pca_variance)
     parts: dict[str, Any] = {
         "floor": Floor(names, np.ones((k, n_ch)), np.ones((k, n_ch)), np.ones(n_ch)),
-        "pca": PcaResidual(mean, axes, 1.0, np.ones(n_ch)),
+        "pca": PcaResidual(mean, axes, 1.0, np.ones(n_ch), pca_weights(frames_scaled[:last_healthy], mean, axes)),
         "own": OwnDeviation(np.zeros(spec.n_features), np.ones(spec.n_features)),
         "events": EventRule(cfg.transient_s, cfg.relaxed, cfg.grows, cfg.history, cfg.share),
     }
