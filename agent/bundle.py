@@ -135,8 +135,7 @@ def parse_manifest(p: Path, raw: bytes) -> dict[str, Any]:
         got = manifest.get("schema") if isinstance(manifest, dict) else type(manifest).__name__
         raise BundleSchemaError(
             f"{p}: {MANIFEST} schema {got!r}; this agent reads {' or '.join(map(repr, READS))}: rebuild the bundle "
-            "with this "
-            "version's `vibrawatch convert`, or update the agent"
+            "with this version's `vibrawatch convert`, or update the agent"
         )
     return manifest
 

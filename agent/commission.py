@@ -274,7 +274,12 @@ def windows_header(shapes: Mapping[str, tuple[int, ...]], stride: int, keep: int
     """The windows file's first line: its format, the column layout of every line after it (each part's name
     and shape, flattened in that order) and the stride its windows were kept with."""
     return json.dumps({"format": WINDOWS_FORMAT, "stride": stride, "keep": keep,
-                       "columns": [[k, list(v)] for k, v in shapes.items()]})
+                       "columns": _columns(shapes)})
+
+
+def _columns(shapes: Mapping[str, tuple[int, ...]]) -> list[list[Any]]:
+    """The header's column layout for ``shapes``, as it reads back from JSON."""
+    return [[k, list(v)] for k, v in shapes.items()]
 
 
 def window_line(ev: Evidence, j: int, names: Sequence[str]) -> str:
@@ -305,7 +310,7 @@ def _current_layout(path: Path, shapes: Mapping[str, tuple[int, ...]]) -> bool:
             head = json.loads(f.readline())
         except ValueError:
             return False
-    return isinstance(head, dict) and head.get("columns") == json.loads(windows_header(shapes, 1, 1))["columns"]
+    return isinstance(head, dict) and head.get("columns") == _columns(shapes)
 
 
 def read_windows(path: Path, shapes: Mapping[str, tuple[int, ...]]) -> tuple[Evidence, int, int, bool]:
@@ -319,12 +324,11 @@ def read_windows(path: Path, shapes: Mapping[str, tuple[int, ...]]) -> tuple[Evi
             head = json.loads(first)
         except ValueError as e:
             raise ValueError(f"unreadable header ({e})") from None
-        want = json.loads(windows_header(shapes, 1, 1))["columns"]
+        want = _columns(shapes)
         # files written before the held PCA score was kept: its single score stands in (never lower: a
         # threshold fitted on it is never tighter than the held one)
         before = {k: v for k, v in shapes.items() if k != "pca_held"}
-        if "pca_held" in shapes and isinstance(head, dict) and head.get("columns") == json.loads(
-                windows_header(before, 1, 1))["columns"]:
+        if "pca_held" in shapes and isinstance(head, dict) and head.get("columns") == _columns(before):
             ev, stride, dropped, clean = read_windows(path, before)
             return replace(ev, pca_held=ev.pca_score), stride, dropped, clean
         if not isinstance(head, dict) or head.get("format") != WINDOWS_FORMAT or head.get("columns") != want:
