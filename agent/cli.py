@@ -60,7 +60,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _sources(kind: str | None) -> int:
-    from .sources import SOURCES
+    from .sources.registry import SOURCES
 
     if kind is None:
         for name, cls in SOURCES.items():
@@ -90,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(check(args.config))
             return 0
         if args.command == "recalibrate":
-            from .commission import recalibrate
+            from .model.commission import recalibrate
 
             print(recalibrate(args.config))
             return 0

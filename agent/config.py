@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import logging
 import os
-import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import tomllib
-
-from .commission import CommissioningSection, commissioning_section
+from .detect.calibrate import CommissioningSection
 from .errors import ConfigError
+from .sections import known_sections, parse_section, read_toml
 
 log = logging.getLogger("vibrawatch.agent")
 
@@ -42,7 +41,7 @@ class SourceConfig:
 
     def resolved(self) -> Any:
         """The settings object, the kind's defaults when none were given."""
-        from .sources import source_class
+        from .sources.registry import source_class
 
         return self.settings if self.settings is not None else source_class(self.kind).Settings()
 
@@ -114,50 +113,12 @@ def _check_secret_mode(p: Path, config: Path) -> None:
 
 
 _SECTIONS = {"agent": AgentSection, "mqtt": MqttSection, "deploy": DeploySection}
-
-
-def _type_ok(value: Any, hint: Any) -> bool:
-    """Does a TOML value fit a settings field's annotation (int, float, str, bool, X | None)?"""
-    args = typing.get_args(hint)
-    if args and type(None) in args:
-        return value is None or any(_type_ok(value, a) for a in args if a is not type(None))
-    if hint is float:
-        return isinstance(value, int | float) and not isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, hint) if isinstance(hint, type) else True
-
-
-def _build(cls: type, section: dict[str, Any], where: str, p: Path) -> Any:
-    """``cls(**section)``: an unknown key or a value of the wrong type is a ConfigError naming both; file
-    names (fields marked ``path``, or named like one) become relative to the config file."""
-    known = {f.name: f for f in fields(cls)}
-    bad = set(section) - set(known)
-    if bad:
-        raise ConfigError(f"{p}: [{where}] unknown key(s) {sorted(bad)}; known: {sorted(known)}")
-    hints = typing.get_type_hints(cls)
-    out = {}
-    for key, value in section.items():
-        if not _type_ok(value, hints[key]):
-            expected = str(hints[key]).replace("typing.", "").replace("<class '", "").replace("'>", "")
-            raise ConfigError(f"{p}: [{where}] {key} = {value!r}: expected {expected}")
-        if isinstance(value, str) and (known[key].metadata.get("path") or key in _PATH_KEYS):
-            value = str((p.parent / value).resolve())
-        if isinstance(value, int) and not isinstance(value, bool) and hints[key] in (float, float | None):
-            value = float(value)
-        out[key] = value
-    try:
-        return cls(**out)
-    except (TypeError, ValueError) as e:  # a missing key, or a value the settings' own check refuses
-        raise ConfigError(f"{p}: [{where}] {e}") from None
-
-
 _PATH_KEYS = ("bundle", "public_key", "spool", "password_file", "ca_file", "cert_file", "key_file", "state_dir")
 
 
 def _source(raw: dict[str, Any], p: Path) -> SourceConfig:
     """``[source]``: ``kind`` picks a registered source; only that kind's settings are accepted."""
-    from .sources import SOURCES
+    from .sources.registry import SOURCES
 
     section = dict(raw)
     kind = section.pop("kind", None)
@@ -170,32 +131,20 @@ def _source(raw: dict[str, Any], p: Path) -> SourceConfig:
     if bad:
         raise ConfigError(f"{p}: [source] unknown key(s) {sorted(bad)} for kind = {kind!r}; it takes "
                           f"{', '.join(sorted(known))} (vibrawatch-agent sources {kind} prints a commented sample)")
-    settings = _build(cls.Settings, section, "source", p)
+    settings = parse_section(cls.Settings, section, "source", p, _PATH_KEYS)
     return SourceConfig(kind, settings)
-
-
-def read_toml(p: Path, hint: str = "") -> dict[str, Any]:
-    """A TOML file as a dict; a missing file or bad syntax is a ConfigError naming the file (and the line)."""
-    try:
-        return tomllib.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{p}: config file not found{hint}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{p}: not valid TOML: {e}") from None
 
 
 def load_agent_config(path: str | Path) -> AgentConfig:
     """Read and check an agent config; relative paths in it are relative to the file."""
     p = Path(path)
     raw = read_toml(p, "; start from configs/agent.example.toml")
-    known_sections = sorted({*_SECTIONS, "source", "commissioning"})
-    unknown = set(raw) - set(known_sections)
-    if unknown:
-        raise ConfigError(f"{p}: unknown section(s) {sorted(unknown)}; known: {', '.join(known_sections)}")
+    known_sections(raw, {*_SECTIONS, "source", "commissioning"}, p)
     if "password" in raw.get("mqtt", {}):
         raise ConfigError(f"{p}: [mqtt] password: never write a password in the config file; put it in a file "
                           "named by password_file (mode 0600) or pass it with systemd's LoadCredential=mqtt-password")
-    parts: dict[str, Any] = {name: _build(cls, dict(raw.get(name, {})), name, p) for name, cls in _SECTIONS.items()}
+    parts: dict[str, Any] = {name: parse_section(cls, raw.get(name), name, p, _PATH_KEYS)
+                             for name, cls in _SECTIONS.items()}
     if "source" not in raw:
         raise ConfigError(f"{p}: no [source] section; kind = one of the source kinds (see configs/agent.example.toml)")
     cfg = AgentConfig(path=p, source=_source(raw["source"], p),
@@ -207,3 +156,13 @@ def load_agent_config(path: str | Path) -> AgentConfig:
     if cfg.deploy.enabled and not cfg.agent.public_key:
         raise ConfigError(f"{p}: [deploy] enabled needs [agent] public_key: only signed deploys are accepted")
     return cfg
+
+
+def commissioning_section(raw: Mapping[str, Any] | None, path: Path) -> CommissioningSection | None:
+    """Parse ``[commissioning]`` (None when the config has none); ConfigError names the file and key."""
+    if raw is None:
+        return None
+    section = parse_section(CommissioningSection, raw, "commissioning", path)
+    if (section.windows is None) == (section.hours is None):
+        raise ConfigError(f"{path}: [commissioning] give its length as exactly one of windows = N or hours = H")
+    return section

@@ -15,19 +15,20 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .bundle import Bundle
-from .decide import Decision, reconstruction_scores
-from .detector import Detector
-from .events import DiagnosisState, Verdict, envelope_energies, floor_values
-from .features import extract
-from .frames import Framer
-from .healthy import Evidence, event_inputs, window_evidence
-from .sensor_check import SensorLimits, check_chunk
-from .source import Chunk
-from .window import WindowBuffer
+from .detect.decide import Decision, reconstruction_scores
+from .detect.detector import Detector
+from .detect.events import DiagnosisState, envelope_energies, floor_values
+from .detect.features import extract
+from .detect.frames import Framer
+from .detect.healthy import Evidence, event_inputs, window_evidence
+from .detect.results import Scored, SensorStatus
+from .detect.window import WindowBuffer
+from .model.bundle import Bundle
+from .sources.sensor_check import SensorLimits, check_chunk
+from .sources.source import Chunk
 
 if TYPE_CHECKING:
-    from .commission import Calibration, Commissioning
+    from .model.commission import Commissioning
 
 NON_FINITE = "non-finite score: samples out of any sane range"
 SANE_FEATURE = 1e12  # beyond this |value| a feature comes from samples out of any sane range, not from a sensor
@@ -41,33 +42,6 @@ def continuity(t_start: float, expected: float, fs_hz: float) -> str | None:
     if abs(gap) <= CONTINUITY_SAMPLES / fs_hz:
         return None
     return "gap" if gap > 0 else "backwards"
-
-
-@dataclass(frozen=True)
-class Scored:
-    """One window's result."""
-
-    t: float  # time of the window's last frame (as `vibrawatch evaluate` reports windows)
-    score: float
-    level: float
-    contributions: np.ndarray  # (C,)
-    decision: Decision
-    since: float | None  # when the active alarm was raised
-    verdict: Verdict | None = None  # the combined detector's (agent/events.py): channels, transients, ...
-    diagnosis: dict[int, dict[str, Any]] = field(default_factory=dict)  # channel raised now -> its diagnosis
-    diagnosed: dict[int, dict[str, Any]] = field(default_factory=dict)  # active channel -> defect now standing out
-    threshold: float = 0.0  # the score threshold of the detector that decided it
-    source: str = "bundle"  # where its thresholds come from: bundle, commissioning, commissioned
-    evidence: Evidence | None = None  # what commissioning keeps of it (agent/healthy.py)
-    calibration: Calibration | None = None  # the commissioning's outcome, on the window that completed it
-
-
-@dataclass(frozen=True)
-class SensorStatus:
-    """The sensor went bad (``reason``) or came back (``reason`` None)."""
-
-    t: float
-    reason: str | None
 
 
 @dataclass
@@ -86,7 +60,7 @@ class Decider:
     """Everything after the score: one window's evidence in, its decision out, by the detector it holds.
 
     The alarm rule (the autoencoder's thresholds) or, for a combined detector, the event layer and the
-    diagnosis (agent/events.py). With a ``Commissioning`` attached (agent/commission.py) each window goes
+    diagnosis (agent/detect/events.py). With a ``Commissioning`` attached (agent/model/commission.py) each window goes
     through it: while it runs, nothing alarms; when it completes, ``use`` swaps in the detector it fitted
     (this machine's healthy statistics), its alarm rule warmed with the last commissioning windows, so a
     fault present at the end alarms at the first window after them.

@@ -11,9 +11,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .commission import default_state_file
 from .config import AgentConfig
 from .errors import ConfigError
+from .model.commission import default_state_file
 
 
 def _who() -> str:

@@ -15,7 +15,7 @@ waiting for (a real-time replay sleeps 10 minutes between IMS snapshots).
 - An exception in the loop is a crash: the retained status says ``offline``, reason ``crashed``, with the
   error's one line, and the process exits 1 (systemd's Restart=on-failure restarts it); the last will
   (``connection lost``) stays for a process that vanished without a word.
-- With ``[commissioning]`` (agent/commission.py) every scored window goes through the commissioning (the
+- With ``[commissioning]`` (agent/model/commission.py) every scored window goes through the commissioning (the
   pipeline's ``Decider`` calls it), whichever detector the bundle uses, and the pipeline decides with the
   detector it holds (this machine's once commissioned); every ``Agent.apply`` (SIGHUP, a deploy's apply or
   rollback) saves the running commissioning and reopens it for the new bundle: another bundle version starts
@@ -46,20 +46,21 @@ from typing import Any
 import numpy as np
 
 from . import __version__
-from .allocator import keep_large_blocks
-from .bundle import Bundle, load_bundle
-from .commission import Commissioning, describe, open_commissioning, status
 from .config import AgentConfig, load_agent_config
-from .deploy import Deployer, bundle_path
-from .detector import Detector
+from .detect.detector import Detector
+from .detect.results import Scored, SensorStatus
 from .errors import ConfigError, VibrawatchError
-from .pipeline import Pipeline, Scored, SensorStatus
-from .publish import Publisher
-from .sensor_check import two_rates
-from .source import Chunk, Source, SourceContext
-from .sources import source_class
-from .spool import Spool
-from .topics import topic, window_messages
+from .link.publish import Publisher
+from .link.spool import Spool
+from .link.topics import topic, window_messages
+from .model.bundle import Bundle, load_bundle
+from .model.commission import Commissioning, describe, open_commissioning, status
+from .model.deploy import Deployer, bundle_path
+from .pipeline import Pipeline
+from .sources.allocator import keep_large_blocks
+from .sources.registry import source_class
+from .sources.sensor_check import two_rates
+from .sources.source import Chunk, Source, SourceContext
 
 log = logging.getLogger("vibrawatch.agent")
 
@@ -233,7 +234,7 @@ class Agent:
         self.commission: Commissioning | None = None  # opened by each _commit: a new bundle version starts over
         cfg = load_agent_config(self.config_path)
         self.deploy = Deployer(cfg, self._deploy_report, lambda b: self.apply(self.cfg, b)) if cfg.deploy.enabled \
-            else None  # model deploys over MQTT (agent/deploy.py): it calls apply() with a verified bundle
+            else None  # model deploys over MQTT (agent/model/deploy.py): it calls apply() with a verified bundle
         bundle = self.deploy.open_bundle(lambda p: self._load_bundle(cfg, p)) if self.deploy else self._load_bundle(cfg)
         self.cfg, self.bundle = cfg, bundle
         self.spool = Spool(cfg.agent.spool, int(cfg.agent.spool_max_mb * 1024 * 1024))

@@ -38,15 +38,16 @@ EDGE = r'''
 import json, os, sys, time
 T_START = float(sys.argv[1])
 import numpy as np
-from vibrawatch.agent.allocator import keep_large_blocks
+from vibrawatch.agent.sources.allocator import keep_large_blocks
 keep_large_blocks()  # as the agent service does at start
-from vibrawatch.agent.bundle import load_bundle
+from vibrawatch.agent.model.bundle import load_bundle
 from vibrawatch.agent.config import AgentConfig, AgentSection, MqttSection
-from vibrawatch.agent.pipeline import Pipeline, Scored
-from vibrawatch.agent.publish import Publisher
-from vibrawatch.agent.source import Chunk
-from vibrawatch.agent.spool import Spool
-from vibrawatch.agent.topics import window_messages
+from vibrawatch.agent.pipeline import Pipeline
+from vibrawatch.agent.detect.results import Scored
+from vibrawatch.agent.link.publish import Publisher
+from vibrawatch.agent.sources.source import Chunk
+from vibrawatch.agent.link.spool import Spool
+from vibrawatch.agent.link.topics import window_messages
 
 def rss_mb():
     for line in open("/proc/self/status"):
@@ -181,8 +182,8 @@ def child(code: str, *args: str, python: str = sys.executable) -> dict:
 def write_stream(path: Path, bundle: str, seconds: float) -> None:
     """The sensor's samples for both measurements: the built-in bearing simulator, consecutive 1 s
     snapshots at the bundle's rate and channel count, raw float32 (generated here, outside the agent)."""
-    from vibrawatch.agent.bundle import load_bundle
-    from vibrawatch.agent.simulate import BearingSimulator
+    from vibrawatch.agent.model.bundle import load_bundle
+    from vibrawatch.agent.sources.simulate import BearingSimulator
 
     spec = load_bundle(bundle).detector.spec
     fs = int(spec.fs_hz)
@@ -200,7 +201,7 @@ def service_rss(bundle: str, port: int, workdir: Path, stream: Path, python: str
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
-    from vibrawatch.agent.bundle import load_bundle
+    from vibrawatch.agent.model.bundle import load_bundle
 
     spec = load_bundle(bundle).detector.spec
     fs, n_ch = int(spec.fs_hz), len(spec.channels)

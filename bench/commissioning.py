@@ -87,9 +87,11 @@ class Outcome:
 def replay(bundle: object, data: Path, windows: int | None = None, **guard: float) -> tuple[list, object]:
     """Every scored window of a replay through the gateway's pipeline, with a commissioning over the first
     ``windows`` (None: the bundle's detector throughout), and the commissioning."""
-    from vibrawatch.agent.commission import Commissioning, CommissioningSection
-    from vibrawatch.agent.pipeline import Pipeline, Scored
-    from vibrawatch.agent.source import ReplaySource
+    from vibrawatch.agent.detect.calibrate import CommissioningSection
+    from vibrawatch.agent.detect.results import Scored
+    from vibrawatch.agent.model.commission import Commissioning
+    from vibrawatch.agent.pipeline import Pipeline
+    from vibrawatch.agent.sources.source import ReplaySource
 
     cfg = None if windows is None else CommissioningSection(windows=windows, **guard)
     comm = Commissioning(bundle.detector, bundle.version, cfg)
@@ -127,7 +129,7 @@ def table_head(kind: str) -> None:
 
 def row(name: str, b: object, data: Path, healthy_end: float | None, failure: float | None, share: float) -> None:
     """One machine: its healthy level against the bundle's detector, then both replays."""
-    from vibrawatch.agent.healthy import Evidence, levels
+    from vibrawatch.agent.detect.healthy import Evidence, levels
 
     evs, comm = replay(b, data)
     t = np.array([e.t for e in evs])
@@ -143,7 +145,7 @@ def row(name: str, b: object, data: Path, healthy_end: float | None, failure: fl
 def bundle(out: Path, name: str, data: Path, config: str) -> tuple[object, str]:
     """``name``.tar trained on the first half of ``data`` with ``config`` (reused when there: seeded, a rerun
     trains the same model) and loaded as the gateway loads it; how it was made."""
-    from vibrawatch.agent.bundle import load_bundle
+    from vibrawatch.agent.model.bundle import load_bundle
 
     tar = out / f"{name}.tar"
     t0 = time.perf_counter()
@@ -159,8 +161,8 @@ def bundle(out: Path, name: str, data: Path, config: str) -> tuple[object, str]:
 
 
 def sim(out: Path, share: float, plain: bool) -> None:
-    from vibrawatch.agent.loaders import save_snapshot_npz
-    from vibrawatch.agent.simulate import simulate_bearing_run
+    from vibrawatch.agent.sources.loaders import save_snapshot_npz
+    from vibrawatch.agent.sources.simulate import simulate_bearing_run
 
     ref = out / "sim_reference.npz"
     save_snapshot_npz(simulate_bearing_run(n_snapshots=SIM["snapshots"], snapshot_samples=SIM["samples"],

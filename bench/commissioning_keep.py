@@ -33,13 +33,15 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from commissioning import ROOT, SIM, SIM_CONFIG, bundle  # noqa: E402
 
-from vibrawatch.agent import commission as cm  # noqa: E402
-from vibrawatch.agent.commission import Commissioning, CommissioningSection, commission, fitted_parts  # noqa: E402
-from vibrawatch.agent.decide import Decision  # noqa: E402
-from vibrawatch.agent.healthy import Evidence  # noqa: E402
-from vibrawatch.agent.pipeline import Pipeline, Scored  # noqa: E402
-from vibrawatch.agent.simulate import BearingSimulator, simulate_bearing_run  # noqa: E402
-from vibrawatch.agent.source import Chunk  # noqa: E402
+from vibrawatch.agent.detect.calibrate import CommissioningSection, commission, fitted_parts
+from vibrawatch.agent.detect.decide import Decision  # noqa: E402
+from vibrawatch.agent.detect.healthy import Evidence  # noqa: E402
+from vibrawatch.agent.detect.results import Scored
+from vibrawatch.agent.model import commission as cm  # noqa: E402
+from vibrawatch.agent.model.commission import Commissioning  # noqa: E402
+from vibrawatch.agent.pipeline import Pipeline  # noqa: E402
+from vibrawatch.agent.sources.simulate import BearingSimulator, simulate_bearing_run  # noqa: E402
+from vibrawatch.agent.sources.source import Chunk  # noqa: E402
 
 
 def healthy_windows(b: object, n: int) -> Evidence:
@@ -190,7 +192,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     ref = out / "sim_reference.npz"
     if not (out / "sim.tar").exists():
-        from vibrawatch.agent.loaders import save_snapshot_npz
+        from vibrawatch.agent.sources.loaders import save_snapshot_npz
 
         save_snapshot_npz(simulate_bearing_run(n_snapshots=SIM["snapshots"], snapshot_samples=SIM["samples"],
                                                onset=SIM["onset"], noise=0.07, seed=1), ref)

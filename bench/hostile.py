@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT / "tests"))  # the tests' Mosquitto helper
 
 
 def spool_part() -> None:
-    from vibrawatch.agent.spool import Spool
+    from vibrawatch.agent.link.spool import Spool
 
     payload = {"v": 1, "timestamp": "2004-02-16T00:12:39.000Z", "t": 1076890359.0, "score": 0.2412,
                "threshold": 0.2137, "level": 1.13, "model": "ims2-none-f845fe5516",
@@ -54,7 +54,7 @@ def memory_part(bundle: Path, big: int) -> None:
     from mosquitto import Broker
     from paho.mqtt.enums import CallbackAPIVersion
 
-    from vibrawatch.agent.bundle import load_bundle
+    from vibrawatch.agent.model.bundle import load_bundle
 
     spec = load_bundle(bundle).detector.spec
     fs, n_ch = spec.fs_hz, len(spec.channels)

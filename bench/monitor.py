@@ -51,7 +51,7 @@ import paho.mqtt.client as mqtt  # noqa: E402
 from mosquitto import free_port, mosquitto_binary  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
-from vibrawatch.agent.topics import encode, score_payload  # noqa: E402
+from vibrawatch.agent.link.topics import encode, score_payload  # noqa: E402
 
 DEADLINE_S = 600
 

@@ -109,7 +109,7 @@ def main() -> None:
     args = ap.parse_args()
     from mosquitto import Broker
 
-    from vibrawatch.agent.bundle import load_bundle
+    from vibrawatch.agent.model.bundle import load_bundle
 
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)

@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from vibrawatch.agent.bundle import MANIFEST, MODEL, SCHEMA, SIGNATURE, load_bundle, sha256
-from vibrawatch.agent.decide import Decision, reconstruction_scores, run_alarms
-from vibrawatch.agent.infer import TFLiteModel
+from vibrawatch.agent.detect.decide import Decision, reconstruction_scores, run_alarms
+from vibrawatch.agent.detect.infer import TFLiteModel
+from vibrawatch.agent.model.bundle import MANIFEST, MODEL, SCHEMA, SIGNATURE, load_bundle, sha256
 
 from .tflite import ConversionError, check_ops, convert_keras, n_lstm_layers, rebuild_batch1
 
@@ -92,7 +92,7 @@ def run_on_tflite_runtime(model_content: bytes, inputs: np.ndarray, expected: np
         (Path(d) / "m.tflite").write_bytes(model_content)
         np.save(Path(d) / "x.npy", inputs)
         code = (
-            "import sys, numpy as np; from vibrawatch.agent.infer import TFLiteModel; "
+            "import sys, numpy as np; from vibrawatch.agent.detect.infer import TFLiteModel; "
             f"m = TFLiteModel(open({str(Path(d) / 'm.tflite')!r}, 'rb').read(), runtime='tflite-runtime'); "
             f"np.save({str(Path(d) / 'y.npy')!r}, m.reconstruct_batch(np.load({str(Path(d) / 'x.npy')!r}))); "
             "print(m.runtime_version)"
@@ -205,7 +205,7 @@ def write_bundle(files: dict[str, bytes], out: Path) -> None:
 
 def describe(path: str | Path) -> str:
     """A human summary of a bundle's manifest (no verification beyond reading it)."""
-    from vibrawatch.agent.bundle import parse_manifest, read_bundle_files
+    from vibrawatch.agent.model.bundle import parse_manifest, read_bundle_files
 
     p = Path(path)
     files = read_bundle_files(p)

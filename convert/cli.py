@@ -131,7 +131,7 @@ def _print_report(r: dict[str, Any]) -> None:
                    f"{d.get('false_alarms', '-')!s:>5s}")
     if r.get("auc") is not None:
         typer.echo(f"AUC {r['auc']}")
-    from vibrawatch.agent.events import describe
+    from vibrawatch.agent.detect.events import describe
 
     if r.get("diagnosis"):
         found = r.get("diagnosed")
@@ -173,8 +173,8 @@ def simulate_bearing(
 ) -> None:
     """A rolling-bearing run to failure: defect impacts at BPFO/BPFI/BSF ringing a resonance, in noise;
     optionally a one-channel step or transient and a shared condition change."""
-    from vibrawatch.agent.loaders import save_snapshot_npz
-    from vibrawatch.agent.simulate import simulate_bearing_run
+    from vibrawatch.agent.sources.loaders import save_snapshot_npz
+    from vibrawatch.agent.sources.simulate import simulate_bearing_run
 
     rec = simulate_bearing_run(n_snapshots=snapshots, snapshot_samples=samples, fs_hz=fs_hz, interval_s=interval_s,
                                n_channels=channels, failing_channel=failing, fault=fault, onset=onset, seed=seed,
@@ -192,8 +192,8 @@ def simulate_lorenz(
     n: Annotated[int, typer.Option(help="Euler steps (samples).")] = 3000,
 ) -> None:
     """The IBM article's Lorenz-attractor 'vibration' (Euler step 0.008 from (2, 3, 4))."""
-    from vibrawatch.agent.loaders import save_snapshot_npz
-    from vibrawatch.agent.simulate import simulate_lorenz as sim
+    from vibrawatch.agent.sources.loaders import save_snapshot_npz
+    from vibrawatch.agent.sources.simulate import simulate_lorenz as sim
 
     rec = sim(kind, n)
     save_snapshot_npz(rec, out)
@@ -226,11 +226,12 @@ def demo(
         return lorenz_demo(out, live, for_s, quiet)
     import numpy as np
 
-    from vibrawatch.agent.bundle import load_bundle
-    from vibrawatch.agent.loaders import save_snapshot_npz
-    from vibrawatch.agent.pipeline import Pipeline, Scored
-    from vibrawatch.agent.simulate import simulate_bearing_run
-    from vibrawatch.agent.source import ReplaySource
+    from vibrawatch.agent.detect.results import Scored
+    from vibrawatch.agent.model.bundle import load_bundle
+    from vibrawatch.agent.pipeline import Pipeline
+    from vibrawatch.agent.sources.loaders import save_snapshot_npz
+    from vibrawatch.agent.sources.simulate import simulate_bearing_run
+    from vibrawatch.agent.sources.source import ReplaySource
     from vibrawatch.train.evaluate import evaluate_run
     from vibrawatch.train.run import train_run
 

@@ -67,7 +67,7 @@ def register(app: typer.Typer) -> None:
         ] = None,
     ) -> None:
         """Run every check the gateway runs: layout, schema, sha256 of each file, signature, runtime, self-test."""
-        from vibrawatch.agent.bundle import load_bundle
+        from vibrawatch.agent.model.bundle import load_bundle
 
         b = load_bundle(bundle, public_key)
         signed = "signature ok" if public_key else "signature not checked (no --public-key)"

@@ -18,7 +18,7 @@ BLOCK_INTERVAL_S = 0.01
 
 def live_bearing(out: Path, data: Path, bundle: Path, public_key: Path, seconds: float | None) -> dict[str, object]:
     """6/6 of the demo: the bearing run replayed live through a sensor node, the agent and the monitor."""
-    from vibrawatch.agent.loaders import load
+    from vibrawatch.agent.sources.loaders import load
     from vibrawatch.monitor.live import sample_messages
 
     rec = load(data)
@@ -41,8 +41,8 @@ def _run(out: Path, bundle: Path, public_key: Path | None, messages: object, int
 
 def lorenz_demo(out: Path, live: bool, seconds: float | None, quiet: bool) -> None:
     """The IBM article's case: train on a healthy Lorenz stream; live, the node switches to broken parameters."""
-    from vibrawatch.agent.loaders import save_snapshot_npz
-    from vibrawatch.agent.simulate import simulate_lorenz
+    from vibrawatch.agent.sources.loaders import save_snapshot_npz
+    from vibrawatch.agent.sources.simulate import simulate_lorenz
     from vibrawatch.monitor.live import sample_messages
     from vibrawatch.train.evaluate import evaluate_run
     from vibrawatch.train.run import train_run

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from vibrawatch.agent.config import read_toml
 from vibrawatch.agent.errors import ConfigError
+from vibrawatch.agent.sections import known_sections, parse_section, read_toml
 
 
 @dataclass(frozen=True)
@@ -104,6 +104,7 @@ class MonitorConfig:
         return None
 
 
+_PATH_KEYS = ("password_file", "ca_file", "cert_file", "key_file")
 _SECTIONS = {"monitor": MonitorSection, "mqtt": MqttSection, "fleet": FleetSection, "retention": RetentionSection,
              "alerts": AlertsSection}
 
@@ -114,26 +115,11 @@ def load_monitor_config(path: str | Path | None = None, **overrides: Any) -> Mon
     p = Path(path) if path else Path("<command line>")
     if path:
         raw = read_toml(p, "; start from configs/monitor.example.toml")
-        unknown = set(raw) - set(_SECTIONS)
-        if unknown:
-            raise ConfigError(f"{p}: unknown section(s) {sorted(unknown)}; known: {sorted(_SECTIONS)}")
+        known_sections(raw, _SECTIONS, p)
         if "password" in raw.get("mqtt", {}):
             raise ConfigError(f"{p}: [mqtt] password: never write a password in the config file; name a file "
                               "with password_file (mode 0600) or use systemd's LoadCredential=mqtt-password")
-    parts: dict[str, Any] = {}
-    for name, cls in _SECTIONS.items():
-        section = dict(raw.get(name, {}))
-        known = {f.name for f in fields(cls)}
-        bad = set(section) - known
-        if bad:
-            raise ConfigError(f"{p}: [{name}] unknown key(s) {sorted(bad)}; known: {sorted(known)}")
-        for key in ("password_file", "ca_file", "cert_file", "key_file"):
-            if isinstance(section.get(key), str):
-                section[key] = str((p.parent / section[key]).resolve())
-        try:
-            parts[name] = cls(**section)
-        except TypeError as e:
-            raise ConfigError(f"{p}: [{name}] {e}") from None
+    parts = {name: parse_section(cls, raw.get(name), name, p, _PATH_KEYS) for name, cls in _SECTIONS.items()}
     cfg = MonitorConfig(path=p, **parts)
     given = {k: v for k, v in overrides.items() if v is not None}
     for name in _SECTIONS:

@@ -30,7 +30,7 @@ COMMISSIONING_EVENTS = ("commissioning_refused", "calibration_unreadable")  # wi
 COMMISSIONING_FIELDS = ("windows", "note", "threshold", "channel_thresholds", "median_level", "standout",
                         "bundle_threshold")
 DEPLOY_FIELDS = ("deployment", "outcome", "reason", "from", "to", "sha256", "timestamp")  # docs/deploy.md
-WILL_REASON = "connection lost"  # the agent's last will (agent/publish.py)
+WILL_REASON = "connection lost"  # the agent's last will (agent/link/publish.py)
 _EWMA = 0.2
 
 

@@ -4,7 +4,7 @@
   session expiry set): the broker queues what the fleet publishes while the monitor is down, and monitors
   in one group split the traffic. On an MQTT 3.1.1 broker (no shared subscriptions) it subscribes plainly
   on a persistent session and says so: there, a second monitor would receive everything again.
-- Every message is checked against its JSON Schema (agent/schemas/): a quick check generated from the schema
+- Every message is checked against its JSON Schema (agent/link/schemas/): a quick check generated from the schema
   (schemacheck.py, ~2 us), fastjsonschema (~5 us; jsonschema ~90) for anything it does not pass; one that
   fails goes to the dead-letter table with fastjsonschema's reason.
 - Messages gather into batches (``batch_max`` or ``batch_wait_ms``); each batch is one transaction, and only
@@ -30,7 +30,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from vibrawatch.agent.topics import PREFIX
+from vibrawatch.agent.link.topics import PREFIX
 
 from . import pahofast
 from .config import MonitorConfig
@@ -48,7 +48,7 @@ TOPIC_FILTER = f"{PREFIX}/+/+/#"
 
 
 def _checkers() -> dict[str, Checker]:
-    schemas = resources.files("vibrawatch.agent") / "schemas"
+    schemas = resources.files("vibrawatch.agent.link") / "schemas"
     return {k: Checker(json.loads((schemas / f"{k}.json").read_text())) for k in (*KINDS, *EVENT_KINDS)}
 
 
@@ -71,7 +71,7 @@ def decode(topic: str, payload: bytes, received: float) -> Score | Alarm | Statu
     except ValueError as e:  # json.JSONDecodeError, orjson.JSONDecodeError and UnicodeDecodeError all are
         return DeadLetter(topic, payload, f"payload: not JSON ({e})", received)
     if (error := CHECKERS[kind].errors(msg)) is not None:
-        return DeadLetter(topic, payload, f"payload: {error} (schema agent/schemas/{kind}.json)", received)
+        return DeadLetter(topic, payload, f"payload: {error} (schema agent/link/schemas/{kind}.json)", received)
     if kind == "score":
         return Score(site, device, msg["seq"], float(msg["t"]), msg["timestamp"], float(msg["score"]),
                      float(msg["threshold"]), float(msg["level"]), msg["contributions"], msg["model"], received,

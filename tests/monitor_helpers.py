@@ -16,11 +16,11 @@ import paho.mqtt.client as mqtt
 from conftest import ROOT
 from paho.mqtt.enums import CallbackAPIVersion
 
-from vibrawatch.agent.topics import alarm_payload, encode, iso, score_payload, status_payload, topic
+from vibrawatch.agent.link.topics import alarm_payload, encode, iso, score_payload, status_payload, topic
 
 
 class Gateway:
-    """Publishes score / alarm / status messages exactly as the agent builds them (vibrawatch.agent.topics),
+    """Publishes score / alarm / status messages exactly as the agent builds them (vibrawatch.agent.link.topics),
     QoS 1, each acknowledged by the broker before the next; reconnects across a broker restart, and, like the
     agent's publisher, each connection has its own ``link``: its will says it, and its first status too."""
 

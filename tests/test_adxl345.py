@@ -9,9 +9,9 @@ from collections import deque
 import numpy as np
 import pytest
 
-from vibrawatch.agent.adxl345 import ADXL345, ADXL345Source, full_scale_g
 from vibrawatch.agent.pipeline import continuity
-from vibrawatch.agent.sensor_check import SensorLimits, check_chunk
+from vibrawatch.agent.sources.adxl345 import ADXL345, ADXL345Source, full_scale_g
+from vibrawatch.agent.sources.sensor_check import SensorLimits, check_chunk
 
 
 class FakeADXL345Bus:

@@ -23,7 +23,7 @@ from jsonschema import Draft202012Validator
 from mosquitto import Broker
 from paho.mqtt.enums import CallbackAPIVersion
 
-from vibrawatch.agent.bundle import load_bundle
+from vibrawatch.agent.model.bundle import load_bundle
 
 BLOCK = '''
 import sys
@@ -174,7 +174,7 @@ def test_replay_publishes_one_score_per_window_equal_to_the_offline_scores(
     assert alarms[0]["t"] == pytest.approx(offline["report"]["first_alarm_s"])  # the same window
     assert alarms[0]["channel"] == offline["report"]["alarm_channel"] == "bearing1"
     for kind in ("score", "alarm", "status"):  # the documented, versioned payloads
-        validator = Draft202012Validator(json.loads((ROOT / "agent" / "schemas" / f"{kind}.json").read_text()))
+        validator = Draft202012Validator(json.loads((ROOT / "agent" / "link" / "schemas" / f"{kind}.json").read_text()))
         for payload in sub.of(kind):
             validator.validate(payload)
     status = sub.of("status")

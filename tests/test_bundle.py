@@ -16,7 +16,7 @@ import pytest
 from conftest import cli
 from typer.testing import CliRunner
 
-from vibrawatch.agent.bundle import (
+from vibrawatch.agent.model.bundle import (
     BundleChecksumError,
     BundleLayoutError,
     BundleSchemaError,
@@ -148,7 +148,7 @@ def test_unknown_schema_is_refused(signed_bundle: Path, tmp_path: Path) -> None:
 def test_a_bundle_1_manifest_still_loads_with_an_unweighted_pca_residual(signed_bundle: Path, tmp_path: Path) -> None:
     """Bundles made before the PCA residual's weights (schema /1) load and score their residual as they were
     made to; the current schema says the weights are there, so an agent that would ignore them refuses it."""
-    from vibrawatch.agent.decide import reconstruction_scores
+    from vibrawatch.agent.detect.decide import reconstruction_scores
 
     m = json.loads((signed_bundle / "manifest.json").read_text())
     assert m["schema"] == "vibrawatch.bundle/2" and len(m["pca"]["weights"]) == len(m["pca"]["mean"])
@@ -210,7 +210,7 @@ def test_keras3_lstm_is_refused_for_its_while_loop() -> None:
 
 def test_a_runtime_that_failed_at_conversion_is_refused_with_the_variant_to_build(signed_bundle: Path,
                                                                                   tmp_path: Path) -> None:
-    from vibrawatch.agent.bundle import BundleRuntimeError
+    from vibrawatch.agent.model.bundle import BundleRuntimeError
 
     b = _copy(signed_bundle, tmp_path)
     m = json.loads((b / "manifest.json").read_text())

@@ -1,4 +1,4 @@
-"""Commissioning (agent/commission.py): the streaming object equals its batch twin, the state file survives
+"""Commissioning (agent/model/commission.py): the streaming object equals its batch twin, the state file survives
 restarts and reloads, a damaged one falls back to the bundle's thresholds, and the real agent commissions
 over MQTT as documented (threshold_source on every score, the status messages, `recalibrate`)."""
 
@@ -17,22 +17,15 @@ from jsonschema import Draft202012Validator
 from mosquitto import Broker
 from test_agent_e2e import Subscriber, agent_command, gateway_env
 
-from vibrawatch.agent.commission import (
-    Commissioning,
-    CommissioningSection,
-    commission,
-    commissioning_section,
-    read_windows,
-    request_recalibration,
-    row_shapes,
-)
-from vibrawatch.agent.config import load_agent_config
-from vibrawatch.agent.decide import run_alarms
-from vibrawatch.agent.detector import Detector
+from vibrawatch.agent.config import commissioning_section, load_agent_config
+from vibrawatch.agent.detect.calibrate import CommissioningSection, commission
+from vibrawatch.agent.detect.decide import run_alarms
+from vibrawatch.agent.detect.detector import Detector
+from vibrawatch.agent.detect.healthy import Evidence, Extremes
+from vibrawatch.agent.detect.threshold import fit_channel_thresholds, fit_threshold
 from vibrawatch.agent.errors import ConfigError
-from vibrawatch.agent.healthy import Evidence, Extremes
+from vibrawatch.agent.model.commission import Commissioning, read_windows, request_recalibration, row_shapes
 from vibrawatch.agent.pipeline import Decider
-from vibrawatch.agent.threshold import fit_channel_thresholds, fit_threshold
 
 
 def detector(method: str = "max", channels: int = 3) -> Detector:
@@ -223,7 +216,7 @@ def test_a_long_commissioning_keeps_an_evenly_spaced_subsample_in_memory_and_on_
     most 128 windows (arrays of at most 128 rows) and the windows file at most a header and 128 lines, and
     what it holds is windows 0, s, 2s, ... of all it has seen, in order; the length still counts every window,
     and the fit is ``healthy.fit`` on the kept windows, as the batch twin's."""
-    from vibrawatch.agent import healthy
+    from vibrawatch.agent.detect import healthy
 
     det, state = detector(), tmp_path / "calibration.json"
     windows = tmp_path / "calibration.windows.jsonl"
@@ -272,7 +265,7 @@ def test_the_log_is_every_stride_th_window_whatever_keep_and_a_lower_keep_halves
     """Odd sizes too: after each window the log holds windows 0, s, 2s, ... with the stride the batch twin
     computes, in arrays of at most ``keep`` rows; resumed with a lower ``keep`` (an edited config) it halves
     until it fits and stays evenly spaced."""
-    from vibrawatch.agent.healthy import EvidenceLog, stride_for
+    from vibrawatch.agent.detect.healthy import EvidenceLog, stride_for
 
     ev = Evidence(np.arange(1000.0), np.arange(1000.0), np.zeros((1000, 2)))
     log = EvidenceLog(keep=keep)
@@ -423,9 +416,10 @@ def test_a_restart_mid_way_resumes_the_subsample_to_the_same_fit(tiny_bundle: Pa
     float64) the detector of an uninterrupted one, which is the batch twin's on every 8th window."""
     from dataclasses import replace
 
-    from vibrawatch.agent.bundle import load_bundle
-    from vibrawatch.agent.pipeline import Pipeline, Scored
-    from vibrawatch.agent.source import ReplaySource
+    from vibrawatch.agent.detect.results import Scored
+    from vibrawatch.agent.model.bundle import load_bundle
+    from vibrawatch.agent.pipeline import Pipeline
+    from vibrawatch.agent.sources.source import ReplaySource
 
     bundle = load_bundle(tiny_bundle)
     d = bundle.detector
@@ -470,9 +464,10 @@ def test_a_windows_file_from_before_the_held_pca_score_resumes_and_is_rewritten(
     """An agent upgraded mid-commissioning finds a windows file (and extremes) without the ``pca_held`` column:
     the commissioning resumes from it (nothing lost), the single PCA score standing in for the held one (never
     lower, so no threshold comes out tighter than it would have), and the file is rewritten in the new layout."""
-    from vibrawatch.agent.bundle import load_bundle
-    from vibrawatch.agent.pipeline import Pipeline, Scored
-    from vibrawatch.agent.source import ReplaySource
+    from vibrawatch.agent.detect.results import Scored
+    from vibrawatch.agent.model.bundle import load_bundle
+    from vibrawatch.agent.pipeline import Pipeline
+    from vibrawatch.agent.sources.source import ReplaySource
 
     bundle = load_bundle(tiny_bundle)
     pipe = Pipeline(bundle)
@@ -521,17 +516,17 @@ def test_a_windows_file_from_before_the_held_pca_score_resumes_and_is_rewritten(
 
 def test_training_and_commissioning_fit_the_same_healthy_statistics(tiny_run: Path, tiny_data: Path,
                                                                     tiny_bundle: Path, tmp_path: Path) -> None:
-    """agent/healthy.py's fit on the training run's healthy windows gives the numbers training wrote into
+    """agent/detect/healthy.py's fit on the training run's healthy windows gives the numbers training wrote into
     run.json (floors, PCA thresholds, own deviation, autoencoder thresholds; to 1e-9); and the gateway's
     pipeline commissioning the reference machine over the same healthy windows fits them again, the
     autoencoder's thresholds up to TFLite's float32 against Keras. A calibration file whose floors were
     damaged falls back to the bundle's detector, naming the field."""
-    from vibrawatch.agent import healthy
-    from vibrawatch.agent.bundle import load_bundle
-    from vibrawatch.agent.commission import fitted_parts
-    from vibrawatch.agent.loaders import load
+    from vibrawatch.agent.detect import healthy
+    from vibrawatch.agent.detect.calibrate import fitted_parts
+    from vibrawatch.agent.model.bundle import load_bundle
     from vibrawatch.agent.pipeline import Pipeline
-    from vibrawatch.agent.source import ReplaySource
+    from vibrawatch.agent.sources.loaders import load
+    from vibrawatch.agent.sources.source import ReplaySource
     from vibrawatch.train.dataset import featurize, make_windows
     from vibrawatch.train.product import frame_floor_values
     from vibrawatch.train.run import Run
@@ -586,10 +581,10 @@ def test_a_diagnosing_detector_refits_its_healthy_envelope_energies(tiny_run: Pa
     """With [diagnosis], each commissioning window keeps its last frame's envelope energies (a restart resumes
     them from the windows file) and the commissioned detector's healthy energies are their median: what
     training fits on its healthy windows' last frames."""
-    from vibrawatch.agent.bundle import load_bundle
-    from vibrawatch.agent.loaders import load
+    from vibrawatch.agent.model.bundle import load_bundle
     from vibrawatch.agent.pipeline import Pipeline
-    from vibrawatch.agent.source import ReplaySource
+    from vibrawatch.agent.sources.loaders import load
+    from vibrawatch.agent.sources.source import ReplaySource
     from vibrawatch.train.config import DiagnosisConfig
     from vibrawatch.train.dataset import featurize, make_windows
     from vibrawatch.train.product import diagnosis_from_config, frame_energies
@@ -671,8 +666,8 @@ def plain_bundle(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 def rougher_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A second machine of ``tiny_data``'s type (the same simulator and run to failure), 1.4x rougher when
     healthy: its broadband noise 0.10 against the reference machine's 0.07."""
-    from vibrawatch.agent.loaders import save_snapshot_npz
-    from vibrawatch.agent.simulate import simulate_bearing_run
+    from vibrawatch.agent.sources.loaders import save_snapshot_npz
+    from vibrawatch.agent.sources.simulate import simulate_bearing_run
 
     out = tmp_path_factory.mktemp("rougher") / "rougher.npz"
     save_snapshot_npz(simulate_bearing_run(n_snapshots=80, snapshot_samples=4096, fs_hz=20000, onset=0.6, noise=0.10,
@@ -706,7 +701,7 @@ max_backoff_s = 1
     return cfg
 
 
-VALIDATORS = {k: Draft202012Validator(json.loads((ROOT / "agent" / "schemas" / f"{k}.json").read_text()))
+VALIDATORS = {k: Draft202012Validator(json.loads((ROOT / "agent" / "link" / "schemas" / f"{k}.json").read_text()))
               for k in ("score", "alarm", "status", "transient", "condition_change", "diagnosis")}
 
 
@@ -790,8 +785,8 @@ def test_a_machine_that_looks_faulty_while_commissioning_keeps_the_bundles_detec
     it must not learn them as normal. The status topic says commissioning_suspect (with the numbers that
     decided it), the scores after it carry threshold_source bundle, the bundle's detector alarms as before,
     and a restart keeps the verdict."""
-    from vibrawatch.agent.loaders import save_snapshot_npz
-    from vibrawatch.agent.simulate import simulate_bearing_run
+    from vibrawatch.agent.sources.loaders import save_snapshot_npz
+    from vibrawatch.agent.sources.simulate import simulate_bearing_run
 
     data = tmp_path / "much_rougher.npz"
     save_snapshot_npz(simulate_bearing_run(n_snapshots=80, snapshot_samples=4096, fs_hz=20000, onset=0.6, noise=0.21,
@@ -823,9 +818,10 @@ def test_the_default_detector_is_commissioned_on_a_rougher_machine(tiny_bundle: 
     (and publishes no transient, condition change or diagnosis), says commissioning -> commissioned with this
     machine's refitted floors, PCA and own-deviation numbers, raises no false alarm after it and still catches
     the failure; a restart resumes the commissioned detector from the state directory."""
-    from vibrawatch.agent.bundle import load_bundle
-    from vibrawatch.agent.pipeline import Pipeline, Scored
-    from vibrawatch.agent.source import ReplaySource
+    from vibrawatch.agent.detect.results import Scored
+    from vibrawatch.agent.model.bundle import load_bundle
+    from vibrawatch.agent.pipeline import Pipeline
+    from vibrawatch.agent.sources.source import ReplaySource
 
     bundle = load_bundle(tiny_bundle)
     assert bundle.detector.combined
@@ -895,7 +891,7 @@ def test_every_swap_through_agent_apply_carries_the_commissioning(plain_bundle: 
     commissioning holds."""
     import dataclasses
 
-    from vibrawatch.agent.bundle import load_bundle
+    from vibrawatch.agent.model.bundle import load_bundle
     from vibrawatch.agent.service import Agent
 
     state = tmp_path / "state"

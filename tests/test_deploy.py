@@ -24,8 +24,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from test_agent_e2e import agent_command, gateway_env
 from typer.testing import CliRunner
 
-from vibrawatch.agent.bundle import MANIFEST, SIGNATURE, load_bundle, read_bundle_files
-from vibrawatch.agent.deploy import CRASH_AT
+from vibrawatch.agent.model.bundle import MANIFEST, SIGNATURE, load_bundle, read_bundle_files
+from vibrawatch.agent.model.deploy import CRASH_AT
 from vibrawatch.convert.bundle import write_bundle
 from vibrawatch.convert.cli import app
 from vibrawatch.convert.deploy import make_request
@@ -277,7 +277,7 @@ def test_good_bundle_to_two_agents_applies_on_both_and_scores_switch_model(
         assert a.proc is not None and a.proc.poll() is None
         assert not a.logged("blocked by the test")  # deploys need no TensorFlow, typer or workstation code
     for kind in ("score", "status"):  # the documented payloads, deploy fields included
-        validator = Draft202012Validator(json.loads((ROOT / "agent" / "schemas" / f"{kind}.json").read_text()))
+        validator = Draft202012Validator(json.loads((ROOT / "agent" / "link" / "schemas" / f"{kind}.json").read_text()))
         for a in agents:
             for payload in watcher.of(a.device, kind)[-50:]:
                 validator.validate(payload)

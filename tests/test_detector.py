@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vibrawatch.agent.bundle import load_bundle
-from vibrawatch.agent.detector import Detector
+from vibrawatch.agent.detect.detector import Detector
 from vibrawatch.agent.errors import ConfigError
+from vibrawatch.agent.model.bundle import load_bundle
 
 
 def test_run_bundle_and_gateway_read_the_same_detector(tiny_run: Path, tiny_bundle: Path) -> None:

@@ -18,7 +18,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from test_agent_e2e import Subscriber, agent_command, gateway_env
 from test_hostile_input import HOSTILE
 
-from vibrawatch.agent.loaders import load
+from vibrawatch.agent.sources.loaders import load
 
 TOPIC = "sensors/press7/raw"
 MAX_MESSAGE = 256 * 1024  # [source] max_message_bytes in the drill's config

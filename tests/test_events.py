@@ -1,4 +1,4 @@
-"""The combined detector's decision layer (agent/events.py): who is named, what is a transient, what is a
+"""The combined detector's decision layer (agent/detect/events.py): who is named, what is a transient, what is a
 condition change, and the diagnosis; on synthetic levels first, then on real runs through the CLI."""
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 from conftest import cli, shared
 
-from vibrawatch.agent.decide import AlarmRule
-from vibrawatch.agent.detector import Detector
+from vibrawatch.agent.detect.decide import AlarmRule
+from vibrawatch.agent.detect.detector import Detector
+from vibrawatch.agent.detect.events import Diagnosis, EventRule, EventState, run_events
+from vibrawatch.agent.detect.recording import Recording
 from vibrawatch.agent.errors import ConfigError
-from vibrawatch.agent.events import Diagnosis, EventRule, EventState, run_events
-from vibrawatch.agent.loaders import load, save_snapshot_npz
-from vibrawatch.agent.recording import Recording
+from vibrawatch.agent.sources.loaders import load, save_snapshot_npz
 
 C = 4
 RULE = EventRule(transient_s=6 * 600.0, history=4)
@@ -145,8 +145,8 @@ def test_held_scores_set_the_lowest_threshold_that_keeps_the_healthy_period_free
     windows (``healthy.held``) ignores a single start-up window that a threshold over single windows would
     be set by. With it the healthy period raises nothing, and a threshold 2% lower would; one window at a
     time (the gateway, ``before``: the windows just before) gives the same held scores as the whole run."""
-    from vibrawatch.agent.healthy import held
-    from vibrawatch.agent.threshold import ThresholdRule, fit_threshold
+    from vibrawatch.agent.detect.healthy import held
+    from vibrawatch.agent.detect.threshold import ThresholdRule, fit_threshold
 
     rng = np.random.default_rng(3)
     score = np.r_[2.5, 1.6, rng.uniform(0.8, 1.0, 60)]  # a start-up, then steady
@@ -218,8 +218,8 @@ def test_the_peak_statistic_sees_a_defect_line_in_broadband_noise_that_rises_wit
     nameplate frequency. The energy within 2 bins of BPFO and its harmonics rises like every other defect's
     (the noise's 9x): nothing stands out. The peak statistic (the line, searched within 3% slip, over its local
     background) stays near 1x for louder noise alone and names BPFO when the line is there."""
-    from vibrawatch.agent.events import envelope_energies
-    from vibrawatch.agent.features import FeatureSpec
+    from vibrawatch.agent.detect.events import envelope_energies
+    from vibrawatch.agent.detect.features import FeatureSpec
 
     spec = FeatureSpec(20000.0, 20000, ("b1",), ())
     defects = {"bpfo": 236.4, "bpfi": 296.9, "bsf": 139.9, "ftf": 14.8}
@@ -241,9 +241,9 @@ def test_the_peak_statistic_sees_a_defect_line_in_broadband_noise_that_rises_wit
 def test_the_simulators_defects_are_named_by_the_peak_statistic(fault: str, defect: str) -> None:
     """The bearing simulator's outer-race, inner-race (shaft-modulated) and ball (cage-modulated) defects: the
     failing bearing's last snapshots name their own defect, a healthy bearing names none."""
-    from vibrawatch.agent.events import envelope_energies
-    from vibrawatch.agent.features import FeatureSpec
-    from vibrawatch.agent.simulate import BearingSimulator
+    from vibrawatch.agent.detect.events import envelope_energies
+    from vibrawatch.agent.detect.features import FeatureSpec
+    from vibrawatch.agent.sources.simulate import BearingSimulator
 
     sim = BearingSimulator(n_snapshots=30, snapshot_samples=10240, onset=0.5, fault=fault, seed=3)
     rec = sim.run()
@@ -261,7 +261,7 @@ def test_a_wrong_diagnosis_statistic_is_named_and_old_bundles_keep_the_energy(tm
     """A manifest's diagnosis without ``statistic`` (made before the peak statistic) keeps measuring energy, as
     its healthy numbers were fitted; an unknown statistic is one line naming the field, in a manifest, a
     training config or a feature definition."""
-    from vibrawatch.agent.features import FeatureDef, FeatureSpec, extract
+    from vibrawatch.agent.detect.features import FeatureDef, FeatureSpec, extract
     from vibrawatch.train.config import load_config
 
     d = Diagnosis({"bpfo": 236.4}, (2000.0, 8000.0), 3, np.zeros((2, 1)), statistic="peak").to_dict()
@@ -377,10 +377,11 @@ def test_ims2_bearing1_envelope_says_outer_race() -> None:
 def test_the_gateway_pipeline_decides_like_evaluate(tiny_run: Path, tiny_data: Path, tmp_path: Path) -> None:
     """Streaming (the gateway's Pipeline on the TFLite bundle) and batch (`vibrawatch evaluate`) give the same
     levels, the same per-channel alarms and the same transients on a run with a transient and a held step."""
-    from vibrawatch.agent.bundle import load_bundle
-    from vibrawatch.agent.pipeline import Pipeline, Scored
-    from vibrawatch.agent.source import ReplaySource
-    from vibrawatch.agent.topics import window_messages
+    from vibrawatch.agent.detect.results import Scored
+    from vibrawatch.agent.link.topics import window_messages
+    from vibrawatch.agent.model.bundle import load_bundle
+    from vibrawatch.agent.pipeline import Pipeline
+    from vibrawatch.agent.sources.source import ReplaySource
 
     run = _copy_run(tiny_run, tmp_path, transient_s=1800.0)
     gains = np.ones((48, 4))
@@ -403,7 +404,8 @@ def test_the_gateway_pipeline_decides_like_evaluate(tiny_run: Path, tiny_data: P
     for kind in ("alarm", "transient"):
         from jsonschema import Draft202012Validator
 
-        schema = json.loads((Path(__file__).resolve().parents[1] / "agent" / "schemas" / f"{kind}.json").read_text())
+        schemas = Path(__file__).resolve().parents[1] / "agent" / "link" / "schemas"
+        schema = json.loads((schemas / f"{kind}.json").read_text())
         for k, p in messages:
             if k == kind:
                 Draft202012Validator(schema).validate({**p, "seq": 1})
@@ -411,13 +413,13 @@ def test_the_gateway_pipeline_decides_like_evaluate(tiny_run: Path, tiny_data: P
 
 def test_every_new_message_matches_its_schema() -> None:
     """Alarm (with channels and diagnosis), transient, condition_change and diagnosis payloads as the gateway
-    builds them validate against agent/schemas/ (the documented, versioned MQTT payloads)."""
+    builds them validate against agent/link/schemas/ (the documented, versioned MQTT payloads)."""
     from jsonschema import Draft202012Validator
 
-    from vibrawatch.agent.decide import Decision
-    from vibrawatch.agent.events import Event, Verdict
-    from vibrawatch.agent.pipeline import Scored
-    from vibrawatch.agent.topics import window_messages
+    from vibrawatch.agent.detect.decide import Decision
+    from vibrawatch.agent.detect.events import Event, Verdict
+    from vibrawatch.agent.detect.results import Scored
+    from vibrawatch.agent.link.topics import window_messages
 
     names = ("bearing1", "bearing2", "bearing3", "bearing4")
     dg = {"defect": None, "ratio": 1.1, "ratios": {"bpfo": 1.1, "bpfi": 1.0, "bsf": 1.0, "ftf": 0.9}}
@@ -430,7 +432,7 @@ def test_every_new_message_matches_its_schema() -> None:
     messages = window_messages(ev, names, 0.25, "m-1")
     kinds = [k for k, _ in messages]
     assert kinds == ["score", "alarm", "alarm", "diagnosis", "transient", "condition_change"]
-    root = Path(__file__).resolve().parents[1] / "agent" / "schemas"
+    root = Path(__file__).resolve().parents[1] / "agent" / "link" / "schemas"
     for kind, payload in messages:
         Draft202012Validator(json.loads((root / f"{kind}.json").read_text())).validate({**payload, "seq": 1})
     raised = messages[1][1]

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from scipy import signal, stats
 
+from vibrawatch.agent.detect.features import FeatureDef, FeatureSpec, default_spec, extract
+from vibrawatch.agent.detect.frames import Framer, iter_frames
+from vibrawatch.agent.detect.recording import Recording
+from vibrawatch.agent.detect.window import WindowBuffer, sliding_windows
 from vibrawatch.agent.errors import ConfigError
-from vibrawatch.agent.features import FeatureDef, FeatureSpec, default_spec, extract
-from vibrawatch.agent.frames import Framer, iter_frames
-from vibrawatch.agent.recording import Recording
-from vibrawatch.agent.window import WindowBuffer, sliding_windows
 
 FS = 10000.0
 N = 1000

@@ -16,7 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from vibrawatch.agent.bundle import (
+from vibrawatch.agent.cli import main as agent_main
+from vibrawatch.agent.model.bundle import (
     MANIFEST,
     BundleError,
     BundleSchemaError,
@@ -27,7 +28,6 @@ from vibrawatch.agent.bundle import (
     parse_manifest,
     verify_checksums,
 )
-from vibrawatch.agent.cli import main as agent_main
 from vibrawatch.convert.cli import app
 
 

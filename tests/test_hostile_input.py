@@ -20,10 +20,10 @@ from mosquitto import Broker, free_port
 from paho.mqtt.enums import CallbackAPIVersion
 
 from vibrawatch.agent.config import AgentConfig, AgentSection, MqttSection
-from vibrawatch.agent.mqtt_source import MAX_T, MqttSampleSource, SamplesRefused, parse_samples
-from vibrawatch.agent.publish import Publisher, connect_failure_reason
-from vibrawatch.agent.spool import Spool
-from vibrawatch.agent.topics import iso
+from vibrawatch.agent.link.publish import Publisher, connect_failure_reason
+from vibrawatch.agent.link.spool import Spool
+from vibrawatch.agent.link.topics import iso
+from vibrawatch.agent.sources.mqtt_source import MAX_T, MqttSampleSource, SamplesRefused, parse_samples
 
 BIG = "9" * 401  # a 401-digit integer: float() overflows, numpy overflows
 
@@ -113,11 +113,12 @@ def test_iso_time_never_fails() -> None:
 def test_huge_samples_make_a_sensor_status_never_a_non_finite_score(tiny_bundle: Path, tiny_data: Path) -> None:
     """±1e38 is a finite float32, but the features overflow: the score must not go out as NaN/inf (the spool's
     JSON encoding refused it and the agent died), and the alarm state must not see it."""
-    from vibrawatch.agent.bundle import load_bundle
-    from vibrawatch.agent.loaders import load
-    from vibrawatch.agent.pipeline import Pipeline, Scored, SensorStatus
-    from vibrawatch.agent.source import Chunk, ReplaySource
-    from vibrawatch.agent.topics import encode, window_messages
+    from vibrawatch.agent.detect.results import Scored, SensorStatus
+    from vibrawatch.agent.link.topics import encode, window_messages
+    from vibrawatch.agent.model.bundle import load_bundle
+    from vibrawatch.agent.pipeline import Pipeline
+    from vibrawatch.agent.sources.loaders import load
+    from vibrawatch.agent.sources.source import Chunk, ReplaySource
 
     b = load_bundle(tiny_bundle)
     rec = load(tiny_data)
@@ -146,11 +147,12 @@ def test_a_model_that_outputs_nan_on_probation_is_rolled_back(tiny_bundle: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """The pipeline withholds a non-finite score as a sensor fault, so a deploy's per-score check never sees
     it: the probation counts windows whose model output was NaN/inf on a finite input, and rolls back."""
-    from vibrawatch.agent.bundle import load_bundle
     from vibrawatch.agent.config import DeploySection
-    from vibrawatch.agent.deploy import Deployer
-    from vibrawatch.agent.pipeline import NON_FINITE, Pipeline, Scored, SensorStatus
-    from vibrawatch.agent.source import ReplaySource
+    from vibrawatch.agent.detect.results import Scored, SensorStatus
+    from vibrawatch.agent.model.bundle import load_bundle
+    from vibrawatch.agent.model.deploy import Deployer
+    from vibrawatch.agent.pipeline import NON_FINITE, Pipeline
+    from vibrawatch.agent.sources.source import ReplaySource
 
     b = load_bundle(tiny_bundle)
     monkeypatch.setattr(b.model, "reconstruct", lambda x: np.full_like(x, np.nan))
@@ -228,7 +230,7 @@ def test_an_exception_in_a_message_handler_does_not_kill_the_network_thread(tmp_
 
 def test_an_unreachable_broker_is_logged_with_the_reason_then_at_a_capped_interval(
         tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
-    import vibrawatch.agent.publish as publish
+    import vibrawatch.agent.link.publish as publish
 
     monkeypatch.setattr(publish, "UNREACHABLE_LOG_FIRST_S", 2.0)
     caplog.set_level(logging.INFO, "vibrawatch.publish")
@@ -372,7 +374,7 @@ def test_callbacks_survive_a_failing_log_handler() -> None:
 
 def test_a_large_block_reaches_the_pipeline_in_consecutive_pieces() -> None:
     """So the pipeline's temporaries stay those of a small chunk whatever the message size."""
-    from vibrawatch.agent.mqtt_source import PIECE_ROWS
+    from vibrawatch.agent.sources.mqtt_source import PIECE_ROWS
 
     src = MqttSampleSource("s", lambda t, h: None, 20000, ("a", "b"), stop=lambda: src._queue.empty())
     rows = np.arange(2 * (2 * PIECE_ROWS + 100), dtype=float).reshape(-1, 2)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vibrawatch.agent.bundle import load_bundle
+from vibrawatch.agent.model.bundle import load_bundle
 
 
 def test_windows_in_a_row_equal_keras_in_any_order(tiny_run: Path, tiny_bundle: Path) -> None:

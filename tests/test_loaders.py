@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from conftest import shared
 
+from vibrawatch.agent.detect.recording import FeatureTable, Recording
 from vibrawatch.agent.errors import DataFormatError
-from vibrawatch.agent.loaders import detect_format, load, load_ims_dir, save_snapshot_npz
-from vibrawatch.agent.recording import FeatureTable, Recording
+from vibrawatch.agent.sources.loaders import detect_format, load, load_ims_dir, save_snapshot_npz
 from vibrawatch.train import cwru
 
 
@@ -322,7 +322,7 @@ def test_the_gateway_path_never_imports_scipy(tmp_path: Path) -> None:
     import sys
 
     d, _ = _femto_dir(tmp_path)
-    code = ("import sys; from vibrawatch.agent.loaders import load; load(sys.argv[1]); "
+    code = ("import sys; from vibrawatch.agent.sources.loaders import load; load(sys.argv[1]); "
             "assert 'scipy' not in sys.modules, 'scipy imported'")
     subprocess.run([sys.executable, "-c", code, str(d)], check=True)
 

@@ -17,7 +17,7 @@ from test_agent_e2e import agent_command, gateway_env
 from test_commission import agent_config
 from test_monitor_store import Hook
 
-from vibrawatch.agent.topics import encode, score_payload, topic
+from vibrawatch.agent.link.topics import encode, score_payload, topic
 from vibrawatch.monitor import fleet
 from vibrawatch.monitor.store import open_store
 

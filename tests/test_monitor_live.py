@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import cli
 
-from vibrawatch.agent.loaders import load
+from vibrawatch.agent.sources.loaders import load
 from vibrawatch.monitor.live import run_live, sample_messages
 
 

@@ -18,7 +18,7 @@ from monitor_helpers import MonitorProcess, wait_until
 from mosquitto import Broker, free_port
 from test_agent_e2e import agent_command, gateway_env
 
-from vibrawatch.agent.loaders import load
+from vibrawatch.agent.sources.loaders import load
 from vibrawatch.monitor.live import RAW_TOPIC, SensorNode, agent_config, sample_messages
 from vibrawatch.monitor.store import open_store
 

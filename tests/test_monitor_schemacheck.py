@@ -16,10 +16,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator, FormatChecker
 
-from vibrawatch.agent.topics import alarm_payload, score_payload, status_payload
+from vibrawatch.agent.link.topics import alarm_payload, score_payload, status_payload
 from vibrawatch.monitor.schemacheck import Checker, compile_quick
 
-SCHEMAS = Path(__file__).resolve().parents[1] / "agent" / "schemas"
+SCHEMAS = Path(__file__).resolve().parents[1] / "agent" / "link" / "schemas"
 SHA = "ab" * 32
 TS = "2026-11-23T02:10:00.000Z"
 

@@ -64,7 +64,7 @@ def test_detector_events_are_stored_once_and_share_the_seq_of_scores_and_deploy_
     transient = {"v": 1, "timestamp": "2026-01-01T00:00:02.000Z", "t": 2.0, "seq": 2, "channels": ["a"],
                  "ratio": [1.33], "relaxed_by": "2026-01-01T06:00:02.000Z", "model": "m"}
     ev = decode("vibrawatch/v1/s1/d1/transient", json.dumps(transient).encode(), 1000.0)
-    assert not hasattr(ev, "reason"), getattr(ev, "reason", "")  # valid against agent/schemas/transient.json
+    assert not hasattr(ev, "reason"), getattr(ev, "reason", "")  # valid against agent/link/schemas/transient.json
     w = store.write(Batch(scores=[score(1, 1.0), score(3, 3.0)], events=[ev]), now=1000.0)  # type: ignore[list-item]
     assert (w.scores, w.events, w.lost) == (2, 1, 0)
     w = store.write(Batch(events=[ev]), now=1001.0)  # type: ignore[list-item]  # redelivered
@@ -270,7 +270,7 @@ def _status(state: str, ts: str, **fields: object) -> dict:
 
 def _decoded(kind: str, payload: dict, device: str = "d1") -> object:
     row = decode(f"vibrawatch/v1/s1/{device}/{kind}", json.dumps(payload).encode(), 1000.0)
-    assert not hasattr(row, "reason"), getattr(row, "reason", "")  # valid against agent/schemas/
+    assert not hasattr(row, "reason"), getattr(row, "reason", "")  # valid against agent/link/schemas/
     return row
 
 

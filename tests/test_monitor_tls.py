@@ -12,7 +12,7 @@ from monitor_helpers import MonitorProcess, wait_until
 from mosquitto import Broker
 from test_publish_tls import Mqtt311Gate, pki, publisher, tls_broker  # noqa: F401  (pki: a fixture)
 
-from vibrawatch.agent.topics import score_payload
+from vibrawatch.agent.link.topics import score_payload
 from vibrawatch.monitor.store import open_store
 
 

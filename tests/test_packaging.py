@@ -46,7 +46,7 @@ def test_the_wheel_holds_one_package_named_vibrawatch(wheel: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     tops = {n.split("/")[0] for n in names if not n.startswith("vibrawatch-")}
     assert tops == {"vibrawatch"}
-    assert "vibrawatch/agent/schemas/score.json" in names and "vibrawatch/agent/cli.py" in names
+    assert "vibrawatch/agent/link/schemas/score.json" in names and "vibrawatch/agent/cli.py" in names
 
 
 def test_installed_outside_the_checkout_it_runs_and_agent_is_not_a_top_level_name(

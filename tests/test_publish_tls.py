@@ -33,8 +33,8 @@ from mosquitto import Broker, free_port
 from paho.mqtt.enums import CallbackAPIVersion
 
 from vibrawatch.agent.config import AgentConfig, AgentSection, MqttSection
-from vibrawatch.agent.publish import Publisher
-from vibrawatch.agent.spool import Spool
+from vibrawatch.agent.link.publish import Publisher
+from vibrawatch.agent.link.spool import Spool
 
 SCORE_TOPIC = "vibrawatch/v1/lab/gw/score"
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from conftest import cli
 
-from vibrawatch.agent.bundle import load_bundle
-from vibrawatch.agent.infer import find_runtime
+from vibrawatch.agent.detect.infer import find_runtime
+from vibrawatch.agent.model.bundle import load_bundle
 
 VAR = "VIBRAWATCH_TFLITE_RUNTIME_PYTHON"
 
@@ -38,7 +38,7 @@ def test_float32_bundle_runs_on_tflite_runtime(tflite_python: str, tiny_run: Pat
     x = np.load(tiny_run / "windows.npz")["x"][::7][:12]
     np.save(tmp_path / "x.npy", x)
     code = (
-        "import sys, numpy as np; from vibrawatch.agent.bundle import load_bundle\n"
+        "import sys, numpy as np; from vibrawatch.agent.model.bundle import load_bundle\n"
         f"b = load_bundle({str(bundle)!r}, runtime='tflite-runtime')\n"
         f"np.save({str(tmp_path / 'y.npy')!r}, b.model.reconstruct_batch(np.load({str(tmp_path / 'x.npy')!r})))\n"
         "print(b.model.runtime, np.__version__)"

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from conftest import TINY_CONFIG, cli
 
-from vibrawatch.agent.bundle import load_bundle
-from vibrawatch.agent.detector import Detector
+from vibrawatch.agent.detect.detector import Detector
+from vibrawatch.agent.detect.scale import MinMaxScaling, RobustScaling
 from vibrawatch.agent.errors import ConfigError
-from vibrawatch.agent.scale import MinMaxScaling, RobustScaling
+from vibrawatch.agent.model.bundle import load_bundle
 
 
 def test_one_healthy_outlier_does_not_stretch_the_robust_scale() -> None:

@@ -7,10 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vibrawatch.agent.bundle import load_bundle
-from vibrawatch.agent.pipeline import Pipeline, Scored, SensorStatus
-from vibrawatch.agent.sensor_check import SensorLimits, check_chunk
-from vibrawatch.agent.source import Chunk, ReplaySource
+from vibrawatch.agent.detect.results import Scored, SensorStatus
+from vibrawatch.agent.model.bundle import load_bundle
+from vibrawatch.agent.pipeline import Pipeline
+from vibrawatch.agent.sources.sensor_check import SensorLimits, check_chunk
+from vibrawatch.agent.sources.source import Chunk, ReplaySource
 
 LIM = SensorLimits(n_channels=2, fs_hz=1000.0, full_scale=4.0)
 GOOD = np.random.default_rng(0).normal(size=(256, 2)).astype(np.float32)

@@ -28,10 +28,10 @@ from test_agent_e2e import BLOCK, agent_command, broker, offline  # noqa: F401 -
 
 from vibrawatch.agent.config import AgentConfig, AgentSection, MqttSection, load_agent_config
 from vibrawatch.agent.errors import ConfigError
-from vibrawatch.agent.sensor_check import two_rates
-from vibrawatch.agent.sources import SOURCES
+from vibrawatch.agent.sources.registry import SOURCES
+from vibrawatch.agent.sources.sensor_check import two_rates
 
-STATUS = Draft202012Validator(json.loads((ROOT / "agent" / "schemas" / "status.json").read_text()))
+STATUS = Draft202012Validator(json.loads((ROOT / "agent" / "link" / "schemas" / "status.json").read_text()))
 
 
 class Watch:
@@ -161,7 +161,7 @@ def write_text(p: Path, text: str) -> Path:
 
 
 def test_rates_are_printed_so_that_they_differ() -> None:
-    from vibrawatch.agent.sensor_check import SensorLimits, check_chunk
+    from vibrawatch.agent.sources.sensor_check import SensorLimits, check_chunk
 
     assert two_rates(1.03, 1.0) == ("1.03", "1")
     samples = np.random.default_rng(0).standard_normal((100, 2)).astype(np.float32)
@@ -279,7 +279,7 @@ def test_an_mqtt_source_keeps_its_samples_coming_across_a_reload_that_moves_the_
         broker, tiny_bundle: Path, tiny_data: Path, tmp_path: Path) -> None:  # noqa: F811
     """The samples subscription lives on the publisher's connection: a reload to another device builds a new
     connection, and the running source must be subscribed there too (no samples lost to the old one)."""
-    from vibrawatch.agent.loaders import load
+    from vibrawatch.agent.sources.loaders import load
 
     rec = load(tiny_data)
     watch = Watch(broker.port)
@@ -379,8 +379,8 @@ def test_a_password_file_others_can_read_is_refused_and_a_group_readable_one_war
 
 
 def test_a_spool_left_readable_by_an_earlier_version_is_made_owner_only(tmp_path: Path) -> None:
+    from vibrawatch.agent.link.spool import Spool
     from vibrawatch.agent.service import _owner_only
-    from vibrawatch.agent.spool import Spool
 
     old = os.umask(0o022)
     try:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 from conftest import shared
 
-from vibrawatch.agent.features import FeatureDef, FeatureSpec, extract
-from vibrawatch.agent.simulate import BearingGeometry, BearingSimulator, lorenz
+from vibrawatch.agent.detect.features import FeatureDef, FeatureSpec, extract
+from vibrawatch.agent.sources.simulate import BearingGeometry, BearingSimulator, lorenz
 
 
 def test_lorenz_reproduces_the_ibm_demo_streams() -> None:
@@ -65,7 +65,7 @@ def test_one_channel_transient_jumps_then_relaxes_and_a_held_step_holds() -> Non
 def test_condition_change_moves_every_channel_at_once(tmp_path) -> None:  # noqa: ANN001
     from conftest import cli
 
-    from vibrawatch.agent.loaders import load
+    from vibrawatch.agent.sources.loaders import load
 
     out = tmp_path / "cond.npz"
     cli("simulate", "bearing", "--out", out, "--snapshots", "20", "--samples", "2048", "--onset", "0.9",

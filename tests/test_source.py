@@ -12,9 +12,9 @@ import pytest
 from mosquitto import Broker
 from paho.mqtt.enums import CallbackAPIVersion
 
-from vibrawatch.agent.loaders import load
-from vibrawatch.agent.mqtt_source import MqttSampleSource, parse_samples
-from vibrawatch.agent.source import Pacer, ReplaySource
+from vibrawatch.agent.sources.loaders import load
+from vibrawatch.agent.sources.mqtt_source import MqttSampleSource, parse_samples
+from vibrawatch.agent.sources.source import Pacer, ReplaySource
 
 
 def test_replay_yields_every_sample_in_order_and_marks_snapshot_starts(tiny_data: Path) -> None:
@@ -84,11 +84,12 @@ def test_source_drops_bad_messages_and_never_blocks_paho() -> None:
 
 def test_samples_over_a_real_broker_score_like_the_replay(tiny_bundle: Path, tiny_data: Path, tmp_path: Path) -> None:
     """A sensor node publishes snapshots as samples messages; the agent's scores equal the file replay's."""
-    from vibrawatch.agent.bundle import load_bundle
     from vibrawatch.agent.config import AgentConfig, AgentSection, MqttSection
-    from vibrawatch.agent.pipeline import Pipeline, Scored, SensorStatus
-    from vibrawatch.agent.publish import Publisher
-    from vibrawatch.agent.spool import Spool
+    from vibrawatch.agent.detect.results import Scored, SensorStatus
+    from vibrawatch.agent.link.publish import Publisher
+    from vibrawatch.agent.link.spool import Spool
+    from vibrawatch.agent.model.bundle import load_bundle
+    from vibrawatch.agent.pipeline import Pipeline
 
     b = load_bundle(tiny_bundle)
     rec = load(tiny_data)
@@ -152,10 +153,10 @@ def test_samples_over_a_real_broker_score_like_the_replay(tiny_bundle: Path, tin
 def test_mqtt_samples_resume_after_a_broker_restart(tiny_bundle: Path, tmp_path: Path) -> None:
     """A restarted broker has forgotten the agent's subscription (clean start): the agent subscribes
     again on reconnect, so the sensor node's samples reach it again without a restart of the agent."""
-    from vibrawatch.agent.bundle import load_bundle
     from vibrawatch.agent.config import AgentConfig, AgentSection, MqttSection
-    from vibrawatch.agent.publish import Publisher
-    from vibrawatch.agent.spool import Spool
+    from vibrawatch.agent.link.publish import Publisher
+    from vibrawatch.agent.link.spool import Spool
+    from vibrawatch.agent.model.bundle import load_bundle
 
     b = load_bundle(tiny_bundle)
     n_ch = len(b.detector.spec.channels)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from vibrawatch.agent.errors import ConfigError
-from vibrawatch.agent.spool import Spool
+from vibrawatch.agent.link.spool import Spool
 
 
 def _payloads(msgs: list) -> list[dict]:

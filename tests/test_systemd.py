@@ -24,7 +24,7 @@ from conftest import ROOT
 from mosquitto import Broker
 from test_agent_e2e import Subscriber, agent_command
 
-from vibrawatch.agent.bundle import load_bundle
+from vibrawatch.agent.model.bundle import load_bundle
 from vibrawatch.agent.service import UNIT_START_S, UNIT_WATCHDOG_S, watchdog_fit, window_seconds
 
 UNITS = [ROOT / "systemd" / "vibrawatch-agent.service", ROOT / "systemd" / "vibrawatch-agent@.service"]
@@ -187,9 +187,10 @@ def test_agent_runs_under_the_units_restrictions(unit: Path, tiny_bundle: Path, 
     """`vibrawatch-agent run` as the unit runs it: the spool in the state directory, the password only as a
     credential, READY and WATCHDOG over AF_UNIX, MQTT over AF_INET, read-only elsewhere: every score
     equal to the same pipeline run unrestricted in this process."""
-    from vibrawatch.agent.bundle import load_bundle
-    from vibrawatch.agent.pipeline import Pipeline, Scored
-    from vibrawatch.agent.source import ReplaySource
+    from vibrawatch.agent.detect.results import Scored
+    from vibrawatch.agent.model.bundle import load_bundle
+    from vibrawatch.agent.pipeline import Pipeline
+    from vibrawatch.agent.sources.source import ReplaySource
 
     d = {k: tmp_path / k for k in ("state", "etc", "creds", "run", "broker")}
     for p in d.values():

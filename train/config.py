@@ -11,11 +11,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vibrawatch.agent.config import read_toml
-from vibrawatch.agent.decide import AlarmRule
+from vibrawatch.agent.detect.decide import AlarmRule
+from vibrawatch.agent.detect.scale import SCALINGS
+from vibrawatch.agent.detect.threshold import ThresholdRule
 from vibrawatch.agent.errors import ConfigError
-from vibrawatch.agent.scale import SCALINGS
-from vibrawatch.agent.threshold import ThresholdRule
+from vibrawatch.agent.sections import known_sections, parse_section, read_toml
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ class DiagnosisConfig:
 
 @dataclass(frozen=True)
 class ProductConfig:
-    """The decision layer around the autoencoder (agent/events.py); ``combined = false`` is the bare model."""
+    """The decision layer around the autoencoder (agent/detect/events.py); ``combined = false`` is the bare model."""
 
     combined: bool = True
     pca_variance: float = 0.95  # share of healthy variance the PCA residual's axes keep
@@ -90,6 +90,11 @@ class TrainConfig:
         return d
 
 
+@dataclass(frozen=True)
+class DataSection:
+    healthy_until: str | None = None  # used when the CLI gives none
+
+
 _SECTIONS = {"features": FeaturesConfig, "model": ModelConfig, "threshold": ThresholdRule,
              "product": ProductConfig, "diagnosis": DiagnosisConfig}
 
@@ -103,31 +108,14 @@ def load_config(path: str | Path | None) -> TrainConfig:
 
 
 def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> TrainConfig:
-    known = set(_SECTIONS) | {"alarm", "data"}
-    unknown = set(raw) - known
-    if unknown:
-        raise ConfigError(f"{source}: unknown section(s) {sorted(unknown)}; known: {sorted(known)}")
-    parts: dict[str, Any] = {}
-    for name, cls in _SECTIONS.items():
-        section = raw.get(name, {})
-        fields = set(cls.__dataclass_fields__)
-        bad = set(section) - fields
-        if bad:
-            raise ConfigError(f"{source}: [{name}] unknown key(s) {sorted(bad)}; known: {sorted(fields)}")
-        values = {k: (tuple(v) if isinstance(v, list) else v) for k, v in section.items()}
-        try:
-            parts[name] = cls(**values)
-        except (TypeError, ConfigError) as e:
-            raise ConfigError(f"{source}: [{name}] {e}") from None
+    known_sections(raw, {*_SECTIONS, "alarm", "data"}, source)
+    parts: dict[str, Any] = {name: parse_section(cls, raw.get(name), name, source) for name, cls in _SECTIONS.items()}
     try:
         parts["alarm"] = AlarmRule.from_dict(raw.get("alarm", {}))
     except ConfigError as e:
         raise ConfigError(f"{source}: {e}") from None
-    data = raw.get("data", {})
-    bad = set(data) - {"healthy_until"}
-    if bad:
-        raise ConfigError(f"{source}: [data] unknown key(s) {sorted(bad)}; known: ['healthy_until']")
-    cfg = TrainConfig(healthy_until=data.get("healthy_until"), source=source, **parts)
+    data = parse_section(DataSection, raw.get("data"), "data", source)
+    cfg = TrainConfig(healthy_until=data.healthy_until, source=source, **parts)
     _validate(cfg)
     return cfg
 

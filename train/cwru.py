@@ -12,16 +12,16 @@ from pathlib import Path
 import numpy as np
 import scipy.io
 
-from vibrawatch.agent import loaders
+from vibrawatch.agent.detect.recording import FeatureTable, Recording
 from vibrawatch.agent.errors import DataFormatError
-from vibrawatch.agent.recording import FeatureTable, Recording
+from vibrawatch.agent.sources import loaders
 
 CWRU_FS_HZ = 12000.0
 CWRU_SIGNALS = (("DE", "drive_end"), ("FE", "fan_end"), ("BA", "base"))
 
 
 def load(path: str | Path) -> Recording | FeatureTable:
-    """The agent's loaders (``vibrawatch.agent.loaders.load``) plus the .mat files only a workstation reads."""
+    """The agent's loaders (``vibrawatch.agent.sources.loaders.load``) plus the .mat files only a workstation reads."""
     return load_cwru_mat(path) if loaders.detect_format(path) == "cwru_mat" else loaders.load(path)
 
 

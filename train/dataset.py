@@ -9,11 +9,11 @@ from datetime import datetime, timezone
 import numpy as np
 from tqdm.auto import tqdm
 
+from vibrawatch.agent.detect.features import FeatureSpec, default_spec, extract, parse_features
+from vibrawatch.agent.detect.frames import iter_frames
+from vibrawatch.agent.detect.recording import FeatureTable, Recording
+from vibrawatch.agent.detect.window import sliding_windows, window_ends
 from vibrawatch.agent.errors import ConfigError
-from vibrawatch.agent.features import FeatureSpec, default_spec, extract, parse_features
-from vibrawatch.agent.frames import iter_frames
-from vibrawatch.agent.recording import FeatureTable, Recording
-from vibrawatch.agent.window import sliding_windows, window_ends
 
 from .config import TrainConfig
 

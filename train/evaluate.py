@@ -20,16 +20,16 @@ from typing import Any
 
 import numpy as np
 
-from vibrawatch.agent.decide import AlarmRule, Decision, reconstruction_scores, run_alarms
+from vibrawatch.agent.detect.decide import AlarmRule, Decision, reconstruction_scores, run_alarms
+from vibrawatch.agent.detect.events import DiagnosisState, EventRule, run_events
+from vibrawatch.agent.detect.features import FeatureDef, FeatureSpec, extract
+from vibrawatch.agent.detect.frames import iter_frames
+from vibrawatch.agent.detect.healthy import event_inputs, window_evidence
+from vibrawatch.agent.detect.recording import FeatureTable, Recording
+from vibrawatch.agent.detect.scale import MinMaxScaling
+from vibrawatch.agent.detect.threshold import ThresholdRule, fit_channel_thresholds, fit_threshold
+from vibrawatch.agent.detect.window import sliding_windows
 from vibrawatch.agent.errors import ConfigError
-from vibrawatch.agent.events import DiagnosisState, EventRule, run_events
-from vibrawatch.agent.features import FeatureDef, FeatureSpec, extract
-from vibrawatch.agent.frames import iter_frames
-from vibrawatch.agent.healthy import event_inputs, window_evidence
-from vibrawatch.agent.recording import FeatureTable, Recording
-from vibrawatch.agent.scale import MinMaxScaling
-from vibrawatch.agent.threshold import ThresholdRule, fit_channel_thresholds, fit_threshold
-from vibrawatch.agent.window import sliding_windows
 
 from .cwru import load
 from .dataset import featurize, format_time, healthy_end_time, make_windows, parse_time
@@ -304,7 +304,7 @@ def _product(
     contrib: np.ndarray, channels: Sequence[str], t_fail: float, failed_idx: Sequence[int], relative: bool,
     onset_t: float | None = None,
 ) -> tuple[Detection, dict[str, Any]]:
-    """The combined detector over the run (agent/events.py's batch twin) and its report fields, with the
+    """The combined detector over the run (agent/detect/events.py's batch twin) and its report fields, with the
     transients, condition changes and the diagnosis of every alarm."""
     from .product import frame_energies, frame_floor_values
 

@@ -12,9 +12,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from vibrawatch.agent.features import FeatureSpec  # noqa: E402
-from vibrawatch.agent.frames import iter_frames  # noqa: E402
-from vibrawatch.agent.recording import FeatureTable, Recording  # noqa: E402
+from vibrawatch.agent.detect.features import FeatureSpec  # noqa: E402
+from vibrawatch.agent.detect.frames import iter_frames  # noqa: E402
+from vibrawatch.agent.detect.recording import FeatureTable, Recording  # noqa: E402
 
 
 def _axis_times(t: np.ndarray, relative: bool) -> np.ndarray | list[datetime]:
@@ -77,7 +77,7 @@ def evaluation_plots(
                 "alarm level: max(score / threshold, channel share / channel threshold)")
     ax.axhline(1.0, color="tab:red", lw=1, label="threshold (level 1)")
     if report.get("first_alarm_s") is not None:
-        from vibrawatch.agent.events import describe
+        from vibrawatch.agent.detect.events import describe
 
         found = report.get("diagnosed")
         diag = (f"; {describe(found)} from {found['at']}" if found

@@ -1,7 +1,7 @@
-"""Fit the product's decision layer (agent/events.py) on the healthy period: floors, PCA residual, own
+"""Fit the product's decision layer (agent/detect/events.py) on the healthy period: floors, PCA residual, own
 deviation, step sizes and the healthy envelope energies for diagnosis. Plain numbers out, numpy only.
 
-The healthy statistics are fitted by ``vibrawatch.agent.healthy.fit``, the function a gateway's commissioning
+The healthy statistics are fitted by ``vibrawatch.agent.detect.healthy.fit``, the function a gateway's commissioning
 calls on its own machine's windows; here only the parts that belong to the model (the PCA's axes, the defect
 frequencies) and the whole run's per-frame values are computed."""
 
@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from vibrawatch.agent.detector import Detector
-from vibrawatch.agent.events import (
+from vibrawatch.agent.detect.detector import Detector
+from vibrawatch.agent.detect.events import (
     FLOOR_FEATURES,
     Diagnosis,
     EventRule,
@@ -23,11 +23,11 @@ from vibrawatch.agent.events import (
     envelope_energies,
     floor_values,
 )
-from vibrawatch.agent.features import FeatureSpec
-from vibrawatch.agent.frames import iter_frames
-from vibrawatch.agent.healthy import fit, window_evidence
-from vibrawatch.agent.recording import FeatureTable, Recording
-from vibrawatch.agent.simulate import BearingGeometry
+from vibrawatch.agent.detect.features import FeatureSpec
+from vibrawatch.agent.detect.frames import iter_frames
+from vibrawatch.agent.detect.healthy import fit, window_evidence
+from vibrawatch.agent.detect.recording import FeatureTable, Recording
+from vibrawatch.agent.sources.simulate import BearingGeometry
 
 from .config import DiagnosisConfig, ProductConfig
 
@@ -93,7 +93,7 @@ def fit_product(
     diagnosis: DiagnosisConfig,
 ) -> Detector:
     """``base`` (the autoencoder's detector) with the floor, pca, own, events (and diagnosis) parts, every healthy
-    statistic fitted on the healthy windows by ``vibrawatch.agent.healthy.fit``, as a gateway's commissioning
+    statistic fitted on the healthy windows by ``vibrawatch.agent.detect.healthy.fit``, as a gateway's commissioning
     refits them on its own machine. Floors and diagnosis energies are read on the healthy windows' last frames."""
     spec = base.spec
     n_ch = len(spec.channels)

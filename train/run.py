@@ -17,12 +17,12 @@ from typing import Any
 import numpy as np
 
 from vibrawatch.agent import __version__
-from vibrawatch.agent.decide import reconstruction_scores
-from vibrawatch.agent.detector import Detector
+from vibrawatch.agent.detect.decide import reconstruction_scores
+from vibrawatch.agent.detect.detector import Detector
+from vibrawatch.agent.detect.scale import MinMaxScaling, RobustScaling, Scaling
+from vibrawatch.agent.detect.threshold import fit_channel_thresholds, fit_threshold
 from vibrawatch.agent.errors import ConfigError
-from vibrawatch.agent.loaders import detect_format
-from vibrawatch.agent.scale import MinMaxScaling, RobustScaling, Scaling
-from vibrawatch.agent.threshold import fit_channel_thresholds, fit_threshold
+from vibrawatch.agent.sources.loaders import detect_format
 
 from .config import TrainConfig, load_config
 from .cwru import load

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import VibrawatchError
+from ..errors import VibrawatchError
 
 RUNTIMES = ("ai-edge-litert", "tflite-runtime", "tensorflow")
 

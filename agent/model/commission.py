@@ -6,8 +6,8 @@ late alarm. With ``[commissioning]`` in the config the agent first scores ``wind
 of window time) and publishes them with ``threshold_source: commissioning``, raising no alarm and publishing
 no transient, condition change or diagnosis (each would be judged on the reference machine's levels). Then
 it refits every number of the detector that describes *this machine's healthy state* with the same function
-as training (agent/healthy.py ``fit``, the bundle's threshold rule and margin): the autoencoder's thresholds,
-and for the combined detector (agent/events.py) the level floors (thresholds, healthy median, step sizes),
+as training (agent/detect/healthy.py ``fit``, the bundle's threshold rule and margin): the autoencoder's thresholds,
+and for the combined detector (agent/detect/events.py) the level floors (thresholds, healthy median, step sizes),
 the PCA residual's thresholds, each channel's own-deviation centre and spread, and the diagnosis's healthy
 envelope energies. The model, the scaler, the PCA's axes and the rules stay the bundle's. The agent stores
 the result in the state directory, publishes it on the status topic and decides with it from then on
@@ -60,16 +60,23 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import healthy
-from .decide import Decision
-from .detector import Detector
-from .errors import ConfigError
-from .healthy import Evidence, EvidenceLog, Extremes, levels, stride_for
+from ..detect.calibrate import (
+    Calibration,
+    CommissioningSection,
+    calibrate,
+    commissioning_done,
+    fitted_parts,
+    with_fitted,
+)
+from ..detect.decide import Decision
+from ..detect.detector import Detector
+from ..detect.healthy import Evidence, EvidenceLog, Extremes
+from ..errors import ConfigError
 
 if TYPE_CHECKING:
+    from ..config import AgentConfig
+    from ..detect.results import Scored
     from .bundle import Bundle
-    from .config import AgentConfig
-    from .pipeline import Scored
 
 log = logging.getLogger("vibrawatch.commission")
 
@@ -79,181 +86,13 @@ CALIBRATION_FILE = "calibration.json"
 WINDOWS_SUFFIX = ".windows.jsonl"  # calibration.windows.jsonl: the commissioning's windows, one line each
 SOURCES = ("bundle", "commissioning", "commissioned")
 SAVE_EVERY_S = 60.0  # windows are appended at most once a minute (and at every transition and stop)
-KEEP = 20000  # [commissioning] keep: windows held in memory and on disk, at most (about 24 MB of windows file)
-MIN_KEEP = 100
 WINDOWS_FORMAT = "vibrawatch.calibration-windows/1"
-
-
-@dataclass(frozen=True)
-class CommissioningSection:
-    """``[commissioning]`` of the agent config (configs/agent.example.toml documents it)."""
-
-    windows: int | None = None  # length in scored windows ...
-    hours: float | None = None  # ... or in hours of window time (the first window to the last)
-    suspect_factor: float = 10.0  # median commissioning level above this x the bundle's thresholds: suspect
-    channel_factor: float = 3.0  # one channel's median level above this x the others' (and above 1): suspect
-    state: str | None = None  # the calibration file; default: calibration.json in $STATE_DIRECTORY or the spool's
-    keep: int = KEEP  # the most windows held and written: an evenly spaced subsample of all windows seen
-
-    @property
-    def enabled(self) -> bool:
-        return self.windows is not None or self.hours is not None
-
-
-def commissioning_section(raw: Mapping[str, Any] | None, path: Path) -> CommissioningSection | None:
-    """Parse ``[commissioning]`` (None when the config has none); ConfigError names the file and key."""
-    if raw is None:
-        return None
-    where = f"{path}: [commissioning]"
-    known = {"windows", "hours", "suspect_factor", "channel_factor", "state", "keep"}
-    bad = set(raw) - known
-    if bad:
-        raise ConfigError(f"{where} unknown key(s) {sorted(bad)}; known: {sorted(known)}")
-    if ("windows" in raw) == ("hours" in raw):
-        raise ConfigError(f"{where} give its length as exactly one of windows = N or hours = H")
-    for key, kind in (("windows", int), ("hours", (int, float)), ("suspect_factor", (int, float)),
-                      ("channel_factor", (int, float))):
-        v = raw.get(key)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, kind) or not math.isfinite(v) or v <= 0):
-            want = "an integer >= 1" if kind is int else "a number > 0"
-            raise ConfigError(f"{where} {key} = {v!r}: expected {want}")
-    for key in ("suspect_factor", "channel_factor"):
-        if key in raw and raw[key] <= 1:
-            raise ConfigError(f"{where} {key} = {raw[key]}: expected a factor > 1")
-    keep = raw.get("keep", KEEP)
-    if isinstance(keep, bool) or not isinstance(keep, int) or keep < MIN_KEEP:
-        raise ConfigError(f"{where} keep = {keep!r}: expected an integer >= {MIN_KEEP} (the most windows kept; "
-                          f"default {KEEP})")
-    state = raw.get("state")
-    if state is not None and not isinstance(state, str):
-        raise ConfigError(f"{where} state: expected a file path")
-    if state is not None:
-        state = str((path.parent / state).resolve())
-    return CommissioningSection(windows=raw.get("windows"), hours=raw.get("hours"),
-                                suspect_factor=float(raw.get("suspect_factor", 10.0)),
-                                channel_factor=float(raw.get("channel_factor", 3.0)), state=state, keep=keep)
 
 
 def default_state_file(spool: str | Path) -> Path:
     """calibration.json in systemd's StateDirectory (``$STATE_DIRECTORY``), else beside the spool."""
     state_dir = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
     return Path(state_dir or Path(spool).parent) / CALIBRATION_FILE
-
-
-@dataclass(frozen=True)
-class Calibration:
-    """The outcome of a commissioning: this machine's detector, or why the bundle's was kept."""
-
-    state: str  # "commissioned" | "commissioning_suspect" | "unreadable" (a damaged file: the bundle's)
-    model: str
-    detector: Detector  # the detector that decides from now on: this machine's, or the bundle's
-    windows: int
-    median_level: float  # median commissioning window's level against the bundle's detector
-    standout: float  # the most different channel's median level / the other channels' median (1: all alike)
-    bundle_threshold: float
-    started_t: float
-    finished_t: float
-
-    @property
-    def source(self) -> str:
-        return "commissioned" if self.state == "commissioned" else "bundle"
-
-    @property
-    def threshold(self) -> float:
-        return self.detector.threshold
-
-    @property
-    def channel_thresholds(self) -> np.ndarray:
-        return self.detector.channel_thresholds
-
-    def status_fields(self) -> dict[str, Any]:
-        """What the status message says about it."""
-        d = self.detector
-        out: dict[str, Any] = {
-            "threshold_source": self.source, "threshold": self.threshold,
-            "channel_thresholds": [float(x) for x in self.channel_thresholds], "windows": self.windows,
-            "median_level": self.median_level, "standout": self.standout, "bundle_threshold": self.bundle_threshold}
-        if d.floor is not None:
-            out["floor_thresholds"] = d.floor.thresholds.tolist()
-        if d.pca is not None:
-            out["pca_threshold"] = d.pca.threshold
-        return out
-
-
-FITTED = ("threshold", "floor", "pca", "own", "diagnosis")  # the Detector.to_dict() keys a commissioning refits
-
-
-def fitted_parts(d: Detector) -> dict[str, Any]:
-    """What a calibration file keeps of a commissioned detector: its ``to_dict`` keys that commissioning refits
-    (the PCA's mean and axes are the model's and stay in the bundle)."""
-    out = {k: v for k, v in d.to_dict().items() if k in FITTED}
-    out["threshold"] = {k: out["threshold"][k] for k in ("value", "channels")}
-    if "pca" in out:
-        out["pca"] = {k: out["pca"][k] for k in ("threshold", "channel_thresholds")}
-    return out
-
-
-def with_fitted(bundle: Detector, parts: Any) -> Detector:
-    """The bundle's detector with a calibration file's fitted parts, checked by ``Detector.from_dict`` (a damaged
-    file is a ConfigError naming the field, never a detector half of one machine's and half of another's)."""
-    base = bundle.to_dict()
-    if not isinstance(parts, Mapping):
-        raise ConfigError(f"detector: expected an object, got {type(parts).__name__}")
-    wanted = {k for k in FITTED if k in base}
-    if set(parts) != wanted:
-        raise ConfigError(f"detector: parts {sorted(parts)}, expected {sorted(wanted)} (the bundle's detector)")
-    merged = dict(base)
-    for k, v in parts.items():
-        if not isinstance(v, Mapping):
-            raise ConfigError(f"detector.{k}: expected an object, got {type(v).__name__}")
-        merged[k] = {**base[k], **v}
-    return Detector.from_dict(merged)
-
-
-def standout(per_channel: np.ndarray) -> tuple[float, float]:
-    """Each window's channel levels (n, C) -> (the highest channel's median level, it / the median of the other
-    channels' median levels)."""
-    med = np.median(np.asarray(per_channel), axis=0)
-    if med.size < 3:  # "the others" would be one channel: an operating condition moves that balance
-        return float(med.max()), 1.0
-    top = int(np.argmax(med))
-    others = float(np.median(np.delete(med, top)))
-    return float(med[top]), float(med[top] / max(others, 1e-12))
-
-
-def calibrate(ev: Evidence, detector: Detector, cfg: CommissioningSection, model: str, windows: int | None = None,
-              finished_t: float | None = None, extremes: Extremes | None = None) -> Calibration:
-    """This machine's detector from its commissioning windows ``ev`` (those kept of ``windows`` seen, the last
-    at ``finished_t``, with the ``extremes`` of all of them; default: every window), by ``healthy.fit``
-    (training's functions and rule), or the bundle's when the windows look faulty against it (the suspect guard)."""
-    level, per_channel = levels(detector, ev)
-    median = float(np.median(level))
-    top, ratio = standout(per_channel)
-    common = {"model": model, "windows": len(ev) if windows is None else windows, "median_level": median,
-              "standout": ratio, "bundle_threshold": detector.threshold, "started_t": float(ev.t[0]),
-              "finished_t": float(ev.t[-1]) if finished_t is None else float(finished_t)}
-    if median > cfg.suspect_factor or (top > 1.0 and ratio > cfg.channel_factor):
-        return Calibration("commissioning_suspect", detector=detector, **common)
-    return Calibration("commissioned", detector=healthy.fit(detector, ev, extremes), **common)
-
-
-def _done(cfg: CommissioningSection, n: int, t0: float, t: float) -> bool:
-    if cfg.windows is not None:
-        return n >= cfg.windows
-    return n >= 2 and t - t0 >= float(cfg.hours or 0) * 3600.0
-
-
-def commission(ev: Evidence, detector: Detector, cfg: CommissioningSection, model: str
-               ) -> tuple[Calibration | None, int]:
-    """Batch twin of ``Commissioning``: the calibration a run's windows give and the index of the first window
-    decided with it (None and len(ev) when the run is shorter than the commissioning). Like the streaming
-    object it fits on the evenly spaced subsample of at most ``cfg.keep`` windows (``EvidenceLog``)."""
-    for i in range(len(ev)):
-        if _done(cfg, i + 1, float(ev.t[0]), float(ev.t[i])):
-            kept = ev.window(slice(0, i + 1, stride_for(i + 1, cfg.keep)))
-            return calibrate(kept, detector, cfg, model, windows=i + 1, finished_t=float(ev.t[i]),
-                             extremes=Extremes.of(ev.window(slice(0, i + 1)))), i + 1
-    return None, len(ev)
 
 
 def row_shapes(d: Detector) -> dict[str, tuple[int, ...]]:
@@ -438,7 +277,7 @@ class Commissioning:
         quiet = replace(ev, decision=Decision(above=d.level > 1.0, active=False, event=None, channel=d.channel,
                                               level=d.level),
                         since=None, verdict=None, diagnosis={}, diagnosed={}, source="commissioning")
-        if _done(self.cfg, self.log.seen, self.log.t0, ev.t):
+        if commissioning_done(self.cfg, self.log.seen, self.log.t0, ev.t):
             self.calibration = calibrate(self.log.evidence(), self.detector, self.cfg, self.model,
                                          windows=self.log.seen, finished_t=ev.t, extremes=self.log.extremes)
             self.warm = Evidence.concat(list(self._recent)) if self._recent else None
@@ -723,7 +562,7 @@ def describe(cfg: AgentConfig, bundle: Bundle) -> str:
     if c is None:
         return f"the bundle's ({bundle.detector.threshold:.6g}); no [commissioning] in the config"
     path = Path(c.state) if c.state else default_state_file(cfg.agent.spool)
-    from .preflight import creatable_dir
+    from ..preflight import creatable_dir
 
     if not creatable_dir(path.parent)[0]:
         raise ConfigError(f"{path.parent}: state directory for the calibration is missing and cannot be created, "
@@ -773,7 +612,7 @@ def _length(cfg: CommissioningSection) -> str:
 
 def recalibrate(config_path: str | Path) -> str:
     """``vibrawatch-agent recalibrate``: ask for a new commissioning; what to do next."""
-    from .config import load_agent_config
+    from ..config import load_agent_config
 
     cfg = load_agent_config(config_path)
     c = cfg.commissioning

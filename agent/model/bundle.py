@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from .detector import Detector
-from .errors import ConfigError, VibrawatchError
-from .infer import TFLiteModel, find_runtime
+from ..detect.detector import Detector
+from ..detect.infer import TFLiteModel, find_runtime
+from ..errors import ConfigError, VibrawatchError
 
 SCHEMA = "vibrawatch.bundle/2"  # /2: the PCA residual's per-feature weights (an agent reading /1 would ignore them)
 READS = (SCHEMA, "vibrawatch.bundle/1")  # /1 bundles still load: their PCA residual is unweighted

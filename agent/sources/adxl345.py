@@ -188,7 +188,7 @@ chunk = 2048                          # samples handed to the pipeline at a time
         try:
             return cls(s.i2c_bus, s.i2c_address, s.rate_hz, s.range_g, s.chunk, ctx.stop, sleep=ctx.sleep)
         except ValueError as e:
-            from .errors import ConfigError
+            from ..errors import ConfigError
 
             raise ConfigError(f"[source] {e}") from None
 

@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import ConfigError
 from .decide import AlarmRule, AlarmState
-from .errors import ConfigError
 from .events import Diagnosis, EventRule, EventState, Floor, OwnDeviation, PcaResidual
 from .features import FeatureSpec
 from .scale import Scaling, scaling_from_dict
@@ -70,14 +70,14 @@ class Detector:
     """Feature spec, window, scaler, thresholds and alarm rule: what turns samples into decisions."""
 
     spec: FeatureSpec
-    scaler: Scaling  # MinMaxScaling or RobustScaling (agent/scale.py)
+    scaler: Scaling  # MinMaxScaling or RobustScaling (agent/detect/scale.py)
     window: int  # T frames per window
     hop: int  # frames between windows
     threshold: float  # on the window's score
     channel_thresholds: np.ndarray  # (C,) on each channel's contribution
     rule: AlarmRule
     threshold_rule: ThresholdRule = ThresholdRule()  # how the thresholds were fitted from healthy scores
-    # The product's decision layer (agent/events.py); without floor and own, decisions are the autoencoder's.
+    # The product's decision layer (agent/detect/events.py); without floor and own, decisions are the autoencoder's.
     floor: Floor | None = None
     pca: PcaResidual | None = None
     own: OwnDeviation | None = None
@@ -94,7 +94,7 @@ class Detector:
         return self.floor is not None and self.own is not None
 
     def event_state(self) -> EventState:
-        """A fresh streaming event state (see agent/events.py); only for a ``combined`` detector."""
+        """A fresh streaming event state (see agent/detect/events.py); only for a ``combined`` detector."""
         assert self.floor is not None
         return EventState(self.events or EventRule(), self.rule, len(self.channels), self.floor.step)
 

@@ -181,7 +181,7 @@ topic = "sensors/press7/raw"          # on the agent's own broker connection ([m
     @classmethod
     def open(cls, s: MqttSourceSettings, ctx: SourceContext) -> MqttSampleSource:
         if not s.topic:
-            from .errors import ConfigError
+            from ..errors import ConfigError
 
             raise ConfigError("[source] kind 'mqtt' needs topic = where the sensor publishes samples")
         if ctx.subscribe is None:

@@ -30,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DataFormatError
-from .recording import FeatureTable, Recording
+from ..detect.recording import FeatureTable, Recording
+from ..errors import DataFormatError
 
 IMS_NAME = re.compile(r"^(\d{4})\.(\d{2})\.(\d{2})\.(\d{2})\.(\d{2})\.(\d{2})$")
 IMS_FS_HZ = 20000.0

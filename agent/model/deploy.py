@@ -41,14 +41,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..errors import ConfigError, VibrawatchError
+from ..link.topics import iso, topic
 from .bundle import Bundle, BundleError, load_bundle, sha256
-from .errors import ConfigError, VibrawatchError
-from .topics import iso, topic
 
 if TYPE_CHECKING:
-    from .config import AgentConfig
-    from .pipeline import Pipeline, Scored
-    from .publish import Publisher
+    from ..config import AgentConfig
+    from ..detect.results import Scored
+    from ..link.publish import Publisher
+    from ..pipeline import Pipeline
 
 log = logging.getLogger("vibrawatch.deploy")
 

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import ConfigError
-from .recording import Recording
+from ..detect.recording import Recording
+from ..errors import ConfigError
 
 LORENZ_PARAMS = {"healthy": (10.0, 28.0, 8.0 / 3.0), "broken": (30.0, 128.0, 28.0 / 3.0)}
 LORENZ_STEP = 0.008

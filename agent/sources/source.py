@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
 
-from .recording import FeatureTable, Recording
+from ..detect.recording import FeatureTable, Recording
 
 if TYPE_CHECKING:
     from .simulate import BearingSimulator
@@ -224,7 +224,7 @@ chunk = 2048                          # samples handed to the pipeline at a time
             sim = BearingSimulator(n_snapshots=s.snapshots, snapshot_samples=s.samples, fs_hz=s.fs_hz,
                                    interval_s=s.interval_s, onset=s.onset, seed=s.seed)
         except ValueError as e:
-            from .errors import ConfigError
+            from ..errors import ConfigError
 
             raise ConfigError(f"[source] simulator: {e}") from None
         return cls(sim, s.speed, s.chunk, ctx.stop, ctx.sleep, ctx.start_at)

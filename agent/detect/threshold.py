@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 METHODS = ("max", "quantile", "mean_std")
 

@@ -34,7 +34,7 @@ from typing import Any, TypeVar
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from .config import AgentConfig
+from ..config import AgentConfig
 from .spool import Spool
 from .topics import encode, iso, status_payload, topic
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 
 def reconstruction_scores(

@@ -2,7 +2,7 @@
 its healthy windows showed.
 
 Training (train/product.py) fits them on the reference machine's healthy period; commissioning
-(agent/commission.py) fits them again on the gateway's own machine; both call ``fit`` here on the same
+(agent/model/commission.py) fits them again on the gateway's own machine; both call ``fit`` here on the same
 per-window ``Evidence``, so the two cannot disagree. What is refitted: the autoencoder's thresholds (overall
 and per channel), the level floors' thresholds, healthy median and step sizes, the PCA residual's thresholds,
 each channel's own-deviation centre and spread, and the diagnosis's healthy envelope energies. What is kept:
@@ -273,7 +273,7 @@ def window_evidence(detector: Detector, t: np.ndarray, x_scaled: np.ndarray, sco
 
 
 def event_inputs(d: Detector, ev: Evidence) -> tuple[np.ndarray, ...]:
-    """What the event layer (agent/events.py) reads per window, as ``EventState.update`` takes it: the models'
+    """What the event layer (agent/detect/events.py) reads per window, as ``EventState.update`` takes it: the models'
     score level (n,) and channel levels (n, C), the floor ratios, own deviation, log levels and blame levels
     (n, C): each channel's share of whichever score (autoencoder or PCA residual) is the larger."""
     assert d.floor is not None and d.own is not None and ev.floors is not None and ev.means is not None

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 _EPS = 1e-12
 SIMPLE_FEATURES = ("mean", "mean_abs", "rms", "peak", "crest", "kurtosis")

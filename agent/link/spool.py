@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from ..errors import ConfigError
 from .topics import encode
 
 MIN_BYTES = 128 * 1024  # the log's share (64 KB at least), the schema's 5 pages and room for some messages

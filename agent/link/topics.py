@@ -1,4 +1,4 @@
-"""The MQTT topic and payload scheme, version 1 (documented in docs/mqtt.md, JSON Schemas in agent/schemas/).
+"""The MQTT topic and payload scheme, version 1 (documented in docs/mqtt.md, JSON Schemas in agent/link/schemas/).
 
     vibrawatch/v1/<site>/<device>/score    one message per scored window        QoS 1, not retained
     vibrawatch/v1/<site>/<device>/alarm    alarm raised or cleared              QoS 1, not retained
@@ -21,10 +21,10 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 if TYPE_CHECKING:
-    from .pipeline import Scored
+    from ..detect.results import Scored
 
 PREFIX = "vibrawatch/v1"
 VERSION = 1

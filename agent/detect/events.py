@@ -31,8 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import ConfigError
 from .decide import AlarmRule, AlarmState, reconstruction_scores
-from .errors import ConfigError
 from .features import ENVELOPE_STATISTICS, FeatureDef, FeatureSpec, extract
 
 FLOOR_FEATURES = ("rms", "mean_abs")
@@ -380,7 +380,7 @@ def run_events(
 class Diagnosis:
     """Bearing defect frequencies and each channel's healthy envelope statistic at them (log10, the median over
     healthy frames). ``statistic``: "peak" (how far each defect's lines stand above the envelope spectrum's
-    local background, agent/features.py) or "energy" (the energy at the lines; what bundles made before the
+    local background, agent/detect/features.py) or "energy" (the energy at the lines; what bundles made before the
     peak statistic hold): a failing bearing's broadband rise lifts the energy at every defect frequency alike,
     its defect's lines stand out of their background."""
 
@@ -416,7 +416,7 @@ class Diagnosis:
                    _num(d, "margin", w, 1.0, 1.25), stat)
 
     def feature(self) -> dict[str, Any]:
-        """The ``envelope`` feature definition that measures these statistics (agent/features.py)."""
+        """The ``envelope`` feature definition that measures these statistics (agent/detect/features.py)."""
         f = {"band_hz": list(self.band_hz), "defects_hz": dict(self.defects_hz), "harmonics": self.harmonics}
         return {**f, "statistic": self.statistic} if self.statistic != "energy" else f
 
