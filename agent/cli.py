@@ -9,9 +9,10 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from . import __version__
-from .errors import VibrawatchError
+from .errors import ConfigError, VibrawatchError
 
 _EPILOG = """examples:
   vibrawatch-agent check --config /etc/vibrawatch/agent.toml   # before (re)starting the service
@@ -73,6 +74,23 @@ def _sources(kind: str | None) -> int:
     return 0
 
 
+def recalibrate(config_path: str | Path) -> str:
+    """``vibrawatch-agent recalibrate``: ask for a new commissioning; what to do next. Here, on top, because it
+    reads the config: the model room below only marks the state file (``request_recalibration``)."""
+    from .config import load_agent_config
+    from .model.commission_store import length_text, request_recalibration, state_file_for
+
+    cfg = load_agent_config(config_path)
+    c = cfg.commissioning
+    path = state_file_for(c, cfg.agent.spool)
+    if c is None or path is None:
+        raise ConfigError(f"{config_path}: no [commissioning] section: add one (windows = N or hours = H) "
+                          "to learn this machine's thresholds")
+    request_recalibration(path)
+    return (f"{path}: a new commissioning ({length_text(c)}) starts at the agent's next start or reload: "
+            "systemctl reload vibrawatch-agent (vibrawatch-agent@<machine> for the template), or kill -HUP its pid")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``vibrawatch-agent``; returns the exit code."""
     args = _parser().parse_args(argv)
@@ -85,13 +103,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             preflight(load_agent_config(args.config))  # bundle, state directory, credential, device: one line each
         if args.command == "check":
-            from .service import check
+            from .checks import check
 
             print(check(args.config))
             return 0
         if args.command == "recalibrate":
-            from .model.commission import recalibrate
-
             print(recalibrate(args.config))
             return 0
         from .service import run

@@ -16,6 +16,8 @@ from typing import Any
 
 from .detect.calibrate import CommissioningSection
 from .errors import ConfigError
+from .link.broker import MqttSection
+from .model.deploy_state import DeploySection
 from .sections import known_sections, parse_section, read_toml
 
 log = logging.getLogger("vibrawatch.agent")
@@ -44,35 +46,6 @@ class SourceConfig:
         from .sources.registry import source_class
 
         return self.settings if self.settings is not None else source_class(self.kind).Settings()
-
-
-@dataclass(frozen=True)
-class MqttSection:
-    host: str = "127.0.0.1"
-    port: int = 1883
-    client_id: str | None = None  # default: vibrawatch-<site>-<device>
-    keepalive: int = 30
-    username: str | None = None
-    password_file: str | None = None
-    tls: bool = False
-    ca_file: str | None = None
-    cert_file: str | None = None
-    key_file: str | None = None
-    max_backoff_s: int = 30
-    inflight: int = 20
-
-
-@dataclass(frozen=True)
-class DeploySection:
-    """Model deploys over MQTT (agent.deploy, docs/deploy.md); off unless ``enabled``."""
-
-    enabled: bool = False  # needs [agent] public_key: only signed requests and bundles are accepted
-    state_dir: str = "/var/lib/vibrawatch/deploy"  # received bundles, the current/previous links, deploy state
-    max_bundle_kb: int = 1024  # a request announcing a larger bundle is refused before the bundle is fetched
-    probation_windows: int = 20  # real windows the new model must score (finite, in budget) before it is kept
-    latency_budget_ms: float = 250.0  # mean inference time per window allowed during probation
-    probation_restarts: int = 2  # the agent dying more often than this during probation rolls back
-    fetch_timeout_s: float = 120.0  # how long to wait for the bundle after its request
 
 
 @dataclass(frozen=True)

@@ -17,10 +17,11 @@ import numpy as np
 
 from .detect.decide import Decision, reconstruction_scores
 from .detect.detector import Detector
-from .detect.events import DiagnosisState, envelope_energies, floor_values
+from .detect.diagnosis import DiagnosisState, envelope_energies
 from .detect.features import extract
 from .detect.frames import Framer
 from .detect.healthy import Evidence, event_inputs, window_evidence
+from .detect.measures import floor_values
 from .detect.results import Scored, SensorStatus
 from .detect.window import WindowBuffer
 from .model.bundle import Bundle
@@ -60,10 +61,10 @@ class Decider:
     """Everything after the score: one window's evidence in, its decision out, by the detector it holds.
 
     The alarm rule (the autoencoder's thresholds) or, for a combined detector, the event layer and the
-    diagnosis (agent/detect/events.py). With a ``Commissioning`` attached (agent/model/commission.py) each window goes
-    through it: while it runs, nothing alarms; when it completes, ``use`` swaps in the detector it fitted
-    (this machine's healthy statistics), its alarm rule warmed with the last commissioning windows, so a
-    fault present at the end alarms at the first window after them.
+    diagnosis (agent/detect/events.py, agent/detect/diagnosis.py). With a ``Commissioning`` attached
+    (agent/model/commission.py) each window goes through it: while it runs, nothing alarms; when it completes,
+    ``use`` swaps in the detector it fitted (this machine's healthy statistics), its alarm rule warmed with the
+    last commissioning windows, so a fault present at the end alarms at the first window after them.
     """
 
     detector: Detector

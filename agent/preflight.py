@@ -13,7 +13,8 @@ from pathlib import Path
 
 from .config import AgentConfig
 from .errors import ConfigError
-from .model.commission import default_state_file
+from .files import creatable_dir
+from .model.commission_store import state_file_for
 
 
 def _who() -> str:
@@ -29,15 +30,6 @@ def check_bundle(cfg: AgentConfig) -> None:
     if not os.access(p, os.R_OK | (os.X_OK if p.is_dir() else 0)):
         raise ConfigError(f"{cfg.path}: [agent] bundle {p} is not readable by {_who()}: "
                           "chmod a+r it (it holds no secret), or put it in the state directory")
-
-
-def creatable_dir(d: Path) -> tuple[bool, Path]:
-    """(can this user have directory ``d``, the path that decides): an existing directory it may write, or a
-    missing one whose nearest existing ancestor is such a directory (the agent creates it, owner only)."""
-    anc = d
-    while not anc.exists() and anc != anc.parent:
-        anc = anc.parent
-    return anc.is_dir() and os.access(anc, os.W_OK | os.X_OK), anc
 
 
 def _writable_dir(d: Path, what: str, cfg: AgentConfig) -> None:
@@ -57,9 +49,8 @@ def check_state(cfg: AgentConfig) -> None:
     spool = Path(cfg.agent.spool)
     _writable_dir(spool.parent, f"[agent] spool {spool}", cfg)
     files = [spool, spool.with_name(spool.name + "-wal")]
-    c = cfg.commissioning
-    if c is not None:
-        state = Path(c.state) if c.state else default_state_file(spool)
+    state = state_file_for(cfg.commissioning, spool)
+    if state is not None:
         _writable_dir(state.parent, f"[commissioning] state {state}", cfg)
         files.append(state)
     for f in files:

@@ -113,10 +113,11 @@ def parse_section(cls: type[T], raw: Mapping[str, Any] | None, name: str, p: Pat
     out: dict[str, Any] = {}
     for key, value in raw.items():
         check = known[key].metadata.get("check")
-        ok, value = _coerce(value, hints[key])
-        if not ok or (check is not None and not check[0](value)):
+        ok, held = _coerce(value, hints[key])
+        if not ok or (check is not None and not check[0](held)):
             expected = check[1] if check is not None else _describe(hints[key])
             raise ConfigError(f"{p}: [{name}] {key} = {value!r}: expected {expected}")
+        value = held
         if isinstance(value, str) and (known[key].metadata.get("path") or key in paths) and str(p)[:1] != "<":
             value = str((Path(p).parent / value).resolve())
         out[key] = value

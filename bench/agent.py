@@ -41,7 +41,8 @@ import numpy as np
 from vibrawatch.agent.sources.allocator import keep_large_blocks
 keep_large_blocks()  # as the agent service does at start
 from vibrawatch.agent.model.bundle import load_bundle
-from vibrawatch.agent.config import AgentConfig, AgentSection, MqttSection
+from vibrawatch.agent.config import AgentConfig, AgentSection
+from vibrawatch.agent.link.broker import MqttSection
 from vibrawatch.agent.pipeline import Pipeline
 from vibrawatch.agent.detect.results import Scored
 from vibrawatch.agent.link.publish import Publisher
@@ -62,7 +63,7 @@ fs, n_ch = int(spec.fs_hz), len(spec.channels)
 cfg = AgentConfig(AgentSection("bench", "edge", bundle_path, spool=f"{workdir}/spool.sqlite"),
                   mqtt=MqttSection(port=port))
 spool = Spool(cfg.agent.spool)
-pub = Publisher(cfg, spool, {"model": b.version})
+pub = Publisher(cfg.mqtt, spool, {"model": b.version}, site=cfg.agent.site, device=cfg.agent.device)
 pub.start()
 while not pub.connected:
     time.sleep(0.01)

@@ -33,12 +33,12 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from commissioning import ROOT, SIM, SIM_CONFIG, bundle  # noqa: E402
 
-from vibrawatch.agent.detect.calibrate import CommissioningSection, commission, fitted_parts
+from vibrawatch.agent.detect.calibrate import KEEP, CommissioningSection, commission, fitted_parts
 from vibrawatch.agent.detect.decide import Decision  # noqa: E402
 from vibrawatch.agent.detect.healthy import Evidence  # noqa: E402
 from vibrawatch.agent.detect.results import Scored
-from vibrawatch.agent.model import commission as cm  # noqa: E402
 from vibrawatch.agent.model.commission import Commissioning  # noqa: E402
+from vibrawatch.agent.model.commission_windows import row_shapes  # noqa: E402
 from vibrawatch.agent.pipeline import Pipeline  # noqa: E402
 from vibrawatch.agent.sources.simulate import BearingSimulator, simulate_bearing_run  # noqa: E402
 from vibrawatch.agent.sources.source import Chunk  # noqa: E402
@@ -128,16 +128,16 @@ def wchar() -> int:
 
 
 def numbers_a_window(b: object, ev: Evidence) -> int:
-    return sum(np.asarray(getattr(ev, k)[0]).size for k in cm.row_shapes(b.detector))
+    return sum(np.asarray(getattr(ev, k)[0]).size for k in row_shapes(b.detector))
 
 
-def cost(b: object, ev: Evidence, rate: float, hours: float = 24.0, keep: int = cm.KEEP) -> dict[str, float]:
+def cost(b: object, ev: Evidence, rate: float, hours: float = 24.0, keep: int = KEEP) -> dict[str, float]:
     """A ``hours`` commissioning at ``rate`` windows a second: bytes written per hour and memory."""
     n = int(hours * 3600 * rate)
     cfg = CommissioningSection(windows=n, keep=keep)
     clock = [0.0]
-    real = cm.time.monotonic
-    cm.time.monotonic = lambda: clock[0]  # type: ignore[assignment]  # saves once a minute of window time
+    real = time.monotonic
+    time.monotonic = lambda: clock[0]  # type: ignore[assignment]  # saves once a minute of window time
     quiet = Decision(above=False, active=False, event=None, channel=None, level=0.0)
     per_hour: list[int] = []
     rewrites: list[float] = []
@@ -169,7 +169,7 @@ def cost(b: object, ev: Evidence, rate: float, hours: float = 24.0, keep: int = 
             total = wchar() - w0
         finally:
             tracemalloc.stop()
-            cm.time.monotonic = real  # type: ignore[assignment]
+            time.monotonic = real  # type: ignore[assignment]
         assert comm.calibration is not None
     row_numbers = numbers_a_window(b, ev)
     old_line = np.mean([len(json.dumps(ev.window(slice(i, i + 1)).rows()[0])) + 1 for i in range(min(len(ev), 2000))])
@@ -205,7 +205,7 @@ def main() -> None:
     alarm_table(fit_table(b, ev), later)
     if not a.rates:
         return
-    print(f"\n{a.hours:g} h commissioning, keep = {cm.KEEP}: memory and bytes written (window numbers: "
+    print(f"\n{a.hours:g} h commissioning, keep = {KEEP}: memory and bytes written (window numbers: "
           f"{numbers_a_window(b, ev)} float64 a window)\n")
     print("| windows/s | windows | kept (stride) | before: memory / written per hour / file at the end | "
           "after: EvidenceLog arrays / peak Python memory / written per hour (mean, worst hour) / file at the end "

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -109,38 +109,15 @@ def evaluate(
     """
     from vibrawatch.train.evaluate import evaluate_run
 
+    from .report import print_report
+
     names = [s.strip() for s in failed.split(",") if s.strip()] if failed else []
     report = evaluate_run(str(run_dir), str(data), failure_at, names, str(normal_data) if normal_data else None,
                           progress=not quiet)
     if as_json:
         typer.echo(json.dumps(report, indent=2))
         return
-    _print_report(report)
-
-
-def _print_report(r: dict[str, Any]) -> None:
-    typer.echo(f"data {r['data']}: {r['windows']} windows, failure at {r['failure_at']}")
-    first = "combined" if r.get("detector") == "combined" else "lstm_autoencoder"
-    rows = [(first, r)] + list(r.get("baselines", {}).items())
-    typer.echo(f"{'detector':20s} {'first alarm':22s} {'lead h':>8s} {'channel':12s} {'false':>5s}")
-    for name, d in rows:
-        if not isinstance(d, dict):
-            continue
-        lead = f"{d['lead_hours']:.1f}" if d.get("lead_hours") is not None else "-"
-        typer.echo(f"{name:20s} {str(d.get('first_alarm')):22s} {lead:>8s} {str(d.get('alarm_channel')):12s} "
-                   f"{d.get('false_alarms', '-')!s:>5s}")
-    if r.get("auc") is not None:
-        typer.echo(f"AUC {r['auc']}")
-    from vibrawatch.agent.detect.events import describe
-
-    if r.get("diagnosis"):
-        found = r.get("diagnosed")
-        typer.echo(f"diagnosis at the first alarm: {describe(r['diagnosis'])}"
-                   + (f"; {describe(found)} from {found['at']}" if found and found["at"] != r["first_alarm"] else ""))
-    for t in r.get("transients", []):
-        typer.echo(f"transient {t['at']}: {t['channel']} x{t['ratio']}, relaxed by {t['relaxed_by']}")
-    for c in r.get("condition_changes", []):
-        typer.echo(f"condition change {c['at']}: every channel x{min(c['ratios'])}..x{max(c['ratios'])}")
+    print_report(report)
 
 
 @simulate_app.command("bearing")
@@ -237,6 +214,7 @@ def demo(
 
     from .bundle import build_bundle
     from .keys import PRIVATE_NAME, PUBLIC_NAME, new_keypair
+    from .report import print_report
 
     out.mkdir(parents=True, exist_ok=True)
     data = out / "bearing_run.npz"
@@ -247,7 +225,7 @@ def demo(
     train_run(data, out / "run", "40%", None, progress=not quiet)
     typer.echo("3/5 evaluating ...")
     report = evaluate_run(str(out / "run"), str(data), None, ["bearing1"], progress=not quiet)
-    _print_report(report)
+    print_report(report)
     typer.echo("4/5 converting to a signed TFLite bundle ...")
     keys = out / "keys"
     if not (keys / PRIVATE_NAME).exists():

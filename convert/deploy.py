@@ -24,7 +24,7 @@ from urllib.parse import urlparse
 from vibrawatch.agent.errors import ConfigError
 from vibrawatch.agent.link.topics import iso, topic
 from vibrawatch.agent.model.bundle import MANIFEST, SIGNATURE, load_bundle, parse_manifest, read_bundle_files, sha256
-from vibrawatch.agent.model.deploy import BUNDLE_KIND, REQUEST_KIND, REQUEST_SCHEMA
+from vibrawatch.agent.model.deploy_request import BUNDLE_KIND, REQUEST_KIND, REQUEST_SCHEMA
 
 FINAL = ("applied", "rolled_back", "refused")
 DEFAULT_SIGN_KEY = Path("keys/vibrawatch-signing.key")

@@ -48,8 +48,8 @@ def lorenz_demo(out: Path, live: bool, seconds: float | None, quiet: bool) -> No
     from vibrawatch.train.run import train_run
 
     from .bundle import build_bundle
-    from .cli import _print_report
     from .keys import PRIVATE_NAME, PUBLIC_NAME, new_keypair
+    from .report import print_report
 
     out.mkdir(parents=True, exist_ok=True)
     healthy, broken = simulate_lorenz("healthy", 3000), simulate_lorenz("broken", 3000)
@@ -61,7 +61,7 @@ def lorenz_demo(out: Path, live: bool, seconds: float | None, quiet: bool) -> No
     typer.echo("3/4 evaluating on the broken stream (healthy windows as negatives) ...")
     report = evaluate_run(str(out / "run"), str(out / "lorenz_broken.npz"), None, [],
                           str(out / "lorenz_healthy.npz"), progress=not quiet)
-    _print_report(report)
+    print_report(report)
     (out / "report.json").write_text(json.dumps(report, indent=2))
     keys = out / "keys"
     if not (keys / PRIVATE_NAME).exists():

@@ -1,28 +1,20 @@
-"""From the broker to the store: an MQTT 5 shared subscription, a JSON Schema check, batches, acks after commit.
+"""From the broker to the store: an MQTT 5 shared subscription, batches written by the batcher, acks after commit.
 
 - Subscribes to ``$share/<group>/vibrawatch/v1/+/+/#`` with QoS 1 on a persistent session (clean start off,
   session expiry set): the broker queues what the fleet publishes while the monitor is down, and monitors
   in one group split the traffic. On an MQTT 3.1.1 broker (no shared subscriptions) it subscribes plainly
   on a persistent session and says so: there, a second monitor would receive everything again.
-- Every message is checked against its JSON Schema (agent/link/schemas/): a quick check generated from the schema
-  (schemacheck.py, ~2 us), fastjsonschema (~5 us; jsonschema ~90) for anything it does not pass; one that
-  fails goes to the dead-letter table with fastjsonschema's reason.
-- Messages gather into batches (``batch_max`` or ``batch_wait_ms``); each batch is one transaction, and only
-  after its commit are the messages acknowledged (PUBACK, paho's manual ack, one write per batch). A crash
-  before the commit therefore loses nothing: the broker sends the unacknowledged messages again and the
-  store drops repeats. ``receive_maximum`` lets the broker send the next batches while one is written.
+- paho's callbacks only queue; the batcher (batcher.py) decodes and checks each message (decoding.py), writes a
+  batch in one transaction, and only after its commit are the messages acknowledged here (PUBACK, paho's manual
+  ack, one write per batch). ``receive_maximum`` lets the broker send the next batches while one is written.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
-from importlib import resources
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -33,89 +25,33 @@ from paho.mqtt.properties import Properties
 from vibrawatch.agent.link.topics import PREFIX
 
 from . import pahofast
+from .batcher import Batcher
 from .config import MonitorConfig
-from .fastjson import loads
-from .schemacheck import Checker
-from .store import Alarm, Batch, DeadLetter, Event, Score, Status, Store, Written
-
-Item = tuple[str, bytes, int, int, float, int]  # topic, payload, packet id, QoS, received, connection it came on
+from .decoding import Item
+from .rows import Written
+from .store import Store
 
 log = logging.getLogger("vibrawatch.monitor.ingest")
-KINDS = ("score", "alarm", "status")
-EVENT_KINDS = ("transient", "condition_change", "diagnosis")  # the combined detector's, numbered like scores
-INBOUND = "deploy"  # .../deploy and .../deploy/bundle go to the gateways (signed requests, bundles): not ours
 TOPIC_FILTER = f"{PREFIX}/+/+/#"
 
-
-def _checkers() -> dict[str, Checker]:
-    schemas = resources.files("vibrawatch.agent.link") / "schemas"
-    return {k: Checker(json.loads((schemas / f"{k}.json").read_text())) for k in (*KINDS, *EVENT_KINDS)}
-
-
-CHECKERS = _checkers()
 pahofast.install()
 
 
-def decode(topic: str, payload: bytes, received: float) -> Score | Alarm | Status | Event | DeadLetter | None:
-    """One MQTT message as a row to store, a dead letter saying what is wrong with it, or None for the deploy
-    traffic addressed to the gateways (which the fleet filter also matches)."""
-    parts = topic.split("/")
-    if len(parts) in (5, 6) and "/".join(parts[:2]) == PREFIX and parts[4] == INBOUND:
-        return None
-    if len(parts) != 5 or "/".join(parts[:2]) != PREFIX or parts[4] not in (*KINDS, *EVENT_KINDS):
-        return DeadLetter(topic, payload, f"topic: expected {PREFIX}/<site>/<device>/"
-                          f"{'|'.join((*KINDS, *EVENT_KINDS))}", received)
-    site, device, kind = parts[2], parts[3], parts[4]
-    try:
-        msg = loads(payload)
-    except ValueError as e:  # json.JSONDecodeError, orjson.JSONDecodeError and UnicodeDecodeError all are
-        return DeadLetter(topic, payload, f"payload: not JSON ({e})", received)
-    if (error := CHECKERS[kind].errors(msg)) is not None:
-        return DeadLetter(topic, payload, f"payload: {error} (schema agent/link/schemas/{kind}.json)", received)
-    if kind == "score":
-        return Score(site, device, msg["seq"], float(msg["t"]), msg["timestamp"], float(msg["score"]),
-                     float(msg["threshold"]), float(msg["level"]), msg["contributions"], msg["model"], received,
-                     msg.get("threshold_source"), msg.get("model_sha256"))
-    if kind == "alarm":
-        return Alarm(site, device, msg["seq"], float(msg["t"]), msg["timestamp"], msg["event"], msg["channel"],
-                     float(msg["score"]), float(msg["level"]), msg["since"], msg["model"], received)
-    if kind in EVENT_KINDS:
-        return Event(site, device, msg["seq"], float(msg["t"]), msg["timestamp"], kind, msg, received)
-    return Status(site, device, msg["timestamp"], msg["state"], msg, received)
-
-
-@dataclass
-class Counters:
-    """What ingest has done since it started (logged, and served at /api/health)."""
-
-    received: int = 0
-    stored: int = 0
-    duplicates: int = 0
-    dead: int = 0
-    lost: int = 0
-    batches: int = 0
-    write_errors: int = 0
-
-
 class Ingest:
-    """Owns the MQTT client and the writer thread; paho's callbacks only queue, the writer stores and acks."""
+    """Owns the MQTT client: connects, subscribes, falls back to 3.1.1, queues what arrives, acks what is stored."""
 
     def __init__(self, cfg: MonitorConfig, store: Store, on_batch: Callable[[Written], None] | None = None) -> None:
-        self.cfg, self.store, self.on_batch = cfg, store, on_batch
-        self.counters = Counters()
+        self.cfg, self.store = cfg, store
+        self.batcher = Batcher(cfg.monitor, store, self._ack, on_batch)
+        self.counters = self.batcher.counters
         self.protocol = mqtt.MQTTv5
         self.shared = cfg.monitor.shared
         self.connected = threading.Event()
-        # paho's thread appends, the writer pops from the left (both atomic on a deque); ``_arrived`` wakes the
-        # writer, set only when it was clear (an attribute read per message, no lock).
-        self._queue: deque[Item] = deque()
+        self._queue, self._arrived = self.batcher.queue, self.batcher.arrived  # paho's thread feeds the batcher
         self._link = 0  # counts successful connections: a packet id is acknowledged only on the one it came in on
-        self._arrived = threading.Event()
-        self._stopping = threading.Event()
         self._connack_seen = False
         self.fell_back = False
         self._client = self._make_client()
-        self._writer = threading.Thread(target=self._write_loop, name="monitor-writer", daemon=True)
 
     @property
     def subscription(self) -> str:
@@ -142,7 +78,7 @@ class Ingest:
     # -- lifecycle ----------------------------------------------------------------------------------------
     def start(self) -> None:
         self._connect()
-        self._writer.start()
+        self.batcher.start()
 
     def _connect(self) -> None:
         kwargs: dict[str, Any] = {}
@@ -156,8 +92,7 @@ class Ingest:
 
     def stop(self, timeout: float = 10.0) -> None:
         """Write and acknowledge what has arrived, then disconnect (the session keeps the rest for next time)."""
-        self._stopping.set()
-        self._writer.join(timeout=timeout)
+        self.batcher.stop(timeout)
         self.connected.clear()  # a disconnect we asked for is not worth a warning
         self._client.disconnect()
         self._client.loop_stop()
@@ -193,7 +128,7 @@ class Ingest:
             log.warning("disconnected from the broker (%s); reconnecting, the session keeps our messages",
                         reason_code)
         self.connected.clear()
-        if (self.protocol == mqtt.MQTTv5 and not self._connack_seen and not self._stopping.is_set()
+        if (self.protocol == mqtt.MQTTv5 and not self._connack_seen and not self.batcher.stopping.is_set()
                 and "keep alive" in str(reason_code).lower()):
             # No answer at all to an MQTT 5 CONNECT: a 3.1.1-only broker (amqtt) waiting for bytes (see publish.py).
             threading.Thread(target=self._fallback_to_311, daemon=True).start()
@@ -203,67 +138,9 @@ class Ingest:
         if not self._arrived.is_set():
             self._arrived.set()
 
-    # -- the writer thread ----------------------------------------------------------------------------------
-    def _write_loop(self) -> None:
-        pending: list[Item] = []
-        failures = 0
-        while True:
-            stopping = self._stopping.is_set()
-            if not pending:
-                pending = self._gather(drain=stopping)
-            if not pending:
-                if stopping:
-                    return
-                continue
-            try:
-                self._write(pending)
-                pending, failures = [], 0
-            except Exception as e:  # noqa: BLE001 - the database may be away; keep the batch and retry
-                failures += 1
-                self.counters.write_errors += 1
-                if failures == 1 or failures % 30 == 0:
-                    log.error("cannot write %d messages to %s (%s: %s); retrying, nothing is acknowledged meanwhile",
-                              len(pending), self.store.safe_url, type(e).__name__, e)
-                if stopping:
-                    return  # unacknowledged: the broker sends them again to the next monitor
-                self._stopping.wait(min(1.0 * failures, 10.0))
-
-    def _gather(self, drain: bool) -> list[Item]:
-        """What has arrived, once the first message has waited ``batch_wait_ms`` or ``batch_max`` are there."""
-        batch_max, wait = self.cfg.monitor.batch_max, self.cfg.monitor.batch_wait_ms / 1000
-        q = self._queue
-        if not q:
-            if drain:
-                return []
-            self._arrived.wait(0.5)
-        self._arrived.clear()  # before taking: a message appended after this sets it again
-        if not q:
-            return []
-        if not drain:
-            deadline = time.monotonic() + wait
-            while len(q) < batch_max and (remaining := deadline - time.monotonic()) > 0:
-                time.sleep(min(remaining, 0.005))
-        popleft = q.popleft
-        return [popleft() for _ in range(min(len(q), batch_max))]
-
-    def _write(self, items: list[Item]) -> None:
-        batch = Batch()
-        for topic, payload, _mid, _qos, received, _link in items:
-            row = decode(topic, payload, received)
-            if isinstance(row, Score):
-                batch.scores.append(row)
-            elif isinstance(row, Alarm):
-                batch.alarms.append(row)
-            elif isinstance(row, Status):
-                batch.statuses.append(row)
-            elif isinstance(row, Event):
-                batch.events.append(row)
-            elif row is None:
-                continue
-            else:
-                log.warning("dead letter: %s: %s", topic, row.reason)
-                batch.dead.append(row)
-        written = self.store.write(batch)
+    # -- after the commit (the writer thread) -------------------------------------------------------------
+    def _ack(self, items: list[Item]) -> None:
+        """Acknowledge a committed batch's messages to the broker."""
         # Only packet ids of this connection, each once: a message that came in before a reconnect is sent again by
         # the broker (stored once, acknowledged then); its old id may now name another, not yet committed message.
         link = self._link
@@ -272,12 +149,3 @@ class Ingest:
         for *_, mid, qos, _received, at in items:  # QoS 2 is never granted (we subscribe with QoS 1): paho's own
             if qos == 2 and at == link:  # ack if a broker did anyway
                 self._client.ack(mid, qos)
-        c = self.counters
-        c.received += len(items)
-        c.stored += written.scores + written.alarms + written.statuses + written.events
-        c.duplicates += written.duplicates
-        c.dead += written.dead
-        c.lost += written.lost
-        c.batches += 1
-        if self.on_batch is not None:
-            self.on_batch(written)

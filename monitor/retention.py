@@ -16,7 +16,8 @@ def roll_up(store: Store, raw_days: float, now: float | None = None) -> int:
     """Aggregate and delete raw scores older than ``raw_days``; returns how many raw rows went."""
     now = time.time() if now is None else now
     cutoff = now - raw_days * 86400.0
-    hour = store.hour_of_t
+    db = store.db
+    hour = db.hour_of_t
     with store.transaction() as cur:
         cur.execute(
             f"INSERT INTO score_hourly (site, device, hour, n, min, mean, max, above, threshold) "
@@ -26,8 +27,8 @@ def roll_up(store: Store, raw_days: float, now: float | None = None) -> int:
             f"ON CONFLICT (site, device, hour) DO UPDATE SET "
             f"mean = (score_hourly.mean * score_hourly.n + excluded.mean * excluded.n) / "
             f"(score_hourly.n + excluded.n), n = score_hourly.n + excluded.n, "
-            f"min = {store.least}(score_hourly.min, excluded.min), "
-            f"max = {store.greatest}(score_hourly.max, excluded.max), "
+            f"min = {db.least}(score_hourly.min, excluded.min), "
+            f"max = {db.greatest}(score_hourly.max, excluded.max), "
             f"above = score_hourly.above + excluded.above, threshold = excluded.threshold", (cutoff,))
         cur.execute("DELETE FROM scores WHERE received < ?", (cutoff,))
         gone = cur.rowcount

@@ -16,7 +16,8 @@ from . import __version__, fleet, retention
 from .alerts import SINKS, Dispatcher
 from .config import MonitorConfig
 from .ingest import Ingest
-from .store import Store, Written, open_store
+from .rows import Written
+from .store import Store, open_store
 from .web import Changes, make_server
 
 log = logging.getLogger("vibrawatch.monitor")

@@ -1,4 +1,4 @@
-"""Commissioning (agent/model/commission.py): the streaming object equals its batch twin, the state file survives
+"""Commissioning (agent/model/commission*.py): the streaming object equals its batch twin, the state file survives
 restarts and reloads, a damaged one falls back to the bundle's thresholds, and the real agent commissions
 over MQTT as documented (threshold_source on every score, the status messages, `recalibrate`)."""
 
@@ -24,7 +24,9 @@ from vibrawatch.agent.detect.detector import Detector
 from vibrawatch.agent.detect.healthy import Evidence, Extremes
 from vibrawatch.agent.detect.threshold import fit_channel_thresholds, fit_threshold
 from vibrawatch.agent.errors import ConfigError
-from vibrawatch.agent.model.commission import Commissioning, read_windows, request_recalibration, row_shapes
+from vibrawatch.agent.model.commission import Commissioning
+from vibrawatch.agent.model.commission_store import request_recalibration
+from vibrawatch.agent.model.commission_windows import read_windows, row_shapes
 from vibrawatch.agent.pipeline import Decider
 
 

@@ -25,7 +25,7 @@ from test_agent_e2e import agent_command, gateway_env
 from typer.testing import CliRunner
 
 from vibrawatch.agent.model.bundle import MANIFEST, SIGNATURE, load_bundle, read_bundle_files
-from vibrawatch.agent.model.deploy import CRASH_AT
+from vibrawatch.agent.model.deploy_state import CRASH_AT
 from vibrawatch.convert.bundle import write_bundle
 from vibrawatch.convert.cli import app
 from vibrawatch.convert.deploy import make_request

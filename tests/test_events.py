@@ -1,5 +1,6 @@
-"""The combined detector's decision layer (agent/detect/events.py): who is named, what is a transient, what is a
-condition change, and the diagnosis; on synthetic levels first, then on real runs through the CLI."""
+"""The combined detector's decision layer (agent/detect/events.py, diagnosis.py): who is named, what is a
+transient, what is a condition change, and the diagnosis; on synthetic levels first, then on real runs through
+the CLI."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from conftest import cli, shared
 
 from vibrawatch.agent.detect.decide import AlarmRule
 from vibrawatch.agent.detect.detector import Detector
-from vibrawatch.agent.detect.events import Diagnosis, EventRule, EventState, run_events
+from vibrawatch.agent.detect.diagnosis import Diagnosis
+from vibrawatch.agent.detect.events import EventRule, EventState, run_events
 from vibrawatch.agent.detect.recording import Recording
 from vibrawatch.agent.errors import ConfigError
 from vibrawatch.agent.sources.loaders import load, save_snapshot_npz
@@ -218,7 +220,7 @@ def test_the_peak_statistic_sees_a_defect_line_in_broadband_noise_that_rises_wit
     nameplate frequency. The energy within 2 bins of BPFO and its harmonics rises like every other defect's
     (the noise's 9x): nothing stands out. The peak statistic (the line, searched within 3% slip, over its local
     background) stays near 1x for louder noise alone and names BPFO when the line is there."""
-    from vibrawatch.agent.detect.events import envelope_energies
+    from vibrawatch.agent.detect.diagnosis import envelope_energies
     from vibrawatch.agent.detect.features import FeatureSpec
 
     spec = FeatureSpec(20000.0, 20000, ("b1",), ())
@@ -241,7 +243,7 @@ def test_the_peak_statistic_sees_a_defect_line_in_broadband_noise_that_rises_wit
 def test_the_simulators_defects_are_named_by_the_peak_statistic(fault: str, defect: str) -> None:
     """The bearing simulator's outer-race, inner-race (shaft-modulated) and ball (cage-modulated) defects: the
     failing bearing's last snapshots name their own defect, a healthy bearing names none."""
-    from vibrawatch.agent.detect.events import envelope_energies
+    from vibrawatch.agent.detect.diagnosis import envelope_energies
     from vibrawatch.agent.detect.features import FeatureSpec
     from vibrawatch.agent.sources.simulate import BearingSimulator
 

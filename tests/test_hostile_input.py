@@ -19,8 +19,10 @@ from hypothesis import strategies as st
 from mosquitto import Broker, free_port
 from paho.mqtt.enums import CallbackAPIVersion
 
-from vibrawatch.agent.config import AgentConfig, AgentSection, MqttSection
-from vibrawatch.agent.link.publish import Publisher, connect_failure_reason
+from vibrawatch.agent.config import AgentConfig, AgentSection
+from vibrawatch.agent.link.broker import MqttSection
+from vibrawatch.agent.link.publish import Publisher
+from vibrawatch.agent.link.reach import connect_failure_reason
 from vibrawatch.agent.link.spool import Spool
 from vibrawatch.agent.link.topics import iso
 from vibrawatch.agent.sources.mqtt_source import MAX_T, MqttSampleSource, SamplesRefused, parse_samples
@@ -147,10 +149,10 @@ def test_a_model_that_outputs_nan_on_probation_is_rolled_back(tiny_bundle: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """The pipeline withholds a non-finite score as a sensor fault, so a deploy's per-score check never sees
     it: the probation counts windows whose model output was NaN/inf on a finite input, and rolls back."""
-    from vibrawatch.agent.config import DeploySection
     from vibrawatch.agent.detect.results import Scored, SensorStatus
     from vibrawatch.agent.model.bundle import load_bundle
-    from vibrawatch.agent.model.deploy import Deployer
+    from vibrawatch.agent.model.deploy_state import DeploySection, StateDir
+    from vibrawatch.agent.model.probation import Probation
     from vibrawatch.agent.pipeline import NON_FINITE, Pipeline
     from vibrawatch.agent.sources.source import ReplaySource
 
@@ -161,18 +163,18 @@ def test_a_model_that_outputs_nan_on_probation_is_rolled_back(tiny_bundle: Path,
     assert not any(isinstance(e, Scored) for e in events)
     assert [e.reason for e in events if isinstance(e, SensorStatus)][:1] == [NON_FINITE]
     assert pipe.times.model_non_finite > 0
-    cfg = AgentConfig(AgentSection("lab", "gw9", str(tiny_bundle)), deploy=DeploySection(state_dir=str(tmp_path)))
-    deployer, rolled = Deployer(cfg), []
-    monkeypatch.setattr(deployer, "_rollback", rolled.append)
-    deployer.probation = {"to": "new"}
-    deployer._judge(Pipeline(b))  # the probation's start
+    section = DeploySection(state_dir=str(tmp_path))
+    probation, rolled = Probation(StateDir(tmp_path), say=lambda outcome: None, back=lambda: None), []
+    monkeypatch.setattr(probation, "_rollback", rolled.append)
+    probation.begin({"to": "new"})
+    probation.judge(Pipeline(b), section)  # the probation's start
     assert rolled == []
-    pipe = deployer._base[0]  # type: ignore[index]
+    pipe = probation._base[0]  # type: ignore[index]
     for c in ReplaySource(tiny_data, chunk=4096).chunks():
         pipe.process(c)
         if pipe.times.model_non_finite:
             break
-    deployer._judge(pipe)
+    probation.judge(pipe, section)
     assert len(rolled) == 1 and "not finite" in rolled[0]
 
 
@@ -180,7 +182,8 @@ def _publisher(tmp_path: Path, port: int, **mqtt_kw: object) -> tuple[Publisher,
     cfg = AgentConfig(AgentSection("lab", "gw9", "unused", spool=str(tmp_path / "spool.sqlite")),
                       mqtt=MqttSection(port=port, max_backoff_s=1, **mqtt_kw))  # type: ignore[arg-type]
     spool = Spool(cfg.agent.spool)
-    return Publisher(cfg, spool, {"model": "m"}), spool
+    return Publisher(cfg.mqtt, spool, {"model": "m"}, site=cfg.agent.site, device=cfg.agent.device,
+                     password=cfg.password), spool
 
 
 def _wait(cond: object, timeout: float = 30) -> bool:
@@ -230,9 +233,9 @@ def test_an_exception_in_a_message_handler_does_not_kill_the_network_thread(tmp_
 
 def test_an_unreachable_broker_is_logged_with_the_reason_then_at_a_capped_interval(
         tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
-    import vibrawatch.agent.link.publish as publish
+    import vibrawatch.agent.link.reach as reach
 
-    monkeypatch.setattr(publish, "UNREACHABLE_LOG_FIRST_S", 2.0)
+    monkeypatch.setattr(reach, "UNREACHABLE_LOG_FIRST_S", 2.0)
     caplog.set_level(logging.INFO, "vibrawatch.publish")
     port = free_port()  # nothing listens there
     pub, spool = _publisher(tmp_path, port)
@@ -240,7 +243,7 @@ def test_an_unreachable_broker_is_logged_with_the_reason_then_at_a_capped_interv
         spool.put("t", {"i": i})
     try:
         pub.start()
-        assert _wait(lambda: pub._failures >= 7, 60)
+        assert _wait(lambda: pub.connection.reach.failures >= 7, 60)
     finally:
         pub.stop()
         spool.close()
@@ -260,7 +263,7 @@ def test_tls_refused_is_logged_with_the_reason(tmp_path: Path, caplog: pytest.Lo
     pub, spool = _publisher(tmp_path, broker.port, tls=True)
     try:
         pub.start()
-        assert _wait(lambda: pub._failures >= 1, 30)
+        assert _wait(lambda: pub.connection.reach.failures >= 1, 30)
     finally:
         pub.stop()
         spool.close()
@@ -283,7 +286,7 @@ def test_drops_while_connected_are_logged_and_reach_the_status(tmp_path: Path,
     cfg = AgentConfig(AgentSection("lab", "gw8", "unused", spool=str(tmp_path / "spool.sqlite")),
                       mqtt=MqttSection(port=broker.port, inflight=1))
     spool = Spool(cfg.agent.spool, max_bytes=128 * 1024)
-    pub = Publisher(cfg, spool, {"model": "m"})
+    pub = Publisher(cfg.mqtt, spool, {"model": "m"}, site=cfg.agent.site, device=cfg.agent.device)
     statuses: list[dict] = []
     node = mqtt.Client(CallbackAPIVersion.VERSION2)
     node.on_message = lambda c, u, m: statuses.append(json.loads(m.payload))

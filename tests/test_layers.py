@@ -16,8 +16,9 @@ from conftest import ROOT
 FOLDERS = {"agent": "vibrawatch.agent", "train": "vibrawatch.train", "convert": "vibrawatch.convert",
            "monitor": "vibrawatch.monitor"}
 # The agent's rooms, lowest first: a module may import its own room or a lower one. sources and link share a
-# rank but neither may import the other.
-RANK = {"errors": 0, "detect": 1, "sources": 2, "link": 2, "model": 3, "top": 4}
+# rank but neither may import the other. The bottom room is the modules beside the folders that every room uses.
+BOTTOM = ("errors", "sections", "files")
+RANK = {"bottom": 0, "detect": 1, "sources": 2, "link": 2, "model": 3, "top": 4}
 PACKAGE_RANK = {"vibrawatch.agent": 0, "vibrawatch.train": 1, "vibrawatch.convert": 2, "vibrawatch.monitor": 1}
 MODULE_LINES, CLASS_LINES = 400, 150
 
@@ -65,6 +66,8 @@ def room(module: str) -> str:
     parts = module.split(".")
     if parts[1] != "agent" or len(parts) == 2:
         return "top"
+    if parts[2] in BOTTOM:
+        return "bottom"
     return parts[2] if parts[2] in RANK else "top"
 
 

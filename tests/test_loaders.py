@@ -12,7 +12,8 @@ from conftest import shared
 
 from vibrawatch.agent.detect.recording import FeatureTable, Recording
 from vibrawatch.agent.errors import DataFormatError
-from vibrawatch.agent.sources.loaders import detect_format, load, load_ims_dir, save_snapshot_npz
+from vibrawatch.agent.sources.bearing_dirs import load_ims_dir
+from vibrawatch.agent.sources.loaders import detect_format, load, save_snapshot_npz
 from vibrawatch.train import cwru
 
 

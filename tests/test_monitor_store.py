@@ -17,8 +17,10 @@ from postgres import Postgres, postgres_bin
 from vibrawatch.monitor import fleet, retention
 from vibrawatch.monitor.alerts import WebhookSink, deliver_due
 from vibrawatch.monitor.config import AlertsSection
-from vibrawatch.monitor.ingest import decode
-from vibrawatch.monitor.store import Batch, Score, Store, StoreError, open_store
+from vibrawatch.monitor.db import StoreError
+from vibrawatch.monitor.decoding import decode
+from vibrawatch.monitor.rows import Batch, Score
+from vibrawatch.monitor.store import Store, open_store
 
 
 @pytest.fixture(scope="module")
@@ -259,7 +261,7 @@ def test_only_this_connections_packet_ids_are_acknowledged_and_each_once(tmp_pat
     ing._link = 2  # reconnected before the batch was written
     arrive(2, 3)  # the broker's copy of seq 2 under a new id
     arrive(3, 8)  # id 8 reused on this connection for another message
-    ing._write(list(ing._queue))
+    ing.batcher.write(list(ing.batcher.queue))
     assert acked == [[3, 8]]
     assert ing.counters.stored == 3 and ing.counters.duplicates == 1
 

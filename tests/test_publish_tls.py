@@ -32,7 +32,8 @@ from cryptography.x509.oid import NameOID
 from mosquitto import Broker, free_port
 from paho.mqtt.enums import CallbackAPIVersion
 
-from vibrawatch.agent.config import AgentConfig, AgentSection, MqttSection
+from vibrawatch.agent.config import AgentConfig, AgentSection
+from vibrawatch.agent.link.broker import MqttSection
 from vibrawatch.agent.link.publish import Publisher
 from vibrawatch.agent.link.spool import Spool
 
@@ -128,7 +129,8 @@ def publisher(tmp_path: Path, port: int, **mqtt_fields: object) -> tuple[Publish
     cfg = AgentConfig(AgentSection("lab", "gw", "unused", spool=str(tmp_path / "spool.sqlite")),
                       mqtt=MqttSection(port=port, max_backoff_s=1, **mqtt_fields))  # type: ignore[arg-type]
     spool = Spool(cfg.agent.spool)
-    return Publisher(cfg, spool, {"model": "test"}), spool
+    return Publisher(cfg.mqtt, spool, {"model": "test"}, site=cfg.agent.site, device=cfg.agent.device,
+                     password=cfg.password), spool
 
 
 def test_tls_with_client_certificate_delivers(tmp_path: Path, pki: dict[str, Path]) -> None:
@@ -163,7 +165,7 @@ def test_tls_refused_keeps_the_message_in_the_spool(tmp_path: Path, pki: dict[st
         pub.enqueue("score", {"v": 1, "score": 0.5})
         assert not wait(lambda: pub.connected, timeout=3.0), f"connected despite {case}"
         assert len(spool) == 1  # nothing lost: it waits on disk for a connection that is allowed
-        assert pub._sender.is_alive()
+        assert pub.sender.thread.is_alive()
     finally:
         pub.stop()
         spool.close()
@@ -278,7 +280,7 @@ def test_falls_back_to_mqtt_311_when_the_broker_refuses_5(tmp_path: Path) -> Non
         pub.start()
         assert wait(lambda: pub.connected), "no connection after the MQTT 5 refusal"
         assert gate.refused_v5 >= 1 and gate.passed_311 >= 1
-        assert pub._protocol == mqtt.MQTTv311
+        assert pub.connection.protocol == mqtt.MQTTv311
         seq = pub.enqueue("score", {"v": 1, "score": 0.25})
         assert wait(lambda: any(m.get("seq") == seq for m in sub.got)), "the score did not arrive over 3.1.1"
         assert wait(lambda: any(m.get("state") == "online" for m in sub.got)), "no retained online status"

@@ -26,8 +26,9 @@ from jsonschema import Draft202012Validator
 from paho.mqtt.enums import CallbackAPIVersion
 from test_agent_e2e import BLOCK, agent_command, broker, offline  # noqa: F401 - fixtures used by name
 
-from vibrawatch.agent.config import AgentConfig, AgentSection, MqttSection, load_agent_config
+from vibrawatch.agent.config import AgentConfig, AgentSection, load_agent_config
 from vibrawatch.agent.errors import ConfigError
+from vibrawatch.agent.link.broker import MqttSection
 from vibrawatch.agent.sources.registry import SOURCES
 from vibrawatch.agent.sources.sensor_check import two_rates
 

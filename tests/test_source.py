@@ -84,8 +84,9 @@ def test_source_drops_bad_messages_and_never_blocks_paho() -> None:
 
 def test_samples_over_a_real_broker_score_like_the_replay(tiny_bundle: Path, tiny_data: Path, tmp_path: Path) -> None:
     """A sensor node publishes snapshots as samples messages; the agent's scores equal the file replay's."""
-    from vibrawatch.agent.config import AgentConfig, AgentSection, MqttSection
+    from vibrawatch.agent.config import AgentConfig, AgentSection
     from vibrawatch.agent.detect.results import Scored, SensorStatus
+    from vibrawatch.agent.link.broker import MqttSection
     from vibrawatch.agent.link.publish import Publisher
     from vibrawatch.agent.link.spool import Spool
     from vibrawatch.agent.model.bundle import load_bundle
@@ -106,7 +107,7 @@ def test_samples_over_a_real_broker_score_like_the_replay(tiny_bundle: Path, tin
     cfg = AgentConfig(AgentSection("lab", "gw1", str(tiny_bundle), spool=str(tmp_path / "spool.sqlite")),
                       mqtt=MqttSection(port=broker.port))
     spool = Spool(cfg.agent.spool)
-    pub = Publisher(cfg, spool, {"model": b.version})
+    pub = Publisher(cfg.mqtt, spool, {"model": b.version}, site=cfg.agent.site, device=cfg.agent.device)
     deadline = time.monotonic() + 60
     src = MqttSampleSource("lab/gw1/samples", pub.subscribe, b.detector.spec.fs_hz, b.detector.spec.channels,
                            stop=lambda: time.monotonic() > deadline)
@@ -153,7 +154,8 @@ def test_samples_over_a_real_broker_score_like_the_replay(tiny_bundle: Path, tin
 def test_mqtt_samples_resume_after_a_broker_restart(tiny_bundle: Path, tmp_path: Path) -> None:
     """A restarted broker has forgotten the agent's subscription (clean start): the agent subscribes
     again on reconnect, so the sensor node's samples reach it again without a restart of the agent."""
-    from vibrawatch.agent.config import AgentConfig, AgentSection, MqttSection
+    from vibrawatch.agent.config import AgentConfig, AgentSection
+    from vibrawatch.agent.link.broker import MqttSection
     from vibrawatch.agent.link.publish import Publisher
     from vibrawatch.agent.link.spool import Spool
     from vibrawatch.agent.model.bundle import load_bundle
@@ -164,7 +166,7 @@ def test_mqtt_samples_resume_after_a_broker_restart(tiny_bundle: Path, tmp_path:
     cfg = AgentConfig(AgentSection("lab", "gw2", str(tiny_bundle), spool=str(tmp_path / "spool.sqlite")),
                       mqtt=MqttSection(port=broker.port, max_backoff_s=1))
     spool = Spool(cfg.agent.spool)
-    pub = Publisher(cfg, spool, {"model": b.version})
+    pub = Publisher(cfg.mqtt, spool, {"model": b.version}, site=cfg.agent.site, device=cfg.agent.device)
     wait_until = [0.0]  # each attempt below listens for one second
     src = MqttSampleSource("lab/gw2/samples", pub.subscribe, b.detector.spec.fs_hz, b.detector.spec.channels,
                            stop=lambda: time.monotonic() > wait_until[0])

@@ -24,8 +24,8 @@ from conftest import ROOT
 from mosquitto import Broker
 from test_agent_e2e import Subscriber, agent_command
 
+from vibrawatch.agent.checks import UNIT_START_S, UNIT_WATCHDOG_S, watchdog_fit, window_seconds
 from vibrawatch.agent.model.bundle import load_bundle
-from vibrawatch.agent.service import UNIT_START_S, UNIT_WATCHDOG_S, watchdog_fit, window_seconds
 
 UNITS = [ROOT / "systemd" / "vibrawatch-agent.service", ROOT / "systemd" / "vibrawatch-agent@.service"]
 IDS = ["single", "template"]

@@ -15,13 +15,13 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from vibrawatch.agent.detect.decide import AlarmRule, Decision, reconstruction_scores, run_alarms
-from vibrawatch.agent.detect.events import DiagnosisState, EventRule, run_events
+from vibrawatch.agent.detect.diagnosis import DiagnosisState
+from vibrawatch.agent.detect.events import EventRule, run_events
 from vibrawatch.agent.detect.features import FeatureDef, FeatureSpec, extract
 from vibrawatch.agent.detect.frames import iter_frames
 from vibrawatch.agent.detect.healthy import event_inputs, window_evidence
@@ -33,6 +33,7 @@ from vibrawatch.agent.errors import ConfigError
 
 from .cwru import load
 from .dataset import featurize, format_time, healthy_end_time, make_windows, parse_time
+from .naming import data_stem
 from .run import Run, score
 
 
@@ -352,11 +353,6 @@ def _product(
     out["condition_changes"] = [{"at": format_time(e.t, relative), "ratios": [round(r, 3) for r in e.ratio]}
                                 for v in verdicts for e in v.events if e.kind == "condition_change"]
     return det, out
-
-
-def data_stem(path: str | Path) -> str:
-    """A file-name-safe name for a data set, used for the evaluation's JSON and plots in the run directory."""
-    return Path(str(path).rstrip("/")).stem or "data"
 
 
 def _simple_features(data: Recording | FeatureTable, spec: FeatureSpec, progress: bool) -> dict[str, np.ndarray]:

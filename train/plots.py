@@ -16,6 +16,8 @@ from vibrawatch.agent.detect.features import FeatureSpec  # noqa: E402
 from vibrawatch.agent.detect.frames import iter_frames  # noqa: E402
 from vibrawatch.agent.detect.recording import FeatureTable, Recording  # noqa: E402
 
+from .naming import data_stem  # noqa: E402
+
 
 def _axis_times(t: np.ndarray, relative: bool) -> np.ndarray | list[datetime]:
     if relative:
@@ -66,8 +68,6 @@ def evaluation_plots(
     t_healthy: float | None,
 ) -> None:
     """scores_<data>.png (log score over time) and, for raw data, spectra_<data>.png (healthy vs failing)."""
-    from .evaluate import data_stem
-
     stem = data_stem(report["data"])
     fig, ax = plt.subplots(figsize=(10, 4.5), dpi=100)
     # The alarm level, not the bare score: an alarm may come from one channel's share crossing its own limit.
@@ -77,7 +77,7 @@ def evaluation_plots(
                 "alarm level: max(score / threshold, channel share / channel threshold)")
     ax.axhline(1.0, color="tab:red", lw=1, label="threshold (level 1)")
     if report.get("first_alarm_s") is not None:
-        from vibrawatch.agent.detect.events import describe
+        from vibrawatch.agent.detect.diagnosis import describe
 
         found = report.get("diagnosed")
         diag = (f"; {describe(found)} from {found['at']}" if found

@@ -1,5 +1,6 @@
-"""Fit the product's decision layer (agent/detect/events.py) on the healthy period: floors, PCA residual, own
-deviation, step sizes and the healthy envelope energies for diagnosis. Plain numbers out, numpy only.
+"""Fit the product's decision layer (agent/detect/measures.py, events.py, diagnosis.py) on the healthy period:
+floors, PCA residual, own deviation, step sizes and the healthy envelope energies for diagnosis. Plain numbers
+out, numpy only.
 
 The healthy statistics are fitted by ``vibrawatch.agent.detect.healthy.fit``, the function a gateway's commissioning
 calls on its own machine's windows; here only the parts that belong to the model (the PCA's axes, the defect
@@ -13,19 +14,12 @@ from typing import Any
 import numpy as np
 
 from vibrawatch.agent.detect.detector import Detector
-from vibrawatch.agent.detect.events import (
-    FLOOR_FEATURES,
-    Diagnosis,
-    EventRule,
-    Floor,
-    OwnDeviation,
-    PcaResidual,
-    envelope_energies,
-    floor_values,
-)
+from vibrawatch.agent.detect.diagnosis import Diagnosis, envelope_energies
+from vibrawatch.agent.detect.events import EventRule
 from vibrawatch.agent.detect.features import FeatureSpec
 from vibrawatch.agent.detect.frames import iter_frames
 from vibrawatch.agent.detect.healthy import fit, window_evidence
+from vibrawatch.agent.detect.measures import FLOOR_FEATURES, Floor, OwnDeviation, PcaResidual, floor_values
 from vibrawatch.agent.detect.recording import FeatureTable, Recording
 from vibrawatch.agent.sources.simulate import BearingGeometry
 

@@ -21,8 +21,10 @@ import numpy as np
 
 from ..errors import ConfigError
 from .decide import AlarmRule, AlarmState
-from .events import Diagnosis, EventRule, EventState, Floor, OwnDeviation, PcaResidual
+from .diagnosis import Diagnosis
+from .events import EventRule, EventState
 from .features import FeatureSpec
+from .measures import Floor, OwnDeviation, PcaResidual
 from .scale import Scaling, scaling_from_dict
 from .threshold import ThresholdRule
 
@@ -77,7 +79,8 @@ class Detector:
     channel_thresholds: np.ndarray  # (C,) on each channel's contribution
     rule: AlarmRule
     threshold_rule: ThresholdRule = ThresholdRule()  # how the thresholds were fitted from healthy scores
-    # The product's decision layer (agent/detect/events.py); without floor and own, decisions are the autoencoder's.
+    # The product's decision layer (agent/detect/measures.py, events.py, diagnosis.py); without floor and own,
+    # decisions are the autoencoder's.
     floor: Floor | None = None
     pca: PcaResidual | None = None
     own: OwnDeviation | None = None

@@ -23,7 +23,8 @@ import numpy as np
 
 from .decide import alarm_levels
 from .detector import Detector
-from .events import EventRule, Floor, OwnDeviation
+from .events import EventRule
+from .measures import Floor, OwnDeviation
 from .threshold import ThresholdRule, fit_channel_thresholds, fit_threshold
 
 MIN_STEP = math.log(1.2)  # no level change below 20% is ever called a step

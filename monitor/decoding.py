@@ -1,0 +1,82 @@
+"""What an MQTT message becomes: a row to store, a dead letter saying what is wrong with it, or nothing.
+
+Every message is checked against its JSON Schema (agent/link/schemas/): a quick check generated from the schema
+(schemacheck.py, ~2 us), fastjsonschema (~5 us; jsonschema ~90) for anything it does not pass; one that fails
+goes to the dead-letter table with fastjsonschema's reason, so one bad gateway never stops the batch it is in.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from importlib import resources
+
+from vibrawatch.agent.link.topics import PREFIX
+
+from .fastjson import loads
+from .rows import Alarm, Batch, DeadLetter, Event, Score, Status
+from .schemacheck import Checker
+
+Item = tuple[str, bytes, int, int, float, int]  # topic, payload, packet id, QoS, received, connection it came on
+
+log = logging.getLogger("vibrawatch.monitor.ingest")
+KINDS = ("score", "alarm", "status")
+EVENT_KINDS = ("transient", "condition_change", "diagnosis")  # the combined detector's, numbered like scores
+INBOUND = "deploy"  # .../deploy and .../deploy/bundle go to the gateways (signed requests, bundles): not ours
+
+
+def _checkers() -> dict[str, Checker]:
+    schemas = resources.files("vibrawatch.agent.link") / "schemas"
+    return {k: Checker(json.loads((schemas / f"{k}.json").read_text())) for k in (*KINDS, *EVENT_KINDS)}
+
+
+CHECKERS = _checkers()
+
+
+def decode(topic: str, payload: bytes, received: float) -> Score | Alarm | Status | Event | DeadLetter | None:
+    """One MQTT message as a row to store, a dead letter saying what is wrong with it, or None for the deploy
+    traffic addressed to the gateways (which the fleet filter also matches)."""
+    parts = topic.split("/")
+    if len(parts) in (5, 6) and "/".join(parts[:2]) == PREFIX and parts[4] == INBOUND:
+        return None
+    if len(parts) != 5 or "/".join(parts[:2]) != PREFIX or parts[4] not in (*KINDS, *EVENT_KINDS):
+        return DeadLetter(topic, payload, f"topic: expected {PREFIX}/<site>/<device>/"
+                          f"{'|'.join((*KINDS, *EVENT_KINDS))}", received)
+    site, device, kind = parts[2], parts[3], parts[4]
+    try:
+        msg = loads(payload)
+    except ValueError as e:  # json.JSONDecodeError, orjson.JSONDecodeError and UnicodeDecodeError all are
+        return DeadLetter(topic, payload, f"payload: not JSON ({e})", received)
+    if (error := CHECKERS[kind].errors(msg)) is not None:
+        return DeadLetter(topic, payload, f"payload: {error} (schema agent/link/schemas/{kind}.json)", received)
+    if kind == "score":
+        return Score(site, device, msg["seq"], float(msg["t"]), msg["timestamp"], float(msg["score"]),
+                     float(msg["threshold"]), float(msg["level"]), msg["contributions"], msg["model"], received,
+                     msg.get("threshold_source"), msg.get("model_sha256"))
+    if kind == "alarm":
+        return Alarm(site, device, msg["seq"], float(msg["t"]), msg["timestamp"], msg["event"], msg["channel"],
+                     float(msg["score"]), float(msg["level"]), msg["since"], msg["model"], received)
+    if kind in EVENT_KINDS:
+        return Event(site, device, msg["seq"], float(msg["t"]), msg["timestamp"], kind, msg, received)
+    return Status(site, device, msg["timestamp"], msg["state"], msg, received)
+
+
+def to_batch(items: list[Item]) -> Batch:
+    """The messages as one batch to write: rows by kind, dead letters (each logged), the gateways' traffic left out."""
+    batch = Batch()
+    for topic, payload, _mid, _qos, received, _link in items:
+        row = decode(topic, payload, received)
+        if isinstance(row, Score):
+            batch.scores.append(row)
+        elif isinstance(row, Alarm):
+            batch.alarms.append(row)
+        elif isinstance(row, Status):
+            batch.statuses.append(row)
+        elif isinstance(row, Event):
+            batch.events.append(row)
+        elif row is None:
+            continue
+        else:
+            log.warning("dead letter: %s: %s", topic, row.reason)
+            batch.dead.append(row)
+    return batch

@@ -1,0 +1,108 @@
+"""The schema both backends share: the tables, the devices' columns, and the migration of an older database.
+
+Every write is idempotent because of the keys here: scores, alarms and events by (site, device, seq),
+statuses by (site, device, timestamp, state), dead letters by a digest of topic and payload, alerts by a
+key naming their cause. ``ensure`` runs when a store opens, in one transaction: it creates what is missing,
+adds the columns later versions brought, and refuses a database a newer vibrawatch wrote.
+"""
+
+from __future__ import annotations
+
+from .db import Cursor, Database, StoreError
+
+SCHEMA_VERSION = 3  # 2: where thresholds come from (scores, devices) and the last commissioning (devices);
+# 3: the model file's sha256, the last deploy outcome and the connection (link) of the last status (devices)
+
+DDL = [
+    """CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS scores (
+        site TEXT NOT NULL, device TEXT NOT NULL, seq BIGINT NOT NULL,
+        t DOUBLE PRECISION NOT NULL, ts TEXT NOT NULL, score DOUBLE PRECISION NOT NULL,
+        threshold DOUBLE PRECISION NOT NULL, level DOUBLE PRECISION NOT NULL, contributions TEXT NOT NULL,
+        model TEXT NOT NULL, received DOUBLE PRECISION NOT NULL, threshold_source TEXT,
+        PRIMARY KEY (site, device, seq))""",
+    """CREATE INDEX IF NOT EXISTS scores_received ON scores (received)""",
+    """CREATE TABLE IF NOT EXISTS alarms (
+        site TEXT NOT NULL, device TEXT NOT NULL, seq BIGINT NOT NULL,
+        t DOUBLE PRECISION NOT NULL, ts TEXT NOT NULL, event TEXT NOT NULL, channel TEXT,
+        score DOUBLE PRECISION NOT NULL, level DOUBLE PRECISION NOT NULL, since TEXT, model TEXT NOT NULL,
+        received DOUBLE PRECISION NOT NULL, PRIMARY KEY (site, device, seq))""",
+    """CREATE TABLE IF NOT EXISTS statuses (
+        site TEXT NOT NULL, device TEXT NOT NULL, ts TEXT NOT NULL, state TEXT NOT NULL, payload TEXT NOT NULL,
+        received DOUBLE PRECISION NOT NULL, PRIMARY KEY (site, device, ts, state))""",
+    """CREATE TABLE IF NOT EXISTS events (
+        site TEXT NOT NULL, device TEXT NOT NULL, seq BIGINT NOT NULL, t DOUBLE PRECISION NOT NULL, ts TEXT NOT NULL,
+        kind TEXT NOT NULL, payload TEXT NOT NULL, received DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (site, device, seq))""",
+    """CREATE TABLE IF NOT EXISTS gaps (
+        site TEXT NOT NULL, device TEXT NOT NULL, first_seq BIGINT NOT NULL, last_seq BIGINT NOT NULL,
+        filled BIGINT NOT NULL DEFAULT 0, detected DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (site, device, first_seq))""",
+    """CREATE TABLE IF NOT EXISTS dead_letters (
+        digest TEXT PRIMARY KEY, received DOUBLE PRECISION NOT NULL, topic TEXT NOT NULL, payload TEXT NOT NULL,
+        reason TEXT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS devices (
+        site TEXT NOT NULL, device TEXT NOT NULL,
+        first_seq BIGINT, last_seq BIGINT, received BIGINT NOT NULL DEFAULT 0, lost BIGINT NOT NULL DEFAULT 0,
+        score_seq BIGINT, last_t DOUBLE PRECISION, last_ts TEXT, last_score DOUBLE PRECISION,
+        threshold DOUBLE PRECISION, level DOUBLE PRECISION, contributions TEXT, model TEXT,
+        state TEXT, state_ts TEXT, fault TEXT, reason TEXT, agent TEXT, runtime TEXT, channels TEXT,
+        spool_dropped BIGINT, event TEXT,
+        alarm_seq BIGINT, alarm INTEGER NOT NULL DEFAULT 0, alarm_since TEXT, alarm_channel TEXT,
+        last_seen DOUBLE PRECISION, interval_s DOUBLE PRECISION, silent_since DOUBLE PRECISION,
+        threshold_source TEXT, commissioning TEXT, commissioning_info TEXT, model_sha256 TEXT, deploy TEXT,
+        link TEXT, PRIMARY KEY (site, device))""",
+    """CREATE TABLE IF NOT EXISTS alerts (
+        key TEXT PRIMARY KEY, kind TEXT NOT NULL, site TEXT NOT NULL, device TEXT NOT NULL, payload TEXT NOT NULL,
+        created DOUBLE PRECISION NOT NULL, state TEXT NOT NULL DEFAULT 'pending', attempts INTEGER NOT NULL DEFAULT 0,
+        next_try DOUBLE PRECISION NOT NULL, last_error TEXT, delivered DOUBLE PRECISION)""",
+    """CREATE INDEX IF NOT EXISTS alerts_due ON alerts (state, next_try)""",
+    """CREATE TABLE IF NOT EXISTS score_hourly (
+        site TEXT NOT NULL, device TEXT NOT NULL, hour DOUBLE PRECISION NOT NULL, n BIGINT NOT NULL,
+        min DOUBLE PRECISION NOT NULL, mean DOUBLE PRECISION NOT NULL, max DOUBLE PRECISION NOT NULL,
+        above BIGINT NOT NULL, threshold DOUBLE PRECISION NOT NULL, PRIMARY KEY (site, device, hour))""",
+]
+
+DEVICE_COLUMNS = (
+    "site", "device", "first_seq", "last_seq", "received", "lost", "score_seq", "last_t", "last_ts", "last_score",
+    "threshold", "level", "contributions", "model", "state", "state_ts", "fault", "reason", "agent", "runtime",
+    "channels", "spool_dropped", "event", "alarm_seq", "alarm", "alarm_since", "alarm_channel", "last_seen",
+    "interval_s", "silent_since", "threshold_source", "commissioning", "commissioning_info", "model_sha256", "deploy",
+    "link",
+)
+# Columns later schema versions added, as (version, table, column, type): a database of an older version gets
+# them on open (ALTER TABLE ... ADD COLUMN), in the transaction that creates the tables.
+MIGRATIONS = [
+    (2, "scores", "threshold_source", "TEXT"),
+    (2, "devices", "threshold_source", "TEXT"),
+    (2, "devices", "commissioning", "TEXT"),
+    (2, "devices", "commissioning_info", "TEXT"),
+    (3, "devices", "model_sha256", "TEXT"),
+    (3, "devices", "deploy", "TEXT"),
+    (3, "devices", "link", "TEXT"),
+]
+
+
+def columns(cur: Cursor, table: str) -> set[str]:
+    """The columns ``table`` has now (what a migration still has to add)."""
+    cur.execute(f"SELECT * FROM {table} LIMIT 0")
+    return {d[0] for d in cur.raw.description}
+
+
+def ensure(db: Database) -> None:
+    """Create the tables, or bring an older database up to ``SCHEMA_VERSION``; refuse a newer one."""
+    with db.transaction() as cur:
+        for stmt in DDL:
+            cur.execute(stmt)
+        cur.execute("SELECT value FROM meta WHERE key = 'schema'")
+        row = cur.fetchone()
+        if row is None:
+            cur.execute("INSERT INTO meta (key, value) VALUES (?, ?)", ("schema", str(SCHEMA_VERSION)))
+        elif int(row[0]) > SCHEMA_VERSION:
+            raise StoreError(f"{db.safe_url}: database schema {row[0]} is newer than this vibrawatch "
+                             f"(it reads {SCHEMA_VERSION} and older): upgrade vibrawatch")
+        elif int(row[0]) < SCHEMA_VERSION:
+            for version, table, column, kind in MIGRATIONS:
+                if version > int(row[0]) and column not in columns(cur, table):
+                    cur.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+            cur.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (str(SCHEMA_VERSION),))

@@ -1,0 +1,174 @@
+"""A device's state after its new messages: the pure step the store takes inside each batch's transaction.
+
+``apply`` takes a device row and the new messages and gives the new row, the seq gaps found and the alerts
+to queue, touching nothing else: the store calls it in the batch's transaction, so the state, the rows and
+the alerts always agree. It sits below the store (which calls it) and the fleet table (which reads what it
+wrote), so neither has to import the other to share it.
+
+Lost messages: every score and alarm carries the device's ``seq`` (+1 per message, never reused). A new
+highest seq that skips numbers records the skipped range as a gap; a late message inside a gap fills it.
+``lost`` = (last_seq - first_seq + 1) - messages received, so it goes back down when a redelivery arrives.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from .fastjson import dumps
+from .rows import Alarm, Event, Score, Status
+
+COMMISSIONING_STATES = ("commissioning", "commissioned", "commissioning_suspect")
+COMMISSIONING_EVENTS = ("commissioning_refused", "calibration_unreadable")  # with state online: bundle thresholds
+COMMISSIONING_FIELDS = ("windows", "note", "threshold", "channel_thresholds", "median_level", "standout",
+                        "bundle_threshold")
+DEPLOY_FIELDS = ("deployment", "outcome", "reason", "from", "to", "sha256", "timestamp")  # docs/deploy.md
+WILL_REASON = "connection lost"  # the agent's last will (agent/link/publish.py)
+_EWMA = 0.2
+
+
+@dataclass
+class Messages:
+    scores: list[Score] = field(default_factory=list)
+    alarms: list[Alarm] = field(default_factory=list)
+    statuses: list[Status] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)  # transient, condition_change, diagnosis: seq only here
+
+
+@dataclass(frozen=True)
+class AlertEvent:
+    """Something a person should hear about; ``key`` names its cause, so it is queued once however often seen."""
+
+    key: str
+    kind: str  # alarm_raised | alarm_cleared | offline | silent | commissioning_suspect
+    site: str
+    device: str
+    payload: dict[str, Any]
+
+
+@dataclass
+class Change:
+    state: dict[str, Any]
+    gaps: list[tuple[int, int]] = field(default_factory=list)
+    late: list[int] = field(default_factory=list)
+    alerts: list[AlertEvent] = field(default_factory=list)
+
+
+def alert_payload(kind: str, site: str, device: str, **fields: Any) -> dict[str, Any]:
+    """The webhook's JSON (docs/monitor.md): the same envelope for every kind."""
+    return {"v": 1, "kind": kind, "site": site, "device": device, **fields}
+
+
+def apply(before: dict[str, Any], msgs: Messages, now: float) -> Change:
+    """The device's row after these (new, not yet seen) messages; gaps found, late seqs, alerts to send."""
+    s = dict(before)
+    change = Change(state=s)
+    site, device = s["site"], s["device"]
+    seqs = sorted([m.seq for m in msgs.scores] + [m.seq for m in msgs.alarms] + [m.seq for m in msgs.events])
+    for q in seqs:
+        if s["last_seq"] is None:
+            s["first_seq"] = s["last_seq"] = q
+        elif q > s["last_seq"]:
+            if q > s["last_seq"] + 1:
+                change.gaps.append((s["last_seq"] + 1, q - 1))
+            s["last_seq"] = q
+        elif q < s["first_seq"]:  # older than anything seen: the range between was missing too
+            if q + 1 <= s["first_seq"] - 1:
+                change.gaps.append((q + 1, s["first_seq"] - 1))
+            s["first_seq"] = q
+        else:
+            change.late.append(q)
+    s["received"] = (s["received"] or 0) + len(seqs)
+    if seqs:
+        s["lost"] = s["last_seq"] - s["first_seq"] + 1 - s["received"]
+
+    if msgs.scores:
+        newest = max(msgs.scores, key=lambda m: m.seq)
+        if s["score_seq"] is None or newest.seq > s["score_seq"]:
+            s.update(score_seq=newest.seq, last_t=newest.t, last_ts=newest.ts, last_score=newest.score,
+                     threshold=newest.threshold, level=newest.level, model=newest.model,
+                     contributions=dumps(newest.contributions),
+                     threshold_source=newest.threshold_source or "bundle")
+            if newest.model_sha256:  # the model that scores now (after a deploy, before its status arrives)
+                s["model_sha256"] = newest.model_sha256
+        # The usual interval: wall time since the last score over the scores that came in it, so a spool
+        # flushed after an outage (many at once) still averages to the device's real rate.
+        n = len(msgs.scores)
+        if s["last_seen"] is not None:
+            estimate = max(now - s["last_seen"], 0.0) / n
+            s["interval_s"] = estimate if s["interval_s"] is None else (1 - _EWMA) * s["interval_s"] + _EWMA * estimate
+        s["last_seen"] = now
+        s["silent_since"] = None
+        if s["state"] in (None, "offline"):  # scores only come from a running agent (a retained will may lag)
+            s["state"] = "online"
+
+    for a in sorted(msgs.alarms, key=lambda m: m.seq):
+        change.alerts.append(AlertEvent(
+            key=f"alarm:{site}/{device}:{a.seq}", kind=f"alarm_{a.event}", site=site, device=device,
+            payload=alert_payload(f"alarm_{a.event}", site, device, seq=a.seq, timestamp=a.ts, channel=a.channel,
+                                  score=a.score, level=a.level, since=a.since, model=a.model)))
+        if s["alarm_seq"] is None or a.seq > s["alarm_seq"]:
+            s["alarm_seq"] = a.seq
+            s["alarm"] = 1 if a.event == "raised" else 0
+            s["alarm_since"] = a.since if a.event == "raised" else None
+            s["alarm_channel"] = a.channel if a.event == "raised" else None
+
+    for st in sorted(msgs.statuses, key=lambda m: (m.payload.get("link") or "", m.ts)):
+        p = st.payload
+        if not current(s, st):
+            continue  # an older retained status delivered late, or the will of a connection since replaced
+        s["state"], s["state_ts"] = st.state, max(st.ts, s["state_ts"] or "")
+        s["link"] = p.get("link") or s["link"]
+        s["fault"] = p.get("fault") if st.state == "sensor" else None
+        s["reason"] = p.get("reason") if st.state == "offline" else None
+        for key in ("agent", "runtime", "model", "model_sha256"):
+            if p.get(key):
+                s[key] = p[key]
+        if isinstance(p.get("deploy"), dict):  # the last deploy's outcome, as the agent reports it
+            s["deploy"] = dumps({k: p["deploy"][k] for k in DEPLOY_FIELDS if k in p["deploy"]})
+        if "channels" in p:
+            s["channels"] = json.dumps(p["channels"])
+        if "spool_dropped" in p:
+            s["spool_dropped"] = p["spool_dropped"]
+        if p.get("event"):
+            s["event"] = p["event"]
+        if p.get("threshold_source"):
+            s["threshold_source"] = p["threshold_source"]
+        if st.state in COMMISSIONING_STATES or p.get("event") in COMMISSIONING_EVENTS:
+            # The last word on this machine's thresholds; kept through later online statuses (a suspect
+            # commissioning stays suspect until the machine is commissioned again).
+            s["commissioning"] = st.state if st.state in COMMISSIONING_STATES else p["event"]
+            s["commissioning_info"] = dumps({"timestamp": st.ts, **{k: p[k] for k in COMMISSIONING_FIELDS if k in p}})
+            if st.state == "commissioning_suspect":
+                change.alerts.append(AlertEvent(
+                    key=f"commissioning_suspect:{site}/{device}:{st.ts}", kind="commissioning_suspect", site=site,
+                    device=device, payload=alert_payload(
+                        "commissioning_suspect", site, device, timestamp=st.ts,
+                        **{k: p[k] for k in ("threshold", "bundle_threshold", "median_level", "standout", "windows")
+                           if k in p})))
+        if st.state == "offline":
+            change.alerts.append(AlertEvent(
+                key=f"offline:{site}/{device}:{st.ts}", kind="offline", site=site, device=device,
+                payload=alert_payload("offline", site, device, timestamp=st.ts, reason=p.get("reason"))))
+    return change
+
+
+def current(row: dict[str, Any], status: Status) -> bool:
+    """Does a status say more than the row already knows?
+
+    Statuses of one connection are ordered by timestamp. The last will is the exception: the broker sends
+    it when it loses the connection, but it was composed when the connection was set up, so its timestamp is
+    older than the statuses that connection sent. The ``link`` (when the connection was set up) tells: a
+    status of a later connection than the row's is current, one of an earlier connection is not, and a will
+    is its connection's last word. Agents from before links: timestamps alone, as before."""
+    p = status.payload
+    link, known = p.get("link"), row.get("link")
+    if link is None or known is None:
+        return row["state_ts"] is None or status.ts >= row["state_ts"]
+    if link != known:
+        return link > known
+    if row.get("state") == "offline" and row.get("reason") == WILL_REASON:
+        return False  # this connection is gone: whatever else it sent is older news
+    return (status.state == "offline" and p.get("reason") == WILL_REASON) or status.ts >= row["state_ts"]
+

@@ -1,0 +1,129 @@
+"""The write path: one batch in one transaction.
+
+A batch's rows, the devices' state (``state.apply``), the seq gaps and the alerts it raises commit together
+or not at all, and ingest acknowledges the MQTT messages only after the commit. Rows already stored (a
+redelivery) are skipped and counted, and only the new ones move a device's state, so a batch written twice
+changes nothing the second time.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from . import state
+from .bulk import Bulk, chunks
+from .db import Cursor, Database
+from .fastjson import dumps
+from .rows import Alarm, Batch, Event, Score, Status, Written
+from .schema import DEVICE_COLUMNS
+
+
+class BatchWriter:
+    """Writes batches and queues alerts through ``db``, with ``bulk`` doing the backend's multi-row statements."""
+
+    def __init__(self, db: Database, bulk: Bulk) -> None:
+        self.db, self.bulk = db, bulk
+
+    def write(self, batch: Batch, now: float | None = None) -> Written:
+        """Store one batch in one transaction; rows already present (redeliveries) are skipped and counted."""
+        now = time.time() if now is None else now
+        w = Written()
+        insert_new = self.bulk.insert_new
+        with self.db.transaction() as cur:
+            new_scores = insert_new(
+                cur, "scores", ("site", "device", "seq", "t", "ts", "score", "threshold", "level", "contributions",
+                                "model", "received", "threshold_source"),
+                [(s.site, s.device, s.seq, s.t, s.ts, s.score, s.threshold, s.level, dumps(s.contributions), s.model,
+                  s.received, s.threshold_source) for s in batch.scores],
+                ("site", "device", "seq"))
+            new_alarms = insert_new(
+                cur, "alarms", ("site", "device", "seq", "t", "ts", "event", "channel", "score", "level", "since",
+                                "model", "received"),
+                [(a.site, a.device, a.seq, a.t, a.ts, a.event, a.channel, a.score, a.level, a.since, a.model,
+                  a.received) for a in batch.alarms],
+                ("site", "device", "seq"))
+            new_statuses = insert_new(
+                cur, "statuses", ("site", "device", "ts", "state", "payload", "received"),
+                [(s.site, s.device, s.ts, s.state, dumps(s.payload), s.received) for s in batch.statuses],
+                ("site", "device", "ts", "state"))
+            new_events = insert_new(
+                cur, "events", ("site", "device", "seq", "t", "ts", "kind", "payload", "received"),
+                [(e.site, e.device, e.seq, e.t, e.ts, e.kind, dumps(e.payload), e.received) for e in batch.events],
+                ("site", "device", "seq"))
+            if batch.dead:
+                dead = self.bulk.insert_returning(
+                    cur, "dead_letters", ("digest", "received", "topic", "payload", "reason"),
+                    [(d.digest, d.received, d.topic, d.payload.decode("utf-8", "replace"), d.reason)
+                     for d in batch.dead], ("digest",), ("digest",))
+                w.dead = len(dead)
+            w.scores, w.alarms, w.statuses = len(new_scores), len(new_alarms), len(new_statuses)
+            w.events = len(new_events)
+            w.duplicates = len(batch) - w.scores - w.alarms - w.statuses - w.events - w.dead
+            # The rows that were new (a batch may hold a message and its redelivery: only one of them counts).
+            scores = list({(s.site, s.device, s.seq): s for s in batch.scores
+                           if (s.site, s.device, s.seq) in new_scores}.values())
+            alarms = list({(a.site, a.device, a.seq): a for a in batch.alarms
+                           if (a.site, a.device, a.seq) in new_alarms}.values())
+            statuses = list({(s.site, s.device, s.ts, s.state): s for s in batch.statuses
+                             if (s.site, s.device, s.ts, s.state) in new_statuses}.values())
+            events = list({(e.site, e.device, e.seq): e for e in batch.events
+                           if (e.site, e.device, e.seq) in new_events}.values())
+            if scores or alarms or statuses or events:
+                lost, alerts = self._apply_to_devices(cur, scores, alarms, statuses, now, events)
+                w.lost, w.alerts = lost, alerts
+        return w
+
+    def _apply_to_devices(self, cur: Cursor, scores: list[Score], alarms: list[Alarm], statuses: list[Status],
+                          now: float, events: Sequence[Event] = ()) -> tuple[int, int]:
+        keys = sorted({(m.site, m.device) for m in (*scores, *alarms, *statuses, *events)})
+        # Create missing device rows, then lock them in one order (PostgreSQL: two monitors never deadlock).
+        for part in chunks(keys):
+            cur.execute("INSERT INTO devices (site, device) VALUES " + ", ".join(["(?, ?)"] * len(part))
+                        + " ON CONFLICT (site, device) DO NOTHING", [v for k in part for v in k])
+        current: dict[tuple[str, str], dict[str, Any]] = {}
+        for part in chunks(keys):
+            cur.execute(f"SELECT {', '.join(DEVICE_COLUMNS)} FROM devices WHERE (site, device) IN (VALUES "
+                        + ", ".join(["(?, ?)"] * len(part)) + f") ORDER BY site, device {self.db.lock_rows}",
+                        [v for k in part for v in k])
+            for r in cur.fetchall():
+                current[(r[0], r[1])] = dict(zip(DEVICE_COLUMNS, r, strict=True))
+        by_device: dict[tuple[str, str], state.Messages] = {k: state.Messages() for k in keys}
+        for s in scores:
+            by_device[(s.site, s.device)].scores.append(s)
+        for a in alarms:
+            by_device[(a.site, a.device)].alarms.append(a)
+        for st in statuses:
+            by_device[(st.site, st.device)].statuses.append(st)
+        for e in events:
+            by_device[(e.site, e.device)].events.append(e)
+        updates, gaps_new, gaps_filled, alerts = [], [], [], []
+        lost = 0
+        for k in keys:
+            before = current[k]
+            change = state.apply(before, by_device[k], now)
+            updates.append(change.state)
+            gaps_new += [(k[0], k[1], a, b, now) for a, b in change.gaps]
+            gaps_filled += [(k[0], k[1], s) for s in change.late]
+            alerts += change.alerts
+            lost += change.state["lost"] - (before["lost"] or 0)
+        self.bulk.update(cur, "devices", DEVICE_COLUMNS, ("site", "device"), updates)
+        if gaps_new:
+            cur.executemany("INSERT INTO gaps (site, device, first_seq, last_seq, filled, detected) "
+                            "VALUES (?, ?, ?, ?, 0, ?) ON CONFLICT (site, device, first_seq) DO NOTHING", gaps_new)
+        if gaps_filled:
+            cur.executemany("UPDATE gaps SET filled = filled + 1 WHERE site = ? AND device = ? "
+                            "AND first_seq <= ? AND last_seq >= ?", [(s, d, q, q) for s, d, q in gaps_filled])
+        return lost, self.add_alerts(cur, alerts, now)
+
+    def add_alerts(self, cur: Cursor, alerts: Iterable[state.AlertEvent], now: float) -> int:
+        """Queue alerts for the sinks (in the caller's transaction); an alert already queued is not repeated."""
+        rows = [(a.key, a.kind, a.site, a.device, json.dumps(a.payload, separators=(",", ":")), now, now)
+                for a in alerts]
+        if not rows:
+            return 0
+        new = self.bulk.insert_returning(cur, "alerts", ("key", "kind", "site", "device", "payload", "created",
+                                                         "next_try"), rows, ("key",), ("key",))
+        return len(new)
