@@ -100,9 +100,24 @@ class ReplaySettings:
     speed: float = 1.0  # 1 = real time, 100 = 100x faster, 0 = as fast as possible
     chunk: int = 2048  # samples per chunk handed to the pipeline
     full_scale: float | None = None  # |x| at which the recording's sensor clipped; None = no saturation check
+    loop: bool = False  # at the end start again, later in time by the run's length: a demo gateway keeps running
 
     def __post_init__(self) -> None:
         check_pace(self.speed, self.chunk)
+
+
+def loop_offsets(times: np.ndarray, loop: bool) -> Iterator[float]:
+    """How far each pass over a recording is moved in time: 0 once, or (looping) by the run's length plus one
+    step per pass, so time only ever goes forward and the pipeline sees a gap, never a time going back."""
+    yield 0.0
+    if not loop or len(times) == 0:
+        return
+    step = float(np.median(np.diff(times))) if len(times) > 1 else 1.0
+    span = float(times[-1] - times[0]) + max(step, 1e-3)
+    k = 1
+    while True:
+        yield k * span
+        k += 1
 
 
 class ReplaySource:
@@ -121,17 +136,18 @@ speed = 1                             # 1 = real time: the first score comes aft
                                       # 100 = 100x faster; 0 = as fast as possible
 chunk = 2048                          # samples handed to the pipeline at a time
 # full_scale = 16.0                   # |x| at which the recording's sensor clipped (saturation check)
+# loop = true                         # at the end, play it again (later in time by the run's length)
 '''
 
     def __init__(self, path: str | Path, speed: float = 0.0, chunk: int = 2048,
                  stop: Callable[[], bool] = lambda: False, sleep: Callable[[float], Any] = time.sleep,
-                 full_scale: float | None = None, start_at: float | None = None) -> None:
+                 full_scale: float | None = None, start_at: float | None = None, loop: bool = False) -> None:
         from .loaders import load  # only a replaying agent needs the file formats
 
         self.data: Recording | FeatureTable = load(path)
         self.path = Path(path)
         self.speed, self.chunk, self.stop, self.sleep = speed, int(chunk), stop, sleep
-        self.full_scale, self.start_at = full_scale, start_at
+        self.full_scale, self.start_at, self.loop = full_scale, start_at, loop
         if isinstance(self.data, FeatureTable):
             self.fs_hz, self.provides = 1.0, "table"
             self.channels = self.data.columns
@@ -141,28 +157,44 @@ chunk = 2048                          # samples handed to the pipeline at a time
 
     @classmethod
     def open(cls, s: ReplaySettings, ctx: SourceContext) -> ReplaySource:
-        return cls(s.path, s.speed, s.chunk, ctx.stop, ctx.sleep, s.full_scale, ctx.start_at)
+        return cls(s.path, s.speed, s.chunk, ctx.stop, ctx.sleep, s.full_scale, ctx.start_at, s.loop)
 
     def chunks(self) -> Iterator[Chunk]:
         pacer = Pacer(self.speed, sleep=self.sleep)
         skip = self.start_at
+        times = np.asarray(self.data.timestamps, dtype=float)
+        for offset in loop_offsets(times, self.loop):
+            if skip is not None and len(times) and skip > times[-1] + offset:
+                continue  # a restart resumes in a later pass
+            for chunk in self._pass(pacer, skip, offset):
+                if chunk is None:
+                    return
+                skip = None
+                yield chunk
+            skip = None
+
+    def _pass(self, pacer: Pacer, skip: float | None, offset: float) -> Iterator[Chunk | None]:
+        """One pass over the recording, its times moved by ``offset``; None when asked to stop."""
         if isinstance(self.data, FeatureTable):  # rows are already features: one row per chunk, as it happened
-            for t, row in zip(self.data.timestamps, self.data.values, strict=True):
+            for t0, row in zip(self.data.timestamps, self.data.values, strict=True):
+                t = float(t0) + offset
                 if skip is not None and t < skip - 0.5:  # (half a row: the rows' own float times)
                     continue
-                pacer.wait_until(float(t))
+                pacer.wait_until(t)
                 if self.stop():
+                    yield None
                     return
-                yield Chunk(row[None].astype(np.float32), float(t), new_segment=True)
+                yield Chunk(row[None].astype(np.float32), t, new_segment=True)
             return
         rec = self.data
         for i in range(rec.n_snapshots):
             for j in range(0, rec.data.shape[1], self.chunk):
-                t = float(rec.timestamps[i] + j / rec.fs_hz)
+                t = float(rec.timestamps[i] + j / rec.fs_hz) + offset
                 if skip is not None and t < skip - 0.5 / rec.fs_hz:  # half a sample: float sums differ
                     continue
                 pacer.wait_until(t)
                 if self.stop():
+                    yield None
                     return
                 yield Chunk(rec.data[i, j: j + self.chunk], t, new_segment=(j == 0 or skip is not None))
                 skip = None
