@@ -1,7 +1,8 @@
-"""Hostile-input benchmark: what the spool takes on disk at its limit, and the agent's memory under large and
-malformed samples messages.
+"""Hostile-input benchmark: what the spool takes on disk at its limit, the agent's memory under large and
+malformed samples messages, and the fleet monitor's memory under oversize messages and dead-letter reads.
 
-    .venv/bin/python bench/hostile.py --bundle BUNDLE.tar [--big 5]
+    .venv/bin/python bench/hostile.py --bundle BUNDLE.tar [--big 5]     # all parts
+    .venv/bin/python bench/hostile.py --part monitor [--big 20]         # the monitor's part alone (no bundle)
 
 - spool: 20,000 score messages into spools limited to 128 KB, 1 MB and 64 MB; the most the database and
   its write-ahead log took on disk together, puts per second, messages dropped.
@@ -9,6 +10,10 @@ malformed samples messages.
   bound: 3 s of samples at the bundle's rate) fed good samples, then --big messages of ~12 MB (over the
   bound: refused unread), then --big of ~5 MB (under it: parsed and scored), then 400 malformed ones; its
   resident memory after each step, and whether it still scores.
+- monitor: the real `vibrawatch monitor` (SQLite, its page on) fed 1,000 good scores, then --big 4 MB
+  payloads that are not JSON, a score with a 1 MB model, one with 50,000 contributions, a status with a 3 MB
+  fault, then 1,000 good scores; then 50 GET /api/dead of the largest page and 20 GET /api/device. Its
+  resident memory (and peak) after each step, the database's size, what was stored.
 Prints a Markdown table per part.
 """
 
@@ -125,13 +130,123 @@ def memory_part(bundle: Path, big: int) -> None:
     print(f"\nagent {'alive' if alive else 'DIED'} at the end; log: {tmp / 'agent.log'}")
 
 
+def monitor_part(big: int) -> None:
+    import urllib.request
+
+    import paho.mqtt.client as mqtt
+    from mosquitto import Broker, free_port
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from vibrawatch.agent.link.topics import encode, score_payload, status_payload, topic
+
+    tmp = Path(tempfile.mkdtemp())
+    (tmp / "broker").mkdir()
+    broker = Broker(tmp / "broker")
+    broker.conf.write_text(broker.conf.read_text() + "max_queued_messages 0\n")
+    broker.start()
+    port = free_port()
+    db = tmp / "fleet.db"
+    script = Path(sys.executable).with_name("vibrawatch")
+    log = (tmp / "monitor.log").open("w")
+    mon = subprocess.Popen([str(script), "monitor", "--broker", f"mqtt://127.0.0.1:{broker.port}", "--db",
+                            f"sqlite:///{db}", "--http", f"127.0.0.1:{port}", "--client-id", "bench"],
+                           stdout=log, stderr=subprocess.STDOUT)
+    pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-gw", protocol=mqtt.MQTTv5)
+    pub.connect("127.0.0.1", broker.port)
+    pub.loop_start()
+    seq = [0]
+
+    def status(field: str) -> float:
+        for line in Path(f"/proc/{mon.pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def get(path: str) -> bytes:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=120) as r:
+            return r.read()
+
+    def health() -> dict:
+        return json.loads(get("/api/health"))
+
+    def publish(kind: str, payload: bytes) -> None:
+        pub.publish(topic("bench", "m1", kind), payload, qos=1).wait_for_publish(120)
+
+    def scores(n: int, **over: object) -> None:
+        for _ in range(n):
+            seq[0] += 1
+            p = {**score_payload(t=1.7e9 + seq[0], score=0.1, threshold=1.0, level=0.1,
+                                 contributions={"a": 0.05, "b": 0.05}, model="m-1"), "seq": seq[0], **over}
+            publish("score", encode(p))
+
+    def settle() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and health()["ingest"]["unwritten"]:
+            time.sleep(0.2)
+        time.sleep(1)
+
+    def disk() -> float:
+        return sum(f.stat().st_size for f in tmp.glob("fleet.db*")) / 1e6
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if health()["broker"]["connected"]:
+                break
+        except OSError:
+            pass
+        time.sleep(0.2)
+    steps = []
+
+    def step(name: str) -> None:
+        h = health()
+        steps.append((name, status("VmRSS"), status("VmHWM"), disk(), h["ingest"]["stored"], h["ingest"]["dead"]))
+
+    scores(1000)
+    settle()
+    step("1,000 good scores")
+    for i in range(big):
+        publish("score", b"%d" % i + b"x" * (4 << 20))
+    seq[0] += 1
+    scores(1, model="m" * (1 << 20))
+    scores(1, contributions={f"c{i}": 0.0 for i in range(50_000)})
+    publish("status", encode(status_payload("sensor", fault="f" * (3 << 20))))
+    scores(1000)
+    settle()
+    step(f"{big} x 4 MB not-JSON, a 1 MB model, 50,000 contributions, a 3 MB fault, 1,000 good scores")
+    t0 = time.perf_counter()
+    largest = max(len(get("/api/dead?limit=1000000")) for _ in range(50))
+    dead_s = (time.perf_counter() - t0) / 50
+    for _ in range(20):
+        get("/api/device?site=bench&device=m1")
+    step(f"50 GET /api/dead (largest answer {largest / 1e3:.0f} kB, {dead_s * 1e3:.0f} ms each), "
+         "20 GET /api/device")
+    alive = mon.poll() is None
+    mon.terminate()
+    mon.wait(30)
+    log.close()
+    pub.loop_stop()
+    broker.stop()
+    print("\n| after | monitor RSS | peak RSS | database on disk | stored | dead letters |\n|---|---|---|---|---|---|")
+    for name, rss, hwm, mb, stored, dead in steps:
+        print(f"| {name} | {rss:.1f} MB | {hwm:.1f} MB | {mb:.1f} MB | {stored} | {dead} |")
+    print(f"\nmonitor {'alive' if alive else 'DIED'} at the end; log: {tmp / 'monitor.log'}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--bundle", type=Path, required=True, help="a bundle made by `vibrawatch convert`")
+    ap.add_argument("--bundle", type=Path, help="a bundle made by `vibrawatch convert` (the agent's part)")
     ap.add_argument("--big", type=int, default=5, help="large messages per size")
+    ap.add_argument("--part", choices=("all", "spool", "agent", "monitor"), default="all")
     args = ap.parse_args()
-    spool_part()
-    memory_part(args.bundle, args.big)
+    if args.part in ("all", "agent") and args.bundle is None:
+        ap.error("--bundle is needed for the agent's part (or --part spool / --part monitor)")
+    if args.part in ("all", "spool"):
+        spool_part()
+    if args.part in ("all", "agent"):
+        memory_part(args.bundle, args.big)
+    if args.part in ("all", "monitor"):
+        monitor_part(args.big)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -49,6 +50,9 @@ class Ingest:
         self.connected = threading.Event()
         self._queue, self._arrived = self.batcher.queue, self.batcher.arrived  # paho's thread feeds the batcher
         self._link = 0  # counts successful connections: a packet id is acknowledged only on the one it came in on
+        # Arrival times of the messages not yet written (appended by paho's thread, taken from the left as batches
+        # commit, oldest first as the batcher takes them): the ingest lag /api/health reports.
+        self._unwritten: deque[float] = deque()
         self._connack_seen = False
         self.fell_back = False
         self._client = self._make_client()
@@ -134,13 +138,28 @@ class Ingest:
             threading.Thread(target=self._fallback_to_311, daemon=True).start()
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        self._queue.append((message.topic, message.payload, message.mid, message.qos, time.time(), self._link))
+        now = time.time()
+        self._unwritten.append(now)
+        self._queue.append((message.topic, message.payload, message.mid, message.qos, now, self._link))
         if not self._arrived.is_set():
             self._arrived.set()
+
+    def lag(self, now: float | None = None) -> tuple[int, float]:
+        """Messages received but not yet written, and the age in seconds of the oldest of them (0 when none)."""
+        now = time.time() if now is None else now
+        times = self._unwritten
+        try:
+            oldest = times[0]
+        except IndexError:
+            return 0, 0.0
+        return len(times), round(max(now - oldest, 0.0), 1)
 
     # -- after the commit (the writer thread) -------------------------------------------------------------
     def _ack(self, items: list[Item]) -> None:
         """Acknowledge a committed batch's messages to the broker."""
+        times = self._unwritten
+        for _ in range(min(len(items), len(times))):
+            times.popleft()
         # Only packet ids of this connection, each once: a message that came in before a reconnect is sent again by
         # the broker (stored once, acknowledged then); its old id may now name another, not yet committed message.
         link = self._link

@@ -11,6 +11,8 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import bounds
+
 
 @dataclass(slots=True)
 class Score:
@@ -72,14 +74,22 @@ class Event:
 
 @dataclass(frozen=True)
 class DeadLetter:
+    """A message that could not be stored, as kept: its topic and an excerpt of its payload escaped and cut to
+    their bounds (bounds.py), its full size, why, and a digest of the whole message (a redelivery is kept once)."""
+
     topic: str
-    payload: bytes
+    excerpt: str
+    size: int
     reason: str
     received: float
+    digest: str
 
-    @property
-    def digest(self) -> str:
-        return hashlib.sha256(self.topic.encode() + b"\0" + self.payload).hexdigest()
+    @classmethod
+    def of(cls, topic: str, payload: bytes, reason: str, received: float) -> DeadLetter:
+        """The bounded dead letter of a message: nothing of it is kept whole but its digest."""
+        digest = hashlib.sha256(topic.encode("utf-8", "surrogateescape") + b"\0" + payload).hexdigest()
+        return cls(bounds.escape(topic, bounds.MAX_TOPIC_CHARS), bounds.excerpt(payload), len(payload),
+                   bounds.escape(reason, bounds.MAX_REASON_CHARS, backslash=False), received, digest)
 
 
 @dataclass

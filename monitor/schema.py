@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from .db import Cursor, Database, StoreError
 
-SCHEMA_VERSION = 3  # 2: where thresholds come from (scores, devices) and the last commissioning (devices);
-# 3: the model file's sha256, the last deploy outcome and the connection (link) of the last status (devices)
+SCHEMA_VERSION = 4  # 2: where thresholds come from (scores, devices) and the last commissioning (devices);
+# 3: the model file's sha256, the last deploy outcome and the connection (link) of the last status (devices);
+# 4: a dead letter's full size (its payload is a bounded excerpt), a device's seq anomalies (count and last)
 
 DDL = [
     """CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)""",
@@ -40,7 +41,7 @@ DDL = [
         PRIMARY KEY (site, device, first_seq))""",
     """CREATE TABLE IF NOT EXISTS dead_letters (
         digest TEXT PRIMARY KEY, received DOUBLE PRECISION NOT NULL, topic TEXT NOT NULL, payload TEXT NOT NULL,
-        reason TEXT NOT NULL)""",
+        reason TEXT NOT NULL, size BIGINT)""",
     """CREATE TABLE IF NOT EXISTS devices (
         site TEXT NOT NULL, device TEXT NOT NULL,
         first_seq BIGINT, last_seq BIGINT, received BIGINT NOT NULL DEFAULT 0, lost BIGINT NOT NULL DEFAULT 0,
@@ -51,7 +52,7 @@ DDL = [
         alarm_seq BIGINT, alarm INTEGER NOT NULL DEFAULT 0, alarm_since TEXT, alarm_channel TEXT,
         last_seen DOUBLE PRECISION, interval_s DOUBLE PRECISION, silent_since DOUBLE PRECISION,
         threshold_source TEXT, commissioning TEXT, commissioning_info TEXT, model_sha256 TEXT, deploy TEXT,
-        link TEXT, PRIMARY KEY (site, device))""",
+        link TEXT, seq_anomalies BIGINT NOT NULL DEFAULT 0, seq_anomaly TEXT, PRIMARY KEY (site, device))""",
     """CREATE TABLE IF NOT EXISTS alerts (
         key TEXT PRIMARY KEY, kind TEXT NOT NULL, site TEXT NOT NULL, device TEXT NOT NULL, payload TEXT NOT NULL,
         created DOUBLE PRECISION NOT NULL, state TEXT NOT NULL DEFAULT 'pending', attempts INTEGER NOT NULL DEFAULT 0,
@@ -68,7 +69,7 @@ DEVICE_COLUMNS = (
     "threshold", "level", "contributions", "model", "state", "state_ts", "fault", "reason", "agent", "runtime",
     "channels", "spool_dropped", "event", "alarm_seq", "alarm", "alarm_since", "alarm_channel", "last_seen",
     "interval_s", "silent_since", "threshold_source", "commissioning", "commissioning_info", "model_sha256", "deploy",
-    "link",
+    "link", "seq_anomalies", "seq_anomaly",
 )
 # Columns later schema versions added, as (version, table, column, type): a database of an older version gets
 # them on open (ALTER TABLE ... ADD COLUMN), in the transaction that creates the tables.
@@ -80,6 +81,9 @@ MIGRATIONS = [
     (3, "devices", "model_sha256", "TEXT"),
     (3, "devices", "deploy", "TEXT"),
     (3, "devices", "link", "TEXT"),
+    (4, "dead_letters", "size", "BIGINT"),
+    (4, "devices", "seq_anomalies", "BIGINT NOT NULL DEFAULT 0"),
+    (4, "devices", "seq_anomaly", "TEXT"),
 ]
 
 

@@ -6,6 +6,7 @@ session for the next start; the process exits within a few seconds.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -49,10 +50,28 @@ class Monitor:
             self.dispatcher.wake.set()
 
     def health(self) -> dict[str, Any]:
-        return {"version": __version__, "uptime_s": round(time.time() - self.started, 1),
-                "connected": self.ingest.connected.is_set(), "subscription": self.ingest.subscription,
-                "mqtt": "3.1.1" if self.ingest.fell_back else "5", "db": self.store.safe_url,
-                **asdict(self.ingest.counters)}
+        """What is true now, asked of the parts themselves: ``ok`` (served as 200, else 503) when the database
+        answers and writes go through; the broker connection; the ingest lag; dead letters in the last hour."""
+        now = time.time()
+        db = self.store.db
+        problem = db.probe()  # a round trip to the database, and whether writes have been failing since
+        unwritten, oldest = self.ingest.lag(now)
+        dead_hour = None
+        if problem is None:
+            with contextlib.suppress(Exception):  # the database went away between the two: the probe said enough
+                dead_hour = self.store.dead_since(now - 3600.0)
+        connected = self.ingest.connected.is_set()
+        return {"ok": problem is None, "version": __version__, "uptime_s": round(now - self.started, 1),
+                "database": {"url": db.safe_url, "reachable": not (problem or "").startswith("unreachable"),
+                             "storing": problem is None, "error": problem,
+                             "down_s": None if db.down_since is None else round(now - db.down_since, 1)},
+                "broker": {"connected": connected, "subscription": self.ingest.subscription,
+                           "mqtt": "3.1.1" if self.ingest.fell_back else "5"},
+                "ingest": {"unwritten": unwritten, "oldest_unwritten_s": oldest, **asdict(self.ingest.counters)},
+                "dead_letters_last_hour": dead_hour,
+                # the flat keys of earlier versions, for scripts that read them
+                "connected": connected, "subscription": self.ingest.subscription, "db": db.safe_url,
+                "mqtt": "3.1.1" if self.ingest.fell_back else "5", **asdict(self.ingest.counters)}
 
     def start(self) -> None:
         self.ingest.start()
@@ -70,6 +89,8 @@ class Monitor:
             while not self.stop_event.wait(1.0):
                 now = time.monotonic()
                 try:
+                    if self.store.db.down_since is not None and not self.ingest.lag()[0]:
+                        self.store.try_write()  # idle in an outage: find out it is over (the backoff paces it)
                     if now >= next_sweep:
                         next_sweep = now + f.sweep_s
                         if fleet.sweep(self.store, time.time(), f.silent_factor, f.min_silent_s):
@@ -87,8 +108,9 @@ class Monitor:
                         if gone:
                             log.info("retention: %d raw scores older than %g days rolled up into hourly aggregates",
                                      gone, r.raw_days)
-                except Exception:  # noqa: BLE001 - e.g. the database restarting: say so, try again next time
-                    log.exception("periodic fleet sweep / retention failed; retrying")
+                except Exception as e:  # noqa: BLE001 - e.g. the database restarting: say so, try again next time
+                    if not self.store.db.lost(e):  # a lost database is logged once per outage, by the database
+                        log.exception("periodic fleet sweep / retention failed; retrying")
         finally:
             self.stop()
         return 0

@@ -8,6 +8,13 @@ wrote), so neither has to import the other to share it.
 Lost messages: every score and alarm carries the device's ``seq`` (+1 per message, never reused). A new
 highest seq that skips numbers records the skipped range as a gap; a late message inside a gap fills it.
 ``lost`` = (last_seq - first_seq + 1) - messages received, so it goes back down when a redelivery arrives.
+
+Sequence sanity: a seq further from the known range than the device can have sent (``plausible_jump``: twice a
+day of messages at its usual rate plus the time since it was last seen, at least ``SEQ_JUMP_FLOOR``) is not a
+gap of billions of lost messages. It is stored, counted in ``seq_anomalies`` and described in ``seq_anomaly``,
+and moves nothing else (range, ``lost``, the latest score). A second such seq that continues the first (the
+device really numbers anew: a spool replaced) is a reset: the range starts again from those two, the ``lost``
+counted so far is kept.
 """
 
 from __future__ import annotations
@@ -26,6 +33,8 @@ COMMISSIONING_FIELDS = ("windows", "note", "threshold", "channel_thresholds", "m
 DEPLOY_FIELDS = ("deployment", "outcome", "reason", "from", "to", "sha256", "timestamp")  # docs/deploy.md
 WILL_REASON = "connection lost"  # the agent's last will (agent/link/publish.py)
 _EWMA = 0.2
+SEQ_JUMP_FLOOR = 100_000  # a seq this far from the range is always plausible (a day at ~1 message a second)
+DAY_S = 86_400.0
 
 
 @dataclass
@@ -66,25 +75,11 @@ def apply(before: dict[str, Any], msgs: Messages, now: float) -> Change:
     change = Change(state=s)
     site, device = s["site"], s["device"]
     seqs = sorted([m.seq for m in msgs.scores] + [m.seq for m in msgs.alarms] + [m.seq for m in msgs.events])
-    for q in seqs:
-        if s["last_seq"] is None:
-            s["first_seq"] = s["last_seq"] = q
-        elif q > s["last_seq"]:
-            if q > s["last_seq"] + 1:
-                change.gaps.append((s["last_seq"] + 1, q - 1))
-            s["last_seq"] = q
-        elif q < s["first_seq"]:  # older than anything seen: the range between was missing too
-            if q + 1 <= s["first_seq"] - 1:
-                change.gaps.append((q + 1, s["first_seq"] - 1))
-            s["first_seq"] = q
-        else:
-            change.late.append(q)
-    s["received"] = (s["received"] or 0) + len(seqs)
-    if seqs:
-        s["lost"] = s["last_seq"] - s["first_seq"] + 1 - s["received"]
+    odd = _sequence(s, seqs, change, now)
+    scores = [m for m in msgs.scores if m.seq not in odd]
 
-    if msgs.scores:
-        newest = max(msgs.scores, key=lambda m: m.seq)
+    if scores:
+        newest = max(scores, key=lambda m: m.seq)
         if s["score_seq"] is None or newest.seq > s["score_seq"]:
             s.update(score_seq=newest.seq, last_t=newest.t, last_ts=newest.ts, last_score=newest.score,
                      threshold=newest.threshold, level=newest.level, model=newest.model,
@@ -108,7 +103,7 @@ def apply(before: dict[str, Any], msgs: Messages, now: float) -> Change:
             key=f"alarm:{site}/{device}:{a.seq}", kind=f"alarm_{a.event}", site=site, device=device,
             payload=alert_payload(f"alarm_{a.event}", site, device, seq=a.seq, timestamp=a.ts, channel=a.channel,
                                   score=a.score, level=a.level, since=a.since, model=a.model)))
-        if s["alarm_seq"] is None or a.seq > s["alarm_seq"]:
+        if a.seq not in odd and (s["alarm_seq"] is None or a.seq > s["alarm_seq"]):
             s["alarm_seq"] = a.seq
             s["alarm"] = 1 if a.event == "raised" else 0
             s["alarm_since"] = a.since if a.event == "raised" else None
@@ -152,6 +147,68 @@ def apply(before: dict[str, Any], msgs: Messages, now: float) -> Change:
                 key=f"offline:{site}/{device}:{st.ts}", kind="offline", site=site, device=device,
                 payload=alert_payload("offline", site, device, timestamp=st.ts, reason=p.get("reason"))))
     return change
+
+
+def plausible_jump(row: dict[str, Any], now: float) -> float:
+    """How far outside the known seq range a message may be and still be this sequence: twice the messages the
+    device sends in a day plus the time since it was last seen, at its usual rate; ``SEQ_JUMP_FLOOR`` at least
+    (and while the rate is not known yet)."""
+    interval = row.get("interval_s")
+    if not interval or interval <= 0:
+        return float(SEQ_JUMP_FLOOR)
+    elapsed = max(now - row["last_seen"], 0.0) if row.get("last_seen") is not None else 0.0
+    return max(float(SEQ_JUMP_FLOOR), 2 * (elapsed + DAY_S) / interval)
+
+
+def _sequence(s: dict[str, Any], seqs: list[int], change: Change, now: float) -> set[int]:
+    """Move the device's seq range, ``received`` and ``lost`` by these new seqs (ascending); the seqs that are
+    anomalies and so moved nothing."""
+    odd: set[int] = set()
+    bound = plausible_jump(s, now)
+    last = json.loads(s["seq_anomaly"]) if s.get("seq_anomaly") else None
+    pending = last["seq"] if last and last.get("pending") else None
+    for q in seqs:
+        first, top = s["first_seq"], s["last_seq"]
+        if top is None:
+            s["first_seq"] = s["last_seq"] = q
+        elif q > top + bound or q < first - bound:
+            if pending is not None and pending < q <= pending + bound:  # a second seq continuing the first: reset
+                if q > pending + 1:
+                    change.gaps.append((pending + 1, q - 1))
+                s.update(first_seq=pending, last_seq=q, lost=(s["lost"] or 0) + q - pending - 1, score_seq=None,
+                         alarm_seq=None, received=(s["received"] or 0) + 1)  # the first was not counted yet
+                odd.discard(pending)
+                last = {"kind": "reset", "seq": q, "from_seq": pending, "last_seq": top, "at": now, "pending": False}
+                pending = None
+            else:
+                odd.add(q)
+                last = {"kind": "jump" if q > top else "backwards", "seq": q, "first_seq": first, "last_seq": top,
+                        "bound": int(bound), "at": now, "pending": True}
+                pending = q
+                s["seq_anomalies"] = (s.get("seq_anomalies") or 0) + 1
+                continue  # neither received nor lost: not this sequence
+            s["seq_anomalies"] = (s.get("seq_anomalies") or 0) + 1
+        else:
+            if pending is not None:
+                pending = None
+                last = {**last, "pending": False} if last else None
+            if q > top:
+                if q > top + 1:
+                    change.gaps.append((top + 1, q - 1))
+                s["last_seq"] = q
+                s["lost"] = (s["lost"] or 0) + q - top - 1
+            elif q < first:  # older than anything seen: the range between was missing too
+                if q + 1 <= first - 1:
+                    change.gaps.append((q + 1, first - 1))
+                s["first_seq"] = q
+                s["lost"] = (s["lost"] or 0) + first - q - 1
+            else:
+                change.late.append(q)
+                s["lost"] = (s["lost"] or 0) - 1
+        s["received"] = (s["received"] or 0) + 1
+    if last is not None:
+        s["seq_anomaly"] = json.dumps(last)
+    return odd
 
 
 def current(row: dict[str, Any], status: Status) -> bool:

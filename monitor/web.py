@@ -1,13 +1,22 @@
-"""The monitor's page and JSON API on the standard library's threaded HTTP server.
+"""The monitor's page and JSON API on the standard library's threaded HTTP server, bounded.
 
     GET /                          the fleet table (static/index.html)
     GET /device?site=S&device=D    one device: score against threshold, alarm periods, contributions, status
     GET /static/NAME               the page's files, uPlot (MIT, vendored from npm with its LICENSE)
     GET /api/fleet                 the fleet table as JSON, worst first
-    GET /api/device?site=&device=  a device's row, recent raw scores, hourly aggregates, alarms, statuses, gaps
-    GET /api/alerts, /api/dead     alert delivery state; dead letters with their reasons
-    GET /api/health                ingest counters
+    GET /api/device?site=&device=  a device's row, recent raw scores, hourly aggregates, its newest alarms,
+                                   statuses, gaps
+    GET /api/alarms?site=&device=&limit=&offset=   a device's alarms, newest first, a page at a time
+    GET /api/alerts?limit=&offset=, /api/dead?limit=&offset=   alert delivery state; dead letters (an excerpt
+                                   of each payload) with their reasons, newest first, a page at a time
+    GET /api/health                what is true now: database reachable and storing, broker connected, ingest
+                                   lag, dead letters in the last hour; 503 while the monitor cannot store
     GET /api/events                server-sent events: ``change`` whenever the data changed
+
+Bounded, so no client can take the monitor down: a request's line and headers must arrive within
+``request_timeout_s`` (an idle keep-alive connection is closed after it too), at most ``max_connections`` are
+open at once and ``max_event_clients`` of them server-sent-event streams (beyond either: 503), and lists come a
+page at a time (``limit`` at most PAGE_MAX) with long stored texts cut to an excerpt.
 
 Read-only: nothing on the page changes the database. Bind it to 127.0.0.1 (the default) or put it behind
 a reverse proxy with authentication; it has none of its own.
@@ -15,8 +24,10 @@ a reverse proxy with authentication; it has none of its own.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -34,6 +45,16 @@ log = logging.getLogger("vibrawatch.monitor.web")
 _TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
           ".css": "text/css; charset=utf-8", "": "text/plain; charset=utf-8"}
 RAW_POINTS = 5000  # raw scores a device page gets at most (older history comes as hourly aggregates)
+ALARM_POINTS = 1000  # the newest alarms a device page draws its alarm periods from (/api/alarms pages through all)
+PAGE_DEFAULT, PAGE_MAX = 50, 200  # rows per page of /api/dead, /api/alerts, /api/alarms
+EXCERPT_CHARS = 2000  # of a dead letter's payload (its length is given beside it)
+STATUS_MAX_CHARS = 65536  # a stored status payload longer than this is not sent whole to the page
+REQUEST_TIMEOUT_S = 10.0
+MAX_CONNECTIONS = 64
+MAX_EVENT_CLIENTS = 16
+_BUSY_BODY = b'{"error":"too many connections; try again later"}'
+_BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: "
+         + str(len(_BUSY_BODY)).encode() + b"\r\nConnection: close\r\nRetry-After: 5\r\n\r\n" + _BUSY_BODY)
 
 
 class Changes:
@@ -80,26 +101,139 @@ def device_detail(store: Store, site: str, device: str, now: float, cfg: Monitor
                    "contributions": contributions},
         "hourly": store.query("SELECT hour, n, min, mean, max, above, threshold FROM score_hourly "
                               "WHERE site = ? AND device = ? ORDER BY hour", (site, device)),
-        "alarms": store.query("SELECT seq, t, ts, event, channel, score, level, since FROM alarms "
-                              "WHERE site = ? AND device = ? ORDER BY seq", (site, device)),
-        "statuses": store.query("SELECT ts, state, payload, received FROM statuses WHERE site = ? AND device = ? "
-                                "ORDER BY ts DESC LIMIT 50", (site, device)),
+        "alarms": store.query("SELECT * FROM (SELECT seq, t, ts, event, channel, score, level, since FROM alarms "
+                              "WHERE site = ? AND device = ? ORDER BY seq DESC LIMIT ?) AS newest ORDER BY seq",
+                              (site, device, ALARM_POINTS)),
+        "statuses": store.query("SELECT ts, state, CASE WHEN LENGTH(payload) > ? THEN "
+                                "'{\"oversize_chars\":' || LENGTH(payload) || '}' ELSE payload END AS payload, "
+                                "received FROM statuses WHERE site = ? AND device = ? ORDER BY ts DESC LIMIT 50",
+                                (STATUS_MAX_CHARS, site, device)),
         "gaps": store.query("SELECT first_seq, last_seq, filled, detected FROM gaps WHERE site = ? AND device = ? "
                             "AND last_seq - first_seq + 1 > filled ORDER BY first_seq", (site, device)),
     }
 
 
-def make_server(cfg: MonitorConfig, store: Store, changes: Changes,
-                health: Callable[[], dict[str, Any]]) -> ThreadingHTTPServer:
-    """The HTTP server bound to ``cfg.monitor.http`` (not yet serving: call ``serve_forever`` in a thread)."""
+def page(q: dict[str, str]) -> tuple[int, int]:
+    """``limit`` and ``offset`` of a list request, within bounds (a bad number is a 400 by ValueError)."""
+    limit = int(q.get("limit", PAGE_DEFAULT))
+    offset = int(q.get("offset", 0))
+    if limit < 1 or offset < 0:
+        raise ValueError("limit must be at least 1 and offset at least 0")
+    return min(limit, PAGE_MAX), offset
+
+
+def paged(rows: list[dict[str, Any]], limit: int, offset: int) -> dict[str, Any]:
+    """One page of a list, with the offset of the next one (None: this was the last)."""
+    return {"items": rows, "limit": limit, "offset": offset, "next": offset + limit if len(rows) == limit else None}
+
+
+class BoundedServer(ThreadingHTTPServer):
+    """A threaded HTTP server that refuses connections beyond a cap and closes those too slow to ask.
+
+    Each open connection has a deadline while it is waiting for (the rest of) a request; a reaper thread shuts
+    down those past it, which ends the blocked read of their handler thread (a slow-loris holds nothing for
+    longer than ``request_timeout_s``). Connections beyond ``max_connections`` are answered 503 and closed by
+    the accepting thread, without a thread of their own."""
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], request_timeout_s: float,
+                 max_connections: int, max_event_clients: int) -> None:
+        super().__init__(address, handler)
+        self.request_timeout_s, self.max_connections = request_timeout_s, max_connections
+        self.event_slots = threading.BoundedSemaphore(max_event_clients)
+        self.stopping = threading.Event()
+        self.refused = 0  # connections turned away at the cap
+        self.timed_out = 0  # connections closed for not sending a request in time
+        self._open: dict[socket.socket, float | None] = {}  # connection -> deadline (None: being answered)
+        self._lock = threading.Lock()
+        threading.Thread(target=self._reap, name="monitor-web-reaper", daemon=True).start()
+
+    @property
+    def open_connections(self) -> int:
+        return len(self._open)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._lock:
+            full = len(self._open) >= self.max_connections
+            if not full:
+                self._open[request] = time.monotonic() + self.request_timeout_s
+        if full:
+            self.refused += 1
+            try:
+                request.settimeout(1.0)
+                request.sendall(_BUSY)
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._lock:
+            self._open.pop(request, None)
+        super().shutdown_request(request)
+
+    def waiting(self, conn: socket.socket) -> None:
+        """``conn`` waits for a request: it has ``request_timeout_s`` to send its line and headers."""
+        with self._lock:
+            if conn in self._open:
+                self._open[conn] = time.monotonic() + self.request_timeout_s
+
+    def answering(self, conn: socket.socket) -> None:
+        """``conn``'s request has arrived: no deadline while it is answered (a server-sent-event stream lasts)."""
+        with self._lock:
+            if conn in self._open:
+                self._open[conn] = None
+
+    def _reap(self) -> None:
+        while not self.stopping.wait(min(0.5, self.request_timeout_s / 4)):
+            now = time.monotonic()
+            with self._lock:
+                late = [c for c, deadline in self._open.items() if deadline is not None and deadline < now]
+                for c in late:
+                    self._open[c] = None  # shut down once
+            for c in late:
+                self.timed_out += 1
+                with contextlib.suppress(OSError):  # the handler's read returns: it ends and closes the connection
+                    c.shutdown(socket.SHUT_RDWR)
+
+    def server_close(self) -> None:
+        self.stopping.set()
+        super().server_close()
+
+
+def make_server(cfg: MonitorConfig, store: Store, changes: Changes, health: Callable[[], dict[str, Any]],
+                request_timeout_s: float = REQUEST_TIMEOUT_S, max_connections: int = MAX_CONNECTIONS,
+                max_event_clients: int = MAX_EVENT_CLIENTS) -> BoundedServer:
+    """The HTTP server bound to ``cfg.monitor.http`` (not yet serving: call ``serve_forever`` in a thread).
+
+    ``health()`` returns the health document; its ``ok`` false makes the answer a 503."""
     host, _, port = (cfg.monitor.http or "127.0.0.1:8080").rpartition(":")
 
     class Handler(BaseHTTPRequestHandler):
         server_version = "vibrawatch-monitor"
         protocol_version = "HTTP/1.1"
+        timeout = request_timeout_s  # the socket's: a client that stops reading a response is dropped too
+        server: BoundedServer
 
         def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's name
             log.debug("%s %s", self.address_string(), format % args)
+
+        def handle_one_request(self) -> None:
+            self.server.waiting(self.connection)
+            super().handle_one_request()
+
+        def parse_request(self) -> bool:
+            ok = super().parse_request()
+            self.server.answering(self.connection)
+            return ok
+
+        def finish(self) -> None:
+            try:
+                super().finish()
+            finally:
+                store.db.release()  # this connection's thread ends: so does its database connection
 
         def _send(self, body: bytes, ctype: str, status: int = 200) -> None:
             self.send_response(status)
@@ -118,8 +252,10 @@ def make_server(cfg: MonitorConfig, store: Store, changes: Changes,
             q = {k: v[0] for k, v in parse_qs(u.query).items()}
             try:
                 self._route(u.path, q)
-            except (BrokenPipeError, ConnectionResetError):
-                pass
+            except (BrokenPipeError, ConnectionResetError, TimeoutError):
+                self.close_connection = True
+            except ValueError as e:
+                self._json({"error": f"{u.path}: {e}"}, HTTPStatus.BAD_REQUEST)
             except Exception as e:  # noqa: BLE001 - one bad request never takes the server down
                 log.exception("GET %s failed", self.path)
                 self._json({"error": f"{type(e).__name__}: {e}"}, HTTPStatus.INTERNAL_SERVER_ERROR)
@@ -147,36 +283,54 @@ def make_server(cfg: MonitorConfig, store: Store, changes: Changes,
                     self._json({"error": "no such device"}, HTTPStatus.NOT_FOUND)
                 else:
                     self._json(detail)
+            elif path == "/api/alarms":
+                limit, offset = page(q)
+                self._json(paged(store.query(
+                    "SELECT seq, t, ts, event, channel, score, level, since, model FROM alarms WHERE site = ? "
+                    "AND device = ? ORDER BY seq DESC LIMIT ? OFFSET ?",
+                    (q.get("site", ""), q.get("device", ""), limit, offset)), limit, offset))
             elif path == "/api/alerts":
-                self._json(store.query("SELECT key, kind, site, device, state, attempts, last_error, created, "
-                                       "delivered FROM alerts ORDER BY created DESC LIMIT 200"))
+                limit, offset = page(q)
+                self._json(paged(store.query(
+                    "SELECT key, kind, site, device, state, attempts, SUBSTR(last_error, 1, ?) AS last_error, "
+                    "created, delivered FROM alerts ORDER BY created DESC, key LIMIT ? OFFSET ?",
+                    (EXCERPT_CHARS, limit, offset)), limit, offset))
             elif path == "/api/dead":
-                self._json(store.query("SELECT received, topic, reason, payload FROM dead_letters "
-                                       "ORDER BY received DESC LIMIT 200"))
+                limit, offset = page(q)
+                self._json(paged(store.query(
+                    "SELECT received, SUBSTR(topic, 1, 512) AS topic, SUBSTR(reason, 1, ?) AS reason, "
+                    "SUBSTR(payload, 1, ?) AS payload, LENGTH(payload) AS payload_chars FROM dead_letters "
+                    "ORDER BY received DESC, digest LIMIT ? OFFSET ?",
+                    (EXCERPT_CHARS, EXCERPT_CHARS, limit, offset)), limit, offset))
             elif path == "/api/health":
-                self._json(health())
+                doc = health()
+                self._json(doc, HTTPStatus.OK if doc.get("ok", True) else HTTPStatus.SERVICE_UNAVAILABLE)
             elif path == "/api/events":
                 self._events()
             else:
                 self._json({"error": "not found"}, HTTPStatus.NOT_FOUND)
 
         def _events(self) -> None:
-            self.send_response(200)
-            self.send_header("Content-Type", "text/event-stream")
-            self.send_header("Cache-Control", "no-store")
-            self.end_headers()
-            seen = -1
-            while not stopping.is_set():
-                version = changes.wait(seen, timeout=15.0)
-                if version != seen:
-                    self.wfile.write(f"event: change\ndata: {version}\n\n".encode())
-                    seen = version
-                else:
-                    self.wfile.write(b": keep-alive\n\n")
-                self.wfile.flush()
+            if not self.server.event_slots.acquire(blocking=False):
+                self._json({"error": f"at most {max_event_clients} event streams at once; try again later"},
+                           HTTPStatus.SERVICE_UNAVAILABLE)
+                return
+            try:
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Cache-Control", "no-store")
+                self.end_headers()
+                seen = -1
+                while not self.server.stopping.is_set():
+                    version = changes.wait(seen, timeout=15.0)
+                    if version != seen:
+                        self.wfile.write(f"event: change\ndata: {version}\n\n".encode())
+                        seen = version
+                    else:
+                        self.wfile.write(b": keep-alive\n\n")
+                    self.wfile.flush()
+            finally:
+                self.close_connection = True
+                self.server.event_slots.release()
 
-    stopping = threading.Event()
-    server = ThreadingHTTPServer((host, int(port)), Handler)
-    server.daemon_threads = True
-    server.stopping = stopping  # type: ignore[attr-defined]
-    return server
+    return BoundedServer((host, int(port)), Handler, request_timeout_s, max_connections, max_event_clients)

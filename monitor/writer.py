@@ -55,9 +55,9 @@ class BatchWriter:
                 ("site", "device", "seq"))
             if batch.dead:
                 dead = self.bulk.insert_returning(
-                    cur, "dead_letters", ("digest", "received", "topic", "payload", "reason"),
-                    [(d.digest, d.received, d.topic, d.payload.decode("utf-8", "replace"), d.reason)
-                     for d in batch.dead], ("digest",), ("digest",))
+                    cur, "dead_letters", ("digest", "received", "topic", "payload", "reason", "size"),
+                    [(d.digest, d.received, d.topic, d.excerpt, d.reason, d.size) for d in batch.dead],
+                    ("digest",), ("digest",))
                 w.dead = len(dead)
             w.scores, w.alarms, w.statuses = len(new_scores), len(new_alarms), len(new_statuses)
             w.events = len(new_events)

@@ -20,6 +20,7 @@ from vibrawatch.monitor.config import AlertsSection
 from vibrawatch.monitor.db import StoreError
 from vibrawatch.monitor.decoding import decode
 from vibrawatch.monitor.rows import Batch, Score
+from vibrawatch.monitor.schema import SCHEMA_VERSION
 from vibrawatch.monitor.store import Store, open_store
 
 
@@ -324,21 +325,23 @@ def test_a_schema_1_database_gains_the_later_columns_and_keeps_its_rows(store: S
     store.write(Batch(scores=[score(1, 1.0)]), now=1000.0)
     with store.transaction() as cur:  # back to what vibrawatch with schema 1 created
         cur.execute("ALTER TABLE scores DROP COLUMN threshold_source")
-        for column in ("threshold_source", "commissioning", "commissioning_info", "model_sha256", "deploy", "link"):
+        for column in ("threshold_source", "commissioning", "commissioning_info", "model_sha256", "deploy", "link",
+                       "seq_anomalies", "seq_anomaly"):
             cur.execute(f"ALTER TABLE devices DROP COLUMN {column}")
+        cur.execute("ALTER TABLE dead_letters DROP COLUMN size")
         cur.execute("UPDATE meta SET value = '1' WHERE key = 'schema'")
     store.close()
     again = open_store(store.url)
     try:
-        assert again.query("SELECT value FROM meta WHERE key = 'schema'") == [{"value": "3"}]
+        assert again.query("SELECT value FROM meta WHERE key = 'schema'") == [{"value": str(SCHEMA_VERSION)}]
         again.write(Batch(scores=[score(2, 2.0)]), now=1001.0)
         assert [r["threshold_source"] for r in again.query("SELECT threshold_source FROM scores ORDER BY seq")] == \
             [None, None]
         assert fleet.table(again, 1002.0)[0]["threshold_source"] == "bundle"
         with again.transaction() as cur:
-            cur.execute("UPDATE meta SET value = '4' WHERE key = 'schema'")
+            cur.execute(f"UPDATE meta SET value = '{SCHEMA_VERSION + 1}' WHERE key = 'schema'")
         again.close()
-        with pytest.raises(StoreError, match="schema 4 is newer"):
+        with pytest.raises(StoreError, match=f"schema {SCHEMA_VERSION + 1} is newer"):
             open_store(store.url)
     finally:
         again.close()
