@@ -1,12 +1,13 @@
-"""Detection benchmark: every README result, trained and evaluated from the CLI, printed as one markdown table.
+"""Detection benchmark: every detection result, trained and evaluated from the CLI, printed as one markdown table.
 
-    .venv/bin/python bench/detection.py [--out runs/bench] [--only ims2,femto1_1] [--write-readme]
+    .venv/bin/python bench/detection.py [--out runs/bench] [--only ims2,femto1_1] [--write-docs]
                                         [--scaling robust]
 
 The generality table (``GENERAL``: one default configuration, no per-run tuning, every run the project
-has) compares the product with each of its baselines on every run: first alarm, lead, false alarms,
-diagnosis. ``--write-readme`` puts it into README.md between its markers (the only part of the README
-this script writes; everything between them is regenerated, never edited by hand).
+has) compares the product with each of its baselines on every run: the warning's start, its lead, nuisance
+alarms, AUC (docs/detection.md, "Scoring"), diagnosis. ``--write-docs`` puts it into docs/benchmarks.md between its
+markers (the only part of that file this script writes; everything between them is regenerated, never edited
+by hand).
 
 Reads the real data sets from ../shared/data (never copied into the repo) and the built-in simulators.
 Each case is exactly the `vibrawatch train` and `vibrawatch evaluate --json` commands shown in its row.
@@ -73,7 +74,7 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
 
 
 # The generality table: (case, what the row says about the run); one default configuration except that IMS raw
-# also runs with configs/ims2.toml, the README's headline configuration.
+# also runs with configs/ims2.toml, the headline configuration (docs/benchmarks.md).
 GENERAL = [
     ("ims2", "IMS test 2 raw, `configs/ims2.toml`"),
     ("ims2_defaults", "IMS test 2 raw, defaults"),
@@ -90,18 +91,23 @@ DETECTORS = [("product", "**product**"), ("autoencoder", "autoencoder"), ("pca",
 
 
 def cell(r: dict | None) -> str:
-    """'78.2 h, 0 false' for one detector on one run."""
+    """'from 2004-02-16 03:12:39: 78.2 h, 0 nuisance, AUC 0.971' for one detector on one run (docs/detection.md,
+    "Scoring": the warning is the alarm that lasted until the failure, every other alarm a nuisance)."""
     if not r:
         return "-"
-    lead = f"{r['lead_hours']:.1f} h" if r.get("lead_hours") is not None else "none"
-    return f"{lead}, {r['false_alarms']} false"
+    w = r.get("warning")
+    lead = f"from {w['start']}: {r['lead_h']:.1f} h" if w else "no warning"
+    nz = r.get("nuisance") or {}
+    rate = f" ({nz['in_healthy']} in the healthy part: {nz['per_1000_h']:.1f}/1000 h)" if nz.get("in_healthy") else ""
+    auc = f", AUC {r['auc']:.3f}" if r.get("auc") is not None else ""
+    return f"{lead}, {nz.get('count', r.get('false_alarms'))} nuisance{rate}{auc}"
 
 
 def general_table(reports: dict[str, dict]) -> str:
     """The generality table as markdown, from the evaluate reports of the GENERAL cases."""
     present = [k for k, _ in DETECTORS if any(k == "product" or k in r.get("baselines", {}) for r in reports.values())]
     heads = dict(DETECTORS)
-    lines = ["| run | first alarm (product) | " + " | ".join(heads[k] for k in present)
+    lines = ["| run | warning (product) | " + " | ".join(heads[k] for k in present)
              + " | diagnosis | transients / condition changes |",
              "|---|---|" + "---|" * len(present) + "---|---|"]
     for name, label in GENERAL:
@@ -113,21 +119,21 @@ def general_table(reports: dict[str, dict]) -> str:
         diag = "-" if dg is None else (f"{found['defect'].upper()} x{found['ratio']:.2f} at {found['at']}" if found
                                       else f"none stands out (x{dg['ratio']:.2f})")
         ev = f"{len(r.get('transients', []))} / {len(r.get('condition_changes', []))}"
-        chans = ",".join(r.get("alarm_channels") or []) or r.get("alarm_channel") or ""
-        first = f"{r.get('first_alarm')} ({chans})" if r.get("first_alarm") else "none"
+        w = r.get("warning")
+        first = f"{w['start']} ({w['channel']})" if w else "none"
         lines.append(f"| {label} | {first} | " + " | ".join(cells) + f" | {diag} | {ev} |")
     return "\n".join(lines)
 
 
-def write_readme(table: str, header: str) -> None:
-    """Replace what is between the README's markers with the table; the rest of the README is untouched."""
-    readme = ROOT / "README.md"
-    text = readme.read_text()
+def write_docs(table: str, header: str) -> None:
+    """Replace what is between docs/benchmarks.md's markers with the table; the rest of the file is untouched."""
+    target = ROOT / "docs" / "benchmarks.md"
+    text = target.read_text()
     if BEGIN not in text or END not in text:
-        sys.exit(f"README.md has no markers {BEGIN!r} ... {END!r}")
+        sys.exit(f"docs/benchmarks.md has no markers {BEGIN!r} ... {END!r}")
     head, rest = text.split(BEGIN, 1)
     _, tail = rest.split(END, 1)
-    readme.write_text(f"{head}{BEGIN}\n{header}\n\n{table}\n{END}{tail}")
+    target.write_text(f"{head}{BEGIN}\n{header}\n\n{table}\n{END}{tail}")
 
 
 def with_scaling(train_args: list[str], scaling: str, path: Path) -> list[str]:
@@ -157,23 +163,25 @@ def vibrawatch(*args: str) -> str:
 
 
 def row(name: str, r: dict, seconds: float) -> str:
+    """One case: the product's warning, lead, nuisance alarms and AUC, the level floors' leads, how it was scored."""
     base = r.get("baselines", {})
-    floor = " / ".join(
-        f"{base[k]['lead_hours']} h" if base.get(k, {}).get("lead_hours") is not None else "none"
-        for k in ("rms", "mean_abs")
-        if k in base
-    ) or ("none" if "table_value" not in base else f"{base['table_value']['lead_hours']} h (table)")
-    lead = f"{r['lead_hours']} h" if r.get("lead_hours") is not None else "none"
-    auc = f", AUC {r['auc']}" if r.get("auc") is not None else ""
-    return (f"| {name} | {r.get('first_alarm')} | {lead} | {r.get('alarm_channel')} | {r['false_alarms']} | "
-            f"{floor}{auc} | {seconds:.0f} s |")
+    floors = [k for k in ("rms", "mean_abs", "table_value") if isinstance(base.get(k), dict)]
+    floor = " / ".join(f"{base[k]['lead_h']} h, {base[k]['nuisance']['count']} nuisance"
+                       if base[k].get("lead_h") is not None else f"none, {base[k]['nuisance']['count']} nuisance"
+                       for k in floors) or "-"
+    w = r.get("warning")
+    nz = r.get("nuisance", {})
+    sc = r.get("scoring", {})
+    return (f"| {name} | {w['start'] if w else 'none'} | {r['lead_h'] if w else 'none'} | "
+            f"{w['channel'] if w else '-'} | {nz.get('count')} ({nz.get('per_1000_h')}) | {r.get('auc')} | {floor} | "
+            f"{sc.get('healthy_until') or '-'} ({sc.get('healthy_from') or 'not known'}) | {seconds:.0f} s |")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="runs/bench", help="where the runs go (default runs/bench)")
     ap.add_argument("--only", default="", help="comma-separated case names: " + ", ".join(CASES))
-    ap.add_argument("--write-readme", action="store_true", help="write the generality table into README.md")
+    ap.add_argument("--write-docs", action="store_true", help="write the generality table into docs/benchmarks.md")
     ap.add_argument("--scaling", choices=("minmax", "robust"), help="train every case with this [features] "
                     "scaling (default: each case's own config, min-max unless it says otherwise)")
     a = ap.parse_args()
@@ -186,8 +194,9 @@ def main() -> None:
     for name, extra in SIMS.items():
         if name in names:
             vibrawatch("simulate", "bearing", "--out", str(out / f"{name}.npz"), *SIM, *extra)
-    rows = ["| case | first alarm | lead | channel | false alarms | floor RMS / mean\\|x\\| | train+evaluate |",
-            "|---|---|---|---|---|---|---|"]
+    rows = ["| case | warning | lead h | channel | nuisance (per 1000 h) | AUC | floors: lead, nuisance | "
+            "known healthy until | train+evaluate |",
+            "|---|---|---|---|---|---|---|---|---|"]
     print("\n".join(rows))
     reports: dict[str, dict] = {}
     for name in names:
@@ -204,16 +213,18 @@ def main() -> None:
         print(rows[-1], flush=True)
     table = general_table(reports)
     print("\n" + table)
-    if a.write_readme:
+    if a.write_docs:
         import platform
 
-        header = (f"Generated by `bench/detection.py --write-readme` on {platform.node() or 'this machine'} "
+        header = (f"Generated by `bench/detection.py --write-docs` on {platform.node() or 'this machine'} "
                   f"({os.cpu_count()} cores, Python {platform.python_version()}); every case as "
                   "`vibrawatch train` then `vibrawatch evaluate --json` (arguments in `bench/detection.py`).")
         general = ("Generality: the product (the combined detector, the default) against each of its baselines "
-                   "on every run, one configuration, no per-run tuning. Each cell: lead to the end of the run, "
-                   "false alarms. Diagnosis: the first alarm's defect frequency, when it first stood out.")
-        write_readme("\n".join(rows) + "\n\n" + general + "\n\n" + table, header)
+                   "on every run, one configuration, no per-run tuning. Each cell: the warning (the alarm that lasted "
+                   "until the failure) and its lead, nuisance alarms (every other alarm; per 1,000 healthy "
+                   "machine-hours), AUC of the detector's alarm level. Diagnosis: the first alarm's defect "
+                   "frequency, when it first stood out.")
+        write_docs("\n".join(rows) + "\n\n" + general + "\n\n" + table, header)
 
 
 if __name__ == "__main__":

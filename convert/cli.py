@@ -100,10 +100,21 @@ def evaluate(
         typer.Option("--normal-data", help="Known-healthy data of the same machine: its windows count as "
                      "negatives, the --data windows as positives, for the AUC."),
     ] = None,
+    healthy_until: Annotated[
+        str | None,
+        typer.Option("--healthy-until", help="The evaluated run is known healthy up to here (a time, or a share "
+                     "like 30%): every alarm raised in it is a nuisance alarm, with or without --failed."),
+    ] = None,
+    time_column: Annotated[
+        str | None,
+        typer.Option("--time-column", help="A feature table's time column by its header (default: the column "
+                     "named timestamp, time, t or datetime, else the first)."),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (for scripts).")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
 ) -> None:
-    """Score a run with the trained detector and the baselines; report first alarm, lead time, false alarms.
+    """Score a run with the trained detector and the baselines: alarm episodes, the warning and its lead, nuisance
+    alarms (count and per 1,000 healthy machine-hours), AUC. Definitions: docs/detection.md, "Scoring".
 
     Example: vibrawatch evaluate runs/ims2 --data ../shared/data/ims/2nd_test_full.npz --failed bearing1 --json
     """
@@ -113,7 +124,7 @@ def evaluate(
 
     names = [s.strip() for s in failed.split(",") if s.strip()] if failed else []
     report = evaluate_run(str(run_dir), str(data), failure_at, names, str(normal_data) if normal_data else None,
-                          progress=not quiet)
+                          progress=not quiet, healthy_until=healthy_until, time_column=time_column)
     if as_json:
         typer.echo(json.dumps(report, indent=2))
         return

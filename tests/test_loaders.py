@@ -178,6 +178,40 @@ def test_broken_feature_table(tmp_path: Path, row: str, message: str) -> None:
         load(p)
 
 
+def test_a_tables_time_column_is_found_by_its_name_or_named(tmp_path: Path) -> None:
+    """Published tables put the time where they like (``file_index, timestamp, filename, ...``)."""
+    p = tmp_path / "t.csv"
+    p.write_text("b1,Timestamp,b2\n0.5,2004-02-12 10:52:39,-0.25\n0.6,2004-02-12 11:02:39,-0.5\n")
+    t = load(p)
+    assert isinstance(t, FeatureTable) and t.columns == ("b1", "b2") and not t.relative_time
+    np.testing.assert_array_equal(t.values, [[0.5, -0.25], [0.6, -0.5]])
+    assert t.timestamps[1] - t.timestamps[0] == 600
+    q = tmp_path / "named.csv"
+    q.write_text("b1,when,b2\n0.5,0,1\n0.6,10,2\n")
+    named = load(q, time_column="WHEN")
+    assert isinstance(named, FeatureTable) and named.columns == ("b1", "b2") and named.relative_time
+    np.testing.assert_array_equal(named.timestamps, [0, 10])
+    with pytest.raises(DataFormatError, match=r"named.csv, line 1: no column named 'stamp' for the time "
+                       r"\(expected one of the header's columns: 'b1', 'when', 'b2'\)"):
+        load(q, time_column="stamp")
+    r = tmp_path / "two.csv"
+    r.write_text("time,b1,timestamp\n0,1,0\n")
+    with pytest.raises(DataFormatError, match=r"2 columns look like the time \(time, timestamp\).*--time-column"):
+        load(r)
+    with pytest.raises(DataFormatError, match=r"not a feature table"):
+        load(shared("lorenz", "watsoniotp.healthy.phase_aligned.json"), time_column="t")
+
+
+def test_a_bad_cell_names_its_real_column_when_the_time_is_not_first(tmp_path: Path) -> None:
+    p = tmp_path / "t.csv"
+    p.write_text("b1,t,b2\n0.5,0,1\n0.6,10,x\n0.7,5,1\n")
+    with pytest.raises(DataFormatError, match=r"line 3, column 3: 'x' is not a number \(expected a number for 'b2'"):
+        load(p)
+    p.write_text("b1,t,b2\n0.5,0,1\n0.6,10,2\n0.7,5,1\n")
+    with pytest.raises(DataFormatError, match=r"line 4: time '5' does not follow '10'"):
+        load(p)
+
+
 def test_lorenz_json_lines_and_list_forms(tmp_path: Path) -> None:
     rec = load(shared("lorenz", "watsoniotp.healthy.phase_aligned.json"))
     assert isinstance(rec, Recording) and rec.data.shape == (1, 3000, 3) and rec.channels == ("x", "y", "z")

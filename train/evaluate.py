@@ -1,54 +1,41 @@
-"""``vibrawatch evaluate``: replay a run through the trained detector and its baselines, report lead time.
+"""``vibrawatch evaluate``: replay a run through the trained detector and its baselines, score their alarms.
 
-Definitions (the README repeats them):
-- an *alarm* is an episode raised by the alarm rule (k consecutive windows above threshold);
-- an alarm is *correct* when the channel it names is one of ``--failed`` (any channel if none given);
-- ``first_alarm`` / ``lead_hours``: the first correct alarm, and its distance to the failure time
-  (``--failure-at``, default the last snapshot);
-- ``false_alarms``: alarms raised before the failure time that are not correct (before the first correct
-  one, or naming a channel that did not fail);
-- every baseline is computed from the same data, healthy period, threshold method and alarm rule.
+Scoring (``vibrawatch.agent.detect.episodes``; docs/detection.md, "Scoring"), the same for every detector:
+- an *episode* is one alarm on one channel, from the window that raised it to the one that cleared it;
+- the *warning* is the first episode on a failed channel (``--failed``; any channel if none given) from which the
+  detector stays in alarm on it until the failure (``--failure-at``, default the end of the data), gaps shorter
+  than the merge time (the alarm rule's clear time) allowed; *lead* = failure - the warning's start;
+- every other episode raised before the failure is a *nuisance alarm*, and so is every episode raised in the
+  known-healthy part of the run: ``--healthy-until``, else the data's own labels (simulators), else the
+  training's healthy period when the evaluated data is the training data;
+- AUC of each detector's alarm level: the known-healthy part against the rest up to the failure (or the data's
+  labels, or ``--normal-data``'s windows against the evaluated data's), ``auc_basis`` says which;
+- every baseline is computed from the same data, the training's healthy period, threshold method and alarm rule.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from vibrawatch.agent.detect.decide import AlarmRule, Decision, reconstruction_scores, run_alarms
+from vibrawatch.agent.detect.decide import run_alarms
 from vibrawatch.agent.detect.diagnosis import DiagnosisState
-from vibrawatch.agent.detect.events import EventRule, run_events
-from vibrawatch.agent.detect.features import FeatureDef, FeatureSpec, extract
-from vibrawatch.agent.detect.frames import iter_frames
+from vibrawatch.agent.detect.episodes import Scoring, auc, cadence, format_time, from_active, merge_time
+from vibrawatch.agent.detect.events import EventRule, Verdict, run_events
 from vibrawatch.agent.detect.healthy import event_inputs, window_evidence
 from vibrawatch.agent.detect.recording import FeatureTable, Recording
-from vibrawatch.agent.detect.scale import MinMaxScaling
-from vibrawatch.agent.detect.threshold import ThresholdRule, fit_channel_thresholds, fit_threshold
-from vibrawatch.agent.detect.window import sliding_windows
 from vibrawatch.agent.errors import ConfigError
+from vibrawatch.agent.sources.loaders import detect_format, load_feature_csv
 
 from .cwru import load
-from .dataset import featurize, format_time, healthy_end_time, make_windows, parse_time
+from .dataset import featurize, healthy_end_time, make_windows, parse_time
 from .naming import data_stem
 from .run import Run, score
-
-
-@dataclass(frozen=True)
-class Detection:
-    """One detector's view of a run: a score per step and the alarm decisions on it."""
-
-    times: np.ndarray
-    scores: np.ndarray
-    decisions: list[Decision]
-    threshold: float
-
-    def alarm_levels(self) -> np.ndarray:
-        """The level each decision was taken on (1 = at a threshold), for the plots."""
-        return np.array([d.level for d in self.decisions])
+from .scoring import Detection, RunFacts, detector_report, scoring_fields, single_detection
 
 
 def check_data(run: Run, data: Recording | FeatureTable) -> None:
@@ -76,80 +63,37 @@ def check_data(run: Run, data: Recording | FeatureTable) -> None:
         )
 
 
-def episodes(decisions: Sequence[Decision]) -> list[tuple[int, int | None, int]]:
-    """(raised index, cleared index or None, channel named when raised)."""
-    out: list[list[Any]] = []
-    for i, d in enumerate(decisions):
-        if d.event == "raised":
-            out.append([i, None, d.channel])
-        elif d.event == "cleared" and out:
-            out[-1][1] = i
-    return [tuple(e) for e in out]  # type: ignore[misc]
+def load_data(path: str, time_column: str | None = None) -> Recording | FeatureTable:
+    """The data, with ``time_column`` naming a feature table's time column (a table only)."""
+    if time_column is None:
+        return load(path)
+    if detect_format(path) != "csv":
+        raise ConfigError(f"--time-column {time_column!r}: {path} is not a feature table (.csv)")
+    return load_feature_csv(path, time_column)
 
 
-def summarize(
-    det: Detection,
-    channels: Sequence[str],
-    failure_t: float,
-    failed: Sequence[int],
-    relative: bool,
-    named: Sequence[tuple[int, ...]] | None = None,
-    onset_t: float | None = None,
-) -> dict[str, Any]:
-    """The report fields of one detector. With ``named`` (the channels each window's alarm names), an alarm is
-    correct only when every channel it names failed; with ``onset_t`` (labelled data: the simulators), an
-    alarm before the fault existed is false whatever it names."""
-    eps = [e for e in episodes(det.decisions) if det.times[e[0]] <= failure_t]
-
-    def correct(e: tuple[int, int | None, int]) -> bool:
-        if onset_t is not None and det.times[e[0]] < onset_t:
-            return False
-        if named is not None and failed:
-            return bool(named[e[0]]) and all(c in failed for c in named[e[0]])
-        return not failed or e[2] < 0 or e[2] in failed
-
-    first = next((e for e in eps if correct(e)), None)
-    false = [e for e in eps if not correct(e) or (first is not None and e[0] < first[0])]
-    t_first = float(det.times[first[0]]) if first else None
-    return {
-        "first_alarm": format_time(t_first, relative) if first else None,
-        "first_alarm_s": t_first,
-        "first_alarm_index": first[0] if first else None,
-        "lead_hours": round((failure_t - t_first) / 3600.0, 3) if first else None,
-        "alarm_channel": (channels[first[2]] if first[2] >= 0 else None) if first else None,
-        "false_alarms": len(false),
-        "false_alarm_times": [format_time(float(det.times[e[0]]), relative) for e in false],
-        "alarms_before_failure": len(eps),
-        "threshold": det.threshold,
-    }
+def _known_healthy(run: Run, data: Recording | FeatureTable, data_path: str, wins: Any, healthy_until: str | None,
+                   normal_data: str | None, relative: bool) -> tuple[float | None, str | None]:
+    """The end of the evaluated run's known-healthy part, and what says so."""
+    if healthy_until is not None:
+        return healthy_end_time(healthy_until, wins.end_times, relative), "--healthy-until"
+    if isinstance(data, Recording) and data.labels is not None and normal_data is None:
+        faulty = np.flatnonzero(window_labels(data, wins) > 0)
+        if faulty.size and faulty[0] > 0:
+            return float(wins.end_times[faulty[0] - 1]), "labels in the data"
+        return None, None
+    training = run.meta.get("training", {})
+    same = Path(str(training.get("source", ""))).resolve() == Path(data_path).resolve()
+    if same and normal_data is None and training.get("healthy_end_time") is not None:
+        return float(training["healthy_end_time"]), "the training's healthy period (the same data)"
+    return None, None
 
 
-def _per_channel_series_alarms(
-    values: np.ndarray,
-    times: np.ndarray,
-    healthy: np.ndarray,
-    tcfg: ThresholdRule,
-    rule: AlarmRule,
-) -> Detection:
-    """Per-channel thresholds on a raw feature (n, C): the simple floor every model must beat."""
-    thr = fit_channel_thresholds(values[healthy], tcfg)
-    ratio = values / thr[None, :]
-    # Each channel has its own alarm state; the detector alarms with the first channel that does.
-    per = [run_alarms(values[:, c], float(thr[c]), rule) for c in range(values.shape[1])]
-    decisions = []
-    active_any = False
-    for i in range(len(values)):
-        raised = [c for c in range(values.shape[1]) if per[c][i].event == "raised"]
-        any_active = any(per[c][i].active for c in range(values.shape[1]))
-        lv = float(ratio[i].max())
-        if raised and not active_any:
-            decisions.append(Decision(True, True, "raised", raised[int(np.argmax(ratio[i, raised]))], lv))
-        elif active_any and not any_active:
-            decisions.append(Decision(False, False, "cleared", -1, lv))
-        else:
-            decisions.append(Decision(bool(np.any(ratio[i] > 1)), any_active, None, -1, lv))
-        active_any = any_active
-    return Detection(times, ratio.max(axis=1), decisions, 1.0)
+def window_labels(data: Recording, wins: Any) -> np.ndarray:
+    """The data's label (0 healthy, 1 faulty) of each window's last snapshot."""
+    assert data.labels is not None
+    snap = np.clip(np.searchsorted(data.timestamps, wins.end_times, "right") - 1, 0, None)
+    return np.asarray(data.labels)[snap].astype(int)
 
 
 def evaluate_run(
@@ -160,17 +104,15 @@ def evaluate_run(
     normal_data: str | None = None,
     progress: bool = True,
     plots: bool = True,
+    healthy_until: str | None = None,
+    time_column: str | None = None,
 ) -> dict[str, Any]:
     """Score ``data_path`` with the run and the baselines; return the report (see module docstring)."""
-    from sklearn.decomposition import PCA
-    from sklearn.ensemble import IsolationForest
-    from sklearn.metrics import roc_auc_score
-    from sklearn.preprocessing import MinMaxScaler
-
     run = Run.open(run_dir)
-    data = load(data_path)
+    data = load_data(data_path, time_column)
     check_data(run, data)
-    spec = run.detector.spec
+    d = run.detector
+    spec = d.spec
     channels = list(spec.channels)
     lower = [c.lower() for c in channels]
     failed_idx = []
@@ -180,26 +122,36 @@ def evaluate_run(
         failed_idx.append(lower.index(name.lower()))
 
     ff = featurize(data, spec, progress=progress)
-    wins = make_windows(ff, run.detector.window, run.detector.hop)
-    x = run.detector.scaler.transform(wins.x).astype(np.float32)
+    wins = make_windows(ff, d.window, d.hop)
+    x = d.scaler.transform(wins.x).astype(np.float32)
     model = run.keras_model()
     scores, contrib = score(model, x, len(channels))
-    d = run.detector
-    T, hop = d.window, d.hop
-    decisions = run_alarms(scores, d.threshold, d.rule, contrib, d.channel_thresholds)
     relative = ff.relative_time
     # Default failure time: the end of the data (the last frame of one long stream, the last snapshot of many).
     t_fail = parse_time(failure_at, relative) if failure_at else float(max(data.timestamps[-1], ff.times[-1]))
-    ae = Detection(wins.end_times, scores, decisions, run.detector.threshold)
-    onset_t = None
-    if isinstance(data, Recording) and data.labels is not None and normal_data is None:
-        faulty = np.flatnonzero(np.asarray(data.labels)[ff.snapshot[wins.end_frames]] > 0)
-        onset_t = float(wins.end_times[faulty[0]]) if faulty.size else None
-    ae_report = summarize(ae, channels, t_fail, failed_idx, relative, onset_t=onset_t)
+    t_known, healthy_from = _known_healthy(run, data, data_path, wins, healthy_until, normal_data, relative)
+    step = max(cadence(wins.end_times), cadence(data.timestamps))
+    scoring = Scoring(float(wins.end_times[0]), float(wins.end_times[-1]), len(channels),
+                      merge_time(d.rule.clear_after, step), t_fail,
+                      frozenset(failed_idx) if failed_idx else None, t_known)
+    facts = RunFacts(scoring, channels, relative, auc_until=t_known)
+    auc_basis = None if t_known is None else f"windows up to {format_time(t_known, relative)} ({healthy_from}) " \
+        "against those after it up to the failure"
+    labelled = isinstance(data, Recording) and data.labels is not None
+    if labelled and normal_data is None:
+        facts = RunFacts(scoring, channels, relative, label_t=data.timestamps, label_v=data.labels)
+        auc_basis = "the data's labels: faulty windows against healthy ones"
+    ae = single_detection(wins.end_times, run_alarms(scores, d.threshold, d.rule, contrib, d.channel_thresholds),
+                          d.threshold)
+    ae_report = detector_report(ae, facts)
     product, product_report = ae, ae_report
+    verdicts = None
     if d.combined:
-        product, product_report = _product(run, data, ff, wins, x, scores, contrib, channels, t_fail, failed_idx,
-                                           relative, onset_t)
+        verdicts = product_verdicts(run, data, wins, x, scores, contrib)
+        product = product_detection(wins.end_times, verdicts)
+        product_report = {**detector_report(product, facts), **product_extras(run, data, wins, verdicts,
+                                                                               channels, relative)}
+        product_report.update(_diagnosis_at_warning(product_report, verdicts, channels))
     report: dict[str, Any] = {
         "data": str(data_path),
         "run": str(run_dir),
@@ -207,43 +159,21 @@ def evaluate_run(
         "failure_at": format_time(t_fail, relative),
         "failed": [channels[i] for i in failed_idx],
         "detector": "combined" if d.combined else "autoencoder",
+        "scoring": scoring_fields(facts, healthy_from, auc_basis),
         **product_report,
     }
     per_channel = {}
     for c, name in enumerate(channels):
-        dc = run_alarms(contrib[:, c], float(run.detector.channel_thresholds[c]), run.detector.rule)
-        first = next((i for i, d in enumerate(dc) if d.event == "raised"), None)
-        per_channel[name] = {
-            "first_alarm": format_time(float(wins.end_times[first]), relative) if first is not None else None,
-            "hours_before_failure": round((t_fail - float(wins.end_times[first])) / 3600.0, 3)
-            if first is not None
-            else None,
-        }
+        dc = run_alarms(contrib[:, c], float(d.channel_thresholds[c]), d.rule)
+        first = next((i for i, dd in enumerate(dc) if dd.event == "raised"), None)
+        t_first = None if first is None else float(wins.end_times[first])
+        per_channel[name] = {"first_alarm": None if t_first is None else format_time(t_first, relative),
+                             "hours_before_failure": None if t_first is None else round((t_fail - t_first) / 3600, 3)}
     report["per_channel"] = per_channel
-
-    # Labels for AUC: the data's own (simulators), or a known-healthy second data set.
-    labels = None
-    all_scores = scores
-    if isinstance(data, Recording) and data.labels is not None:
-        labels = np.asarray(data.labels)[ff.snapshot[wins.end_frames]].astype(int)
     if normal_data is not None:
-        nd = load(normal_data)
-        check_data(run, nd)
-        nff = featurize(nd, spec, progress=progress)
-        nw = make_windows(nff, run.detector.window, run.detector.hop)
-        n_scores, _ = score(model, run.detector.scaler.transform(nw.x).astype(np.float32), len(channels))
-        labels = np.concatenate([np.zeros(len(n_scores), int), np.ones(len(scores), int) if labels is None else labels])
-        all_scores = np.concatenate([n_scores, scores])
-        report["normal_data"] = str(normal_data)
-    if labels is not None and 0 < labels.sum() < len(labels):
-        report["auc"] = round(float(roc_auc_score(labels, all_scores)), 4)
-        report["auc_windows"] = {"healthy": int((labels == 0).sum()), "faulty": int(labels.sum())}
-    else:
-        report["auc"] = None
+        _normal_auc(report, run, model, normal_data, product, ae, verdicts is not None, data, wins, progress)
 
     # Baselines, from the same data and the same healthy period as the run.
-    tcfg = run.detector.threshold_rule
-    baselines: dict[str, Any] = {}
     t_healthy = None
     if normal_data is not None:
         # The baselines learn 'healthy' from the evaluated run's own healthy period; here that run is faulty.
@@ -254,44 +184,13 @@ def evaluate_run(
         except ConfigError as e:
             report["baselines"] = {"skipped": str(e)}
     if t_healthy is not None:
-        if d.combined:
-            baselines["autoencoder"] = ae_report
-        h_frames = ff.times <= t_healthy
-        h_windows = wins.end_times <= t_healthy
-        simple = _simple_features(data, spec, progress)
-        for name, vals in simple.items():
-            det = _per_channel_series_alarms(vals, ff.times, h_frames, tcfg, run.detector.rule)
-            baselines[name] = summarize(det, channels, t_fail, failed_idx, relative, onset_t=onset_t)
-        seed = int(run.meta["training"]["config"]["model"]["seed"])
-        # The baselines keep min-max scaling (as training fits it) whatever the product's scaler is, so a product
-        # variant is compared with the same baselines.
-        mm = run.detector.scaler
-        if not isinstance(mm, MinMaxScaling):
-            sk = MinMaxScaler().fit(ff.values[: int(wins.end_frames[h_windows][-1]) + 1])
-            mm = MinMaxScaling(sk.scale_, sk.min_, sk.data_min_, sk.data_max_)
-        flat = mm.transform(wins.x).astype(np.float32).reshape(len(x), -1)
-        iso = IsolationForest(n_estimators=200, random_state=seed).fit(flat[h_windows])
-        iso_scores = -iso.score_samples(flat)
-        thr = fit_threshold(iso_scores[h_windows], tcfg)
-        det = Detection(wins.end_times, iso_scores, run_alarms(iso_scores, thr, run.detector.rule), thr)
-        baselines["isolation_forest"] = summarize(det, channels, t_fail, failed_idx, relative, onset_t=onset_t)
-        frames_scaled = mm.transform(ff.values)
-        pca = PCA(n_components=0.95, random_state=seed).fit(frames_scaled[h_frames])
-        if pca.n_components_ >= frames_scaled.shape[1] > 1:
-            # every axis kept (a table of a few columns): the reconstruction is exact and its residual only
-            # rounding error, which grows with the values; one axis fewer leaves a residual to score
-            pca = PCA(n_components=frames_scaled.shape[1] - 1, random_state=seed).fit(frames_scaled[h_frames])
-        recon = pca.inverse_transform(pca.transform(frames_scaled))
-        p_scores, p_contrib = reconstruction_scores(
-            sliding_windows(frames_scaled, T, hop), sliding_windows(recon, T, hop),
-            len(channels),
-        )
-        thr = fit_threshold(p_scores[h_windows], tcfg)
-        cthr = fit_channel_thresholds(p_contrib[h_windows], tcfg)
-        det = Detection(wins.end_times, p_scores, run_alarms(p_scores, thr, run.detector.rule, p_contrib, cthr), thr)
-        pca_report = summarize(det, channels, t_fail, failed_idx, relative, onset_t=onset_t)
-        baselines["pca"] = {**pca_report, "components": int(pca.n_components_)}
-        report["baselines"] = baselines
+        from .baselines import baselines
+
+        found: dict[str, Any] = {"autoencoder": ae_report} if d.combined else {}
+        for name, (det, extra) in baselines(run, data, ff, wins, t_healthy).items():
+            found[name] = {**detector_report(det, facts), **extra}
+        report["baselines"] = found
+        report["baselines_fitted_until"] = format_time(t_healthy, relative)
     if plots:
         from . import plots as p
 
@@ -300,23 +199,65 @@ def evaluate_run(
     return report
 
 
-def _product(
-    run: Run, data: Recording | FeatureTable, ff: Any, wins: Any, x: np.ndarray, scores: np.ndarray,
-    contrib: np.ndarray, channels: Sequence[str], t_fail: float, failed_idx: Sequence[int], relative: bool,
-    onset_t: float | None = None,
-) -> tuple[Detection, dict[str, Any]]:
-    """The combined detector over the run (agent/detect/events.py's batch twin) and its report fields, with the
-    transients, condition changes and the diagnosis of every alarm."""
-    from .product import frame_energies, frame_floor_values
+def _normal_auc(report: dict[str, Any], run: Run, model: Any, normal_data: str, product: Detection, ae: Detection,
+                combined: bool, data: Recording | FeatureTable, wins: Any, progress: bool) -> None:
+    """AUC with a known-healthy second data set: its windows are the negatives, the evaluated data's (its
+    faulty-labelled ones where it has labels) the positives; for the product and the bare autoencoder."""
+    d = run.detector
+    nd = load(normal_data)
+    check_data(run, nd)
+    nff = featurize(nd, d.spec, progress=progress)
+    nw = make_windows(nff, d.window, d.hop)
+    nx = d.scaler.transform(nw.x).astype(np.float32)
+    n_scores, n_contrib = score(model, nx, len(d.spec.channels))
+    n_ae = single_detection(nw.end_times, run_alarms(n_scores, d.threshold, d.rule, n_contrib,
+                                                     d.channel_thresholds), d.threshold)
+    pos = np.ones(len(wins.end_times), bool)
+    if isinstance(data, Recording) and data.labels is not None:
+        pos = window_labels(data, wins) > 0
+    pairs = [("auc", product, n_ae)]
+    if combined:
+        n_product = product_detection(nw.end_times, product_verdicts(run, nd, nw, nx, n_scores, n_contrib))
+        pairs = [("auc", product, n_product), ("autoencoder", ae, n_ae)]
+    for key, det, neg in pairs:
+        a = auc(neg.levels, det.levels[pos])
+        a = None if a is None else round(a, 4)
+        if key == "auc":
+            report["auc"] = a
+        else:
+            report["autoencoder_auc"] = a
+    report["normal_data"] = str(normal_data)
+    report["scoring"]["auc_basis"] = f"{normal_data}'s windows against the evaluated data's" + (
+        " faulty-labelled ones" if isinstance(data, Recording) and data.labels is not None else "")
+
+
+def product_verdicts(run: Run, data: Recording | FeatureTable, wins: Any, x: np.ndarray, scores: np.ndarray,
+                     contrib: np.ndarray) -> list[Verdict]:
+    """The combined detector over the run: agent/detect/events.py's batch twin, window by window."""
+    from .product import frame_floor_values
 
     d = run.detector
     assert d.floor is not None
     fv = frame_floor_values(data, d.spec)[wins.end_frames]
     *inputs, blame = event_inputs(d, window_evidence(d, wins.end_times, x, scores, contrib, fv))
-    verdicts = run_events(wins.end_times, *inputs, d.events or EventRule(), d.rule, d.floor.step, blame)
-    decisions = [Decision(v.above, bool(v.active), v.event, v.channel, v.level) for v in verdicts]
-    det = Detection(wins.end_times, np.array([v.level for v in verdicts]), decisions, 1.0)
-    out = summarize(det, channels, t_fail, failed_idx, relative, named=[v.raised for v in verdicts], onset_t=onset_t)
+    return run_events(wins.end_times, *inputs, d.events or EventRule(), d.rule, d.floor.step, blame)
+
+
+def product_detection(times: np.ndarray, verdicts: Sequence[Verdict]) -> Detection:
+    """The product's level per window and its per-channel episodes (every channel has its own alarm)."""
+    n_ch = len(verdicts[0].evidence) if verdicts else 0
+    active = np.zeros((len(verdicts), n_ch), bool)
+    for i, v in enumerate(verdicts):
+        active[i, list(v.active)] = True
+    return Detection(times, np.array([v.level for v in verdicts]), from_active(times, active), 1.0)
+
+
+def product_extras(run: Run, data: Recording | FeatureTable, wins: Any, verdicts: Sequence[Verdict],
+                   channels: Sequence[str], relative: bool) -> dict[str, Any]:
+    """The product's alarms with their diagnosis, its transients and condition changes."""
+    from .product import frame_energies
+
+    d = run.detector
     energies = None
     if d.diagnosis is not None and isinstance(data, Recording):
         energies = frame_energies(data, d.spec, d.diagnosis)
@@ -329,39 +270,34 @@ def _product(
         if dstate is not None and energies is not None:
             e = int(wins.end_frames[i])
             at_raise, found = dstate.update(v, energies[e - d.window + 1: e + 1].mean(axis=0))
+        at = format_time(float(wins.end_times[i]), relative)
         for c, dg in found.items():
             if c in open_alarm:
-                open_alarm[c]["diagnosed"] = {"at": format_time(float(wins.end_times[i]), relative), **dg}
+                open_alarm[c]["diagnosed"] = {"at": at, **dg}
         for c in v.raised:
-            a: dict[str, Any] = {"at": format_time(float(wins.end_times[i]), relative), "channel": channels[c]}
+            a: dict[str, Any] = {"at": at, "at_s": float(wins.end_times[i]), "channel": channels[c]}
             if c in at_raise:
                 a["diagnosis"] = at_raise[c]
                 if at_raise[c]["defect"] is not None:
                     a["diagnosed"] = {"at": a["at"], **at_raise[c]}
             alarms.append(a)
             open_alarm[c] = a
-    first = out.get("first_alarm_index")
-    out["alarm_channels"] = [channels[c] for c in verdicts[first].raised] if first is not None else None
-    first_alarm = next((a for a in alarms if a["at"] == out["first_alarm"] and a["channel"] in
-                        (out["alarm_channels"] or [])), None)
-    out["diagnosis"] = first_alarm.get("diagnosis") if first_alarm else None
-    out["diagnosed"] = first_alarm.get("diagnosed") if first_alarm else None
-    out["alarms"] = alarms
-    out["transients"] = [{"at": format_time(e.t, relative), "channel": channels[e.channels[0]],
-                          "ratio": round(e.ratio[0], 3), "relaxed_by": format_time(float(e.until or e.t), relative)}
-                         for v in verdicts for e in v.events if e.kind == "transient"]
-    out["condition_changes"] = [{"at": format_time(e.t, relative), "ratios": [round(r, 3) for r in e.ratio]}
-                                for v in verdicts for e in v.events if e.kind == "condition_change"]
-    return det, out
+    return {
+        "alarms": alarms,
+        "transients": [{"at": format_time(e.t, relative), "channel": channels[e.channels[0]],
+                        "ratio": round(e.ratio[0], 3), "relaxed_by": format_time(float(e.until or e.t), relative)}
+                       for v in verdicts for e in v.events if e.kind == "transient"],
+        "condition_changes": [{"at": format_time(e.t, relative), "ratios": [round(r, 3) for r in e.ratio]}
+                              for v in verdicts for e in v.events if e.kind == "condition_change"],
+    }
 
 
-def _simple_features(data: Recording | FeatureTable, spec: FeatureSpec, progress: bool) -> dict[str, np.ndarray]:
-    """Per-frame RMS and mean |x| per channel (or the table's own values) for the floor baselines."""
-    if isinstance(data, FeatureTable):
-        return {"table_value": data.values.astype(np.float64)}
-    out: dict[str, list[np.ndarray]] = {"rms": [], "mean_abs": []}
-    for name in out:
-        s = FeatureSpec(spec.fs_hz, spec.frame_length, spec.channels, (FeatureDef(name),))
-        for b in iter_frames(data, spec.frame_length, batch_snapshots=32):
-            out[name].append(extract(b.frames, s))
-    return {k: np.concatenate(v) for k, v in out.items()}
+def _diagnosis_at_warning(r: dict[str, Any], verdicts: Sequence[Verdict], channels: Sequence[str]) -> dict[str, Any]:
+    """The channels raised with the warning and the diagnosis of the warning's alarm."""
+    i = r.get("first_alarm_index")
+    named = [channels[c] for c in verdicts[i].raised] if i is not None else None
+    w = r.get("warning")
+    first = None if w is None else next((a for a in r["alarms"] if a["at_s"] == w["start_s"]
+                                         and a["channel"] == w["channel"]), None)
+    return {"alarm_channels": named, "diagnosis": first.get("diagnosis") if first else None,
+            "diagnosed": first.get("diagnosed") if first else None}

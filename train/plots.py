@@ -1,4 +1,4 @@
-"""The articles' pictures, done right: real time axes, log scores, the threshold and the first alarm marked."""
+"""The articles' pictures, done right: real time axes, log scores, the threshold, the warning and nuisance alarms."""
 
 from __future__ import annotations
 
@@ -83,7 +83,13 @@ def evaluation_plots(
         diag = (f"; {describe(found)} from {found['at']}" if found
                 else f"; {describe(report['diagnosis'])}" if report.get("diagnosis") else "")
         ax.axvline(_axis_times(np.array([report["first_alarm_s"]]), relative)[0], color="tab:orange", ls="--",
-                   label=f"first alarm ({report['alarm_channel']}, {report['lead_hours']} h before failure{diag})")
+                   label=f"warning ({report['alarm_channel']}, {report['lead_hours']} h before failure{diag})")
+    nuisance = [e for e in report.get("episodes", []) if e.get("kind") == "nuisance"]
+    for k, e in enumerate(nuisance):
+        span = np.array([e["raised_s"], e["cleared_s"] if e["cleared_s"] is not None else det.times[-1]])
+        a, b = _axis_times(span, relative)
+        ax.axvspan(a, b, color="tab:red", alpha=0.15, lw=0, label=f"nuisance alarms ({len(nuisance)})" if not k
+                   else None)
     if t_healthy is not None:
         ax.axvline(_axis_times(np.array([t_healthy]), relative)[0], color="tab:green", ls=":", label="end of healthy")
     ax.set(xlabel=_xlabel(relative), ylabel="alarm level (log)", title=f"Anomaly score: {stem}")

@@ -8,8 +8,9 @@ Formats, recognised from the path (``detect_format``):
 - ``npz``: a snapshot archive with ``data`` (snapshots, samples, channels), ``timestamps``, ``fs_hz`` and
   ``channels``; loaded with ``allow_pickle=False``. Timestamps before 1980 are taken as seconds since the
   start of the run (FEMTO, simulators).
-- ``csv``: a feature table: a header, then one row per snapshot; the first column is the time (ISO date-time
-  or seconds since the start), the others are numbers.
+- ``csv``: a feature table: a header, then one row per snapshot; one column is the time (ISO date-time or
+  seconds since the start), the others are numbers. The time column is the one named by ``time_column``, else
+  the one whose header is timestamp, time, t or datetime (any case), else the first.
 - ``json``: a Lorenz demo stream: a JSON list of ``{"x", "y", "z"}`` records, or one such object per line.
 
 Nothing is guessed or silently coerced: a short row, a word where a number belongs, a NaN, two files for
@@ -55,9 +56,12 @@ def detect_format(path: str | Path) -> str:
     )
 
 
-def load(path: str | Path) -> Recording | FeatureTable:
-    """Load any supported format (see the module docstring)."""
+def load(path: str | Path, time_column: str | None = None) -> Recording | FeatureTable:
+    """Load any supported format (see the module docstring); ``time_column`` names a feature table's time."""
     fmt = detect_format(path)
+    if time_column is not None and fmt != "csv":
+        raise DataFormatError(Path(path), f"a time column ({time_column!r}) is named, but this is not a feature table",
+                              expected="a .csv feature table")
     if fmt == "ims_dir":
         return load_ims_dir(path)
     if fmt == "femto_dir":
@@ -68,7 +72,7 @@ def load(path: str | Path) -> Recording | FeatureTable:
     if fmt == "npz":
         return load_snapshot_npz(path)
     if fmt == "csv":
-        return load_feature_csv(path)
+        return load_feature_csv(path, time_column)
     return load_lorenz_json(path)
 
 
@@ -163,8 +167,27 @@ def _parse_row_time(text: str) -> tuple[float, bool] | None:
     return dt.timestamp(), False
 
 
-def load_feature_csv(path: str | Path) -> FeatureTable:
-    """A per-snapshot feature table: time in the first column, one number per other column, every row."""
+TIME_NAMES = ("timestamp", "time", "t", "datetime")  # headers taken as the time column without being named
+
+
+def time_column_index(p: Path, header: list[str], time_column: str | None) -> int:
+    """Which column of a feature table is its time: ``time_column``, else the one header in ``TIME_NAMES``,
+    else the first."""
+    lower = [h.lower() for h in header]
+    if time_column is not None:
+        if time_column.strip().lower() not in lower:
+            raise DataFormatError(p, f"no column named {time_column!r} for the time", where="line 1",
+                                  expected="one of the header's columns: " + ", ".join(repr(h) for h in header))
+        return lower.index(time_column.strip().lower())
+    found = [j for j, h in enumerate(lower) if h in TIME_NAMES]
+    if len(found) > 1:
+        raise DataFormatError(p, f"{len(found)} columns look like the time ({', '.join(header[j] for j in found)})",
+                              where="line 1", expected="one time column; name it (evaluate --time-column NAME)")
+    return found[0] if found else 0
+
+
+def load_feature_csv(path: str | Path, time_column: str | None = None) -> FeatureTable:
+    """A per-snapshot feature table: time in one column (``time_column_index``), one number per other column."""
     p = Path(path)
     with p.open(newline="", encoding="utf-8") as fh:
         rows = list(csv.reader(fh))
@@ -174,7 +197,9 @@ def load_feature_csv(path: str | Path) -> FeatureTable:
     if len(header) < 2:
         raise DataFormatError(p, f"{len(header)} column(s) in the header", where="line 1",
                               expected="a time column and at least one feature column")
-    columns = tuple(h or f"column{j}" for j, h in enumerate(header[1:], start=2))
+    tc = time_column_index(p, header, time_column)
+    feat = [j for j in range(len(header)) if j != tc]  # 0-based positions of the feature columns
+    columns = tuple(header[j] or f"column{j + 1}" for j in feat)
     body = [(i, r) for i, r in enumerate(rows[1:], start=2) if any(c.strip() for c in r)]
     if not body:
         raise DataFormatError(p, "no data rows after the header", expected="one row per snapshot")
@@ -185,29 +210,31 @@ def load_feature_csv(path: str | Path) -> FeatureTable:
         if len(r) != len(header):
             raise DataFormatError(p, f"{len(r)} columns", where=f"line {line}",
                                   expected=f"{len(header)} like the header")
-        t = _parse_row_time(r[0])
+        t = _parse_row_time(r[tc])
         if t is None:
-            raise DataFormatError(p, f"time {r[0]!r} is not a date-time nor seconds", where=f"line {line}, column 1",
+            raise DataFormatError(p, f"time {r[tc]!r} is not a date-time nor seconds",
+                                  where=f"line {line}, column {tc + 1}",
                                   expected="YYYY-MM-DD HH:MM:SS or a number of seconds")
         if relative is None:
             relative = t[1]
         elif relative != t[1]:
-            raise DataFormatError(p, f"time {r[0]!r} mixes dates and seconds", where=f"line {line}, column 1")
+            raise DataFormatError(p, f"time {r[tc]!r} mixes dates and seconds", where=f"line {line}, column {tc + 1}")
         times[k] = t[0]
-        for j, cell in enumerate(r[1:], start=2):
+        for m, j in enumerate(feat):
+            cell = r[j]
             try:
                 v = float(cell)
             except ValueError:
-                raise DataFormatError(p, f"{cell!r} is not a number", where=f"line {line}, column {j}",
-                                      expected=f"a number for {header[j - 1]!r}") from None
+                raise DataFormatError(p, f"{cell!r} is not a number", where=f"line {line}, column {j + 1}",
+                                      expected=f"a number for {header[j]!r}") from None
             if not np.isfinite(v):
-                raise DataFormatError(p, f"{cell!r} is not a finite number", where=f"line {line}, column {j}",
-                                      expected=f"a finite number for {header[j - 1]!r}")
-            values[k, j - 2] = v
+                raise DataFormatError(p, f"{cell!r} is not a finite number", where=f"line {line}, column {j + 1}",
+                                      expected=f"a finite number for {header[j]!r}")
+            values[k, m] = v
     bad = np.flatnonzero(np.diff(times) <= 0)
     if bad.size:
         i = int(bad[0]) + 1
-        raise DataFormatError(p, f"time {body[i][1][0]!r} does not follow {body[i - 1][1][0]!r}",
+        raise DataFormatError(p, f"time {body[i][1][tc]!r} does not follow {body[i - 1][1][tc]!r}",
                               where=f"line {body[i][0]}", expected="rows in strictly increasing time")
     return FeatureTable(values, times, columns, str(p), relative_time=bool(relative))
 
