@@ -28,6 +28,8 @@ def check(config_path: str | Path) -> str:
     nothing is scored); a summary of what would run, or a VibrawatchError saying what is wrong."""
     cfg = load_agent_config(config_path)
     b = load_bundle(bundle_path(cfg.deploy, cfg.agent.bundle), cfg.agent.public_key)
+    # The very function `run` reads the password with (its file's mode refused as run refuses it), in run's order.
+    password = "read (the file's mode ok)" if cfg.password() is not None else "none"
     reader = open_source(cfg, b, lambda _topic, _handler: None)
     src = reader.source
     spec = b.detector.spec
@@ -40,7 +42,7 @@ def check(config_path: str | Path) -> str:
         f"model    {len(spec.channels)} channel(s) {', '.join(spec.channels)} at {spec.fs_hz:g} Hz, "
         f"{spec.n_features} features, window {b.detector.window}, threshold {b.detector.threshold:.6g}",
         f"source   {cfg.source.kind}: {len(src.channels)} channel(s), {rate}: fits the model",
-        f"broker   {cfg.mqtt.host}:{cfg.mqtt.port} (tls {'on' if cfg.mqtt.tls else 'off'})",
+        f"broker   {cfg.mqtt.host}:{cfg.mqtt.port} (tls {'on' if cfg.mqtt.tls else 'off'}, password {password})",
         f"topics   {topic(cfg.agent.site, cfg.agent.device, '{score,alarm,status}')}",
         f"thresholds {describe(cfg.commissioning, state_file_for(cfg.commissioning, cfg.agent.spool), b)}",
         f"watchdog {watchdog_fit(b.detector)[1]}",

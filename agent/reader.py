@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -111,6 +112,35 @@ class SourceReader:
             self._thread.join(timeout)
             if self._thread.is_alive():
                 log.warning("source %s did not stop within %.1f s (blocked in a read?)", self.kind, timeout)
+
+
+class DropCount:
+    """Samples messages the source dropped because scoring fell behind (``overflowed``, an MQTT source), summed
+    over the sources a reload replaced, into the retained status's ``samples_dropped``: set at the first drop,
+    refreshed at most every EVERY_S, and at once on a new publisher's status."""
+
+    EVERY_S = 10.0
+
+    def __init__(self) -> None:
+        self.total = 0
+        self._source: Any = None
+        self._seen = 0  # the current source's count already in total
+        self._sent: tuple[Any, int] = (None, 0)  # the status last told, and what it was told
+        self._at = 0.0
+
+    def update(self, source: Any, status: Any) -> None:
+        """Take the source's count; tell ``status`` (a ``Status``) when it changed and the last is old enough."""
+        n = getattr(source, "overflowed", None)
+        if n is None:
+            return
+        if source is not self._source:
+            self._source, self._seen = source, 0
+        self.total += n - self._seen
+        self._seen = n
+        now, (told, told_n) = time.monotonic(), self._sent
+        if self.total and (status is not told or (self.total != told_n and now - self._at >= self.EVERY_S)):
+            status.count("samples_dropped", self.total)
+            self._sent, self._at = (status, self.total), now
 
 
 def open_source(cfg: AgentConfig, bundle: Bundle, subscribe: Callable[[str, Callable[[bytes], None]], None],

@@ -25,7 +25,8 @@ def register(app: typer.Typer, user_errors: Callable[[Any], Any]) -> None:
     def monitor(
         broker: Annotated[str | None, typer.Option(help="mqtt://HOST:PORT or mqtts://HOST:PORT (TLS).")] = None,
         db: Annotated[str | None, typer.Option(help="sqlite:///PATH (default sqlite:///fleet.db) or "
-                                               "postgresql://USER@HOST/DB.")] = None,
+                                               "postgresql://USER@HOST/DB (its password from [monitor] "
+                                               "db_password_file or the credential db-password).")] = None,
         http: Annotated[str | None, typer.Option(help="Serve the page at HOST:PORT (default 127.0.0.1:8080); "
                                                  "'off' for none.")] = None,
         config: Annotated[Path | None, typer.Option(help="TOML settings; see configs/monitor.example.toml.")] = None,
@@ -44,12 +45,8 @@ def register(app: typer.Typer, user_errors: Callable[[Any], Any]) -> None:
 
         Example: vibrawatch monitor --broker mqtt://127.0.0.1:1883 --db sqlite:///fleet.db --http 127.0.0.1:8080
         """
-        cfg = load_monitor_config(config, broker=broker, db=db, http=None if http == "off" else http,
-                                  group=group, shared=shared, client_id=client_id, webhook=webhook, raw_days=raw_days)
-        if http == "off":
-            from dataclasses import replace
-
-            cfg = replace(cfg, monitor=replace(cfg.monitor, http=None))
+        cfg = load_monitor_config(config, broker=broker, db=db, http=http, group=group, shared=shared,
+                                  client_id=client_id, webhook=webhook, raw_days=raw_days)  # http "off": none
         run_monitor(cfg, verbose)
 
     @app.command("fleet")

@@ -1,7 +1,10 @@
 """The monitor's settings: command-line options over an optional TOML file (configs/monitor.example.toml).
 
 TLS and credentials work as on the gateway (same [mqtt] keys; the password only from ``password_file`` or
-``$CREDENTIALS_DIRECTORY/mqtt-password``). Unknown sections and keys are errors naming the file and the key.
+``$CREDENTIALS_DIRECTORY/mqtt-password``). The database password comes from ``[monitor] db_password_file`` or
+``$CREDENTIALS_DIRECTORY/db-password`` (systemd's LoadCredential=), so it need not be in the URL (where ``ps``
+shows it); it is put into the URL in memory only, and every URL shown has it masked. Unknown sections and keys
+are errors naming the file and the key.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import socket
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import quote, urlparse
 
 from vibrawatch.agent.errors import ConfigError
 from vibrawatch.agent.sections import known_sections, parse_section, read_toml
@@ -21,7 +24,9 @@ from vibrawatch.agent.sections import known_sections, parse_section, read_toml
 class MonitorSection:
     broker: str = "mqtt://127.0.0.1:1883"
     db: str = "sqlite:///fleet.db"
-    http: str | None = "127.0.0.1:8080"  # None: no web page
+    http: str | None = "127.0.0.1:8080"  # None or "off": no web page
+    db_password_file: str | None = None  # the PostgreSQL password (mode 0600); else $CREDENTIALS_DIRECTORY/db-password
+    operators_file: str | None = None  # who may act on alarms (monitor/auth.py); else $CREDENTIALS_DIRECTORY/operators
     group: str = "vibrawatch"  # the shared-subscription group; monitors in one group split the traffic
     shared: bool = True  # False: a plain subscription (one monitor; survives a Mosquitto restart, see docs)
     client_id: str | None = None  # default vibrawatch-monitor-<group>-<host>; one per monitor process
@@ -104,7 +109,60 @@ class MonitorConfig:
         return None
 
 
-_PATH_KEYS = ("password_file", "ca_file", "cert_file", "key_file")
+class DbUrl(str):
+    """The database URL with the password read from its file: ``repr`` (a logged config) masks the password."""
+
+    def __repr__(self) -> str:
+        return repr(masked(self))
+
+
+def masked(url: str) -> str:
+    """``url`` with its password (if any) shown as ***."""
+    u = urlparse(url)
+    return url.replace(f":{u.password}@", ":***@", 1) if u.password else url
+
+
+def _secret_file(p: Path, what: str, config: Path) -> str:
+    """A password file's content; refused when other users can read it (as ssh refuses such a key)."""
+    if not p.is_file():
+        raise ConfigError(f"{config}: {what} {p} does not exist: write the password there (mode 0600) or "
+                          "hand it over with systemd's LoadCredential=")
+    mode = p.stat().st_mode & 0o777
+    if mode & 0o007:
+        raise ConfigError(f"{config}: {what} {p} has mode {mode:04o}: other users can read it; run chmod 600 {p}")
+    text = p.read_text().strip()
+    if not text:
+        raise ConfigError(f"{config}: {what} {p} is empty: expected the password")
+    return text
+
+
+def _with_db_password(cfg: MonitorConfig) -> MonitorConfig:
+    """The config whose db URL carries the password from ``db_password_file`` or the credentials directory."""
+    m, where = cfg.monitor, cfg.path
+    creds = os.environ.get("CREDENTIALS_DIRECTORY")
+    cred = Path(creds) / "db-password" if creds else None
+    u = urlparse(m.db)
+    if m.db_password_file and not m.db.startswith(("postgresql://", "postgres://")):
+        raise ConfigError(f"{where}: [monitor] db_password_file is for a postgresql:// database, not {masked(m.db)}")
+    if m.db_password_file:
+        source = (Path(m.db_password_file), "[monitor] db_password_file")
+    elif cred is not None and cred.is_file() and cred.stat().st_size and m.db.startswith(("postgresql://",
+                                                                                          "postgres://")):
+        source = (cred, "credential db-password")  # empty: none (the unit loads the file whatever the database)
+    else:
+        return cfg
+    if u.password:
+        raise ConfigError(f"{where}: db {masked(m.db)} has a password in the URL and {source[1]} gives one too: "
+                          "keep only the file (a URL on the command line is visible in ps)")
+    if not u.username:
+        raise ConfigError(f"{where}: db {m.db}: a password from {source[1]} needs a user in the URL "
+                          "(postgresql://USER@HOST/DB)")
+    pw = quote(_secret_file(*source, where), safe="")
+    url = m.db.replace(f"//{u.username}@", f"//{u.username}:{pw}@", 1)
+    return replace(cfg, monitor=replace(m, db=DbUrl(url)))
+
+
+_PATH_KEYS = ("password_file", "ca_file", "cert_file", "key_file", "db_password_file", "operators_file")
 _SECTIONS = {"monitor": MonitorSection, "mqtt": MqttSection, "fleet": FleetSection, "retention": RetentionSection,
              "alerts": AlertsSection}
 
@@ -129,8 +187,10 @@ def load_monitor_config(path: str | Path | None = None, **overrides: Any) -> Mon
             cfg = replace(cfg, **{name: replace(section, **mine)})
     if given:
         raise ConfigError(f"unknown setting(s) {sorted(given)}")
+    if cfg.monitor.http == "off":  # as on the command line (--http off)
+        cfg = replace(cfg, monitor=replace(cfg.monitor, http=None))
     _check(cfg)
-    return cfg
+    return _with_db_password(cfg)
 
 
 def _check(cfg: MonitorConfig) -> None:
@@ -140,7 +200,8 @@ def _check(cfg: MonitorConfig) -> None:
     if cfg.monitor.http:
         host, _, port = cfg.monitor.http.rpartition(":")
         if not host or not port.isdigit():
-            raise ConfigError(f"{cfg.path}: http {cfg.monitor.http!r}: expected HOST:PORT (e.g. 127.0.0.1:8080)")
+            raise ConfigError(f"{cfg.path}: http {cfg.monitor.http!r}: expected HOST:PORT (e.g. 127.0.0.1:8080) "
+                              "or \"off\" (no page)")
     if "/" in cfg.monitor.group or "+" in cfg.monitor.group or "#" in cfg.monitor.group:
         raise ConfigError(f"{cfg.path}: group {cfg.monitor.group!r}: no '/', '+' or '#'")
     rm = cfg.mqtt.receive_maximum

@@ -307,7 +307,85 @@ def test_drops_while_connected_are_logged_and_reach_the_status(tmp_path: Path,
         spool.close()
         broker.stop()
     lines = [r.getMessage() for r in caplog.records if "spool full" in r.getMessage()]
-    assert len(lines) == 1 and "the broker takes messages slower than they come" in lines[0]
+    assert lines and "the broker takes messages slower than they come" in lines[0]
+    # the log states the count the status gives (issue 21: the last line said 1,792, the status 1,974)
+    assert f"{statuses[-1]['spool_dropped']} in all" in lines[-1] and f"{spool.dropped} in all" in lines[-1]
+
+
+def test_a_storm_of_spool_drops_logs_each_count_the_status_carries(tmp_path: Path,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """Drops between two statuses are stated with the next status; those after the last status at the stop."""
+    from vibrawatch.agent.link.sender import Drops
+
+    caplog.set_level(logging.WARNING, "vibrawatch.publish")
+    spool = Spool(tmp_path / "s.sqlite", max_bytes=128 * 1024)
+    drops = Drops(spool)
+    stamped = []
+    try:
+        for round_ in range(3):
+            before = spool.dropped
+            while spool.dropped == before:
+                spool.put("t", {"pad": "x" * 2000})
+            drops.report(True)
+            if round_ < 2:
+                stamped.append(drops.stamp(True))  # a status goes out with this count
+        drops.flush(True)
+        counts = [int(r.getMessage().split(" in all")[0].rsplit(" ", 1)[1]) for r in caplog.records
+                  if "spool full" in r.getMessage()]
+    finally:
+        spool.close()
+    assert all(n in counts for n in stamped) and counts[-1] == spool.dropped and counts == sorted(set(counts))
+
+
+def test_samples_messages_dropped_when_scoring_falls_behind_reach_the_status(tmp_path: Path) -> None:
+    """Issue 21: such drops were only logged. Now the retained status counts them (``samples_dropped``),
+    summed across a reload that replaced the source, and a new publisher's status says it at once."""
+    from vibrawatch.agent.reader import DropCount
+
+    broker = Broker(tmp_path).start()
+    cfg = AgentConfig(AgentSection("lab", "gw9", "unused", spool=str(tmp_path / "spool.sqlite")),
+                      mqtt=MqttSection(port=broker.port))
+    spool = Spool(cfg.agent.spool)
+    pub = Publisher(cfg.mqtt, spool, {"model": "m"}, site=cfg.agent.site, device=cfg.agent.device)
+    statuses: list[dict] = []
+    node = mqtt.Client(CallbackAPIVersion.VERSION2)
+    node.on_message = lambda c, u, m: statuses.append(json.loads(m.payload))
+    drops = DropCount()
+    src = MqttSampleSource("s", lambda t, h: None, 20000, ("a", "b"), backlog=2)
+    try:
+        pub.start()
+        assert _wait(lambda: pub.connected)
+        node.connect("127.0.0.1", broker.port)
+        node.subscribe("vibrawatch/v1/lab/gw9/status", qos=1)
+        node.loop_start()
+        assert _wait(lambda: statuses and statuses[-1]["spool_dropped"] == 0)
+        drops.update(src, pub.status)
+        assert "samples_dropped" not in statuses[-1]  # none dropped: not said
+        for i in range(5):  # nothing takes them: the third on is dropped
+            src._on_message(json.dumps({"v": 1, "t": 1.0 + i, "fs_hz": 20000, "samples": [[0.1, 0.2]]}).encode())
+        assert src.overflowed == 3
+        drops.update(src, pub.status)
+        assert _wait(lambda: statuses[-1].get("samples_dropped") == 3), statuses[-1]
+        again = MqttSampleSource("s", lambda t, h: None, 20000, ("a", "b"), backlog=1)  # a reload's new source
+        for i in range(3):
+            again._on_message(json.dumps({"v": 1, "t": 9.0 + i, "fs_hz": 20000, "samples": [[0.1, 0.2]]}).encode())
+        drops.update(again, pub.status)
+        assert drops.total == 5
+        pub2 = Publisher(cfg.mqtt, spool, {"model": "m"}, site=cfg.agent.site, device="gw9")
+        drops.update(again, pub2.status)  # a new publisher (a reload changed the broker): told at once
+        assert pub2.status.counts == {"samples_dropped": 5}
+        payload = json.loads(pub2.status.stamped(0))
+        assert payload["samples_dropped"] == 5
+    finally:
+        node.loop_stop()
+        pub.stop()
+        spool.close()
+        broker.stop()
+    from jsonschema import Draft202012Validator
+
+    schema = json.loads((Path(__file__).parents[1] / "agent" / "link" / "schemas" / "status.json").read_text())
+    Draft202012Validator(schema).validate(statuses[-1])
+    assert schema["properties"]["samples_dropped"]["type"] == "integer"
 
 
 # -- fuzzing: thousands of generated payloads per run, derandomized (the same ones every run) -----------------
@@ -387,3 +465,90 @@ def test_a_large_block_reaches_the_pipeline_in_consecutive_pieces() -> None:
     np.testing.assert_array_equal(np.concatenate([p.samples for p in pieces]), rows.astype(np.float32))
     assert [p.t_start for p in pieces] == [100.0, 100.0 + PIECE_ROWS / 20000, 100.0 + 2 * PIECE_ROWS / 20000]
     assert all(p.fs_hz == 20000 for p in pieces)  # each still carries the node's rate for the rate check
+
+
+def _block(signal: np.ndarray, start: int, n: int, fs: float = 20000.0, t0: float = 1.7e9) -> bytes:
+    """Rows ``start``..``start + n`` of ``signal`` as a samples message, timed as a node would time them."""
+    body = {"v": 1, "t": t0 + start / fs, "fs_hz": fs, "samples": signal[start: start + n].tolist()}
+    return json.dumps(body).encode()
+
+
+@pytest.mark.parametrize("size", [1, 2, 4095, 4096, 4097, 16_384, 111_111, 131_072])
+def test_resent_overlapping_and_reordered_messages_give_each_sample_once(size: int,
+                                                                        caplog: pytest.LogCaptureFixture) -> None:
+    """The continuity check covers the whole message, not its first piece: re-sent and late messages are
+    refused (a sensor fault naming why, counted), an overlapping one is cut to its new samples."""
+    from vibrawatch.agent.sources.mqtt_source import ALREADY_SEEN
+
+    fs = 20000.0
+    signal = np.arange(8 * size * 2, dtype=np.float64).reshape(-1, 2)  # every sample unique: duplicates show
+    src = MqttSampleSource("s", lambda t, h: None, fs, ("a", "b"), backlog=64, stop=lambda: src._queue.empty(),
+                           max_message_bytes=1 << 30)
+    half = size // 2
+    sends = [(0, size), (0, size),  # re-sent (QoS 1 redelivery, a node that sends twice)
+             (size - half, size),  # overlaps the last one by half (by none for a single row)
+             (3 * size, size), (2 * size - half, size),  # reordered: the late one's samples are all old
+             (4 * size - 1, size),  # overlaps by exactly one sample
+             (0, size)]  # an old one again, long after
+    caplog.set_level(logging.INFO, "vibrawatch.source")
+    for start, n in sends:
+        src._on_message(_block(signal, start, n))
+    chunks = list(src.chunks())
+    good = [c for c in chunks if c.fault is None]
+    index = np.concatenate([np.rint((c.t_start - 1.7e9) * fs) + np.arange(len(c.samples)) for c in good])
+    got = np.concatenate([c.samples[:, 0] / 2 for c in good])
+    np.testing.assert_array_equal(index, got)  # each chunk's times are its samples' own
+    assert np.all(np.diff(got) > 0), "a sample reached the pipeline twice, or time went backwards"
+    if size > 1:
+        assert src.rejected == 3 and src.trimmed == half + 1
+        assert int(got[-1]) == 5 * size - 2 and len(got) == 4 * size - half - 1
+    else:  # the one-sample overlap is the whole message: refused, not trimmed
+        assert src.rejected == 4 and src.trimmed == 0 and got.tolist() == [0, 1, 3]
+    faults = [c.fault for c in chunks if c.fault]
+    assert faults and all(f == f"samples message refused: {ALREADY_SEEN}" for f in faults)
+    assert any("last accepted one at t=" in r.getMessage() for r in caplog.records)  # the log says which
+
+
+def test_check_refuses_a_password_file_others_can_read_with_the_line_run_gives(tiny_bundle: Path, tiny_data: Path,
+                                                                              tmp_path: Path) -> None:
+    """Issue 21: `check` passed a mode-0644 password file that `run` then refused. Both read it with the one
+    function (AgentConfig.password), so both stop with the same line, exit 2; at 0600 `check` passes."""
+    import subprocess
+
+    from test_agent_e2e import agent_command, gateway_env, write_config
+
+    secret = tmp_path / "mqtt-password"
+    secret.write_text("s3cret\n")
+    secret.chmod(0o644)
+    cfg = write_config(tmp_path, free_port(), tiny_bundle, tiny_data)
+    cfg.write_text(cfg.read_text().replace("[mqtt]", f'[mqtt]\nusername = "gw"\npassword_file = "{secret}"'))
+    assert f'password_file = "{secret}"' in cfg.read_text()
+    lines = {}
+    for command in ("check", "run"):
+        res = subprocess.run(agent_command(command, "--config", str(cfg)), env=gateway_env(tmp_path),
+                             capture_output=True, text=True, timeout=120)
+        assert res.returncode == 2, res.stdout + res.stderr
+        lines[command] = [x for x in res.stderr.splitlines() if x.startswith("error: ")]
+    assert lines["check"] == lines["run"] and len(lines["check"]) == 1
+    assert f"{secret} has mode 0644" in lines["check"][0] and "chmod 600" in lines["check"][0]
+    assert "s3cret" not in str(lines)
+    secret.chmod(0o600)
+    ok = subprocess.run(agent_command("check", "--config", str(cfg)), env=gateway_env(tmp_path),
+                        capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0 and "password read" in ok.stdout, ok.stderr
+
+
+def test_one_message_far_in_the_future_cannot_stop_the_scoring_for_good(caplog: pytest.LogCaptureFixture) -> None:
+    """A forged (or badly clocked) message at t=5e9 must not make every later good sample look re-sent: a
+    message far behind the last accepted one starts a new timeline, said in the log; one near it is refused."""
+    from vibrawatch.agent.sources.mqtt_source import NEW_TIMELINE_S
+
+    src = MqttSampleSource("s", lambda t, h: None, 20000, ("a", "b"), backlog=16)
+    caplog.set_level(logging.WARNING, "vibrawatch.source")
+    rows = [[0.1, 0.2]] * 100
+    for t in (1.7e9, 5e9, 1.7e9 + 0.005, 1.7e9 + 0.010, 1.7e9 + 0.010, 1.7e9 + 0.010 - NEW_TIMELINE_S / 2):
+        src._on_message(json.dumps({"v": 1, "t": t, "fs_hz": 20000, "samples": rows}).encode())
+    chunks = list(src._queue.queue)
+    assert [c.t_start for c in chunks if not c.fault] == [1.7e9, 5e9, 1.7e9 + 0.005, 1.7e9 + 0.010]
+    assert src.rejected == 2  # the re-sent one, and one only minutes behind
+    assert any("taken as a new timeline" in r.getMessage() for r in caplog.records)

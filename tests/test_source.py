@@ -202,3 +202,74 @@ def test_mqtt_samples_resume_after_a_broker_restart(tiny_bundle: Path, tmp_path:
         pub.stop()
         spool.close()
         broker.stop()
+
+
+def test_resent_overlapping_and_reordered_samples_over_a_real_broker_score_each_window_once(
+        tiny_bundle: Path, tmp_path: Path) -> None:
+    """Drill from issue 21: a 16,384-row message sent twice gave 22 scores for 15 windows, a 111,111-row one
+    sent 5 times 504 for 108. Now every message, of every size up to the limit, is checked whole against the
+    last accepted sample: no window is scored twice and no window's frames go back in time."""
+    from vibrawatch.agent.config import AgentConfig, AgentSection
+    from vibrawatch.agent.detect.results import Scored
+    from vibrawatch.agent.link.broker import MqttSection
+    from vibrawatch.agent.link.publish import Publisher
+    from vibrawatch.agent.link.spool import Spool
+    from vibrawatch.agent.model.bundle import load_bundle
+    from vibrawatch.agent.pipeline import Pipeline
+
+    b = load_bundle(tiny_bundle)
+    fs, n_ch, frame = b.detector.spec.fs_hz, len(b.detector.spec.channels), b.detector.spec.frame_length
+    t0, topic = 1.7e9, "lab/gw3/samples"
+    plan: list[tuple[int, int]] = []  # (first sample, rows) in the order sent
+    pos = 0
+    for size in (1000, 4096, 16_384, 111_111):
+        half = size // 2
+        plan += [(pos, size), (pos, size), (pos, size), (pos + size - half, size),  # re-sent twice, overlapping
+                 (pos + 3 * size, size), (pos + 2 * size, size),  # reordered: the late one is refused
+                 (pos + 4 * size - 1, size)]  # overlapping by one sample
+        pos += 5 * size - 1
+        plan += [(pos + i * size, size) for i in range(4)]  # then a clean run, so every size scores windows
+        pos += 4 * size
+    signal = np.round(np.random.default_rng(5).standard_normal((pos + 1, n_ch)) * 0.1, 3)
+    unique = np.zeros(pos + 1, bool)
+    for start, n in plan:
+        unique[start: start + n] = True
+
+    broker = Broker(tmp_path).start()
+    cfg = AgentConfig(AgentSection("lab", "gw3", str(tiny_bundle), spool=str(tmp_path / "spool.sqlite")),
+                      mqtt=MqttSection(port=broker.port))
+    spool = Spool(cfg.agent.spool)
+    pub = Publisher(cfg.mqtt, spool, {"model": b.version}, site=cfg.agent.site, device=cfg.agent.device)
+    deadline = time.monotonic() + 240
+    src = MqttSampleSource(topic, pub.subscribe, fs, b.detector.spec.channels, max_message_bytes=64 << 20,
+                           stop=lambda: time.monotonic() > deadline)
+    node = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="sensor-node-3")
+    scored: list[float] = []
+    end_t = t0 + 1e6  # a last message far later: when it arrives, everything before it has
+    try:
+        pub.start()
+        while not pub.connected and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)
+        node.connect("127.0.0.1", broker.port)
+        node.loop_start()
+        for start, n in plan + [(0, 16)]:
+            t = t0 + start / fs if (start, n) != (0, 16) else end_t
+            body = {"v": 1, "t": t, "fs_hz": fs, "samples": signal[start: start + n].tolist()}
+            node.publish(topic, json.dumps(body), qos=1).wait_for_publish(30)
+        pipe = Pipeline(b)
+        for c in src.chunks():
+            if c.t_start == end_t:
+                break
+            scored += [ev.t for ev in pipe.process(c) if isinstance(ev, Scored)]
+    finally:
+        node.loop_stop()
+        pub.stop()
+        spool.close()
+        broker.stop()
+    assert time.monotonic() < deadline, "the last message never arrived"
+    windows = int(unique.sum()) // frame  # each scored window ends in a frame of its own
+    assert 0 < len(scored) <= windows, f"{len(scored)} scores for at most {windows} windows"
+    gaps = np.diff(scored) * fs
+    assert np.all(gaps >= frame - 1), f"a window was scored twice or went back in time: {gaps.min():.1f} samples"
+    assert src.rejected == 4 * 3 and src.trimmed == sum(s // 2 + 1 for s in (1000, 4096, 16_384, 111_111))

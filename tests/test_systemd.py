@@ -29,6 +29,8 @@ from vibrawatch.agent.model.bundle import load_bundle
 
 UNITS = [ROOT / "systemd" / "vibrawatch-agent.service", ROOT / "systemd" / "vibrawatch-agent@.service"]
 IDS = ["single", "template"]
+MONITOR_UNIT = ROOT / "systemd" / "vibrawatch-monitor.service"
+ALL_UNITS, ALL_IDS = [*UNITS, MONITOR_UNIT], [*IDS, "monitor"]
 needs_analyze = pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
 
 
@@ -42,7 +44,7 @@ def instance(unit: Path, tmp_path: Path) -> Path:
 
 
 @needs_analyze
-@pytest.mark.parametrize("unit", UNITS, ids=IDS)
+@pytest.mark.parametrize("unit", ALL_UNITS, ids=ALL_IDS)
 def test_unit_exposure_is_2_or_less(unit: Path, tmp_path: Path) -> None:
     res = subprocess.run(["systemd-analyze", "security", "--offline=true", str(instance(unit, tmp_path))],
                          capture_output=True, text=True, timeout=60)
@@ -53,16 +55,17 @@ def test_unit_exposure_is_2_or_less(unit: Path, tmp_path: Path) -> None:
 
 
 @needs_analyze
-@pytest.mark.parametrize("unit", UNITS, ids=IDS)
+@pytest.mark.parametrize("unit", ALL_UNITS, ids=ALL_IDS)
 def test_unit_passes_systemd_analyze_verify(unit: Path, tmp_path: Path) -> None:
     """verify checks that ExecStart exists: /opt/vibrawatch is made, in a private mount namespace only,
-    a link to this checkout's installed vibrawatch-agent."""
+    links to this checkout's installed vibrawatch-agent and vibrawatch."""
     if os.geteuid() != 0 and subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode != 0:
         pytest.skip("needs root or user namespaces to mount a private /opt")
     script = Path(agent_command()[0]) if agent_command()[0].endswith("vibrawatch-agent") else None
     if script is None:
         pytest.skip("the vibrawatch-agent console script is not installed next to this Python")
     inner = (f"mount -t tmpfs tmpfs /opt && mkdir -p /opt/vibrawatch/bin && ln -s {script} /opt/vibrawatch/bin/ "
+             f"&& ln -s {script.with_name('vibrawatch')} /opt/vibrawatch/bin/ "
              f"&& systemd-analyze verify {instance(unit, tmp_path)}")
     ns = ["unshare", "--mount", "--propagation", "private"] + ([] if os.geteuid() == 0 else ["--map-root-user"])
     res = subprocess.run([*ns, "sh", "-c", inner], capture_output=True, text=True, timeout=60)
@@ -89,6 +92,21 @@ def test_unit_settings_match_the_agent(unit: Path) -> None:
     assert s["StateDirectory"] == (["vibrawatch/%i"] if "@." in unit.name else ["vibrawatch"])
     unit_text = unit.read_text()
     assert "StartLimitBurst=" in unit_text and "StartLimitIntervalSec=" in unit_text
+
+
+def test_monitor_unit_matches_the_monitor() -> None:
+    """Hardened as the agent's units (the same restrictions, less the I2C device), with both passwords as
+    credentials under the names the monitor reads, and its own state directory (not the agent's)."""
+    m, a = unit_sandbox.unit_settings(MONITOR_UNIT), unit_sandbox.unit_settings(UNITS[0])
+    for key in ("DynamicUser", "ProtectSystem", "ProtectHome", "PrivateTmp", "NoNewPrivileges", "CapabilityBoundingSet",
+                "MemoryDenyWriteExecute", "SystemCallFilter", "SystemCallArchitectures", "RestrictAddressFamilies",
+                "UMask", "ProtectProc", "ProcSubset", "PrivateDevices", "RestrictNamespaces", "LockPersonality"):
+        assert m[key] == a[key], key
+    assert "DeviceAllow" not in m and "SupplementaryGroups" not in m
+    assert m["ExecStart"] == ["/opt/vibrawatch/bin/vibrawatch monitor --config /etc/vibrawatch/monitor.toml"]
+    assert sorted(c.split(":")[0] for c in m["LoadCredential"]) == ["db-password", "mqtt-password"]
+    assert m["StateDirectory"] == ["vibrawatch-monitor"] and m["Restart"] == ["on-failure"]
+    assert "2" in m["RestartPreventExitStatus"][0].split()
 
 
 def test_check_says_when_a_bundles_windows_are_too_slow_for_the_units_watchdog(tiny_bundle: Path) -> None:
@@ -256,3 +274,74 @@ class AuthSubscriber(Subscriber):
         self.c.on_message = self._on_message
         self.c.connect("127.0.0.1", port)
         self.c.loop_start()
+
+
+@needs_sandbox
+def test_monitor_runs_under_its_units_restrictions(tmp_path: Path) -> None:
+    """`vibrawatch monitor` as its unit runs it: MQTT password only as a credential, the SQLite database in
+    the state directory, owned by the service's user and readable by it alone; every score stored."""
+    import json
+    import signal
+    import sqlite3
+    import time
+
+    import paho.mqtt.client as mqtt
+    from monitor_helpers import vibrawatch_command
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from vibrawatch.agent.link.topics import encode, score_payload, topic
+
+    d = {k: tmp_path / k for k in ("state", "etc", "creds", "run", "broker")}
+    for p in d.values():
+        p.mkdir()
+    (d["creds"] / "mqtt-password").write_text("monitor-s3cret\n")
+    (d["creds"] / "db-password").write_text("")  # SQLite: no database password (the unit needs the file)
+    broker = password_broker(d["broker"], {"monitor": "monitor-s3cret", "gw": "gw-pw"})
+    cfg = d["etc"] / "monitor.toml"
+    cfg.write_text(f'[monitor]\nbroker = "mqtt://127.0.0.1:{broker.port}"\ndb = "sqlite:///{d["state"]}/fleet.db"\n'
+                   'http = "off"\n[mqtt]\nusername = "monitor"\n')
+    unit_sandbox.prepare(d["state"], d["etc"], d["creds"], d["run"])
+    cmd = unit_sandbox.bwrap_command(MONITOR_UNIT, vibrawatch_command("monitor", "--config", str(cfg)),
+                                     state=d["state"], config=d["etc"], credentials=d["creds"], runtime=d["run"],
+                                     env={})
+    log = (tmp_path / "monitor.log").open("w")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    db = d["state"] / "fleet.db"
+
+    def stored() -> int:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+            return int(conn.execute("SELECT count(*) FROM scores").fetchone()[0])
+
+    log_text = (tmp_path / "monitor.log").read_text
+    gw = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="gw-unit", protocol=mqtt.MQTTv5)
+    gw.username_pw_set("gw", "gw-pw")
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not (db.exists() and "monitor:" in log_text()):
+            assert proc.poll() is None, log_text()
+            time.sleep(0.2)
+        time.sleep(1.0)  # subscribed
+        gw.connect("127.0.0.1", broker.port)
+        gw.loop_start()
+        for seq in range(1, 21):
+            p = {**score_payload(t=1.7e9 + seq, score=0.5, threshold=1.0, level=0.5,
+                                 contributions={"ch0": 0.25, "ch1": 0.25}, model="m-1"), "seq": seq}
+            gw.publish(topic("plant1", "press7", "score"), encode(p), qos=1).wait_for_publish(10)
+        while time.monotonic() < deadline and not (db.exists() and stored() == 20):
+            assert proc.poll() is None, log_text()
+            time.sleep(0.2)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+        gw.loop_stop()
+        broker.stop()
+    out = log_text()
+    assert stored() == 20, out
+    assert "SystemCallFilter" in out and "MemoryDenyWriteExecute" in out and "Traceback" not in out, out
+    st = db.stat()
+    assert st.st_uid == unit_sandbox.DYNAMIC_UID and st.st_mode & 0o077 == 0, oct(st.st_mode)
+    assert "monitor-s3cret" not in out and json.dumps("monitor-s3cret") not in out

@@ -4,7 +4,8 @@ status current.
 A message leaves the spool only on its PUBACK. At most ``inflight`` are unacknowledged at a time; after a
 reconnect the unacknowledged ones go again (at-least-once: a consumer drops repeats by ``seq``). paho's own
 queue is in memory and unbounded, so nothing is handed to paho while disconnected. Messages the full spool
-drops are logged as they go (rate-limited) and the retained status's ``spool_dropped`` is refreshed.
+drops are logged as they go (rate-limited) and the retained status's ``spool_dropped`` is refreshed; the log
+states every count the status carries.
 """
 
 from __future__ import annotations
@@ -22,13 +23,14 @@ from .spool import Spool
 
 log = logging.getLogger("vibrawatch.publish")
 _GATHER_S = 0.01
-DROPS_LOG_EVERY_S = 60.0  # spool drops: the first at once, then one line (with counts) per minute at most
-DROPS_STATUS_EVERY_S = 10.0  # and the retained status's spool_dropped refreshed this often at most
+DROPS_STATUS_EVERY_S = 10.0  # spool drops: the retained status's spool_dropped (and its log line) this often at most
 
 
 class Drops:
-    """The full spool dropping its oldest messages: said as it happens (rate-limited), and the retained status's
-    ``spool_dropped`` refreshed, whether or not the broker is connected."""
+    """The full spool dropping its oldest messages: said as it happens, and the retained status's
+    ``spool_dropped`` refreshed, whether or not the broker is connected. The log states the count each status
+    carries: a status with a count the log has not said yet is sent with a line that says it (so at most one
+    line per DROPS_STATUS_EVERY_S in a storm), and a stop says what came after the last status."""
 
     def __init__(self, spool: Spool) -> None:
         self.spool = spool
@@ -38,17 +40,30 @@ class Drops:
         self._pending = False  # the status's spool_dropped is behind the spool's count
 
     def report(self, connected: bool) -> None:
-        """Log the drops since the last line (at once the first time, then every DROPS_LOG_EVERY_S at most)."""
-        now, total = time.monotonic(), self.spool.dropped
-        self.seen = total
-        when, logged = self._logged
-        if when == 0.0 or now - when >= DROPS_LOG_EVERY_S:
-            log.warning("spool full (%s MB on disk at most): %d oldest message(s) dropped since the last report, %d "
-                        "in all; %s", f"{self.spool.max_bytes / 2**20:g}", total - logged, total,
-                        "the broker takes messages slower than they come" if connected
-                        else "the broker is not connected")
-            self._logged = (now, total)
+        """New drops: logged at once the first time; later ones with the next status (see ``stamp``)."""
+        self.seen = self.spool.dropped
+        if self._logged[0] == 0.0:
+            self._log(connected)
         self._pending = True  # the sender refreshes the status (at most every DROPS_STATUS_EVERY_S)
+
+    def stamp(self, connected: bool) -> int:
+        """The count a status about to be sent carries, logged first when the log has not stated it."""
+        total = self.spool.dropped
+        if total != self._logged[1]:
+            self._log(connected, total)
+        return total
+
+    def flush(self, connected: bool) -> None:
+        """At a stop: the drops no line has stated yet."""
+        if self.spool.dropped != self._logged[1]:
+            self._log(connected)
+
+    def _log(self, connected: bool, total: int | None = None) -> None:
+        total = self.spool.dropped if total is None else total
+        log.warning("spool full (%s MB on disk at most): %d oldest message(s) dropped since the last report, %d "
+                    "in all; %s", f"{self.spool.max_bytes / 2**20:g}", total - self._logged[1], total,
+                    "the broker takes messages slower than they come" if connected else "the broker is not connected")
+        self._logged = (time.monotonic(), total)
 
     def status_due(self) -> bool:
         """Whether the status's ``spool_dropped`` is behind and may be sent again now (then it counts as sent)."""
@@ -79,6 +94,7 @@ class Sender:
         if self.thread.is_alive():
             self.thread.join(timeout=5)
         self.take_acks()
+        self.drops.flush(self.connection.connected)
 
     def enqueue(self, topic_name: str, payload: dict[str, Any]) -> int:
         """Spool a message (numbered, and on disk before this returns) and wake the thread; its seq."""
@@ -136,7 +152,7 @@ class Sender:
             status.dirty = True
         if status.dirty:
             status.dirty = False
-            c.client.publish(status.topic, status.stamped(self.spool.dropped), qos=1, retain=True)
+            c.client.publish(status.topic, status.stamped(self.drops.stamp(c.connected)), qos=1, retain=True)
         room = self.max_inflight - len(self._inflight)
         if room <= 0:
             return

@@ -26,10 +26,16 @@ class Status:
         self.payload: dict[str, Any] = status_payload("online", **birth)
         self.dirty = False
         self.link = iso(time.time())
+        self.counts: dict[str, int] = {}  # counters every status carries once set (samples_dropped)
 
     def set(self, state: str, **fields: Any) -> None:
         """A new state (online / sensor), with the birth fields."""
         self.payload = status_payload(state, **self.birth, **fields)
+        self.dirty = True
+
+    def count(self, name: str, n: int) -> None:
+        """A counter the agent keeps (``samples_dropped``): in every status from now on, sent again now."""
+        self.counts = {**self.counts, name: n}  # a new dict: the sender's thread reads it meanwhile
         self.dirty = True
 
     def error(self, text: str) -> None:
@@ -53,5 +59,5 @@ class Status:
         """The current status as sent now. Stamped when sent: a status sent again (after a reconnect, with a new
         spool_dropped) is news, and a consumer keying statuses by (timestamp, state) must not take it for the
         earlier one."""
-        return encode({**self.payload, "timestamp": iso(time.time()), "spool_dropped": spool_dropped,
+        return encode({**self.payload, **self.counts, "timestamp": iso(time.time()), "spool_dropped": spool_dropped,
                        "link": self.link})

@@ -11,6 +11,13 @@ nested too deep, or with a field of the wrong type or range (``t`` NaN, infinite
 becomes a ``sensor`` fault (through the pipeline, like a flatline: no window mixes data across it) and a
 counted, rate-limited log line; nothing raised here can reach paho's network thread, which would die
 silently and take the agent's connection with it.
+
+Each sample is scored once: a message is checked against the last accepted sample as a whole, before it is
+cut into pieces. A message whose samples all lie at or before the last accepted one (re-sent by QoS 1, sent
+twice by the node, or arriving after a later one) is refused like a malformed one; a message that overlaps
+the last one is trimmed to its new samples (counted in ``trimmed``). A message that ends more than
+NEW_TIMELINE_S before the last accepted sample is taken as a new timeline (a node's clock set back, or one
+forged message far in the future), logged, so that no single message can stop the scoring for good.
 """
 
 from __future__ import annotations
@@ -45,9 +52,22 @@ LARGE_MESSAGE_BYTES = 1 << 20  # after a message this large, freed memory goes b
 TRIM_AFTER_S = 0.5  # ...this long after it came (paho frees its read buffer only after the callback returns)
 LOG_EVERY_S = 60.0  # after the first, at most one log line per reason per minute (with the count)
 FAULT_EVERY_S = 10.0  # during a run of refusals, the sensor status changes to another reason this often at most
+ALREADY_SEEN = "samples at or before the last accepted one (re-sent, or out of order)"
+NEW_TIMELINE_S = 600.0  # a message ending this far before the last accepted sample is a clock set back, not a re-send
 
 _show = reprlib.Repr()
 _show.maxstring, _show.maxother, _show.maxlist, _show.maxlevel, _show.maxlong = 40, 40, 4, 2, 40
+
+
+def old_rows(t_start: float, n: int, fs_hz: float, end_t: float | None) -> int:
+    """How many leading rows of a block of ``n`` samples from ``t_start`` lie at or before the last accepted
+    sample, when the accepted samples end at ``end_t`` (the time the next sample is due). A block's times are
+    ``t_start + i / fs_hz``, increasing, so the old rows are a prefix and one comparison over the whole
+    block finds them (half a sample of tolerance: a node's rounded ``t`` still continues the last block)."""
+    if end_t is None:
+        return 0
+    k = math.ceil((end_t - t_start) * fs_hz - 0.5)
+    return min(max(k, 0), n)
 
 
 def default_max_message_bytes(fs_hz: float, n_channels: int) -> int:
@@ -200,9 +220,11 @@ topic = "sensors/press7/raw"          # on the agent's own broker connection ([m
         self._queue: queue.Queue[Chunk] = queue.Queue(maxsize=backlog)
         self.rejected = 0
         self.overflowed = 0
+        self.trimmed = 0  # rows cut from messages that overlapped the last accepted one
         self._logged: dict[str, tuple[float, int]] = {}  # reason -> (when last logged, count then)
         self._counts: dict[str, int] = {}
         self._last_t = 0.0
+        self._end_t: float | None = None  # when the sample after the last accepted one is due (None: none yet)
         self._fault: tuple[str, float] | None = None  # the fault handed on since the last good chunk, and when
         self._trim_at: float | None = None  # when to return a large message's freed memory (agent thread)
         subscribe(topic, self._on_message)  # now, not at the first next(): samples sent meanwhile are kept
@@ -213,8 +235,9 @@ topic = "sensors/press7/raw"          # on the agent's own broker connection ([m
             self._trim_at = time.monotonic() + TRIM_AFTER_S
         try:
             try:
-                chunk = parse_samples(payload, self.max_message_bytes)
+                chunk = self._new_part(parse_samples(payload, self.max_message_bytes))
                 self._last_t, self._fault = chunk.t_start, None
+                self._end_t = chunk.t_start + len(chunk.samples) / self.fs_hz
             except SamplesRefused as e:
                 self._refuse(e.reason, str(e), len(payload))
                 reason, now = f"samples message refused: {e.reason}", time.monotonic()
@@ -228,6 +251,29 @@ topic = "sensors/press7/raw"          # on the agent's own broker connection ([m
                 log.exception("%s: samples message of %d bytes could not be handled", self.topic, len(payload))
                 self._refuse("internal error", f"{type(e).__name__}: {e}"[:200], len(payload))
                 self._put(self._fault_chunk(f"samples message could not be handled ({type(e).__name__})"))
+
+    def _new_part(self, chunk: Chunk) -> Chunk:
+        """``chunk`` less the samples already accepted; SamplesRefused when none is new. The whole message is
+        checked here, before it is cut into pieces: the pipeline's own continuity check sees one piece at a
+        time and, once a fault has restarted it, would take the rest of a re-sent message as new."""
+        n = len(chunk.samples)
+        k = old_rows(chunk.t_start, n, self.fs_hz, self._end_t)
+        if k == 0:
+            return chunk
+        end_t = self._end_t or 0.0
+        if k == n and end_t - (chunk.t_start + n / self.fs_hz) > NEW_TIMELINE_S:
+            log.warning("%s: samples from t=%.3f, %.0f s before the last accepted one: taken as a new timeline (a "
+                        "clock set back?)", self.topic, chunk.t_start, end_t - chunk.t_start)
+            return chunk
+        if k == n:
+            last = end_t - 1 / self.fs_hz
+            raise SamplesRefused(ALREADY_SEEN, detail=f"{n} samples from t={chunk.t_start:.6f}, the last accepted "
+                                 f"one at t={last:.6f}")
+        self.trimmed += k
+        if self.trimmed == k or self.trimmed // 100_000 != (self.trimmed - k) // 100_000:
+            log.info("%s: a samples message overlapped the last one: %d already accepted sample(s) dropped "
+                     "(%d in all)", self.topic, k, self.trimmed)
+        return Chunk(chunk.samples[k:], chunk.t_start + k / self.fs_hz, chunk.new_segment, chunk.fs_hz, chunk.fault)
 
     def _fault_chunk(self, reason: str) -> Chunk:
         return Chunk(np.empty((0, len(self.channels)), np.float32), self._last_t, new_segment=True, fault=reason)
