@@ -115,32 +115,42 @@ class SourceReader:
 
 
 class DropCount:
-    """Samples messages the source dropped because scoring fell behind (``overflowed``, an MQTT source), summed
-    over the sources a reload replaced, into the retained status's ``samples_dropped``: set at the first drop,
+    """What an MQTT source refused or dropped, summed over the sources a reload replaced, into the retained
+    status: ``samples_dropped`` (messages dropped because scoring fell behind: the source's ``overflowed``) and
+    ``samples_resent`` (messages refused whole as already scored: ``resent``); each set at its first count,
     refreshed at most every EVERY_S, and at once on a new publisher's status."""
 
     EVERY_S = 10.0
+    FIELDS = {"overflowed": "samples_dropped", "resent": "samples_resent"}
 
     def __init__(self) -> None:
-        self.total = 0
+        self.totals = dict.fromkeys(self.FIELDS, 0)
         self._source: Any = None
-        self._seen = 0  # the current source's count already in total
-        self._sent: tuple[Any, int] = (None, 0)  # the status last told, and what it was told
+        self._seen = dict.fromkeys(self.FIELDS, 0)  # the current source's counts already in the totals
+        self._sent: tuple[Any, dict[str, int]] = (None, {})  # the status last told, and what it was told
         self._at = 0.0
 
+    @property
+    def total(self) -> int:
+        """Messages dropped behind scoring (``samples_dropped``)."""
+        return self.totals["overflowed"]
+
     def update(self, source: Any, status: Any) -> None:
-        """Take the source's count; tell ``status`` (a ``Status``) when it changed and the last is old enough."""
-        n = getattr(source, "overflowed", None)
-        if n is None:
-            return
+        """Take the source's counts; tell ``status`` (a ``Status``) when they changed and the last is old enough."""
         if source is not self._source:
-            self._source, self._seen = source, 0
-        self.total += n - self._seen
-        self._seen = n
+            self._source, self._seen = source, dict.fromkeys(self.FIELDS, 0)
+        for attr in self.FIELDS:
+            n = getattr(source, attr, None)
+            if n is not None:
+                self.totals[attr] += n - self._seen[attr]
+                self._seen[attr] = n
         now, (told, told_n) = time.monotonic(), self._sent
-        if self.total and (status is not told or (self.total != told_n and now - self._at >= self.EVERY_S)):
-            status.count("samples_dropped", self.total)
-            self._sent, self._at = (status, self.total), now
+        if any(self.totals.values()) and (status is not told or (self.totals != told_n
+                                                                  and now - self._at >= self.EVERY_S)):
+            for attr, name in self.FIELDS.items():
+                if self.totals[attr]:
+                    status.count(name, self.totals[attr])
+            self._sent, self._at = (status, dict(self.totals)), now
 
 
 def open_source(cfg: AgentConfig, bundle: Bundle, subscribe: Callable[[str, Callable[[bytes], None]], None],

@@ -14,6 +14,10 @@ malformed samples messages, and the fleet monitor's memory under oversize messag
   payloads that are not JSON, a score with a 1 MB model, one with 50,000 contributions, a status with a 3 MB
   fault, then 1,000 good scores; then 50 GET /api/dead of the largest page and 20 GET /api/device. Its
   resident memory (and peak) after each step, the database's size, what was stored.
+- resend: the real agent fed a run of raw samples over MQTT in messages of 4,096, 16,384 and 111,111 rows,
+  each sent twice, then every other one sent again out of order, then half-overlapping ones; the windows
+  its unique samples hold against the scores it published (duplicate windows: scores beyond that, or a
+  score time seen twice).
 Prints a Markdown table per part.
 """
 
@@ -130,6 +134,65 @@ def memory_part(bundle: Path, big: int) -> None:
     print(f"\nagent {'alive' if alive else 'DIED'} at the end; log: {tmp / 'agent.log'}")
 
 
+def resend_part(bundle: Path) -> None:
+    import paho.mqtt.client as mqtt
+    from mosquitto import Broker
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from vibrawatch.agent.model.bundle import load_bundle
+
+    det = load_bundle(bundle).detector
+    spec = det.spec
+    fs, n_ch, frame = spec.fs_hz, len(spec.channels), spec.frame_length
+    print("\n| message rows | messages sent (unique) | unique samples | windows they hold | scores | "
+          "duplicate windows |\n|---|---|---|---|---|---|")
+    for rows in (4096, 16_384, 111_111):
+        tmp = Path(tempfile.mkdtemp())
+        (tmp / "broker").mkdir()
+        broker = Broker(tmp / "broker").start()
+        cfg = tmp / "agent.toml"
+        cfg.write_text(f'[agent]\nsite = "bench"\ndevice = "resend"\nbundle = "{bundle.resolve()}"\n'
+                       f'spool = "{tmp / "spool.sqlite"}"\n[source]\nkind = "mqtt"\ntopic = "raw"\n'
+                       f'max_message_bytes = {int(rows * n_ch * 24 * 1.5) + 65536}\n[mqtt]\nport = {broker.port}\n')
+        script = Path(sys.executable).with_name("vibrawatch-agent")
+        log = (tmp / "agent.log").open("w")
+        agent = subprocess.Popen([str(script), "run", "--config", str(cfg)], stdout=log, stderr=subprocess.STDOUT)
+        times: list[float] = []
+        sub = mqtt.Client(CallbackAPIVersion.VERSION2)
+        sub.on_message = lambda c, u, m, times=times: times.append(json.loads(m.payload)["t"])
+        sub.connect("127.0.0.1", broker.port)
+        sub.subscribe("vibrawatch/v1/bench/resend/score", qos=1)
+        sub.loop_start()
+        node = mqtt.Client(CallbackAPIVersion.VERSION2)
+        node.connect("127.0.0.1", broker.port)
+        node.loop_start()
+        time.sleep(4)
+        rng = np.random.default_rng(1)
+        n_msgs = max(4, int(40 * fs / rows) // 4 * 4)  # about 40 s of signal
+        t0 = 1.7e9
+        bodies = [json.dumps({"v": 1, "t": t0 + i * rows / fs, "fs_hz": fs,
+                              "samples": np.round(rng.standard_normal((rows, n_ch)) * 0.1, 5).tolist()})
+                  for i in range(n_msgs)]
+        half = [json.dumps({**json.loads(b), "t": json.loads(b)["t"] - rows / fs / 2}) for b in bodies[1:]]
+        order = [b for b in bodies for _ in range(2)] + bodies[::2][::-1] + half
+        for b in order:
+            node.publish("raw", b, qos=1).wait_for_publish(120)
+        unique = n_msgs * rows
+        holds = max(0, (unique // frame - det.window) // det.hop + 1)
+        deadline = time.monotonic() + 180  # the agent parses every copy: it may take a while to catch up
+        while time.monotonic() < deadline and len(times) < holds:
+            time.sleep(1)
+        time.sleep(5)  # anything scored twice would come now
+        agent.terminate()
+        agent.wait(30)
+        log.close()
+        node.loop_stop()
+        sub.loop_stop()
+        broker.stop()
+        dup = max(0, len(times) - holds) + (len(times) - len(set(times)))
+        print(f"| {rows:,} | {len(order)} ({n_msgs}) | {unique:,} | {holds} | {len(times)} | {dup} |")
+
+
 def monitor_part(big: int) -> None:
     import urllib.request
 
@@ -237,14 +300,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bundle", type=Path, help="a bundle made by `vibrawatch convert` (the agent's part)")
     ap.add_argument("--big", type=int, default=5, help="large messages per size")
-    ap.add_argument("--part", choices=("all", "spool", "agent", "monitor"), default="all")
+    ap.add_argument("--part", choices=("all", "spool", "agent", "resend", "monitor"), default="all")
     args = ap.parse_args()
-    if args.part in ("all", "agent") and args.bundle is None:
+    if args.part in ("all", "agent", "resend") and args.bundle is None:
         ap.error("--bundle is needed for the agent's part (or --part spool / --part monitor)")
     if args.part in ("all", "spool"):
         spool_part()
     if args.part in ("all", "agent"):
         memory_part(args.bundle, args.big)
+    if args.part in ("all", "resend"):
+        resend_part(args.bundle)
     if args.part in ("all", "monitor"):
         monitor_part(args.big)
 

@@ -14,10 +14,13 @@ silently and take the agent's connection with it.
 
 Each sample is scored once: a message is checked against the last accepted sample as a whole, before it is
 cut into pieces. A message whose samples all lie at or before the last accepted one (re-sent by QoS 1, sent
-twice by the node, or arriving after a later one) is refused like a malformed one; a message that overlaps
-the last one is trimmed to its new samples (counted in ``trimmed``). A message that ends more than
-NEW_TIMELINE_S before the last accepted sample is taken as a new timeline (a node's clock set back, or one
-forged message far in the future), logged, so that no single message can stop the scoring for good.
+twice by the node, or arriving after a later one) is refused, counted in ``resent`` (the status's
+``samples_resent``) and logged, but it is no sensor fault: the stream it repeats is whole, so its frames
+and windows go on (a fault would restart them, and a node that sends everything twice would never complete
+a window); a message that overlaps the last one is trimmed to its new samples (counted in ``trimmed``).
+A message that ends more than NEW_TIMELINE_S before the last accepted sample is taken as a new timeline (a
+node's clock set back, or one forged message far in the future), logged, so that no single message can stop
+the scoring for good.
 """
 
 from __future__ import annotations
@@ -221,6 +224,7 @@ topic = "sensors/press7/raw"          # on the agent's own broker connection ([m
         self.rejected = 0
         self.overflowed = 0
         self.trimmed = 0  # rows cut from messages that overlapped the last accepted one
+        self.resent = 0  # messages refused whole because every sample in them was accepted before
         self._logged: dict[str, tuple[float, int]] = {}  # reason -> (when last logged, count then)
         self._counts: dict[str, int] = {}
         self._last_t = 0.0
@@ -240,6 +244,9 @@ topic = "sensors/press7/raw"          # on the agent's own broker connection ([m
                 self._end_t = chunk.t_start + len(chunk.samples) / self.fs_hz
             except SamplesRefused as e:
                 self._refuse(e.reason, str(e), len(payload))
+                if e.reason == ALREADY_SEEN:  # the stream itself is whole: counted, and scoring goes on
+                    self.resent += 1
+                    return
                 reason, now = f"samples message refused: {e.reason}", time.monotonic()
                 if self._fault is not None and (self._fault[0] == reason or now - self._fault[1] < FAULT_EVERY_S):
                     return  # counted and logged; the sensor status already says so
