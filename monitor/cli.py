@@ -13,8 +13,9 @@ from typing import Annotated, Any
 
 import typer
 
-from . import fleet
+from . import alarmcli, fleet
 from .config import MonitorConfig, load_monitor_config
+from .measures import measures
 
 
 def register(app: typer.Typer, user_errors: Callable[[Any], Any]) -> None:
@@ -39,6 +40,9 @@ def register(app: typer.Typer, user_errors: Callable[[Any], Any]) -> None:
         webhook: Annotated[str | None, typer.Option(help="POST alerts (JSON) to this URL.")] = None,
         raw_days: Annotated[float | None, typer.Option(help="Keep raw scores this many days, then hourly "
                                                        "aggregates (default 30).")] = None,
+        operators: Annotated[Path | None, typer.Option(help="Who may act on alarms: NAME:ARGON2-HASH lines "
+                                                       "(`vibrawatch operators add`); default [monitor] "
+                                                       "operators_file or $CREDENTIALS_DIRECTORY/operators.")] = None,
         verbose: Annotated[bool, typer.Option("--verbose", help="Log every connection and retention step.")] = False,
     ) -> None:
         """Store the fleet's scores, alarms and status, alert on them, and serve the fleet page.
@@ -46,7 +50,8 @@ def register(app: typer.Typer, user_errors: Callable[[Any], Any]) -> None:
         Example: vibrawatch monitor --broker mqtt://127.0.0.1:1883 --db sqlite:///fleet.db --http 127.0.0.1:8080
         """
         cfg = load_monitor_config(config, broker=broker, db=db, http=http, group=group, shared=shared,
-                                  client_id=client_id, webhook=webhook, raw_days=raw_days)  # http "off": none
+                                  client_id=client_id, webhook=webhook, raw_days=raw_days,
+                                  operators_file=None if operators is None else str(operators))  # http "off": none
         run_monitor(cfg, verbose)
 
     @app.command("fleet")
@@ -65,16 +70,29 @@ def register(app: typer.Typer, user_errors: Callable[[Any], Any]) -> None:
 
         store = open_store(db)
         try:
-            rows = fleet.table(store, time.time(), silent_factor, min_silent_s)
+            now = time.time()
+            rows = fleet.table(store, now, silent_factor, min_silent_s)
             counts = store.counts()
+            verdicts = measures(store.db, now)
         finally:
             store.close()
         if as_json:
-            typer.echo(json.dumps({"devices": rows, "counts": counts}, indent=2))
+            typer.echo(json.dumps({"devices": rows, "counts": counts, "measures": verdicts}, indent=2))
             return
         typer.echo(format_table(rows))
         typer.echo(f"{counts['scores']} scores, {counts['alarms']} alarms, {counts['dead_letters']} dead letters, "
                    f"{sum(r['lost'] or 0 for r in rows)} messages lost")
+        f = verdicts["fleet"]
+        typer.echo(f"alarm episodes: {f['episodes']} ({f['open']} open), {f['confirmed_faults']} confirmed faults, "
+                   f"{f['nuisance_alarms']} nuisance alarms ({_num(f['nuisance_per_machine_month'])} per "
+                   f"machine-month), {f['maintenance']} maintenance; warning to repair median "
+                   f"{_num((f['warning_to_repair_h'] or {}).get('median'))} h")
+
+    alarmcli.register(app, user_errors)
+
+
+def _num(v: float | None) -> str:
+    return "-" if v is None else f"{v:.3g}"
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:

@@ -66,7 +66,8 @@ def decode(topic: str, payload: bytes, received: float) -> Score | Alarm | Statu
                      msg.get("threshold_source"), msg.get("model_sha256"))
     if kind == "alarm":
         return Alarm(site, device, msg["seq"], float(msg["t"]), msg["timestamp"], msg["event"], msg["channel"],
-                     float(msg["score"]), float(msg["level"]), msg["since"], msg["model"], received)
+                     float(msg["score"]), float(msg["level"]), msg["since"], msg["model"], received,
+                     msg.get("diagnosis"), msg.get("channels"))
     if kind in EVENT_KINDS:
         return Event(site, device, msg["seq"], float(msg["t"]), msg["timestamp"], kind, msg, received)
     return Status(site, device, msg["timestamp"], msg["state"], msg, received)

@@ -45,6 +45,8 @@ class Alarm:
     since: str | None
     model: str
     received: float
+    diagnosis: dict[str, Any] | None = None  # a combined detector's, on a raised alarm: the defect that stands out
+    channels: list[str] | None = None  # a combined detector's channels in alarm after it (None: one alarm a device)
 
 
 @dataclass(slots=True)

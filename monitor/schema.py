@@ -8,11 +8,15 @@ adds the columns later versions brought, and refuses a database a newer vibrawat
 
 from __future__ import annotations
 
+import time
+
 from .db import Cursor, Database, StoreError
 
-SCHEMA_VERSION = 4  # 2: where thresholds come from (scores, devices) and the last commissioning (devices);
+SCHEMA_VERSION = 5  # 2: where thresholds come from (scores, devices) and the last commissioning (devices);
 # 3: the model file's sha256, the last deploy outcome and the connection (link) of the last status (devices);
-# 4: a dead letter's full size (its payload is a bounded excerpt), a device's seq anomalies (count and last)
+# 4: a dead letter's full size (its payload is a bounded excerpt), a device's seq anomalies (count and last);
+# 5: alarm episodes and their lifecycle (episodes), who did what (audit), a raised alarm's diagnosis (alarms),
+#    when a device was first seen (devices: its machine-months)
 
 DDL = [
     """CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)""",
@@ -27,7 +31,7 @@ DDL = [
         site TEXT NOT NULL, device TEXT NOT NULL, seq BIGINT NOT NULL,
         t DOUBLE PRECISION NOT NULL, ts TEXT NOT NULL, event TEXT NOT NULL, channel TEXT,
         score DOUBLE PRECISION NOT NULL, level DOUBLE PRECISION NOT NULL, since TEXT, model TEXT NOT NULL,
-        received DOUBLE PRECISION NOT NULL, PRIMARY KEY (site, device, seq))""",
+        received DOUBLE PRECISION NOT NULL, diagnosis TEXT, PRIMARY KEY (site, device, seq))""",
     """CREATE TABLE IF NOT EXISTS statuses (
         site TEXT NOT NULL, device TEXT NOT NULL, ts TEXT NOT NULL, state TEXT NOT NULL, payload TEXT NOT NULL,
         received DOUBLE PRECISION NOT NULL, PRIMARY KEY (site, device, ts, state))""",
@@ -52,7 +56,8 @@ DDL = [
         alarm_seq BIGINT, alarm INTEGER NOT NULL DEFAULT 0, alarm_since TEXT, alarm_channel TEXT,
         last_seen DOUBLE PRECISION, interval_s DOUBLE PRECISION, silent_since DOUBLE PRECISION,
         threshold_source TEXT, commissioning TEXT, commissioning_info TEXT, model_sha256 TEXT, deploy TEXT,
-        link TEXT, seq_anomalies BIGINT NOT NULL DEFAULT 0, seq_anomaly TEXT, PRIMARY KEY (site, device))""",
+        link TEXT, seq_anomalies BIGINT NOT NULL DEFAULT 0, seq_anomaly TEXT, first_seen DOUBLE PRECISION,
+        PRIMARY KEY (site, device))""",
     """CREATE TABLE IF NOT EXISTS alerts (
         key TEXT PRIMARY KEY, kind TEXT NOT NULL, site TEXT NOT NULL, device TEXT NOT NULL, payload TEXT NOT NULL,
         created DOUBLE PRECISION NOT NULL, state TEXT NOT NULL DEFAULT 'pending', attempts INTEGER NOT NULL DEFAULT 0,
@@ -62,6 +67,22 @@ DDL = [
         site TEXT NOT NULL, device TEXT NOT NULL, hour DOUBLE PRECISION NOT NULL, n BIGINT NOT NULL,
         min DOUBLE PRECISION NOT NULL, mean DOUBLE PRECISION NOT NULL, max DOUBLE PRECISION NOT NULL,
         above BIGINT NOT NULL, threshold DOUBLE PRECISION NOT NULL, PRIMARY KEY (site, device, hour))""",
+    # One alarm episode (raised -> cleared) per site/device/channel, keyed by the seq that raised it, with its
+    # lifecycle (monitor/episodes.py): active -> acknowledged / shelved -> cleared -> closed with a verdict.
+    """CREATE TABLE IF NOT EXISTS episodes (
+        site TEXT NOT NULL, device TEXT NOT NULL, raised_seq BIGINT NOT NULL, channel TEXT NOT NULL,
+        raised_t DOUBLE PRECISION NOT NULL, raised_ts TEXT NOT NULL, raised_at DOUBLE PRECISION NOT NULL,
+        model TEXT NOT NULL, level DOUBLE PRECISION NOT NULL, diagnosis TEXT, state TEXT NOT NULL,
+        cleared_seq BIGINT, cleared_ts TEXT, cleared_at DOUBLE PRECISION,
+        ack_by TEXT, ack_at DOUBLE PRECISION, ack_note TEXT, shelved_by TEXT, shelved_until DOUBLE PRECISION,
+        verdict TEXT, part TEXT, work TEXT, closed_by TEXT, closed_at DOUBLE PRECISION, close_note TEXT,
+        updated DOUBLE PRECISION NOT NULL, PRIMARY KEY (site, device, raised_seq))""",
+    """CREATE INDEX IF NOT EXISTS episodes_state ON episodes (state)""",
+    # Every change of an episode's state, by a device (source mqtt) or an operator (source: the client address).
+    """CREATE TABLE IF NOT EXISTS audit (
+        id TEXT PRIMARY KEY, at DOUBLE PRECISION NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL,
+        target TEXT NOT NULL, source TEXT NOT NULL, detail TEXT NOT NULL)""",
+    """CREATE INDEX IF NOT EXISTS audit_target ON audit (target, at)""",
 ]
 
 DEVICE_COLUMNS = (
@@ -69,7 +90,7 @@ DEVICE_COLUMNS = (
     "threshold", "level", "contributions", "model", "state", "state_ts", "fault", "reason", "agent", "runtime",
     "channels", "spool_dropped", "event", "alarm_seq", "alarm", "alarm_since", "alarm_channel", "last_seen",
     "interval_s", "silent_since", "threshold_source", "commissioning", "commissioning_info", "model_sha256", "deploy",
-    "link", "seq_anomalies", "seq_anomaly",
+    "link", "seq_anomalies", "seq_anomaly", "first_seen",
 )
 # Columns later schema versions added, as (version, table, column, type): a database of an older version gets
 # them on open (ALTER TABLE ... ADD COLUMN), in the transaction that creates the tables.
@@ -84,6 +105,8 @@ MIGRATIONS = [
     (4, "dead_letters", "size", "BIGINT"),
     (4, "devices", "seq_anomalies", "BIGINT NOT NULL DEFAULT 0"),
     (4, "devices", "seq_anomaly", "TEXT"),
+    (5, "alarms", "diagnosis", "TEXT"),
+    (5, "devices", "first_seen", "DOUBLE PRECISION"),
 ]
 
 
@@ -109,4 +132,20 @@ def ensure(db: Database) -> None:
             for version, table, column, kind in MIGRATIONS:
                 if version > int(row[0]) and column not in columns(cur, table):
                     cur.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+            if int(row[0]) < 5:
+                _episodes_from_alarms(cur)
             cur.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (str(SCHEMA_VERSION),))
+
+
+def _episodes_from_alarms(cur: Cursor) -> None:
+    """The alarms stored before episodes existed, as episodes (the alarm still open shows as active): replayed in
+    seq order per device, one alarm a device (which channels a combined detector had in alarm was not kept)."""
+    from . import episodes  # the lifecycle sits above the schema; only this one-off replay needs it
+    from .rows import Alarm
+
+    cur.execute("SELECT site, device, seq, t, ts, event, channel, score, level, since, model, received FROM alarms "
+                "ORDER BY site, device, seq")
+    rows = [Alarm(*r) for r in cur.fetchall()]
+    now = time.time()
+    for i in range(0, len(rows), 1000):
+        episodes.track(cur, rows[i:i + 1000], [], now)

@@ -14,7 +14,9 @@ from dataclasses import asdict
 from typing import Any
 
 from . import __version__, fleet, retention
+from .actions import ActionApi
 from .alerts import SINKS, Dispatcher
+from .auth import Operators, Sessions, operators_path
 from .config import MonitorConfig
 from .ingest import Ingest
 from .rows import Written
@@ -33,7 +35,13 @@ class Monitor:
         self.ingest = Ingest(cfg, self.store, on_batch=self._on_batch)
         self.dispatcher = (Dispatcher(self.store, SINKS["webhook"](cfg.alerts), cfg.alerts)
                            if cfg.alerts.webhook else None)
-        self.server = make_server(cfg, self.store, self.changes, self.health) if cfg.monitor.http else None
+        self.operators = Operators.load(operators_path(cfg.monitor.operators_file))
+        if cfg.monitor.http and not self.operators:
+            log.warning("no operators file ([monitor] operators_file or $CREDENTIALS_DIRECTORY/operators): the page "
+                        "shows alarms, nobody may acknowledge or close them")
+        self.actions = ActionApi(self.store.db, self.operators, Sessions(), self._acted)
+        self.server = (make_server(cfg, self.store, self.changes, self.health, actions=self.actions)
+                       if cfg.monitor.http else None)
         self.stop_event = threading.Event()
 
     @property
@@ -47,6 +55,12 @@ class Monitor:
         if w.scores or w.alarms or w.statuses or w.events or w.dead:
             self.changes.bump()
         if w.alerts and self.dispatcher is not None:
+            self.dispatcher.wake.set()
+
+    def _acted(self) -> None:
+        """An operator changed an episode: the page hears of it, its webhook alert goes out now."""
+        self.changes.bump()
+        if self.dispatcher is not None:
             self.dispatcher.wake.set()
 
     def health(self) -> dict[str, Any]:

@@ -73,6 +73,8 @@ def apply(before: dict[str, Any], msgs: Messages, now: float) -> Change:
     """The device's row after these (new, not yet seen) messages; gaps found, late seqs, alerts to send."""
     s = dict(before)
     change = Change(state=s)
+    if s.get("first_seen") is None:
+        s["first_seen"] = now  # machine-months (the verdict measures) count from here
     site, device = s["site"], s["device"]
     seqs = sorted([m.seq for m in msgs.scores] + [m.seq for m in msgs.alarms] + [m.seq for m in msgs.events])
     odd = _sequence(s, seqs, change, now)

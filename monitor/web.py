@@ -12,14 +12,19 @@
     GET /api/health                what is true now: database reachable and storing, broker connected, ingest
                                    lag, dead letters in the last hour; 503 while the monitor cannot store
     GET /api/events                server-sent events: ``change`` whenever the data changed
+    GET /api/episodes?site=&device=&state=&limit=&offset=   alarm episodes with their lifecycle, newest first
+    GET /api/episode?id=SITE/DEVICE/SEQ   one episode and its history (the audit rows)
+    GET /api/measures              the verdicts' measures per site and model (measures.py)
+    GET /api/whoami                the page's operator and CSRF token, if logged in
+    POST /api/login, /api/logout, /api/episodes/{ack,shelve,close}   (actions.py: operators only)
 
 Bounded, so no client can take the monitor down: a request's line and headers must arrive within
 ``request_timeout_s`` (an idle keep-alive connection is closed after it too), at most ``max_connections`` are
 open at once and ``max_event_clients`` of them server-sent-event streams (beyond either: 503), and lists come a
 page at a time (``limit`` at most PAGE_MAX) with long stored texts cut to an excerpt.
 
-Read-only: nothing on the page changes the database. Bind it to 127.0.0.1 (the default) or put it behind
-a reverse proxy with authentication; it has none of its own.
+Viewing is open; changing an alarm's state needs an authenticated operator (actions.py, auth.py). Bind it to
+127.0.0.1 (the default) and put a reverse proxy with TLS in front to reach it from elsewhere (docs/monitor.md).
 """
 
 from __future__ import annotations
@@ -30,15 +35,17 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
-from . import fleet
+from . import episodes, fleet
+from .actions import BODY_MAX, ActionApi, Answer
 from .config import MonitorConfig
+from .measures import measures
 from .store import Store
 
 log = logging.getLogger("vibrawatch.monitor.web")
@@ -110,6 +117,11 @@ def device_detail(store: Store, site: str, device: str, now: float, cfg: Monitor
                                 (STATUS_MAX_CHARS, site, device)),
         "gaps": store.query("SELECT first_seq, last_seq, filled, detected FROM gaps WHERE site = ? AND device = ? "
                             "AND last_seq - first_seq + 1 > filled ORDER BY first_seq", (site, device)),
+        "episodes": episodes.listing(store.db, now, site=site, device=device, limit=PAGE_MAX),
+        # every change of this device's episodes, newest first: "site/device/" up to "site/device0" is the prefix
+        "history": store.query("SELECT at, actor, action, target, source, detail FROM audit WHERE target >= ? AND "
+                               "target < ? ORDER BY at DESC, id LIMIT ?",
+                               (f"{site}/{device}/", f"{site}/{device}0", PAGE_MAX)),
     }
 
 
@@ -125,6 +137,28 @@ def page(q: dict[str, str]) -> tuple[int, int]:
 def paged(rows: list[dict[str, Any]], limit: int, offset: int) -> dict[str, Any]:
     """One page of a list, with the offset of the next one (None: this was the last)."""
     return {"items": rows, "limit": limit, "offset": offset, "next": offset + limit if len(rows) == limit else None}
+
+
+ALARM_ROUTES = ("/api/episodes", "/api/episode", "/api/measures", "/api/whoami")
+
+
+def alarm_route(store: Store, actions: ActionApi | None, path: str, q: dict[str, str], headers: Any,
+                now: float) -> tuple[Any, int]:
+    """The GET answers about alarm episodes, their measures and the page's operator: (JSON, status)."""
+    if path == "/api/episodes":
+        limit, offset = page(q)
+        rows = episodes.listing(store.db, now, q.get("site"), q.get("device"), q.get("state"), limit, offset)
+        return paged(rows, limit, offset), HTTPStatus.OK
+    if path == "/api/episode":
+        ident = q.get("id", "")
+        row = episodes.get(store.db, ident, now)  # a malformed id: 400 (ActionError is a ValueError)
+        if row is None:
+            return {"error": f"no alarm episode {ident[:80]}"}, HTTPStatus.NOT_FOUND
+        return {"episode": row, "history": episodes.history(store.db, ident)}, HTTPStatus.OK
+    if path == "/api/measures":
+        return measures(store.db, now), HTTPStatus.OK
+    return (actions.whoami(headers) if actions is not None else
+            {"operator": None, "csrf": None, "operators_configured": False}), HTTPStatus.OK
 
 
 class BoundedServer(ThreadingHTTPServer):
@@ -205,10 +239,11 @@ class BoundedServer(ThreadingHTTPServer):
 
 def make_server(cfg: MonitorConfig, store: Store, changes: Changes, health: Callable[[], dict[str, Any]],
                 request_timeout_s: float = REQUEST_TIMEOUT_S, max_connections: int = MAX_CONNECTIONS,
-                max_event_clients: int = MAX_EVENT_CLIENTS) -> BoundedServer:
+                max_event_clients: int = MAX_EVENT_CLIENTS, actions: ActionApi | None = None) -> BoundedServer:
     """The HTTP server bound to ``cfg.monitor.http`` (not yet serving: call ``serve_forever`` in a thread).
 
-    ``health()`` returns the health document; its ``ok`` false makes the answer a 503."""
+    ``health()`` returns the health document; its ``ok`` false makes the answer a 503. ``actions``: who may
+    change alarms' states (None: nobody; every POST is refused)."""
     host, _, port = (cfg.monitor.http or "127.0.0.1:8080").rpartition(":")
 
     class Handler(BaseHTTPRequestHandler):
@@ -243,9 +278,35 @@ def make_server(cfg: MonitorConfig, store: Store, changes: Changes, health: Call
             self.end_headers()
             self.wfile.write(body)
 
-        def _json(self, obj: Any, status: int = 200) -> None:
+        def _json(self, obj: Any, status: int = 200, headers: Sequence[tuple[str, str]] = ()) -> None:
             body = json.dumps(obj, default=str, separators=(",", ":")).encode()
-            self._send(body, "application/json", status)
+            self.send_response(status)
+            for k, v in (("Content-Type", "application/json"), ("Content-Length", str(len(body))),
+                         ("Cache-Control", "no-store"), *headers):
+                self.send_header(k, v)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
+            path = urlparse(self.path).path
+            try:
+                length = int(self.headers.get("Content-Length") or 0)
+                if not 0 <= length <= BODY_MAX:
+                    self.close_connection = True
+                    self._json({"error": f"{path}: a body of at most {BODY_MAX} bytes"},
+                               HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
+                    return
+                raw = self.rfile.read(length)
+                answer = (actions.post(path, raw, self.headers, self.client_address[0]) if actions is not None
+                          else Answer(HTTPStatus.FORBIDDEN, {"error": "this monitor takes no actions"}))
+                self._json(answer.body, answer.status, answer.headers)
+            except (BrokenPipeError, ConnectionResetError, TimeoutError):
+                self.close_connection = True
+            except ValueError as e:
+                self._json({"error": f"{path}: {e}"}, HTTPStatus.BAD_REQUEST)
+            except Exception as e:  # noqa: BLE001 - one bad request never takes the server down
+                log.exception("POST %s failed", self.path)
+                self._json({"error": f"{type(e).__name__}: {e}"}, HTTPStatus.INTERNAL_SERVER_ERROR)
 
         def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
             u = urlparse(self.path)
@@ -302,6 +363,8 @@ def make_server(cfg: MonitorConfig, store: Store, changes: Changes, health: Call
                     "SUBSTR(payload, 1, ?) AS payload, LENGTH(payload) AS payload_chars FROM dead_letters "
                     "ORDER BY received DESC, digest LIMIT ? OFFSET ?",
                     (EXCERPT_CHARS, EXCERPT_CHARS, limit, offset)), limit, offset))
+            elif path in ALARM_ROUTES:
+                self._json(*alarm_route(store, actions, path, q, self.headers, now))
             elif path == "/api/health":
                 doc = health()
                 self._json(doc, HTTPStatus.OK if doc.get("ok", True) else HTTPStatus.SERVICE_UNAVAILABLE)

@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from . import state
+from . import episodes, state
 from .bulk import Bulk, chunks
 from .db import Cursor, Database
 from .fastjson import dumps
@@ -41,9 +41,9 @@ class BatchWriter:
                 ("site", "device", "seq"))
             new_alarms = insert_new(
                 cur, "alarms", ("site", "device", "seq", "t", "ts", "event", "channel", "score", "level", "since",
-                                "model", "received"),
+                                "model", "received", "diagnosis"),
                 [(a.site, a.device, a.seq, a.t, a.ts, a.event, a.channel, a.score, a.level, a.since, a.model,
-                  a.received) for a in batch.alarms],
+                  a.received, None if a.diagnosis is None else dumps(a.diagnosis)) for a in batch.alarms],
                 ("site", "device", "seq"))
             new_statuses = insert_new(
                 cur, "statuses", ("site", "device", "ts", "state", "payload", "received"),
@@ -74,6 +74,8 @@ class BatchWriter:
             if scores or alarms or statuses or events:
                 lost, alerts = self._apply_to_devices(cur, scores, alarms, statuses, now, events)
                 w.lost, w.alerts = lost, alerts
+            if alarms or any(e.kind == "diagnosis" for e in events):
+                episodes.track(cur, alarms, events, now)  # the episodes' lifecycle, in the same transaction
         return w
 
     def _apply_to_devices(self, cur: Cursor, scores: list[Score], alarms: list[Alarm], statuses: list[Status],

@@ -23,11 +23,26 @@ const vw = (() => {
     es.onopen = () => { badge.textContent = "live"; };
     es.onerror = () => { badge.textContent = "reconnecting..."; };
     run();
+    return run;
+  }
+
+  const when = (sec) => (sec ? new Date(sec * 1000).toISOString().replace("T", " ").slice(0, 19) : "");
+
+  function measureRows(m) {
+    const row = (per, name, g) => `<tr data-per="${esc(per)}" data-name="${esc(name)}"><td>${esc(per)}</td><td>${esc(name)}</td>` +
+      `<td class="num">${g.episodes}</td><td class="num">${g.open}</td><td class="num confirmed">${g.confirmed_faults}</td>` +
+      `<td class="num">${g.nuisance_alarms}</td><td class="num nuisance-rate">${num(g.nuisance_per_machine_month)}</td>` +
+      `<td class="num">${g.maintenance}</td><td class="num">${num(g.warning_to_repair_h && g.warning_to_repair_h.median)}</td>` +
+      `<td class="num">${num(g.machine_months)}</td></tr>`;
+    return [row("fleet", "", m.fleet),
+      ...Object.entries(m.sites).map(([k, g]) => row("site", k, g)),
+      ...Object.entries(m.models).map(([k, g]) => row("model", k, g))].join("");
   }
 
   function fleetPage() {
     const body = document.querySelector("#fleet tbody");
     live(async () => {
+      document.querySelector("#measures tbody").innerHTML = measureRows(await getJSON("/api/measures"));
       const data = await getJSON("/api/fleet");
       body.innerHTML = data.devices.map((d) => {
         const key = `${d.site}/${d.device}`;
@@ -85,6 +100,77 @@ const vw = (() => {
 
   const palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#17becf"];
 
+  // The operator: logged in by a session cookie (HttpOnly); every action carries the session's CSRF token.
+  let csrf = null;
+  async function post(path, body) {
+    const headers = { "Content-Type": "application/json" };
+    if (csrf) headers["X-CSRF-Token"] = csrf;
+    const r = await fetch(path, { method: "POST", headers, body: JSON.stringify(body), credentials: "same-origin" });
+    const j = await r.json().catch(() => ({}));
+    if (!r.ok) throw new Error(`${r.status}: ${j.error || r.statusText}`);
+    return j;
+  }
+
+  function operatorPanel(refresh) {
+    const who = document.getElementById("who"), login = document.getElementById("login");
+    const logout = document.getElementById("logout"), err = document.getElementById("action-error");
+    const show = (w) => {
+      csrf = w.csrf;
+      document.body.dataset.operator = w.operator || "";
+      who.textContent = w.operator ? `operator ${w.operator}` : (w.operators_configured ? "" : "no operators configured: nobody may act");
+      login.hidden = !!w.operator || !w.operators_configured;
+      logout.hidden = !w.operator;
+    };
+    const act = async (fn) => {
+      err.textContent = "";
+      try { await fn(); } catch (e) { err.textContent = e.message; }
+      refresh();
+    };
+    login.addEventListener("submit", (ev) => {
+      ev.preventDefault();
+      act(async () => show(await post("/api/login", { name: document.getElementById("login-name").value,
+        password: document.getElementById("login-password").value })));
+      document.getElementById("login-password").value = "";
+    });
+    logout.addEventListener("click", () => act(async () => { await post("/api/logout", {}); show({ operators_configured: true }); }));
+    const form = document.getElementById("close-form");
+    document.querySelector("#episodes").addEventListener("click", (ev) => {
+      const b = ev.target.closest("button[data-action]");
+      if (!b) return;
+      const id = b.closest("tr").dataset.episode, what = b.dataset.action;
+      if (what === "close") { document.getElementById("close-id").textContent = id; form.hidden = false; return; }
+      const note = what === "ack" ? (document.getElementById("ack-note")?.value || "") : "";
+      act(() => post(`/api/episodes/${what}`, what === "shelve" ? { id, hours: 8 } : { id, note }));
+    });
+    form.addEventListener("submit", (ev) => {
+      ev.preventDefault();
+      const v = (n) => document.getElementById(n).value;
+      act(async () => {
+        const r = await post("/api/episodes/close", { id: document.getElementById("close-id").textContent,
+          verdict: v("close-verdict"), part: v("close-part"), work: v("close-work"), note: v("close-note"),
+          recalibrate: document.getElementById("close-recalibrate").checked });
+        form.hidden = true;
+        if (r.recalibrate) err.textContent = `closed; to recalibrate the gateway run: ${r.recalibrate}`;
+      });
+    });
+    document.getElementById("close-cancel").addEventListener("click", () => { form.hidden = true; });
+    getJSON("/api/whoami").then(show).catch(() => {});
+  }
+
+  function episodeRows(eps) {
+    const buttons = (e) => [
+      ["active", "shelved"].includes(e.state) ? `<button data-action="ack">Acknowledge</button>` : "",
+      ["active", "acknowledged"].includes(e.state) ? `<button data-action="shelve">Shelve 8 h</button>` : "",
+      e.state !== "closed" ? `<button data-action="close">Close&hellip;</button>` : ""].join(" ");
+    return eps.map((e) => `<tr class="ep-${esc(e.state)}" data-episode="${esc(e.id)}" data-state="${esc(e.state)}">` +
+      `<td>${esc(e.id)}</td><td>${esc(e.raised_ts)}</td><td>${esc(e.channel)}</td><td class="state">${esc(e.state)}` +
+      `${e.state === "shelved" ? ` until ${esc(when(e.shelved_until))}` : ""}</td>` +
+      `<td class="diagnosis">${esc(e.diagnosis_text || "-")}</td>` +
+      `<td>${e.ack_by ? `${esc(e.ack_by)} ${esc(when(e.ack_at))}${e.ack_note ? `: ${esc(e.ack_note)}` : ""}` : ""}</td>` +
+      `<td class="verdict">${esc(e.verdict || "")}${e.part ? `: ${esc(e.part)} (${esc(e.work || "")})` : ""}</td>` +
+      `<td>${buttons(e)}</td></tr>`).join("");
+  }
+
   function devicePage() {
     const q = new URLSearchParams(location.search);
     const site = q.get("site"), device = q.get("device");
@@ -99,7 +185,9 @@ const vw = (() => {
       charts[id] = new uPlot({ width: width(), height: 260, ...opts }, data, el);
     }
 
-    live(async () => {
+    let refresh = () => {};
+    operatorPanel(() => refresh());
+    refresh = live(async () => {
       const d = await getJSON(`/api/device?site=${encodeURIComponent(site)}&device=${encodeURIComponent(device)}`);
       const row = d.device, s = d.scores;
       document.getElementById("summary").innerHTML =
@@ -144,6 +232,10 @@ const vw = (() => {
         }, [h.map((r) => r.hour), h.map((r) => r.min), h.map((r) => r.mean), h.map((r) => r.max), h.map((r) => r.threshold)]);
       }
 
+      document.querySelector("#episodes tbody").innerHTML = episodeRows(d.episodes);
+      document.querySelector("#history tbody").innerHTML = d.history.map((h) =>
+        `<tr data-action="${esc(h.action)}"><td>${esc(when(h.at))}</td><td>${esc(h.target)}</td><td>${esc(h.action)}</td>` +
+        `<td>${esc(h.actor)}</td><td>${esc(h.source)}</td><td>${esc(h.detail)}</td></tr>`).join("");
       document.querySelector("#alarms tbody").innerHTML = d.alarms.slice().reverse().map((a) =>
         `<tr><td class="num">${a.seq}</td><td>${esc(a.ts)}</td><td>${esc(a.event)}</td><td>${esc(a.channel || "")}</td>` +
         `<td class="num">${num(a.level)}</td></tr>`).join("");
