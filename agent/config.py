@@ -17,6 +17,7 @@ from typing import Any
 from .detect.calibrate import CommissioningSection
 from .errors import ConfigError
 from .link.broker import MqttSection
+from .model.command import RemoteSection
 from .model.deploy_state import DeploySection
 from .sections import known_sections, parse_section, read_toml
 
@@ -54,6 +55,7 @@ class AgentConfig:
     source: SourceConfig = field(default_factory=SourceConfig)
     mqtt: MqttSection = field(default_factory=MqttSection)
     deploy: DeploySection = field(default_factory=DeploySection)
+    remote: RemoteSection = field(default_factory=RemoteSection)
     path: Path = Path("<memory>")
     commissioning: CommissioningSection | None = None  # [commissioning]: parsed by agent.commission
 
@@ -85,7 +87,7 @@ def _check_secret_mode(p: Path, config: Path) -> None:
                     "needs it", p, mode)
 
 
-_SECTIONS = {"agent": AgentSection, "mqtt": MqttSection, "deploy": DeploySection}
+_SECTIONS = {"agent": AgentSection, "mqtt": MqttSection, "deploy": DeploySection, "remote": RemoteSection}
 _PATH_KEYS = ("bundle", "public_key", "spool", "password_file", "ca_file", "cert_file", "key_file", "state_dir")
 
 
@@ -128,6 +130,9 @@ def load_agent_config(path: str | Path) -> AgentConfig:
         raise ConfigError(f"{p}: [source] kind 'mqtt' needs topic = where the sensor publishes samples")
     if cfg.deploy.enabled and not cfg.agent.public_key:
         raise ConfigError(f"{p}: [deploy] enabled needs [agent] public_key: only signed deploys are accepted")
+    if cfg.remote.recalibrate and (not cfg.agent.public_key or cfg.commissioning is None):
+        raise ConfigError(f"{p}: [remote] recalibrate needs [agent] public_key (only signed requests are accepted) "
+                          "and a [commissioning] section (what it starts again)")
     return cfg
 
 

@@ -25,7 +25,7 @@ from .link.spool import Spool
 from .link.topics import topic
 from .model.bundle import Bundle
 from .model.commission import Commissioning, open_commissioning
-from .model.commission_store import state_file_for
+from .model.commission_store import request_recalibration, state_file_for
 from .pipeline import Pipeline
 from .reader import SourceReader, fit_problem, open_source
 
@@ -151,6 +151,17 @@ class Reconfigurable:
         SIGHUP flag is handled), never from another thread: the loop owns the pipeline.
         """
         self._commit(self._prepare(cfg, bundle))
+
+    def recalibrate(self, *_: Any) -> None:
+        """Commission this machine again without a restart, as `vibrawatch-agent recalibrate` and a reload would
+        (a signed remote request calls it): the state file marked, then the running config and bundle applied
+        again, so the commissioning starts over. Raises with the reason when this gateway has none to restart."""
+        c = self.cfg.commissioning
+        path = state_file_for(c, self.cfg.agent.spool)
+        if c is None or path is None:
+            raise ConfigError(f"{self.cfg.path}: no [commissioning] section: nothing to recalibrate")
+        request_recalibration(path, self.bundle.version)
+        self.apply(self.cfg, self.bundle)
 
     def _prepare(self, cfg: AgentConfig, bundle: Bundle) -> Plan:
         return prepare(cfg, bundle, self._running(), self.spool, self._birth(bundle), self._resume_t)

@@ -23,6 +23,9 @@ source is waiting for (a real-time replay sleeps 10 minutes between IMS snapshot
   a new one.
 - With ``[deploy]`` (agent/model/deploy.py) models come over MQTT: the deployer calls ``Agent.apply`` with a
   verified bundle, and judges it on the windows scored here.
+- With ``[remote] recalibrate`` (agent/model/command.py) a signed ``vibrawatch recalibrate`` over MQTT calls
+  ``recalibrate`` (agent/reconfigure.py): the commissioning starts over without a restart. Every status says
+  what the agent accepts (``accepts``), so senders answer at once for a device that does not.
 
 With ``NOTIFY_SOCKET`` set (systemd Type=notify) it sends READY=1 after the first scored window and
 WATCHDOG=1 only while windows are being scored, so a stalled sensor lets systemd's watchdog restart the
@@ -51,10 +54,12 @@ from .link.publish import Publisher
 from .link.spool import Spool
 from .link.topics import window_messages
 from .model.bundle import Bundle, load_bundle
+from .model.command import Commands, CommandSettings
 from .model.commission import status
+from .model.commission_store import state_file_for
 from .model.deploy import Deployer, DeploySettings
 from .model.deploy_state import bundle_path
-from .reader import END, POLL_S
+from .reader import END, POLL_S, DropCount
 from .reconfigure import Reconfigurable
 from .sources.allocator import keep_large_blocks
 from .sources.source import Chunk
@@ -78,31 +83,28 @@ class Agent(Reconfigurable):
         self.notify = Notifier()
         super().__init__()  # nothing runs yet: run() commits the first plan
         cfg = load_agent_config(self.config_path)
-        self.deploy = Deployer(deploy_settings(cfg), self._deploy_report, lambda b: self.apply(self.cfg, b)) \
-            if cfg.deploy.enabled else None  # model deploys over MQTT: it calls apply() with a verified bundle
-        bundle = self.deploy.open_bundle(lambda p: self._load_bundle(cfg, p)) if self.deploy else self._load_bundle(cfg)
+        # model deploys over MQTT: the deployer calls apply() with a verified bundle
+        self.deploy = Deployer(deploy_settings(cfg), lambda _: self._news("deploy"),
+                               lambda b: self.apply(self.cfg, b)) if cfg.deploy.enabled else None
+        self.remote = Commands(command_settings(cfg), self.recalibrate, self._news) \
+            if cfg.remote.recalibrate else None  # signed `vibrawatch recalibrate` over MQTT: it calls recalibrate()
+        bundle = self.deploy.open_bundle(lambda p: load_configured(cfg, p)) if self.deploy else load_configured(cfg)
         self.cfg, self.bundle = cfg, bundle
         self.spool = Spool(cfg.agent.spool, int(cfg.agent.spool_max_mb * 1024 * 1024))
         _owner_only(Path(cfg.agent.spool))
         self._first = self._prepare(cfg, bundle)  # a source that does not fit the bundle stops us here (exit 2)
 
-    @staticmethod
-    def _load_bundle(cfg: AgentConfig, path: Path | None = None) -> Bundle:
-        """``path``, or what the config names (once deployed to: the `current` link), verified."""
-        b = load_bundle(path or bundle_path(cfg.deploy, cfg.agent.bundle), cfg.agent.public_key)
-        log.info("bundle %s verified (%s, signature %s), runtime %s", b.version, b.path,
-                 "ok" if cfg.agent.public_key else "not configured", b.model.runtime)
-        return b
-
     def _birth(self, bundle: Bundle) -> dict[str, Any]:
-        return birth(bundle, self.deploy.last if self.deploy else None)
+        accepts = {"deploy": self.deploy is not None, "recalibrate": self.remote is not None}
+        return birth(bundle, self.deploy.last if self.deploy else None, accepts,
+                     self.remote.last if self.remote else None)
 
-    def _deploy_report(self, outcome: dict[str, Any]) -> None:
-        """A deploy's outcome, in the retained status; before the publisher exists (a rollback at start) it
-        goes out with the first status."""
+    def _news(self, event: str) -> None:
+        """A deploy's or a command's outcome, in the retained status; before the publisher exists (a rollback at
+        start) it goes out with the first status."""
         if self.publisher is not None:
             self.publisher.birth = self._birth(self.bundle)
-            self._set_status("deploy")
+            self._set_status(event)
 
     def _set_status(self, event: str) -> None:
         """An ``online`` status with ``event``, or, while this machine is being commissioned (or its
@@ -124,7 +126,7 @@ class Agent(Reconfigurable):
         assert self.publisher is not None
         try:
             cfg = load_agent_config(self.config_path)
-            self.apply(cfg, self._load_bundle(cfg))
+            self.apply(cfg, load_configured(cfg))
         except Exception as e:  # noqa: BLE001 - a bad reload keeps everything running as it was, and says why
             log.error("reload failed, nothing changed (still bundle %s, the config as loaded before): %s",
                       self.bundle.version, one_line(e) if not isinstance(e, VibrawatchError) else e,
@@ -145,6 +147,7 @@ class Agent(Reconfigurable):
                  self.cfg.source.kind, len(self.spool))
         warn_watchdog(self.cfg.source.kind, self.bundle.detector)
         windows = 0
+        drops = DropCount()  # samples messages dropped when scoring falls behind: in the status
         crash: Exception | None = None
         try:
             while not self._stop:
@@ -153,7 +156,10 @@ class Agent(Reconfigurable):
                     continue
                 if self.deploy:
                     self.deploy.step(self.pipeline, self.publisher, deploy_settings(self.cfg))
+                if self.remote:
+                    self.remote.step(self.publisher, command_settings(self.cfg))
                 item = self.reader.get(POLL_S)
+                drops.update(self.reader.source, self.publisher.status)
                 if item is None:
                     continue
                 if item is END:
@@ -214,12 +220,29 @@ def deploy_settings(cfg: AgentConfig) -> DeploySettings:
     return DeploySettings(cfg.deploy, cfg.agent.site, cfg.agent.device, cfg.agent.public_key or "", cfg.agent.bundle)
 
 
-def birth(bundle: Bundle, deploy: dict[str, Any] | None) -> dict[str, Any]:
-    """What the retained ``online`` status says about this agent and its model (and the last deploy's outcome)."""
-    last = {"deploy": deploy} if deploy else {}
+def command_settings(cfg: AgentConfig) -> CommandSettings:
+    """What remote commands need of the config: the last id acted on is kept beside the calibration."""
+    state = state_file_for(cfg.commissioning, cfg.agent.spool)
+    return CommandSettings(cfg.agent.site, cfg.agent.device, cfg.agent.public_key or "",
+                           state.parent if state is not None else Path(cfg.agent.spool).parent)
+
+
+def load_configured(cfg: AgentConfig, path: Path | None = None) -> Bundle:
+    """``path``, or what the config names (once deployed to: the `current` link), verified."""
+    b = load_bundle(path or bundle_path(cfg.deploy, cfg.agent.bundle), cfg.agent.public_key)
+    log.info("bundle %s verified (%s, signature %s), runtime %s", b.version, b.path,
+             "ok" if cfg.agent.public_key else "not configured", b.model.runtime)
+    return b
+
+
+def birth(bundle: Bundle, deploy: dict[str, Any] | None, accepts: dict[str, bool] | None = None,
+          command: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What the retained ``online`` status says about this agent and its model, what it accepts over MQTT (so a
+    sender can answer at once for a device that does not), and the last deploy's and command's outcomes."""
+    last = {**({"deploy": deploy} if deploy else {}), **({"command": command} if command else {})}
     return {"agent": __version__, "model": bundle.version, "model_sha256": _model_sha256(bundle),
             "runtime": bundle.model.runtime, "numpy": np.__version__,
-            "channels": list(bundle.detector.spec.channels), **last}
+            "channels": list(bundle.detector.spec.channels), **({"accepts": accepts} if accepts else {}), **last}
 
 
 def sensor_status(publisher: Publisher, ev: SensorStatus) -> None:

@@ -158,16 +158,25 @@ def simulate_bearing(
     condition_gain: Annotated[
         float, typer.Option("--condition-gain", help="Factor on every channel after the condition change.")
     ] = 1.3,
+    gap_at: Annotated[
+        float | None, typer.Option("--gap-at", help="Share of the run where the recording pauses.")
+    ] = None,
+    gap_s: Annotated[float, typer.Option("--gap-s", help="Seconds the recording pauses.")] = 86400.0,
+    gap_gain: Annotated[float, typer.Option("--gap-gain", help="Factor on every channel after the gap.")] = 1.22,
+    gap_spread: Annotated[
+        float, typer.Option("--gap-spread", help="Channel by channel within +- this share of --gap-gain.")
+    ] = 0.0,
 ) -> None:
     """A rolling-bearing run to failure: defect impacts at BPFO/BPFI/BSF ringing a resonance, in noise;
-    optionally a one-channel step or transient and a shared condition change."""
+    optionally a one-channel step or transient, a shared condition change and a gap with a shared shift."""
     from vibrawatch.agent.sources.loaders import save_snapshot_npz
     from vibrawatch.agent.sources.simulate import simulate_bearing_run
 
     rec = simulate_bearing_run(n_snapshots=snapshots, snapshot_samples=samples, fs_hz=fs_hz, interval_s=interval_s,
                                n_channels=channels, failing_channel=failing, fault=fault, onset=onset, seed=seed,
                                step_channel=step_channel, step_at=step_at, step_gain=step_gain,
-                               step_relax_s=step_relax_s, condition_at=condition_at, condition_gain=condition_gain)
+                               step_relax_s=step_relax_s, condition_at=condition_at, condition_gain=condition_gain,
+                               gap_at=gap_at, gap_s=gap_s, gap_gain=gap_gain, gap_spread=gap_spread)
     save_snapshot_npz(rec, out)
     typer.echo(f"wrote {out}: {rec.n_snapshots} snapshots x {rec.data.shape[1]} samples x {rec.n_channels} channels")
 
@@ -264,6 +273,55 @@ def demo(
         typer.echo("live: sensor node -> MQTT -> vibrawatch-agent (signed bundle) -> monitor and its page ...")
         report["live"] = live_bearing(out, data, out / "bundle.tar", keys / PUBLIC_NAME, for_s)
         (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
+
+
+@app.command()
+@user_errors
+def recalibrate(
+    broker: Annotated[str, typer.Option("--broker", help="mqtt://HOST:PORT or mqtts://HOST:PORT.")],
+    site: Annotated[str, typer.Option("--site", help="The site, as in the gateway's agent.site.")],
+    device: Annotated[str, typer.Option("--device", help="The one device to commission again.")],
+    sign_key: Annotated[Path, typer.Option("--sign-key", help="Private key that signs the request: the deploy key "
+                                           "(gateways verify it with [agent] public_key).")] = Path(
+        "keys/vibrawatch-signing.key"),
+    wait: Annotated[float, typer.Option("--wait", help="Seconds to wait for the gateway's answer (0: do not wait).")
+                    ] = 60.0,
+    expires_in: Annotated[float, typer.Option("--expires-in", help="Seconds the request stays valid: a gateway "
+                                              "offline longer refuses it as stale.")] = 24 * 3600.0,
+    note: Annotated[str, typer.Option("--note", help="Why (e.g. 'bearing replaced'): in the gateway's log and "
+                                      "status.")] = "",
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (for scripts).")] = False,
+    ca_file: Annotated[Path | None, typer.Option("--ca-file", help="CA certificate for mqtts://.")] = None,
+    cert_file: Annotated[Path | None, typer.Option("--cert-file", help="Client certificate (mqtts://).")] = None,
+    key_file: Annotated[Path | None, typer.Option("--key-file", help="Client certificate's key.")] = None,
+    username: Annotated[str | None, typer.Option("--username", help="MQTT user name.")] = None,
+    password_file: Annotated[Path | None, typer.Option("--password-file", help="File holding the MQTT password "
+                                                       "(never on the command line).")] = None,
+) -> None:
+    """Commission one machine again after maintenance (a bearing replaced), over MQTT, without logging into its
+    gateway: a signed request the gateway verifies like a deploy; it starts learning this machine's healthy
+    state again and its status says `commissioning`. Exit 0 once it did; 1 when it refused (the reason), does
+    not accept remote recalibration ([remote] recalibrate = true in its config), or did not answer in --wait.
+
+    Example: vibrawatch recalibrate --broker mqtts://broker.plant:8883 --site plant1 --device press7
+    --ca-file ca.pem --note "bearing replaced"
+    """
+    from .deploy import BrokerOptions
+    from .remote import send_recalibrate
+
+    opts = BrokerOptions(broker, ca_file, cert_file, key_file, username, password_file)
+    r = send_recalibrate(opts, site, device, sign_key, wait, expires_in, note)
+    if as_json:
+        typer.echo(json.dumps(r, indent=2))
+    elif r["outcome"] == "applied":
+        typer.echo(f"{device}: recalibrate {r['id']} applied in {r['seconds']} s; now {r['state']} (a new "
+                   "commissioning learns this machine's healthy state)")
+    elif r["outcome"] == "not_accepted":
+        typer.echo(r["reason"])
+    else:
+        typer.echo(f"{device}: recalibrate {r['id']} {r['outcome']}" + (f": {r['reason']}" if r["reason"] else ""))
+    if r["outcome"] not in ("applied", "sent"):
+        raise typer.Exit(1)
 
 
 def _register_workstation_commands() -> None:

@@ -111,15 +111,17 @@ def register(app: typer.Typer) -> None:
             if as_json:
                 typer.echo(json.dumps(rows, indent=2))
             else:
-                typer.echo(table(rows, ["device", "state", "model", "deployment", "outcome", "reason", "when",
-                                        "pending"]))
+                shown = [{**r, "model_sha256": (r["model_sha256"] or "")[:12] or None} for r in rows]
+                typer.echo(table(shown, ["device", "state", "model", "model_sha256", "deployment", "outcome",
+                                         "reason", "when", "pending"]))
             return
         report = deploy(bundle, opts, site, device or [], all_devices, sign_key, wait)
         if as_json:
             typer.echo(json.dumps(report, indent=2))
         else:
-            typer.echo(f"deployment {report['deployment']}: {report['version']} ({report['bundle_bytes']} bytes, "
-                       f"sha256 {report['bundle_sha256'][:16]}...) to site {site}")
+            typer.echo(f"deployment {report['deployment']}: {report['version']} to site {site}; model sha256 "
+                       f"{report['model_sha256'][:12]} (as `fleet` and the page show it), bundle file "
+                       f"{report['bundle_bytes']} bytes, sha256 {report['bundle_sha256'][:12]}")
             typer.echo(table(report["results"], ["device", "from", "to", "outcome", "reason", "seconds"]))
         if not report["ok"]:
             failed = [f"{r['device']} {r['outcome']}" for r in report["results"] if r["outcome"] != "applied"]

@@ -4,7 +4,12 @@ Per target device, two retained QoS 1 messages (docs/deploy.md): the bundle's ra
 ``vibrawatch/v1/<site>/<device>/deploy/bundle``, then a signed request naming the device, a deployment id
 (milliseconds since the epoch, so newer deploys have larger ids) and the bundle's size and sha256 on
 ``.../deploy``. Retained, so a gateway that is offline now gets both when it reconnects. The outcomes come
-back in each device's retained status message; ``--all`` finds the site's devices the same way.
+back in each device's retained status message; ``--all`` finds the site's devices the same way. A device whose
+status says it does not accept deploys (``accepts.deploy`` false) is answered at once and sent nothing.
+
+Two hashes, each labelled where shown: ``model_sha256`` names the model file that scores (the one the status,
+``fleet`` and the monitor's page show), ``bundle_sha256`` the .tar that travels (what the gateway checks the
+bytes it fetched against).
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ from vibrawatch.agent.model.bundle import MANIFEST, SIGNATURE, load_bundle, pars
 from vibrawatch.agent.model.deploy_request import BUNDLE_KIND, REQUEST_KIND, REQUEST_SCHEMA
 
 FINAL = ("applied", "rolled_back", "refused")
+ACCEPTS = {"deploy": ("deploys", "[deploy] is not enabled in its config"),  # what a status's `accepts` names
+           "recalibrate": ("remote recalibration", "[remote] recalibrate is not enabled in its config")}
 DEFAULT_SIGN_KEY = Path("keys/vibrawatch-signing.key")
 _QUIET_S = 0.5  # retained messages come right after the subscription; this long without one means all came
 
@@ -65,6 +72,7 @@ class Session:
         self.status: dict[str, dict[str, Any]] = {}
         self.requests: dict[str, dict[str, Any]] = {}
         self.outcomes: dict[str, dict[str, tuple[float, dict[str, Any]]]] = {}  # device -> outcome -> (t, deploy)
+        self.commands: dict[str, dict[str, tuple[float, dict[str, Any]]]] = {}  # device -> "id:outcome" -> (t, ..)
         self.last_message = time.monotonic()
         self._connected = threading.Event()
         self._refused: str | None = None
@@ -119,6 +127,9 @@ class Session:
             d = payload.get("deploy")
             if isinstance(d, dict) and d.get("outcome"):
                 self.outcomes.setdefault(device, {}).setdefault(f"{d.get('deployment')}:{d['outcome']}", (now, d))
+            c = payload.get("command")
+            if isinstance(c, dict) and c.get("outcome"):
+                self.commands.setdefault(device, {}).setdefault(f"{c.get('id')}:{c['outcome']}", (now, c))
 
     def settle(self, limit: float = 5.0) -> None:
         """Wait until the retained messages have come (no message for a moment)."""
@@ -136,6 +147,21 @@ class Session:
         with self.lock:
             seen = self.outcomes.get(device, {})
             return {k.split(":", 1)[1]: v for k, v in seen.items() if k.split(":", 1)[0] == str(deployment)}
+
+    def command(self, device: str, command_id: int) -> dict[str, tuple[float, dict[str, Any]]]:
+        """Outcome -> (when seen, command fields) of the command ``command_id`` on ``device``."""
+        with self.lock:
+            seen = self.commands.get(device, {})
+            return {k.split(":", 1)[1]: v for k, v in seen.items() if k.split(":", 1)[0] == str(command_id)}
+
+    def refusal(self, device: str, what: str) -> str | None:
+        """Why ``device`` will not act on ``what`` (deploy, recalibrate), from its retained status, at once; None
+        when it does, or when its status cannot tell (an older agent, or an offline one: the request waits)."""
+        with self.lock:
+            accepts = self.status.get(device, {}).get("accepts")
+        if not isinstance(accepts, dict) or accepts.get(what) is not False:
+            return None
+        return f"{device} does not accept {ACCEPTS[what][0]}: {ACCEPTS[what][1]}"
 
     def publish(self, topic_name: str, payload: bytes) -> None:
         info = self.client.publish(topic_name, payload, qos=1, retain=True)
@@ -222,23 +248,31 @@ def deploy(bundle: Path, broker: BrokerOptions, site: str, devices: list[str], a
             raise ConfigError(f"--all: no device of site {site!r} has a status on {broker.url}; name them with "
                               "--device")
         before = {d: dict(session.status.get(d, {})) for d in targets}
+        refused = {d: why for d in targets if (why := session.refusal(d, "deploy")) is not None}
+        sent = [d for d in targets if d not in refused]  # nothing is sent to a device that says it would not act
         t0 = time.monotonic()
-        for d in targets:
+        for d in sent:
             session.publish(topic(site, d, BUNDLE_KIND), data)
             session.publish(topic(site, d, REQUEST_KIND),
                             make_request(site, d, deployment, data, str(manifest["version"]), sign_key))
         deadline = t0 + wait_s
-        while time.monotonic() < deadline and not all(
-                set(session.outcome(d, deployment)) & set(FINAL) for d in targets):
+        while sent and time.monotonic() < deadline and not all(
+                set(session.outcome(d, deployment)) & set(FINAL) for d in sent):
             time.sleep(0.05)
-        results = [_result(d, session.outcome(d, deployment), before[d], session.status.get(d, {}), t0, wait_s)
+        results = [_not_accepted(d, refused[d], before[d]) if d in refused else
+                   _result(d, session.outcome(d, deployment), before[d], session.status.get(d, {}), t0, wait_s)
                    for d in targets]
     finally:
         session.close()
     return {"deployment": deployment, "site": site, "bundle": str(bundle), "version": manifest["version"],
-            "bundle_sha256": sha256(data), "bundle_bytes": len(data), "ok": all(r["outcome"] == "applied"
-                                                                              for r in results),
-            "results": results}
+            "model_sha256": manifest["files"]["model.tflite"], "bundle_sha256": sha256(data),
+            "bundle_bytes": len(data), "ok": all(r["outcome"] == "applied" for r in results), "results": results}
+
+
+def _not_accepted(device: str, reason: str, before: dict[str, Any]) -> dict[str, Any]:
+    """A device whose status says it does not accept deploys: answered at once, nothing sent to it."""
+    return {"device": device, "from": before.get("model"), "to": None, "outcome": "not_accepted", "reason": reason,
+            "seconds": None, "seconds_verified": None}
 
 
 def _result(device: str, seen: dict[str, tuple[float, dict[str, Any]]], before: dict[str, Any],

@@ -155,7 +155,7 @@ class Agent:
     """One gateway: its config, state directory and log; started as systemd would start it."""
 
     def __init__(self, root: Path, port: int, device: str, bundle: Path, pub: Path, max_kb: int = 1024,
-                 probation: int = 20, budget_ms: float = 250.0) -> None:
+                 probation: int = 20, budget_ms: float = 250.0, deploy: bool = True, extra: str = "") -> None:
         self.device, self.dir = device, root / device
         self.dir.mkdir(parents=True)
         self.state = self.dir / "state"
@@ -179,12 +179,12 @@ port = {port}
 max_backoff_s = 1
 
 [deploy]
-enabled = true
+enabled = {'true' if deploy else 'false'}
 state_dir = "{self.state}"
 max_bundle_kb = {max_kb}
 probation_windows = {probation}
 latency_budget_ms = {budget_ms}
-''')
+{extra}''')
         self.proc: subprocess.Popen[bytes] | None = None
         self.runs = 0
 
@@ -268,6 +268,7 @@ def test_good_bundle_to_two_agents_applies_on_both_and_scores_switch_model(
     assert code == 0, out
     report = json.loads(out)
     assert [r["device"] for r in report["results"]] == ["press7", "press8"]
+    assert report["model_sha256"] == new and report["bundle_sha256"] == sha_file(bundles["new"])  # both, labelled
     new_version = load_bundle(bundles["new"]).version
     for r in report["results"]:
         assert r["outcome"] == "applied" and r["to"] == new_version and r["from"] == load_bundle(bundles["old"]).version
@@ -284,8 +285,10 @@ def test_good_bundle_to_two_agents_applies_on_both_and_scores_switch_model(
     code, out = deploy_cli("status", "--broker", f"mqtt://127.0.0.1:{broker.port}", "--site", SITE, "--json")
     assert code == 0, out
     rows = json.loads(out)
-    assert [(r["device"], r["outcome"], r["deployment"], r["model"]) for r in rows] == [
-        (d, "applied", report["deployment"], new_version) for d in ("press7", "press8")]
+    assert [(r["device"], r["outcome"], r["deployment"], r["model"], r["model_sha256"]) for r in rows] == [
+        (d, "applied", report["deployment"], new_version, new) for d in ("press7", "press8")]  # the same model hash
+    assert all(s["accepts"] == {"deploy": True, "recalibrate": False} for a in agents
+               for s in watcher.of(a.device, "status") if s["state"] != "offline")
 
 
 def test_bundle_that_fails_on_live_windows_rolls_back_and_old_model_keeps_scoring(
