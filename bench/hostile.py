@@ -58,42 +58,63 @@ def spool_part() -> None:
         s.close()
 
 
-def memory_part(bundle: Path, big: int) -> None:
-    import paho.mqtt.client as mqtt
-    from mosquitto import Broker
-    from paho.mqtt.enums import CallbackAPIVersion
+class MqttAgent:
+    """The real `vibrawatch-agent run` scoring raw samples from topic ``raw`` of its own local Mosquitto, a node
+    client to publish them and a subscriber collecting ``field`` of every score."""
 
+    def __init__(self, bundle: Path, device: str, field: str, source_extra: str = "") -> None:
+        import paho.mqtt.client as mqtt
+        from mosquitto import Broker
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        self.tmp = Path(tempfile.mkdtemp())
+        (self.tmp / "broker").mkdir()
+        self.broker = Broker(self.tmp / "broker").start()
+        cfg = self.tmp / "agent.toml"
+        cfg.write_text(f'[agent]\nsite = "bench"\ndevice = "{device}"\nbundle = "{bundle.resolve()}"\n'
+                       f'spool = "{self.tmp / "spool.sqlite"}"\n[source]\nkind = "mqtt"\ntopic = "raw"\n'
+                       f'{source_extra}[mqtt]\nport = {self.broker.port}\n')
+        script = Path(sys.executable).with_name("vibrawatch-agent")
+        self.log = (self.tmp / "agent.log").open("w")
+        self.agent = subprocess.Popen([str(script), "run", "--config", str(cfg)], stdout=self.log,
+                                      stderr=subprocess.STDOUT)
+        self.scores: list[float] = []
+        self.sub = mqtt.Client(CallbackAPIVersion.VERSION2)
+        self.sub.on_message = lambda c, u, m: self.scores.append(json.loads(m.payload)[field])
+        self.sub.connect("127.0.0.1", self.broker.port)
+        self.sub.subscribe(f"vibrawatch/v1/bench/{device}/score", qos=1)
+        self.sub.loop_start()
+        self.node = mqtt.Client(CallbackAPIVersion.VERSION2)
+        self.node.connect("127.0.0.1", self.broker.port)
+        self.node.loop_start()
+
+    def rss(self) -> float:
+        for line in Path(f"/proc/{self.agent.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def close(self) -> bool:
+        """Stop everything; was the agent still running?"""
+        alive = self.agent.poll() is None
+        self.agent.terminate()
+        self.agent.wait(30)
+        self.log.close()
+        self.node.loop_stop()
+        self.sub.loop_stop()
+        self.broker.stop()
+        return alive
+
+
+def memory_part(bundle: Path, big: int) -> None:
     from vibrawatch.agent.model.bundle import load_bundle
 
     spec = load_bundle(bundle).detector.spec
     fs, n_ch = spec.fs_hz, len(spec.channels)
-    tmp = Path(tempfile.mkdtemp())
-    (tmp / "broker").mkdir()
-    broker = Broker(tmp / "broker").start()
-    cfg = tmp / "agent.toml"
-    cfg.write_text(f'[agent]\nsite = "bench"\ndevice = "hostile"\nbundle = "{bundle.resolve()}"\n'
-                   f'spool = "{tmp / "spool.sqlite"}"\n[source]\nkind = "mqtt"\ntopic = "raw"\n'
-                   f'[mqtt]\nport = {broker.port}\n')
-    script = Path(sys.executable).with_name("vibrawatch-agent")
-    log = (tmp / "agent.log").open("w")
-    agent = subprocess.Popen([str(script), "run", "--config", str(cfg)], stdout=log, stderr=subprocess.STDOUT)
-    scores: list[float] = []
-    sub = mqtt.Client(CallbackAPIVersion.VERSION2)
-    sub.on_message = lambda c, u, m: scores.append(json.loads(m.payload)["score"])
-    sub.connect("127.0.0.1", broker.port)
-    sub.subscribe("vibrawatch/v1/bench/hostile/score", qos=1)
-    sub.loop_start()
-    node = mqtt.Client(CallbackAPIVersion.VERSION2)
-    node.connect("127.0.0.1", broker.port)
-    node.loop_start()
+    run = MqttAgent(bundle, "hostile", "score")
+    scores, node, rss = run.scores, run.node, run.rss
     rng = np.random.default_rng(0)
     t = [1.7e9]
-
-    def rss() -> float:
-        for line in Path(f"/proc/{agent.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        return float("nan")
 
     def send(rows: int, times: int = 1) -> None:
         for _ in range(times):
@@ -121,24 +142,14 @@ def memory_part(bundle: Path, big: int) -> None:
     send(1024, int(10 * fs / 1024))
     settle()
     steps.append(("400 malformed, then 10 s of good samples", rss(), len(scores)))
-    alive = agent.poll() is None
-    agent.terminate()
-    agent.wait(30)
-    log.close()
-    node.loop_stop()
-    sub.loop_stop()
-    broker.stop()
+    alive = run.close()
     print("\n| after | agent RSS | scores so far |\n|---|---|---|")
     for name, mb, n in steps:
         print(f"| {name} | {mb:.1f} MB | {n} |")
-    print(f"\nagent {'alive' if alive else 'DIED'} at the end; log: {tmp / 'agent.log'}")
+    print(f"\nagent {'alive' if alive else 'DIED'} at the end; log: {run.tmp / 'agent.log'}")
 
 
 def resend_part(bundle: Path) -> None:
-    import paho.mqtt.client as mqtt
-    from mosquitto import Broker
-    from paho.mqtt.enums import CallbackAPIVersion
-
     from vibrawatch.agent.model.bundle import load_bundle
 
     det = load_bundle(bundle).detector
@@ -147,25 +158,8 @@ def resend_part(bundle: Path) -> None:
     print("\n| message rows | messages sent (unique) | unique samples | windows they hold | scores | "
           "duplicate windows |\n|---|---|---|---|---|---|")
     for rows in (4096, 16_384, 111_111):
-        tmp = Path(tempfile.mkdtemp())
-        (tmp / "broker").mkdir()
-        broker = Broker(tmp / "broker").start()
-        cfg = tmp / "agent.toml"
-        cfg.write_text(f'[agent]\nsite = "bench"\ndevice = "resend"\nbundle = "{bundle.resolve()}"\n'
-                       f'spool = "{tmp / "spool.sqlite"}"\n[source]\nkind = "mqtt"\ntopic = "raw"\n'
-                       f'max_message_bytes = {int(rows * n_ch * 24 * 1.5) + 65536}\n[mqtt]\nport = {broker.port}\n')
-        script = Path(sys.executable).with_name("vibrawatch-agent")
-        log = (tmp / "agent.log").open("w")
-        agent = subprocess.Popen([str(script), "run", "--config", str(cfg)], stdout=log, stderr=subprocess.STDOUT)
-        times: list[float] = []
-        sub = mqtt.Client(CallbackAPIVersion.VERSION2)
-        sub.on_message = lambda c, u, m, times=times: times.append(json.loads(m.payload)["t"])
-        sub.connect("127.0.0.1", broker.port)
-        sub.subscribe("vibrawatch/v1/bench/resend/score", qos=1)
-        sub.loop_start()
-        node = mqtt.Client(CallbackAPIVersion.VERSION2)
-        node.connect("127.0.0.1", broker.port)
-        node.loop_start()
+        run = MqttAgent(bundle, "resend", "t", f"max_message_bytes = {int(rows * n_ch * 24 * 1.5) + 65536}\n")
+        times, node = run.scores, run.node
         time.sleep(4)
         rng = np.random.default_rng(1)
         n_msgs = max(4, int(40 * fs / rows) // 4 * 4)  # about 40 s of signal
@@ -183,12 +177,7 @@ def resend_part(bundle: Path) -> None:
         while time.monotonic() < deadline and len(times) < holds:
             time.sleep(1)
         time.sleep(5)  # anything scored twice would come now
-        agent.terminate()
-        agent.wait(30)
-        log.close()
-        node.loop_stop()
-        sub.loop_stop()
-        broker.stop()
+        run.close()
         dup = max(0, len(times) - holds) + (len(times) - len(set(times)))
         print(f"| {rows:,} | {len(order)} ({n_msgs}) | {unique:,} | {holds} | {len(times)} | {dup} |")
 

@@ -14,7 +14,11 @@ Optional disturbances, for testing what must *not* be called a failure (all seed
   jump by a third): the channel's whole signal is scaled; with ``step_relax_s`` > 0 the step relaxes
   exponentially back to 1 (5% of it left after ``step_relax_s``: a transient), with 0 it holds;
 - a shared condition change (``condition_at``, ``condition_gain``): every channel is scaled at once from
-  then on (a load or speed change, a remounting).
+  then on (a load or speed change, a remounting);
+- a recording gap with a shared shift (``gap_at``, ``gap_s``, ``gap_gain``, ``gap_spread``): the recording
+  pauses for ``gap_s`` before snapshot ``gap_at`` and the machine comes back with every channel scaled by
+  ``gap_gain``, channel c by ``gap_gain * (1 + gap_spread * (2c / (C - 1) - 1))`` (e.g. 1.22 +- 4%: the
+  channels alike but not equal, as after a stop, a remounting or a new load).
 Defect frequencies use the classic kinematics with ``n_balls``, ball and pitch diameters, contact angle;
 the defaults are the IMS Rexnord ZA-2115 (16 rollers, 0.331", 2.815", 15.17 deg) at 2000 rpm.
 """
@@ -108,6 +112,10 @@ class BearingSimulator:
     step_relax_s: float = 0.0  # 0: the step holds; > 0: 95% of it is gone after this long (a transient)
     condition_at: float | None = None  # share of the run where every channel changes at once (None: never)
     condition_gain: float = 1.3
+    gap_at: float | None = None  # share of the run where the recording pauses (None: never)
+    gap_s: float = 86400.0  # how long it pauses
+    gap_gain: float = 1.22  # every channel's factor after the gap ...
+    gap_spread: float = 0.0  # ... channel by channel within +- this share of it
 
     def __post_init__(self) -> None:
         if self.fault not in FAULT_KEYS:
@@ -120,12 +128,14 @@ class BearingSimulator:
             raise ValueError(f"resonance_hz {self.resonance_hz} must be below fs/2 = {self.fs_hz / 2}")
         if self.step_channel is not None and not 0 <= self.step_channel < self.n_channels:
             raise ConfigError(f"step_channel {self.step_channel} must be in 0..{self.n_channels - 1}")
-        for name in ("step_at", "condition_at"):
+        for name in ("step_at", "condition_at", "gap_at"):
             v = getattr(self, name)
             if v is not None and not 0 < v < 1:
                 raise ConfigError(f"{name} {v} must be a share of the run in (0, 1)")
         if not (self.step_gain > 0 and self.condition_gain > 0 and self.step_relax_s >= 0):
             raise ConfigError("step_gain and condition_gain must be > 0, step_relax_s >= 0")
+        if not (self.gap_s >= 0 and self.gap_gain > 0 and 0 <= self.gap_spread < 1):
+            raise ConfigError("gap_s must be >= 0, gap_gain > 0 and 0 <= gap_spread < 1")
 
     def gains(self, i: int) -> np.ndarray:
         """(C,) factor on each channel's signal in snapshot i from the optional step and condition change."""
@@ -137,7 +147,22 @@ class BearingSimulator:
             g[self.step_channel] *= 1 + (self.step_gain - 1) * left
         if self.condition_at is not None and t >= self.condition_at * span:
             g *= self.condition_gain
+        if self.after_gap(i):
+            pos = 2 * np.arange(self.n_channels) / max(self.n_channels - 1, 1) - 1
+            g *= self.gap_gain * (1 + self.gap_spread * pos)
         return g
+
+    def after_gap(self, i: int | np.ndarray) -> np.ndarray:
+        """True for snapshot(s) i recorded after the gap (never without ``gap_at``)."""
+        i = np.asarray(i)
+        if self.gap_at is None:
+            return np.zeros(i.shape, bool)
+        return i >= int(np.ceil(self.gap_at * max(self.n_snapshots - 1, 1)))
+
+    def times(self) -> np.ndarray:
+        """(n_snapshots,) seconds since the first snapshot: ``interval_s`` apart, ``gap_s`` more after the gap."""
+        i = np.arange(self.n_snapshots)
+        return i * float(self.interval_s) + np.where(self.after_gap(i), self.gap_s, 0.0)
 
     @property
     def defect_hz(self) -> float:
@@ -198,7 +223,7 @@ class BearingSimulator:
     def run(self) -> Recording:
         """The whole run as a Recording, with per-snapshot labels (defect present)."""
         data = np.stack([self.snapshot(i) for i in range(self.n_snapshots)])
-        times = np.arange(self.n_snapshots) * float(self.interval_s)
+        times = self.times()
         names = tuple(f"bearing{c + 1}" for c in range(self.n_channels))
         return Recording(data, times, float(self.fs_hz), names, f"simulated bearing run (seed {self.seed})",
                          relative_time=True, labels=self.labels())
