@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -17,11 +18,11 @@ import numpy as np
 
 from .detect.decide import Decision, reconstruction_scores
 from .detect.detector import Detector
-from .detect.diagnosis import DiagnosisState, envelope_energies
-from .detect.features import extract
+from .detect.diagnosis import DiagnosisState, EnvelopeWindow
+from .detect.features import FeatureBuffers, FeatureSpec, extract_spectra
 from .detect.frames import Framer
 from .detect.healthy import Evidence, event_inputs, window_evidence
-from .detect.measures import floor_values
+from .detect.measures import floor_spec, floor_values
 from .detect.results import Scored, SensorStatus
 from .detect.window import WindowBuffer
 from .model.bundle import Bundle
@@ -43,6 +44,9 @@ def continuity(t_start: float, expected: float, fs_hz: float) -> str | None:
     if abs(gap) <= CONTINUITY_SAMPLES / fs_hz:
         return None
     return "gap" if gap > 0 else "backwards"
+
+
+Energies = np.ndarray | Callable[[list[int]], np.ndarray]  # (C, D), or what gives the rows of the channels asked
 
 
 @dataclass
@@ -86,9 +90,10 @@ class Decider:
                 self._decide(warm.window(slice(i, i + 1)), None)
         self._since = None
 
-    def window(self, ev: Evidence, energy: np.ndarray | None = None) -> Scored | None:
-        """One window (``ev`` of length 1; ``energy``: mean envelope energies of its frames, when diagnosing) ->
-        its result as published; None when any level it would decide on is not finite (nothing changed)."""
+    def window(self, ev: Evidence, energy: Energies | None = None) -> Scored | None:
+        """One window (``ev`` of length 1; ``energy``: mean envelope energies of its frames, or the function of
+        the channels that need them, when diagnosing) -> its result as published; None when any level it would
+        decide on is not finite (nothing changed)."""
         scored = self._decide(ev, energy)
         if scored is None or self.commission is None:
             return scored
@@ -97,7 +102,7 @@ class Decider:
             self.use(cal.detector, self.commission.warm)
         return scored
 
-    def _decide(self, ev: Evidence, energy: np.ndarray | None) -> Scored | None:
+    def _decide(self, ev: Evidence, energy: Energies | None) -> Scored | None:
         d = self.detector
         if not ev.finite():  # e.g. a feature mean of -inf: no level would say so, the commissioning would keep it
             return None
@@ -113,7 +118,7 @@ class Decider:
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             sl, cl, ratios, own, log_level, blame = event_inputs(d, ev)
         if not all(np.isfinite(a).all() for a in (sl, cl, ratios, own, log_level, blame)) or (
-                energy is not None and not np.isfinite(energy).all()):
+                isinstance(energy, np.ndarray) and not np.isfinite(energy).all()):
             return None
         v = self.events.update(t, float(sl[0]), cl[0], ratios[0], own[0], log_level[0], blame[0])
         if v.active and self._since is None:
@@ -127,6 +132,26 @@ class Decider:
         decision = Decision(v.above, bool(v.active), v.event, v.channel, v.level)
         return Scored(t, score, v.level, contrib, decision, self._since, v, at_raise, found, threshold=d.threshold,
                       evidence=ev)
+
+
+def with_floors(spec: FeatureSpec, combined: bool) -> FeatureSpec:
+    """The model's features and, for the combined detector, the floors' after them: one extraction per frame
+    computes both, sharing the float64 copy and the RMS."""
+    if not combined:
+        return spec
+    return FeatureSpec(spec.fs_hz, spec.frame_length, spec.channels, spec.features + floor_spec(spec).features)
+
+
+def split_floors(both: np.ndarray, spec: FeatureSpec) -> tuple[np.ndarray, np.ndarray]:
+    """``with_floors``' rows (n, C * (P + K)) -> the model's features (n, C * P) and floor values (n, K, C)."""
+    per = spec.per_channel
+    b = both.reshape(len(both), len(spec.channels), -1)
+    return b[:, :, :per].reshape(len(both), -1), b[:, :, per:].transpose(0, 2, 1)
+
+
+def commissioning(decider: Decider) -> bool:
+    """Is a commissioning collecting this machine's healthy windows now?"""
+    return decider.commission is not None and decider.commission.commissioning
 
 
 @dataclass
@@ -146,8 +171,11 @@ class Pipeline:
         self._fault: str | None = None
         self._next_t: float | None = None
         self._combined = b.detector.combined
-        self._diagnosing = self._combined and b.detector.diagnosis is not None
-        self._energies: deque[np.ndarray] = deque(maxlen=b.detector.window)  # diagnosis: the window's frames
+        self._buffers = FeatureBuffers()  # the features' working arrays, the same shapes every frame
+        self._spec_all = None if self._table else with_floors(b.detector.spec, b.detector.combined)
+        self._envelope: EnvelopeWindow | None = None  # diagnosis: the window's frames, demodulated when asked
+        self._diagnosing = False
+        self._diagnose(b.detector)
         self._pca_before: deque[float] = deque(maxlen=max(b.detector.rule.raise_after - 1, 1))  # healthy.held
 
     @property
@@ -158,6 +186,17 @@ class Pipeline:
     def use(self, detector: Detector, warm: Evidence | None = None) -> None:
         """Decide with ``detector`` from the next window on (see ``Decider.use``)."""
         self.decider.use(detector, warm)
+        self._diagnose(detector)
+
+    def _diagnose(self, detector: Detector) -> None:
+        """Keep the window's raw frames for the envelope when ``detector`` diagnoses (3.2 MB at 4 x 20 kHz,
+        T = 10), else none."""
+        dg = detector.diagnosis if detector.combined and not self._table else None
+        self._diagnosing = dg is not None
+        if dg is None:
+            self._envelope = None
+        elif self._envelope is None or self._envelope.params != dg.feature():
+            self._envelope = EnvelopeWindow(detector.spec, dg, detector.window)
 
     def attach(self, commission: Commissioning | None) -> None:
         """Send every window through ``commission`` and decide with the detector it holds now; a detector equal
@@ -184,7 +223,7 @@ class Pipeline:
         self._next_t = chunk.t_start + len(chunk.samples) / self.bundle.detector.spec.fs_hz
         t0 = time.perf_counter()
         det = self.bundle.detector
-        energies = None
+        spectra = None
         if self._table:
             feats, times = chunk.samples.astype(np.float64), np.full(len(chunk.samples), chunk.t_start)
             floors = floor_values(feats, det.spec) if self._combined else None
@@ -194,19 +233,18 @@ class Pipeline:
             frames, times = self.framer.push(chunk.samples, chunk.t_start)
             if len(frames) == 0:
                 return events
-            feats = extract(frames, det.spec)
-            floors = floor_values(frames, det.spec) if self._combined else None
-            if self._diagnosing:
-                assert det.diagnosis is not None
-                energies = envelope_energies(frames, det.spec, det.diagnosis)
+            if self._envelope is not None:
+                self._envelope.release()  # the spectra it holds are overwritten now
+            assert self._spec_all is not None
+            feats, spectra = extract_spectra(frames, self._spec_all, self._buffers)
+            feats, floors = split_floors(feats, det.spec) if self._combined else (feats, None)
         self.times.features += time.perf_counter() - t0
         for k, (row, t) in enumerate(zip(feats, times, strict=True)):
-            if energies is not None:
-                self._energies.append(energies[k])
+            if self._envelope is not None:
+                self._envelope.push(frames[k], None if spectra is None else spectra[k])
             window = self.windows.push(row)
             if window is not None:
-                scored = self._score(window, float(t), None if floors is None else floors[k],
-                                     None if energies is None else energies[k])
+                scored = self._score(window, float(t), None if floors is None else floors[k])
                 if scored is None:  # samples so large that the features or the model overflow (e.g. 1e38)
                     return self._sensor_fault(events, float(t), NON_FINITE)
                 if self._fault is not None:
@@ -219,7 +257,8 @@ class Pipeline:
         """Not scored: restart frames and window (no window mixes good and bad samples), report a new reason."""
         self.framer.reset()
         self.windows.reset()
-        self._energies.clear()
+        if self._envelope is not None:
+            self._envelope.clear()
         self._pca_before.clear()
         self._next_t = None
         if reason != self._fault:
@@ -227,8 +266,7 @@ class Pipeline:
         self._fault = reason
         return events
 
-    def _score(self, window: np.ndarray, t: float, floor: np.ndarray | None = None,
-               energy: np.ndarray | None = None) -> Scored | None:
+    def _score(self, window: np.ndarray, t: float, floor: np.ndarray | None = None) -> Scored | None:
         """The window's score and decision; None when the score (or, with the combined detector, any level
         it decides on) is not a finite number: never published, never fed to the alarm or event state, where
         NaN would compare as 'below threshold'."""
@@ -242,12 +280,13 @@ class Pipeline:
         s, c = reconstruction_scores(x[None], y[None], len(b.detector.spec.channels))
         if not (np.isfinite(s[0]) and np.isfinite(c[0]).all()):
             return self._not_finite(window)
+        env = self._envelope if self._diagnosing else None
+        # a commissioning keeps each window's last-frame envelope (all channels); otherwise only an alarm asks
+        last = env.last()[None] if env is not None and commissioning(self.decider) else None
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             ev = window_evidence(self.detector, np.array([t]), x[None], s, c,
-                                 None if floor is None else floor[None], None if energy is None else energy[None],
-                                 tuple(self._pca_before))
-            mean_energy = np.mean(np.stack(self._energies), axis=0) if self._energies else None
-        scored = self.decider.window(ev, mean_energy if self._diagnosing else None)
+                                 None if floor is None else floor[None], last, tuple(self._pca_before))
+        scored = self.decider.window(ev, None if env is None else env.mean)
         if scored is None:
             return self._not_finite(window)
         if ev.pca_score is not None:

@@ -37,7 +37,15 @@ sys.path.insert(0, str(ROOT / "tests"))  # the tests' Mosquitto helper
 EDGE = r'''
 import json, os, sys, time
 T_START = float(sys.argv[1])
+def rss_mb():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+MEM = [("interpreter", rss_mb())]  # resident MB after each component, in load order
 import numpy as np
+MEM.append(("numpy", rss_mb()))
+import paho.mqtt.client
+MEM.append(("paho-mqtt", rss_mb()))
 from vibrawatch.agent.sources.allocator import keep_large_blocks
 keep_large_blocks()  # as the agent service does at start
 from vibrawatch.agent.model.bundle import load_bundle
@@ -49,17 +57,51 @@ from vibrawatch.agent.link.publish import Publisher
 from vibrawatch.agent.sources.source import Chunk
 from vibrawatch.agent.link.spool import Spool
 from vibrawatch.agent.link.topics import window_messages
-
-def rss_mb():
-    for line in open("/proc/self/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
+MEM.append(("the agent's modules", rss_mb()))
 
 bundle_path, port, stream_path, workdir = sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5]
-repeat = int(sys.argv[6])
+repeat, mode, profile = int(sys.argv[6]), sys.argv[7], sys.argv[8] == "1"
 b = load_bundle(bundle_path)
+MEM.append(("the bundle (TFLite interpreter, model, detector)", rss_mb()))
 spec = b.detector.spec
 fs, n_ch = int(spec.fs_hz), len(spec.channels)
+if mode != "plain":  # diagnosis on: healthy envelope statistics measured on the stream's first 10 s
+    from dataclasses import replace
+    from vibrawatch.agent.detect.diagnosis import Diagnosis, envelope_energies
+    from vibrawatch.agent.sources.simulate import BearingGeometry
+    defects = BearingGeometry().defect_frequencies(2000.0 / 60.0)
+    head = np.fromfile(stream_path, np.float32, count=10 * fs * n_ch).reshape(10, fs, n_ch)
+    dg = Diagnosis(defects, (2000.0, 6000.0), 3, np.zeros((n_ch, len(defects))), statistic="peak")
+    head = head[:, : spec.frame_length * (fs // spec.frame_length)].reshape(-1, spec.frame_length, n_ch)
+    dg = replace(dg, healthy=np.median(envelope_energies(head, spec, dg), axis=0))
+    b = replace(b, detector=replace(b.detector, diagnosis=dg))
+ALARM_GAIN = 3.0 if mode == "alarm" else None  # channel 0 three times as loud: in alarm from its third window
+
+import threading
+from time import perf_counter
+_tl = threading.local()
+STAGES = {}  # (stage, main thread?) -> [exclusive seconds, calls]
+
+def timed(owner, attr, stage):
+    """Wrap owner.attr: its exclusive time (minus the wrapped calls within it) goes to ``stage``."""
+    f = getattr(owner, attr)
+    def w(*a, **k):
+        st = getattr(_tl, "stack", None)
+        if st is None:
+            st = _tl.stack = []
+        st.append(0.0)
+        t0 = perf_counter()
+        try:
+            return f(*a, **k)
+        finally:
+            d = perf_counter() - t0
+            inner = st.pop()
+            rec = STAGES.setdefault((stage, threading.current_thread() is threading.main_thread()), [0.0, 0])
+            rec[0] += d - inner
+            rec[1] += 1
+            if st:
+                st[-1] += d
+    setattr(owner, attr, w)
 cfg = AgentConfig(AgentSection("bench", "edge", bundle_path, spool=f"{workdir}/spool.sqlite"),
                   mqtt=MqttSection(port=port))
 spool = Spool(cfg.agent.spool)
@@ -67,20 +109,54 @@ pub = Publisher(cfg.mqtt, spool, {"model": b.version}, site=cfg.agent.site, devi
 pub.start()
 while not pub.connected:
     time.sleep(0.01)
+MEM.append(("spool and publisher (connected)", rss_mb()))
 pipe = Pipeline(b)
+MEM.append(("the pipeline", rss_mb()))
+
+def instrument():
+    """Name every stage (bench only: the agent's code is not changed by it)."""
+    import vibrawatch.agent.pipeline as P, vibrawatch.agent.detect.features as F
+    import vibrawatch.agent.detect.diagnosis as D, vibrawatch.agent.detect.healthy as H
+    import vibrawatch.agent.detect.measures as M, vibrawatch.agent.detect.frames as FR
+    import vibrawatch.agent.detect.window as W, vibrawatch.agent.link.topics as TP
+    import vibrawatch.agent.detect.envelope as E
+    for owner, attr, stage in [
+            (P, "check_chunk", "sensor check"), (FR.Framer, "push", "frames"),
+            (P, "extract_spectra", "features (not the FFT)"), (F, "spectrum", "features: FFT"),
+            (W.WindowBuffer, "push", "window"), (type(b.detector.scaler), "transform", "scale"),
+            (type(b.model), "reconstruct", "inference"), (P, "reconstruction_scores", "scores"),
+            (M.Floor, "ratios", "combined: floors"), (M.Floor, "log_level", "combined: floors"),
+            (M.PcaResidual, "scores", "combined: PCA residual"), (H, "held", "combined: PCA residual"),
+            (M.OwnDeviation, "z", "combined: own deviation"),
+            (P, "window_evidence", "combined: evidence (rest)"), (P, "event_inputs", "combined: evidence (rest)"),
+            (P.Decider, "window", "decide (rest)"),
+            (D.DiagnosisState, "update", "diagnosis"), (D.EnvelopeWindow, "push", "diagnosis"),
+            (D, "spectrum", "diagnosis"), (D, "envelope_statistics", "diagnosis"),
+            (P.Pipeline, "process", "pipeline (rest)"),
+            (Publisher, "enqueue", "publish"), (Spool, "put", "spool"), (Spool, "sent", "spool"),
+            (Spool, "ack", "spool"), (Spool, "peek", "spool")]:
+        timed(owner, attr, stage)
+    if pipe.decider.events is not None:
+        timed(type(pipe.decider.events), "update", "combined: events")
+    timed(sys.modules[__name__], "window_messages", "publish")
 # The sensor: blocks of 2048 samples read from a raw float32 file into one reused buffer, as a driver
 # fills its buffer (the stream was generated by the parent, so the simulator is not in this process).
 stream = open(stream_path, "rb", buffering=0)
 buf = np.empty((2048, n_ch), np.float32)
 view = memoryview(buf).cast("B")
 pos = 0  # samples read from the file
+read_s = [0.0]
 t_shift = 0  # samples of signal already played by earlier passes over the same stretch of file
 
 def chunks(seconds):
     global pos
     end = pos + int(seconds * fs)
     while pos < end:
+        t0 = perf_counter()
         got = stream.readinto(view[: min(2048, end - pos) * n_ch * 4]) // (4 * n_ch)
+        if ALARM_GAIN:
+            buf[:got, 0] *= ALARM_GAIN
+        read_s[0] += perf_counter() - t0
         yield Chunk(buf[:got], (t_shift + pos) / fs)
         pos += got
 
@@ -101,9 +177,17 @@ def feed(seconds, t_pub=None):
 
 # warm-up: the first window (start-up time) and as many again; memory is read after it
 _, first = feed(2 * b.detector.window)
+if mode != "plain":  # as a commissioning does: this machine's healthy statistics from its first minute
+    from vibrawatch.agent.detect.healthy import Evidence, fit
+    evs = []
+    for c in chunks(60):
+        evs += [ev.evidence for ev in pipe.process(c) if isinstance(ev, Scored)]
+    pipe.use(fit(pipe.detector, Evidence.concat(evs)))
+    pipe._envelope.measured = 0  # count from here: what the fitted detector asked for
 pub.wait_drained(30)
 rss_warm = rss_mb()
-seconds = os.path.getsize(stream_path) / (4 * n_ch * fs) - 2 * b.detector.window
+MEM.append(("warm-up (buffers filled, first windows published)", rss_warm))
+seconds = min(float(sys.argv[9]), os.path.getsize(stream_path) / (4 * n_ch * fs) - pos / fs)
 start = pos
 passes = []
 for _ in range(repeat):  # the same stretch of signal again (time keeps running on): the best pass counts,
@@ -125,6 +209,37 @@ for _ in range(repeat):  # the same stretch of signal again (time keeps running 
         "x_realtime_inference": seconds / pipe.times.inference, "x_realtime_publish": seconds / t_pub[0]})
 best = max(passes, key=lambda r: r["x_realtime"])
 rss_end = rss_mb()
+
+def one_pass():
+    global t_shift, pos
+    stream.seek(start * 4 * n_ch)
+    t_shift += pos - start
+    pos = start
+    t0 = time.perf_counter()
+    feed(seconds, [0.0])
+    wall = time.perf_counter() - t0
+    pub.wait_drained(30)
+    return wall
+
+# one more pass with every stage named (the wrappers cost about a microsecond a call, so not the headline)
+instrument()
+read_s[0] = 0.0
+wall_named = one_pass()
+stages = {k[0] + ("" if k[1] else " [MQTT thread]"): v for k, v in STAGES.items()}
+stages["read"] = [read_s[0], 0]
+named_main = sum(v[0] for k, v in STAGES.items() if k[1]) + read_s[0]
+stages["unnamed (the bench loop, generators)"] = [wall_named - named_main, 0]
+prof = None
+if profile:
+    import cProfile, io, pstats
+    pr = cProfile.Profile()
+    pr.enable()
+    one_pass()
+    pr.disable()
+    out = io.StringIO()
+    pstats.Stats(pr, stream=out).sort_stats("tottime").print_stats(25)
+    prof = out.getvalue()
+env_measured = 0 if pipe._envelope is None else pipe._envelope.measured
 # inference latency of single windows (scale + model), as the agent calls it
 x = b.detector.scaler.transform(np.random.default_rng(0).uniform(0, 1, (b.detector.window, spec.n_features)))
 x = x.astype(np.float32)
@@ -135,7 +250,11 @@ pub.stop()
 print(json.dumps({"side": "edge", "runtime": b.model.runtime, "signal_s": seconds, "passes": len(passes),
     **best, "x_realtime_all_passes": [round(r["x_realtime"]) for r in passes],
     "infer_p50_us": float(np.percentile(lat, 50) * 1e6), "infer_p99_us": float(np.percentile(lat, 99) * 1e6),
-    "rss_mb": rss_warm, "rss_after_run_mb": rss_end, "first_score_s": first}))
+    "rss_mb": rss_warm, "rss_after_run_mb": rss_end, "first_score_s": first, "mode": mode,
+    "stages": {k: {"s": v[0], "calls": v[1]} for k, v in sorted(stages.items(), key=lambda kv: -kv[1][0])},
+    "wall_named_s": wall_named, "envelopes_measured": env_measured,
+    "feature_buffers_mb": pipe._buffers.nbytes / 2**20, "profile": prof,
+    "memory": [(k, round(v - (MEM[i - 1][1] if i else 0), 1)) for i, (k, v) in enumerate(MEM)]}))
 '''
 
 KERAS = r'''
@@ -237,6 +356,36 @@ def service_rss(bundle: str, port: int, workdir: Path, stream: Path, python: str
             "windows_published": len(scores), "seconds": seconds}
 
 
+MODES = {"plain": "default features, combined detector", "healthy": "with [diagnosis], healthy",
+         "alarm": "with [diagnosis], a channel in alarm"}
+
+
+def stage_table(edges: dict[str, dict]) -> None:
+    """Milliseconds per second of signal by stage (one pass with every stage named), and memory by component."""
+    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
+    cpu = next((ln.split(":", 1)[1].strip() for ln in cpuinfo if ln.startswith("model name")), "?")
+    print(f"\nmachine: {cpu}, {os.cpu_count()} cores; edge on one core")
+    names = list(dict.fromkeys(k for e in edges.values() for k in e["stages"]))
+    print("\n| stage, ms per s of signal | " + " | ".join(MODES[m] for m in edges) + " |")
+    print("|---|" + "---|" * len(edges))
+    for n in names:
+        cells = []
+        for e in edges.values():
+            v = e["stages"].get(n)
+            cells.append("-" if v is None else f"{1e3 * v['s'] / e['signal_s']:.3f}")
+        print(f"| {n} | " + " | ".join(cells) + " |")
+    print("| **end to end, x real time (best pass; all passes)** | " + " | ".join(
+        f"**{e['x_realtime']:.0f}x** ({', '.join(f'{x}x' for x in e['x_realtime_all_passes'])})"
+        for e in edges.values()) + " |")
+    print("| envelopes measured (frame x channel) | " + " | ".join(str(e["envelopes_measured"]) for e in edges.values())
+          + " |")
+    e = edges["plain"]
+    print("\n| component (load order) | resident MB added |\n|---|---|")
+    for k, v in e["memory"]:
+        print(f"| {k} | {v} |")
+    print(f"| total after warm-up (feature buffers {e['feature_buffers_mb']:.1f} MB) | {e['rss_mb']:.1f} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", required=True, help="a run directory (its Keras model is the comparison)")
@@ -246,6 +395,10 @@ def main() -> None:
                     help="the Python of the edge side, e.g. .venv-tflite/bin/python for tflite-runtime 2.14 "
                     "(default: this one)")
     ap.add_argument("--repeat", type=int, default=3, help="timed passes over that signal; the best counts (default 3)")
+    ap.add_argument("--profile", action="store_true", help="print the edge's top functions (cProfile, by own time)")
+    ap.add_argument("--diagnosis", action="store_true",
+                    help="also bench with [diagnosis] set: on a healthy machine, and with a channel in alarm")
+    ap.add_argument("--no-keras", action="store_true", help="skip the Keras side and the service (the edge only)")
     a = ap.parse_args()
     from mosquitto import Broker
 
@@ -255,18 +408,30 @@ def main() -> None:
             subprocess.run([str(Path(sys.executable).with_name("vibrawatch")), "convert", a.run, "--out", bundle],
                            check=True, capture_output=True)
         stream = Path(d) / "stream.f32"
-        write_stream(stream, bundle, a.seconds + 40)
+        write_stream(stream, bundle, a.seconds + 100)
         broker = Broker(Path(d)).start()
         try:
-            edge = child(EDGE, bundle, str(broker.port), str(stream), d, str(a.repeat), python=a.edge_python)
-            service = service_rss(bundle, broker.port, Path(d), stream, a.edge_python)
+            modes = ["plain", "healthy", "alarm"] if a.diagnosis else ["plain"]
+            edges = {m: child(EDGE, bundle, str(broker.port), str(stream), d, str(a.repeat), m, str(int(a.profile)),
+                              str(a.seconds), python=a.edge_python) for m in modes}
+            edge = edges["plain"]
+            service = None if a.no_keras else service_rss(bundle, broker.port, Path(d), stream, a.edge_python)
         finally:
             broker.stop()
-        keras = child(KERAS, a.run)
+        keras = None if a.no_keras else child(KERAS, a.run)
+    stage_table(edges)
+    for m, e in edges.items():
+        if e["profile"]:
+            print(f"\n### top functions, {m} (cProfile, one pass)\n```\n{e['profile'].strip()}\n```")
+    if keras is None or service is None:
+        print(json.dumps({m: {k: v for k, v in e.items() if k not in ("stages", "profile")} for m, e in edges.items()},
+                         indent=1))
+        return
     cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
     cpu = next((ln.split(":", 1)[1].strip() for ln in cpuinfo if ln.startswith("model name")), "?")
-    print(json.dumps({"machine": f"{cpu}, {os.cpu_count()} cores", "edge": edge, "service": service, "keras": keras},
-                     indent=2))
+    print(json.dumps({"machine": f"{cpu}, {os.cpu_count()} cores", "service": service, "keras": keras,
+                      **{f"edge_{m}": {k: v for k, v in e.items() if k not in ("stages", "profile")}
+                         for m, e in edges.items()}}, indent=1))
     print(f"\n| measure | edge agent ({edge['runtime']}) | Keras model.predict in the loop |")
     print("|---|---|---|")
     print(f"| throughput, x real time (one core; best of {edge['passes']} passes: "

@@ -8,15 +8,16 @@ one line logs, reports and plots print.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from ..errors import ConfigError
+from .envelope import envelope_statistics
 from .events import Verdict
-from .features import ENVELOPE_STATISTICS, FeatureDef, FeatureSpec, extract
+from .features import ENVELOPE_STATISTICS, FeatureDef, FeatureSpec, extract, spectrum
 from .manifest_fields import array_field, number_field
 
 
@@ -92,21 +93,96 @@ class DiagnosisState:
     diagnosis: Diagnosis
     _open: set[int] = field(default_factory=set, init=False)  # active channels still without a defect
 
-    def update(self, verdict: Verdict, energies: np.ndarray) -> tuple[dict[int, dict[str, Any]], dict[int, dict]]:
+    def update(self, verdict: Verdict, energies: np.ndarray | Callable[[list[int]], np.ndarray]
+               ) -> tuple[dict[int, dict[str, Any]], dict[int, dict]]:
         """Mean energies (C, D) of the window's frames -> (diagnosis of each channel raised now, diagnosis of
-        each active channel whose defect first stood out now)."""
-        at_raise = {c: self.diagnosis.diagnose(energies, c) for c in verdict.raised}
-        found: dict[int, dict[str, Any]] = {}
+        each active channel whose defect first stood out now). ``energies`` may be a function of the channels
+        that need them (rows of others may be NaN): a healthy window asks for none, so its envelope is never
+        measured."""
         for c in list(self._open):
             if c not in verdict.active:
                 self._open.discard(c)
-            elif c not in at_raise:
-                d = self.diagnosis.diagnose(energies, c)
+        needed = sorted(set(verdict.raised) | self._open)
+        if not needed:
+            return {}, {}
+        e = energies(needed) if callable(energies) else energies
+        at_raise = {c: self.diagnosis.diagnose(e, c) for c in verdict.raised}
+        found: dict[int, dict[str, Any]] = {}
+        for c in list(self._open):
+            if c not in at_raise:
+                d = self.diagnosis.diagnose(e, c)
                 if d["defect"] is not None:
                     found[c] = d
                     self._open.discard(c)
         self._open |= {c for c, d in at_raise.items() if d["defect"] is None}
         return at_raise, found
+
+
+class EnvelopeWindow:
+    """The raw frames of the window being decided and their envelope statistics, measured per frame and channel
+    only when asked: a healthy machine's frames are never demodulated; an alarm's channel is, over the window's
+    frames at the raise and on each new frame while it stays open. A frame pushed with its spectrum (the one
+    the features computed, valid until ``release``) needs no transform of its own."""
+
+    def __init__(self, spec: FeatureSpec, diagnosis: Diagnosis, length: int) -> None:
+        n_ch, n_d = len(spec.channels), len(diagnosis.defects_hz)
+        self.spec, self.params = spec, diagnosis.feature()
+        self._frames = np.zeros((length, spec.frame_length, n_ch), np.float32)
+        self._energies = np.full((length, n_ch, n_d), np.nan)
+        self._known = np.zeros((length, n_ch), bool)
+        self._spectra: dict[int, np.ndarray] = {}  # slot -> its (C, K) spectrum, while the features' is valid
+        self._head = self._count = 0
+        self.measured = 0  # (frame, channel) envelopes measured, for the benchmark
+
+    def clear(self) -> None:
+        self._count = 0
+        self._spectra.clear()
+
+    def release(self) -> None:
+        """The features' spectra are about to be overwritten: measure from the raw frames from now on."""
+        self._spectra.clear()
+
+    def push(self, frame: np.ndarray, spectrum: np.ndarray | None = None) -> None:
+        """One frame (N, C) and, optionally, its one-sided spectra (C, K)."""
+        slot = self._head
+        self._frames[slot] = frame
+        self._known[slot] = False
+        self._spectra.pop(slot, None)
+        if spectrum is not None:
+            self._spectra[slot] = spectrum
+        self._head = (slot + 1) % len(self._frames)
+        self._count = min(self._count + 1, len(self._frames))
+
+    def _slots(self) -> list[int]:
+        L = len(self._frames)
+        return [(self._head - self._count + i) % L for i in range(self._count)]  # oldest first
+
+    def _measure(self, slot: int, channels: list[int]) -> None:
+        todo = [c for c in channels if not self._known[slot, c]]
+        if not todo:
+            return
+        s = self._spectra.get(slot)  # the features' transform, else the raw frame's own
+        s = spectrum(np.ascontiguousarray(self._frames[slot][:, todo].T, dtype=np.float64)) if s is None else s[todo]
+        v = envelope_statistics(s[None], self.spec.fs_hz, self.spec.frame_length, self.params)[0]
+        self._energies[slot, todo] = v
+        self._known[slot, todo] = True
+        self.measured += len(todo)
+
+    def mean(self, channels: list[int]) -> np.ndarray:
+        """(C, D): the mean over the window's frames for ``channels``, NaN for the others."""
+        slots = self._slots()
+        for s in slots:
+            self._measure(s, channels)
+        out = np.full(self._energies.shape[1:], np.nan)
+        if slots:
+            out[channels] = np.mean(self._energies[slots][:, channels], axis=0)
+        return out
+
+    def last(self) -> np.ndarray:
+        """(C, D): the newest frame's statistics for every channel (what a commissioning keeps per window)."""
+        slot = (self._head - 1) % len(self._frames)
+        self._measure(slot, list(range(self._energies.shape[1])))
+        return self._energies[slot].copy()
 
 
 DEFECT_NAMES = {"bpfo": "outer race", "bpfi": "inner race", "bsf": "ball", "ftf": "cage"}

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError
+from .envelope import envelope_statistics
 
 _EPS = 1e-12
 SIMPLE_FEATURES = ("mean", "mean_abs", "rms", "peak", "crest", "kurtosis")
@@ -191,12 +192,50 @@ def _check_def(fdef: FeatureDef, fs_hz: float, n: int) -> None:
         raise ConfigError(f"feature {fdef.name!r} yields no columns")
 
 
+class FeatureBuffers:
+    """Arrays reused from one ``extract_spectra`` call to the next: a gateway extracts one frame at a time, and
+    the float64 copy, the moments' scratch, the spectrum and its squares are the same shapes every time."""
+
+    def __init__(self) -> None:
+        self._arrays: dict[str, np.ndarray] = {}
+
+    def get(self, name: str, shape: tuple[int, ...], dtype: type) -> np.ndarray:
+        a = self._arrays.get(name)
+        if a is None or a.shape != shape or a.dtype != dtype:
+            a = self._arrays[name] = np.empty(shape, dtype)
+        return a
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self._arrays.values())
+
+
+_RFFT_OUT = int(np.__version__.split(".")[0]) >= 2  # numpy 2 transforms into a given array
+
+
+def spectrum(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """One-sided spectra of float64 signals along the last axis: the one transform every spectral feature and
+    the envelope share. float64 on purpose: numpy 2's float32 transform is no faster here (docs/benchmarks.md)
+    and a quiet band's energy would lose its digits under a loud one's rounding."""
+    if out is not None and _RFFT_OUT:
+        return np.fft.rfft(x, axis=-1, out=out)
+    return np.fft.rfft(x, axis=-1)
+
+
 def extract(frames: np.ndarray, spec: FeatureSpec) -> np.ndarray:
     """Feature vectors of frames (n_frames, N, C) -> (n_frames, C * per_channel), float64, channel-major.
 
     Pure and vectorised; a batch of frames gives the same rows as the frames one by one, which is what
     makes a window score the same on the workstation and on the gateway.
     """
+    return extract_spectra(frames, spec)[0]
+
+
+def extract_spectra(frames: np.ndarray, spec: FeatureSpec, buffers: FeatureBuffers | None = None
+                    ) -> tuple[np.ndarray, np.ndarray | None]:
+    """``extract``, and the frames' one-sided spectra (n_frames, C, N//2+1) complex128 when a spectral feature
+    needed them (None otherwise), so a diagnosis can demodulate the same frames without a second transform.
+    With ``buffers`` the working arrays, the spectra among them, are reused: valid until the next call."""
     if spec.input == "table":
         raise ValueError("extract() is for raw samples; table rows are already features")
     if frames.ndim != 3 or frames.shape[1] != spec.frame_length or frames.shape[2] != len(spec.channels):
@@ -204,38 +243,45 @@ def extract(frames: np.ndarray, spec: FeatureSpec) -> np.ndarray:
             f"frames of shape {frames.shape} do not match the spec "
             f"(n, {spec.frame_length}, {len(spec.channels)})"
         )
+    buf = buffers or FeatureBuffers()
     n_frames, n, n_ch = frames.shape
-    # Channel-major and contiguous: every reduction and FFT below runs along the last, contiguous axis.
-    x = np.empty((n_frames, n_ch, n))  # (n_frames, C, N) float64, filled in one casting, transposing pass
+    # Channel-major and contiguous: every reduction and transform below runs along the last, contiguous axis.
+    x = buf.get("x", (n_frames, n_ch, n), np.float64)  # filled in one casting, transposing pass
     np.copyto(x, np.asarray(frames).transpose(0, 2, 1))
     cols: list[np.ndarray] = []  # each (n_frames, C, k)
     cache: dict[str, np.ndarray] = {}
+    spec_x: np.ndarray | None = None
+    k_bins = n // 2 + 1
+    if any(f.name in SPECTRAL_FEATURES for f in spec.features):
+        spec_x = spectrum(x, buf.get("spectrum", (n_frames, n_ch, k_bins), np.complex128))
     for fdef in spec.features:
         if fdef.name in SIMPLE_FEATURES:
-            cols.append(_simple(x, fdef.name, cache)[:, :, None])
+            cols.append(_simple(x, fdef.name, cache, buf)[:, :, None])
         elif fdef.name == "band_energy":
-            if "power" not in cache:
-                spectrum = np.fft.rfft(x, axis=2)
-                cache["power"] = (spectrum.real**2 + spectrum.imag**2) / float(n) ** 2
-            cols.append(band_energies(cache["power"], spec.fs_hz, n, _bands(fdef, spec.fs_hz)))
+            assert spec_x is not None
+            if "squares" not in cache:  # re^2, im^2 interleaved: a band's power is a sum over twice its bins
+                cache["squares"] = np.square(spec_x.view(np.float64),
+                                             out=buf.get("squares", (n_frames, n_ch, 2 * k_bins), np.float64))
+            cols.append(band_energies(cache["squares"], spec.fs_hz, n, _bands(fdef, spec.fs_hz), interleaved=True))
         elif fdef.name == "envelope":
-            cols.append(_envelope(x.transpose(0, 2, 1), spec.fs_hz, fdef.params))
+            assert spec_x is not None
+            cols.append(envelope_statistics(spec_x, spec.fs_hz, n, fdef.params))
     out = np.concatenate(cols, axis=2)  # (n_frames, C, per_channel)
-    return out.reshape(n_frames, n_ch * out.shape[2])
+    return out.reshape(n_frames, n_ch * out.shape[2]), spec_x
 
 
-def _simple(x: np.ndarray, name: str, cache: dict[str, np.ndarray]) -> np.ndarray:
+def _simple(x: np.ndarray, name: str, cache: dict[str, np.ndarray], buf: FeatureBuffers) -> np.ndarray:
     """(n_frames, C, N) -> (n_frames, C); shared statistics are computed once per extract() call."""
     if name == "mean_abs":
-        return np.abs(x).mean(axis=2)
+        return np.abs(x, out=buf.get("scratch", x.shape, np.float64)).mean(axis=2)
     if name == "crest":
-        return _stat(x, "peak", cache) / np.maximum(_stat(x, "rms", cache), _EPS)
+        return _stat(x, "peak", cache, buf) / np.maximum(_stat(x, "rms", cache, buf), _EPS)
     if name == "kurtosis":
-        return _stat(x, "m4", cache) / np.maximum(_stat(x, "m2", cache) ** 2, _EPS)
-    return _stat(x, name, cache)
+        return _stat(x, "m4", cache, buf) / np.maximum(_stat(x, "m2", cache, buf) ** 2, _EPS)
+    return _stat(x, name, cache, buf)
 
 
-def _stat(x: np.ndarray, key: str, cache: dict[str, np.ndarray]) -> np.ndarray:
+def _stat(x: np.ndarray, key: str, cache: dict[str, np.ndarray], buf: FeatureBuffers) -> np.ndarray:
     """One statistic per frame and channel, memoised in ``cache`` (a plain function, not a closure: a
     self-referencing closure would keep every call's arrays alive until the cycle collector ran)."""
     if key not in cache:
@@ -247,7 +293,7 @@ def _stat(x: np.ndarray, key: str, cache: dict[str, np.ndarray]) -> np.ndarray:
         elif key == "peak":  # max |x| without an |x| temporary
             cache[key] = np.maximum(x.max(axis=2), -x.min(axis=2))
         elif key in ("m2", "m4"):  # central moments for the kurtosis
-            d2 = x - _stat(x, "mean", cache)[:, :, None]
+            d2 = np.subtract(x, _stat(x, "mean", cache, buf)[:, :, None], out=buf.get("scratch", x.shape, np.float64))
             np.square(d2, out=d2)
             cache["m2"], cache["m4"] = d2.mean(axis=2), np.einsum("fcn,fcn->fc", d2, d2) / n
         else:
@@ -255,15 +301,20 @@ def _stat(x: np.ndarray, key: str, cache: dict[str, np.ndarray]) -> np.ndarray:
     return cache[key]
 
 
-def band_energies(power: np.ndarray, fs_hz: float, n: int, bands: Sequence[tuple[float, float]]) -> np.ndarray:
+def band_energies(power: np.ndarray, fs_hz: float, n: int, bands: Sequence[tuple[float, float]],
+                  interleaved: bool = False) -> np.ndarray:
     """log10 power per band from one-sided power spectra (n_frames, C, n//2+1) -> (n_frames, C, n_bands).
 
     Each bin is read once: the spectrum is summed between consecutive band edges along its contiguous
     axis (``np.add.reduceat``), and a band is the sum of its few segments, so overlapping or gapped
-    bands cost no more than adjacent ones and no long running sum loses precision.
+    bands cost no more than adjacent ones and no long running sum loses precision. ``interleaved``: ``power``
+    is the spectrum's squared real and imaginary parts side by side (n_frames, C, 2 * (n//2+1)), unscaled
+    (a bin is two entries; the 1/N^2 is applied to the sums).
     """
     starts, drop_tail, hi_pos, lo_pos = _band_plan(float(fs_hz), int(n), tuple(map(tuple, bands)))
-    segments = np.add.reduceat(power, starts, axis=-1)  # segment j: bins starts[j] .. next start (or the top)
+    segments = np.add.reduceat(power, 2 * starts if interleaved else starts, axis=-1)  # bins starts[j] .. next
+    if interleaved:
+        segments /= float(n) ** 2
     if drop_tail:  # the highest band edge lies below the top bin: the last segment belongs to no band
         segments = segments[..., :-1]
     seg_sum = np.zeros(segments.shape[:-1] + (segments.shape[-1] + 1,))
@@ -293,68 +344,6 @@ def band_bins(fs_hz: float, n: int, bands: Sequence[tuple[float, float]]) -> tup
         [len(freqs) if hi >= fs_hz / 2.0 else np.searchsorted(freqs, hi, side="left") for _, hi in bands]
     )
     return lo_idx, hi_idx
-
-
-def _envelope(x: np.ndarray, fs_hz: float, params: Mapping[str, Any]) -> np.ndarray:
-    n = x.shape[1]
-    lo, hi = (float(v) for v in params["band_hz"])
-    harmonics = int(params.get("harmonics", 3))
-    width = float(params.get("width_hz", 2.0 * fs_hz / n))
-    freqs = np.fft.fftfreq(n, 1.0 / fs_hz)
-    # Analytic signal of the band-passed frame: keep positive frequencies in the band, doubled.
-    gain = np.where((freqs >= lo) & (freqs < hi), 2.0, 0.0)
-    analytic = np.fft.ifft(np.fft.fft(x, axis=1) * gain[None, :, None], axis=1)
-    env = np.abs(analytic)
-    env -= env.mean(axis=1, keepdims=True)
-    power = np.abs(np.fft.rfft(env, axis=1)) ** 2 / float(n) ** 2
-    rf = np.fft.rfftfreq(n, 1.0 / fs_hz)
-    if params.get("statistic", "energy") == "peak":
-        return _envelope_peaks(power, rf, params["defects_hz"].values(), harmonics, width,
-                               float(params.get("background", 10)) * width, float(params.get("slip", 0.03)))
-    cols = []
-    for f0 in params["defects_hz"].values():
-        mask = np.zeros(rf.shape, dtype=bool)
-        for k in range(1, harmonics + 1):
-            mask |= np.abs(rf - k * float(f0)) <= width
-        cols.append(power[:, mask, :].sum(axis=1))
-    return np.log10(np.stack(cols, axis=2) + _EPS)
-
-
-def _envelope_peaks(power: np.ndarray, rf: np.ndarray, defects_hz: Any, harmonics: int, width: float,
-                    background: float, slip: float) -> np.ndarray:
-    """Envelope power spectra (n_frames, K, C) -> log10 line-over-background per defect (n_frames, C, D).
-
-    A line is searched within ``slip`` of k * f (at least ``width``): rolling elements slip and a shaft's real
-    speed is rarely the nameplate's (IMS test 2's outer-race line is at 230.5 Hz, its BPFO at 2000 rpm 236.4);
-    its background is the ``background`` Hz on either side of that search range.
-    """
-    plan = _peak_plan(len(rf), float(rf[1] - rf[0]) if len(rf) > 1 else 1.0,
-                      tuple(float(f) for f in defects_hz), harmonics, width, background, slip)
-    cols = []
-    for pairs in plan:
-        logs = [np.log10(power[:, line, :].max(axis=1) + _EPS) - np.log10(np.median(power[:, near, :], axis=1) + _EPS)
-                for line, near in pairs]
-        cols.append(np.mean(logs, axis=0) if logs else np.zeros((power.shape[0], power.shape[2])))
-    return np.stack(cols, axis=2)
-
-
-@lru_cache(maxsize=32)
-def _peak_plan(k_bins: int, df: float, defects_hz: tuple[float, ...], harmonics: int, width: float,
-               background: float, slip: float) -> tuple[tuple[tuple[np.ndarray, np.ndarray], ...], ...]:
-    """Per defect, per harmonic: the bins searched for its line and the bins of its background (the same for
-    every frame of a spec, so worked out once)."""
-    rf = np.arange(k_bins) * df
-    plan = []
-    for f0 in defects_hz:
-        pairs = []
-        for k in range(1, harmonics + 1):
-            d = np.abs(rf - k * f0)
-            tol = max(width, slip * k * f0)
-            line, near = np.flatnonzero(d <= tol), np.flatnonzero((d > tol) & (d <= tol + background))
-            if line.size and near.size:
-                pairs.append((line, near))
-        plan.append(tuple(pairs))
-    return tuple(plan)
 
 
 def default_spec(fs_hz: float, snapshot_samples: int, channels: Sequence[str]) -> FeatureSpec:
