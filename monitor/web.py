@@ -42,6 +42,8 @@ from importlib import resources
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
+from vibrawatch.agent.errors import ConfigError
+
 from . import episodes, fleet
 from .actions import BODY_MAX, ActionApi, Answer
 from .config import MonitorConfig
@@ -173,10 +175,10 @@ class BoundedServer(ThreadingHTTPServer):
 
     def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], request_timeout_s: float,
                  max_connections: int, max_event_clients: int) -> None:
+        self.stopping = threading.Event()  # before binding: a failed bind closes the server at once
         super().__init__(address, handler)
         self.request_timeout_s, self.max_connections = request_timeout_s, max_connections
         self.event_slots = threading.BoundedSemaphore(max_event_clients)
-        self.stopping = threading.Event()
         self.refused = 0  # connections turned away at the cap
         self.timed_out = 0  # connections closed for not sending a request in time
         self._open: dict[socket.socket, float | None] = {}  # connection -> deadline (None: being answered)
@@ -396,4 +398,8 @@ def make_server(cfg: MonitorConfig, store: Store, changes: Changes, health: Call
                 self.close_connection = True
                 self.server.event_slots.release()
 
-    return BoundedServer((host, int(port)), Handler, request_timeout_s, max_connections, max_event_clients)
+    try:
+        return BoundedServer((host, int(port)), Handler, request_timeout_s, max_connections, max_event_clients)
+    except OSError as e:  # a busy port, an address not on this machine, a name that does not resolve
+        raise ConfigError(f"--http {host}:{port}: cannot listen there: {e.strerror or e} (another program, or "
+                          "another monitor, may hold it: give another --http HOST:PORT, or --http off)") from None
