@@ -548,7 +548,7 @@ def test_training_and_commissioning_fit_the_same_healthy_statistics(tiny_run: Pa
     ev = healthy.window_evidence(d, w["end_times"][h], w["x"][h], w["scores"][h], w["contributions"][h],
                                  frame_floor_values(data, d.spec)[ends])
     trained, refit = numbers(d), numbers(healthy.fit(d, ev))
-    assert set(trained) == set(refit) and len(trained) == 9
+    assert set(trained) == set(refit) and len(trained) == 10
     for k in trained:
         np.testing.assert_allclose(refit[k], trained[k], rtol=1e-9, atol=0, err_msg=k)
 

@@ -71,6 +71,9 @@ class ProductConfig:
     grows: float = 2.0
     history: int = 6
     share: float = 0.8
+    # Optional per-channel absolute levels (the first floor feature's units, e.g. RMS in g) beyond which a channel
+    # alarms at once, as ISO 10816/20816 zone limits are used; off unless given (agent/detect/events.py).
+    absolute: tuple[float, ...] | None = None
 
 
 @dataclass(frozen=True)

@@ -240,7 +240,8 @@ def product_verdicts(run: Run, data: Recording | FeatureTable, wins: Any, x: np.
     assert d.floor is not None
     fv = frame_floor_values(data, d.spec)[wins.end_frames]
     *inputs, blame = event_inputs(d, window_evidence(d, wins.end_times, x, scores, contrib, fv))
-    return run_events(wins.end_times, *inputs, d.events or EventRule(), d.rule, d.floor.step, blame)
+    return run_events(wins.end_times, *inputs, d.events or EventRule(), d.rule, d.floor.step, blame,
+                      *d.event_limits())
 
 
 def product_detection(times: np.ndarray, verdicts: Sequence[Verdict]) -> Detection:

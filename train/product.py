@@ -21,6 +21,7 @@ from vibrawatch.agent.detect.frames import iter_frames
 from vibrawatch.agent.detect.healthy import fit, window_evidence
 from vibrawatch.agent.detect.measures import FLOOR_FEATURES, Floor, OwnDeviation, PcaResidual, floor_values
 from vibrawatch.agent.detect.recording import FeatureTable, Recording
+from vibrawatch.agent.errors import ConfigError
 from vibrawatch.agent.sources.simulate import BearingGeometry
 
 from .config import DiagnosisConfig, ProductConfig
@@ -102,8 +103,11 @@ def fit_product(
         "floor": Floor(names, np.ones((k, n_ch)), np.ones((k, n_ch)), np.ones(n_ch)),
         "pca": PcaResidual(mean, axes, 1.0, np.ones(n_ch), pca_weights(frames_scaled[:last_healthy], mean, axes)),
         "own": OwnDeviation(np.zeros(spec.n_features), np.ones(spec.n_features)),
-        "events": EventRule(cfg.transient_s, cfg.relaxed, cfg.grows, cfg.history, cfg.share),
+        "events": EventRule(cfg.transient_s, cfg.relaxed, cfg.grows, cfg.history, cfg.share, cfg.absolute),
     }
+    if cfg.absolute is not None and len(cfg.absolute) != n_ch:
+        raise ConfigError(f"[product] absolute: {len(cfg.absolute)} levels, expected one per channel "
+                          f"({', '.join(spec.channels)})")
     energies = None
     if diagnosis.enabled and isinstance(data, Recording):
         dg = diagnosis_from_config(diagnosis, spec.fs_hz, spec.frame_length, n_ch)

@@ -99,7 +99,14 @@ class Detector:
     def event_state(self) -> EventState:
         """A fresh streaming event state (see agent/detect/events.py); only for a ``combined`` detector."""
         assert self.floor is not None
-        return EventState(self.events or EventRule(), self.rule, len(self.channels), self.floor.step)
+        return EventState(self.events or EventRule(), self.rule, len(self.channels), self.floor.step,
+                          *self.event_limits())
+
+    def event_limits(self) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """The event layer's severe levels (from the healthy period) and absolute ones (configured), as log
+        levels per channel; None where there are none (a detector fitted before them, or none configured)."""
+        assert self.floor is not None
+        return self.floor.severe_levels(), self.floor.ceiling((self.events or EventRule()).absolute)
 
     def own_z(self, x_scaled: np.ndarray) -> np.ndarray:
         """Windows (n, T, F) scaled -> each channel's own deviation (n, C)."""
@@ -155,11 +162,14 @@ class Detector:
         if "hysteresis" in alarm:
             _number(alarm, "hysteresis", "alarm")
         n_ch = len(spec.channels)
+        events = EventRule.from_dict(d["events"]) if "events" in d else None
+        if events is not None and events.absolute is not None and len(events.absolute) != n_ch:
+            raise ConfigError(f"events.absolute: {len(events.absolute)} levels, expected one per channel ({n_ch})")
         return cls(
             floor=Floor.from_dict(d["floor"], n_ch) if "floor" in d else None,
             pca=PcaResidual.from_dict(d["pca"], spec.n_features, n_ch) if "pca" in d else None,
             own=OwnDeviation.from_dict(d["own"], spec.n_features) if "own" in d else None,
-            events=EventRule.from_dict(d["events"]) if "events" in d else None,
+            events=events,
             diagnosis=Diagnosis.from_dict(d["diagnosis"], n_ch) if "diagnosis" in d else None,
             spec=spec,
             scaler=scaler,

@@ -5,9 +5,16 @@ floor ratios, own deviation, log levels) and decides each channel's alarm on its
 
 - ``EventRule``: an abrupt jump of one channel's level (a step larger than any healthy one) holds that
   channel's alarm for ``transient_s``: if the level relaxes back, a ``transient`` event says when, which
-  channel and how large; if it holds or keeps growing, the alarm is raised. The same jump on every channel
-  in one window is a ``condition_change`` (load, speed, remounting): published once, after which levels
-  are read relative to the new condition and the models' scores (trained on the old one) are not used.
+  channel and how large; if it holds or keeps growing, the alarm is raised. Severity comes before patience:
+  a held channel beyond ``Floor.severe_levels`` (the healthy maximum exceeded again by the healthy range, at
+  least a doubling) or beyond the configured absolute ``EventRule.absolute`` is not held: the alarm rule's k
+  windows judge it like any level (a one-window spike that falls back still raises nothing). The same jump
+  on every channel in one window is a ``condition_change`` (load, speed, remounting): published once, after
+  which levels are read relative to the new condition and the models' scores (trained on the old one) are
+  not used; "the same" = the median jump removed, every channel is left within its own step
+  (``shared_shift``). Across a recording gap (a pause of more than ``GAP`` times the recent spacing) nothing
+  links the windows on either side: there every channel need only have moved up ``ALIKE`` (half) of its
+  own step, alike in the same sense.
 - ``Verdict``: the decision about one window, per channel, with the events decided in it.
 
 ``EventState`` is the streaming object (one window at a time, the gateway); ``run_events`` its batch twin.
@@ -28,6 +35,9 @@ from ..errors import ConfigError
 from .decide import AlarmRule, AlarmState
 from .manifest_fields import number_field
 
+GAP = 4.0  # a pause longer than this many times the recent spacing of windows is a recording gap
+ALIKE = 0.5  # across a gap, a shared shift moved every channel at least this share of its own step
+
 
 @dataclass(frozen=True)
 class EventRule:
@@ -38,30 +48,45 @@ class EventRule:
     grows: float = 2.0  # a step whose log level reaches this many times its size is growing: alarm at once
     history: int = 6  # windows before a jump that give the level it jumped from
     share: float = 0.8  # a channel counts if it moved at least this share of the most-moved one
+    # Per channel, a level (the first floor feature's, e.g. RMS in the data's units) beyond which a step alarms
+    # at once and a level alarms whatever the healthy period showed, as ISO 10816/20816 zone limits are used;
+    # None: off (the healthy statistics alone decide).
+    absolute: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if not (self.transient_s > 0 and 0 < self.relaxed < 1 and self.grows > 1 and self.history >= 1
                 and 0 < self.share <= 1):
             raise ConfigError("events: need transient_s > 0, 0 < relaxed < 1, grows > 1, history >= 1, "
                               "0 < share <= 1")
+        if self.absolute is not None and (not self.absolute or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+                for v in self.absolute)):
+            raise ConfigError(f"events.absolute: expected one finite number > 0 per channel, got "
+                              f"{str(self.absolute)[:60]}")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"transient_s": self.transient_s, "relaxed": self.relaxed, "grows": self.grows,
-                "history": self.history, "share": self.share}
+        out: dict[str, Any] = {"transient_s": self.transient_s, "relaxed": self.relaxed, "grows": self.grows,
+                               "history": self.history, "share": self.share}
+        if self.absolute is not None:
+            out["absolute"] = list(self.absolute)
+        return out
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> EventRule:
         if not isinstance(d, Mapping):
             raise ConfigError(f"events: expected an object, got {type(d).__name__}")
-        extra = set(d) - {"transient_s", "relaxed", "grows", "history", "share"}
+        extra = set(d) - {"transient_s", "relaxed", "grows", "history", "share", "absolute"}
         if extra:
             raise ConfigError(f"events: unknown key(s) {sorted(extra)}")
         h = d.get("history", 6)
         if isinstance(h, bool) or not isinstance(h, int):
             raise ConfigError(f"events.history: expected int, got {h!r}")
+        a = d.get("absolute")
+        if a is not None and not isinstance(a, list):
+            raise ConfigError(f"events.absolute: expected a list of numbers, got {str(a)[:60]}")
         return cls(number_field(d, "transient_s", "events", 0.0, 12 * 3600.0),
                    number_field(d, "relaxed", "events", 0.0, 0.5), number_field(d, "grows", "events", 1.0, 2.0), h,
-                   number_field(d, "share", "events", 0.0, 0.8))
+                   number_field(d, "share", "events", 0.0, 0.8), None if a is None else tuple(a))
 
 
 @dataclass(frozen=True)
@@ -108,6 +133,14 @@ class Verdict:
         return self.raised[0] if self.raised else self.cleared[0] if self.cleared else -1
 
 
+def shared_shift(jump: np.ndarray, step: np.ndarray, least: float = 1.0) -> bool:
+    """Is ``jump`` (C,) one shift of the whole machine: every channel up by at least ``least`` of its own step,
+    and what is left of each after removing the median shift within that channel's step (what it does when
+    healthy)? A fault on one bearing reaches the others through the housing attenuated: its own channel is then
+    left far above the rest (x7.4 drive end, x2.8 fan end on a seeded inner-race fault), not a shared shift."""
+    return bool(np.all(jump > least * step) and np.all(np.abs(jump - np.median(jump)) < step))
+
+
 @dataclass
 class EventState:
     """Streaming: feed ``update`` one window at a time; masks transients, names channels, finds shared changes."""
@@ -116,8 +149,11 @@ class EventState:
     alarm: AlarmRule
     n_channels: int
     step: np.ndarray  # (C,) from Floor.step
+    severe: np.ndarray | None = None  # (C,) log level (against healthy, current condition): a step alarms at once
+    ceiling: np.ndarray | None = None  # (C,) log level (against healthy) of ``EventRule.absolute``: always an alarm
     _alarms: list[AlarmState] = field(init=False)
     _history: deque[np.ndarray] = field(init=False)
+    _times: deque[float] = field(init=False)  # the recent windows' times: their spacing tells a gap
     _pending: dict[int, Step] = field(default_factory=dict, init=False)
     _offset: np.ndarray | None = field(default=None, init=False)  # log level of the current condition
     _relaxing: dict[int, tuple[float, float]] = field(default_factory=dict, init=False)  # c -> (log level, size)
@@ -126,6 +162,7 @@ class EventState:
     def __post_init__(self) -> None:
         self._alarms = [AlarmState(1.0, self.alarm) for _ in range(self.n_channels)]
         self._history = deque(maxlen=self.rule.history)
+        self._times = deque(maxlen=self.rule.history + 1)
         self._blamed = deque(maxlen=self.alarm.raise_after)
 
     def update(self, t: float, score_level: float, channel_level: np.ndarray, own: np.ndarray, z: np.ndarray,
@@ -136,10 +173,12 @@ class EventState:
         channel's share of the score that set ``score_level`` (default ``channel_level``). Levels > 1 are above."""
         own = np.asarray(own, dtype=np.float64)
         lv = np.asarray(log_level, dtype=np.float64)
+        raw = lv  # against healthy, whatever the condition: what an absolute limit is read on
         events: list[Event] = []
         if self._offset is not None:
             own = own / np.exp(self._offset)  # read relative to the condition the machine is in now
             lv = lv - self._offset
+        gap = self._gap(t)
         if len(self._history) == self._history.maxlen:
             base = np.median(np.stack(self._history), axis=0)
             jump = lv - base
@@ -149,7 +188,8 @@ class EventState:
             # a channel already in alarm is not held: its alarm stands until its own evidence clears it
             new = [c for c in range(self.n_channels)
                    if c not in self._pending and abrupt[c] and not self._alarms[c].active]
-            if self.n_channels > 1 and bool(abrupt.all()):
+            if self.n_channels > 1 and (bool(abrupt.all()) and shared_shift(jump, self.step)
+                                      or gap and shared_shift(jump, self.step, ALIKE)):
                 shared = float(np.median(jump))
                 events.append(Event("condition_change", t, tuple(range(self.n_channels)),
                                     tuple(float(np.exp(j)) for j in jump)))
@@ -179,6 +219,10 @@ class EventState:
         m = np.sqrt(np.maximum(zz, 0.0) * np.maximum(cl, 0.0)) if self._offset is None else zz
         moved = m >= self.rule.share * m.max() if self.n_channels else np.zeros(0, bool)
         evidence = np.where(moved, own, 0.0)
+        # Severity before patience: a held channel now beyond its severe level is not waited on but judged by the
+        # alarm rule's k windows like any level (a spike of one window that falls back stays quiet), if it is the
+        # channel that moved: one that moved less than another is most likely that one's vibration reaching it.
+        severe_now = [c for c in self._pending if moved[c] and self._is_severe(c, lv, raw)]
         blame = -1
         if self._offset is None and self.n_channels:
             evidence = np.maximum(evidence, np.where(moved, cl, 0.0))
@@ -191,9 +235,14 @@ class EventState:
             else:
                 evidence[c] = 0.0
         for c in self._pending:
-            evidence[c] = 0.0  # held: a jump is not a failure until it has shown it does not relax
+            # held: a jump is not a failure until it has shown it does not relax, unless it is severe
+            evidence[c] = max(evidence[c], own[c], 1.0 + 1e-9) if c in severe_now else 0.0
+        if self.ceiling is not None:  # beyond the configured absolute level: an alarm, whatever else holds it
+            evidence = np.maximum(evidence, np.exp(raw - self.ceiling))
         decisions = [a.update(float(e)) for a, e in zip(self._alarms, evidence, strict=True)]
         raised = [c for c, d in enumerate(decisions) if d.event == "raised"]
+        for c in raised:
+            self._pending.pop(c, None)  # a severe step that raised its alarm is no longer a transient candidate
         # The whole-window score has one alarm rule across channels: the window's blame can move between two
         # channels that moved alike (window by window, whichever has the larger share), and then neither
         # channel's own k-of-k sees k windows in a row although the score did. k consecutive windows above on
@@ -221,13 +270,26 @@ class EventState:
             events=tuple(events),
         )
 
+    def _gap(self, t: float) -> bool:
+        """Is window ``t`` the first after a recording gap (a pause of more than GAP times the recent spacing)?"""
+        times = self._times
+        gap = len(times) >= 3 and t - times[-1] > GAP * float(np.median(np.diff(np.asarray(times))))
+        times.append(t)
+        return bool(gap)
+
+    def _is_severe(self, c: int, lv: np.ndarray, raw: np.ndarray) -> bool:
+        """Is channel c beyond its severe level (healthy, in the current condition) or its absolute one?"""
+        return bool((self.severe is not None and lv[c] > self.severe[c])
+                    or (self.ceiling is not None and raw[c] > self.ceiling[c]))
+
 
 def run_events(
     times: np.ndarray, score_level: np.ndarray, channel_level: np.ndarray, own: np.ndarray, z: np.ndarray,
     log_level: np.ndarray, rule: EventRule, alarm: AlarmRule, step: np.ndarray, blame_level: np.ndarray | None = None,
+    severe: np.ndarray | None = None, ceiling: np.ndarray | None = None,
 ) -> list[Verdict]:
     """The batch twin of ``EventState``: a whole run, window by window, exactly as the gateway decides it."""
-    state = EventState(rule, alarm, own.shape[1], step)
+    state = EventState(rule, alarm, own.shape[1], step, severe, ceiling)
     return [state.update(float(times[i]), float(score_level[i]), channel_level[i], own[i], z[i], log_level[i],
                          None if blame_level is None else blame_level[i])
             for i in range(len(times))]

@@ -318,7 +318,8 @@ def fit_floor(floor: Floor, floors: np.ndarray, rule: ThresholdRule, history: in
     thresholds = np.stack([fit_channel_thresholds(floors[:, k, :], rule) for k in range(floors.shape[1])])
     median = np.median(floors, axis=0)
     log_lv = np.log(np.maximum(np.abs(floors[:, 0, :]), _TINY) / np.maximum(np.abs(median[0]), _TINY))
-    return Floor(floor.features, np.maximum(thresholds, _TINY), median, step_sizes(log_lv, history))
+    return Floor(floor.features, np.maximum(thresholds, _TINY), median, step_sizes(log_lv, history),
+                 log_lv.max(axis=0))
 
 
 def fit(detector: Detector, ev: Evidence, extremes: Extremes | None = None) -> Detector:
@@ -343,7 +344,9 @@ def fit(detector: Detector, ev: Evidence, extremes: Extremes | None = None) -> D
     if extremes is not None and rule.method == "max":
         hv = col("floors")
         thr = np.stack([fit_channel_thresholds(hv[:, k, :], rule) for k in range(hv.shape[1])])
-        floor = replace(floor, thresholds=np.maximum(thr, _TINY))
+        hi = np.maximum(np.abs(extremes.hi.floors[:, 0, :]), np.abs(extremes.lo.floors[:, 0, :])).max(axis=0)
+        high = np.log(np.maximum(hi, _TINY) / np.maximum(np.abs(floor.median[0]), _TINY))
+        floor = replace(floor, thresholds=np.maximum(thr, _TINY), high=np.maximum(floor.high, high))
     parts: dict[str, Any] = {"floor": floor}
     if d.pca is not None and ev.pca_score is not None and ev.pca_contributions is not None:
         # over the held scores (windows files from before they were kept: the single ones, never lower)

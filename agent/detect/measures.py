@@ -16,6 +16,7 @@ here and on the gateway; all optional, so a detector without them decides exactl
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +29,9 @@ from .features import FeatureDef, FeatureSpec, extract
 from .manifest_fields import array_field, number_field
 
 FLOOR_FEATURES = ("rms", "mean_abs")
+# The least a step must exceed the healthy maximum by to alarm at once: a doubling (6 dB), the smallest change
+# condition-monitoring practice calls significant on any machine (two ISO 10816 zone boundaries apart are 2.5x).
+SEVERE_MIN = math.log(2.0)
 
 _TINY = 1e-12
 
@@ -40,6 +44,21 @@ class Floor:
     thresholds: np.ndarray  # (K, C)
     median: np.ndarray  # (K, C) healthy median, the reference for log levels (steps, condition changes)
     step: np.ndarray  # (C,) smallest jump of log level that counts as a step: above every healthy jump
+    high: np.ndarray | None = None  # (C,) the largest healthy log level; None: fitted before it was kept
+
+    def severe_levels(self) -> np.ndarray | None:
+        """(C,) log levels beyond which a step alarms at once instead of being held to see if it relaxes: the
+        healthy maximum exceeded again by the healthy range (max over median), and at least by a doubling
+        (``SEVERE_MIN``). A channel that wandered far when healthy must go twice as far; a steady one, that
+        never went 10% above its median, alarms at twice its healthy maximum. None without ``high``."""
+        return None if self.high is None else self.high + np.maximum(self.high, SEVERE_MIN)
+
+    def ceiling(self, absolute: tuple[float, ...] | None) -> np.ndarray | None:
+        """(C,) the configured absolute levels (``EventRule.absolute``, the first floor feature's units) as log
+        levels against the healthy median, as ``log_level`` reads them; None when none is configured."""
+        if absolute is None:
+            return None
+        return np.log(np.asarray(absolute, dtype=np.float64) / np.maximum(np.abs(self.median[0]), _TINY))
 
     def ratios(self, values: np.ndarray) -> np.ndarray:
         """(..., K, C) -> (..., C): each channel's own level in units of its healthy threshold."""
@@ -51,8 +70,11 @@ class Floor:
         return np.log(np.maximum(np.abs(v), _TINY) / np.maximum(np.abs(self.median[0]), _TINY))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"features": list(self.features), "thresholds": self.thresholds.tolist(),
-                "median": self.median.tolist(), "step": self.step.tolist()}
+        out = {"features": list(self.features), "thresholds": self.thresholds.tolist(),
+               "median": self.median.tolist(), "step": self.step.tolist()}
+        if self.high is not None:
+            out["high"] = self.high.tolist()
+        return out
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], n_channels: int) -> Floor:
@@ -63,7 +85,8 @@ class Floor:
         k = len(feats)
         return cls(tuple(feats), array_field(d, "thresholds", w, (k, n_channels), positive=True),
                    array_field(d, "median", w, (k, n_channels)),
-                   array_field(d, "step", w, (n_channels,), positive=True))
+                   array_field(d, "step", w, (n_channels,), positive=True),
+                   array_field(d, "high", w, (n_channels,)) if "high" in d else None)
 
 
 @dataclass(frozen=True)
