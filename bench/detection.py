@@ -1,13 +1,17 @@
 """Detection benchmark: every detection result, trained and evaluated from the CLI, printed as one markdown table.
 
     .venv/bin/python bench/detection.py [--out runs/bench] [--only ims2,femto1_1] [--write-docs]
-                                        [--scaling robust]
+                                        [--scaling robust] [--baselines pyod|ecod,knn|none]
 
 The generality table (``GENERAL``: one default configuration, no per-run tuning, every run the project
 has) compares the product with each of its baselines on every run: the warning's start, its lead, nuisance
 alarms, AUC (docs/detection.md, "Scoring"), diagnosis. ``--write-docs`` puts it into docs/benchmarks.md between its
 markers (the only part of that file this script writes; everything between them is regenerated, never edited
 by hand).
+
+The outside baselines (``OUTSIDE``: PyOD's ECOD, COPOD, HBOS, LOF and KNN, the ``baselines`` extra) run on every
+case too (`vibrawatch evaluate --baselines pyod`), fitted on the same healthy windows with the same threshold rule
+and alarm rule, and get a second table of their own: the product must lead detectors it did not design.
 
 Reads the real data sets from ../shared/data (never copied into the repo) and the built-in simulators.
 Each case is exactly the `vibrawatch train` and `vibrawatch evaluate --json` commands shown in its row.
@@ -35,6 +39,7 @@ SIMS = {
     "sim": [],
     "sim_transient": ["--step-channel", "2", "--step-at", "0.5", "--step-gain", "1.33", "--step-relax-s", "21600"],
     "sim_condition": ["--condition-at", "0.5", "--condition-gain", "1.3"],
+    "sim_gap": ["--gap-at", "0.5", "--gap-s", "86400", "--gap-gain", "1.22", "--gap-spread", "0.04"],
 }
 
 # name -> (train args, evaluate args)
@@ -84,10 +89,14 @@ GENERAL = [
     ("sim", "simulator, defaults"),
     ("sim_transient", "simulator + one-channel transient (bearing3, +33%, relaxes over 6 h)"),
     ("sim_condition", "simulator + shared condition change (all x1.3)"),
+    ("sim_gap", "simulator + a day's recording gap, every channel x1.17-1.27 after it"),
 ]
 DETECTORS = [("product", "**product**"), ("autoencoder", "autoencoder"), ("pca", "PCA"),
              ("isolation_forest", "IsolationForest"), ("rms", "RMS floor"), ("mean_abs", "mean \\|x\\| floor"),
              ("table_value", "table floor")]
+# The outside baselines' table (train/outside.py): each cell as in the generality table.
+OUTSIDE = [("pyod_ecod", "ECOD"), ("pyod_copod", "COPOD"), ("pyod_hbos", "HBOS"), ("pyod_lof", "LOF"),
+           ("pyod_knn", "KNN")]
 
 
 def cell(r: dict | None) -> str:
@@ -122,6 +131,31 @@ def general_table(reports: dict[str, dict]) -> str:
         w = r.get("warning")
         first = f"{w['start']} ({w['channel']})" if w else "none"
         lines.append(f"| {label} | {first} | " + " | ".join(cells) + f" | {diag} | {ev} |")
+    return "\n".join(lines)
+
+
+def outside_table(reports: dict[str, dict]) -> str:
+    """The outside baselines beside the product on every GENERAL case that ran them ('' if none did), and the
+    longest lead among them that had no nuisance alarm, which the product's lead must beat."""
+    present = [k for k, _ in OUTSIDE if any(k in r.get("baselines", {}) for r in reports.values())]
+    if not present:
+        return ""
+    heads = dict(OUTSIDE)
+    lines = ["| run | **product** | " + " | ".join(f"{heads[k]} (PyOD)" for k in present)
+             + " | best clean outside lead | product leads it (longer, no nuisance) |",
+             "|---|---|" + "---|" * len(present) + "---|---|"]
+    for name, label in GENERAL:
+        r = reports.get(name)
+        if r is None or not any(k in r.get("baselines", {}) for k in present):
+            continue
+        base = r["baselines"]
+        clean = [base[k]["lead_h"] for k in present if k in base and base[k].get("lead_h") is not None
+                 and (base[k].get("nuisance") or {}).get("count") == 0]
+        best = max(clean) if clean else None
+        mine = r.get("lead_h") if (r.get("nuisance") or {}).get("count") == 0 else None
+        leads = "-" if best is None else ("yes" if mine is not None and mine > best else "**no**")
+        lines.append(f"| {label} | {cell(r)} | " + " | ".join(cell(base.get(k)) for k in present)
+                     + f" | {'-' if best is None else f'{best:.1f} h'} | {leads} |")
     return "\n".join(lines)
 
 
@@ -184,6 +218,8 @@ def main() -> None:
     ap.add_argument("--write-docs", action="store_true", help="write the generality table into docs/benchmarks.md")
     ap.add_argument("--scaling", choices=("minmax", "robust"), help="train every case with this [features] "
                     "scaling (default: each case's own config, min-max unless it says otherwise)")
+    ap.add_argument("--baselines", default="pyod", help="outside baselines for every case's evaluate: pyod (all "
+                    "five, the default), some of ecod,copod,hbos,lof,knn, or none")
     a = ap.parse_args()
     out = (ROOT / a.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -207,12 +243,16 @@ def main() -> None:
             train_args = with_scaling(train_args, a.scaling, out / f"{name}.toml")
         t0 = time.perf_counter()
         vibrawatch("train", *train_args, "--out", str(out / name), "--quiet")
-        report = json.loads(vibrawatch("evaluate", str(out / name), *eval_args, "--json", "--quiet"))
+        outside = [] if a.baselines.strip().lower() in ("", "none") else ["--baselines", a.baselines]
+        report = json.loads(vibrawatch("evaluate", str(out / name), *eval_args, *outside, "--json", "--quiet"))
         reports[name] = report
         rows.append(row(name, report, time.perf_counter() - t0))
         print(rows[-1], flush=True)
     table = general_table(reports)
     print("\n" + table)
+    others = outside_table(reports)
+    if others:
+        print("\n" + others)
     if a.write_docs:
         import platform
 
@@ -224,7 +264,12 @@ def main() -> None:
                    "until the failure) and its lead, nuisance alarms (every other alarm; per 1,000 healthy "
                    "machine-hours), AUC of the detector's alarm level. Diagnosis: the first alarm's defect "
                    "frequency, when it first stood out.")
-        write_docs("\n".join(rows) + "\n\n" + general + "\n\n" + table, header)
+        outside = ("Outside baselines: PyOD's detectors (`vibrawatch evaluate --baselines pyod`) on the same "
+                   "min-max scaled windows as IsolationForest, fitted on the same healthy windows, threshold by the "
+                   "run's rule (the highest healthy score x its margin), the same alarm rule, one alarm for the "
+                   "machine. The product's lead must beat the longest of theirs that had no nuisance alarm.")
+        tail = f"\n\n{outside}\n\n{others}" if others else ""
+        write_docs("\n".join(rows) + "\n\n" + general + "\n\n" + table + tail, header)
 
 
 if __name__ == "__main__":

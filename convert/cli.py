@@ -53,6 +53,12 @@ DataOpt = Annotated[
     ),
 ]
 
+TimeColumnOpt = Annotated[
+    str | None,
+    typer.Option("--time-column", help="A feature table's time column by its header (default: the column named "
+                 "timestamp, time, t or datetime, else the first)."),
+]
+
 
 @app.command()
 @user_errors
@@ -70,6 +76,7 @@ def train(
     config: Annotated[
         Path | None, typer.Option("--config", help="TOML settings (features, window, threshold); see configs/.")
     ] = None,
+    time_column: TimeColumnOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
 ) -> None:
     """Fit the LSTM autoencoder on the healthy period of a run and pick its alarm threshold.
@@ -79,7 +86,7 @@ def train(
     """
     from vibrawatch.train.run import train_run
 
-    summary = train_run(data, out, healthy_until, config, progress=not quiet)
+    summary = train_run(data, out, healthy_until, config, progress=not quiet, time_column=time_column)
     typer.echo(json.dumps(summary, indent=2))
 
 
@@ -105,10 +112,11 @@ def evaluate(
         typer.Option("--healthy-until", help="The evaluated run is known healthy up to here (a time, or a share "
                      "like 30%): every alarm raised in it is a nuisance alarm, with or without --failed."),
     ] = None,
-    time_column: Annotated[
+    time_column: TimeColumnOpt = None,
+    outside: Annotated[
         str | None,
-        typer.Option("--time-column", help="A feature table's time column by its header (default: the column "
-                     "named timestamp, time, t or datetime, else the first)."),
+        typer.Option("--baselines", help="Also score outside detectors fitted the same way: `pyod` (ECOD, COPOD, "
+                     "HBOS, LOF, KNN) or some of them (ecod,knn); needs the [baselines] extra."),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (for scripts).")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
@@ -124,7 +132,8 @@ def evaluate(
 
     names = [s.strip() for s in failed.split(",") if s.strip()] if failed else []
     report = evaluate_run(str(run_dir), str(data), failure_at, names, str(normal_data) if normal_data else None,
-                          progress=not quiet, healthy_until=healthy_until, time_column=time_column)
+                          progress=not quiet, healthy_until=healthy_until, time_column=time_column,
+                          outside=outside)
     if as_json:
         typer.echo(json.dumps(report, indent=2))
         return

@@ -15,7 +15,8 @@ EXTRAS = {
     "tensorflow": "train", "tf_keras": "train", "keras": "train", "sklearn": "train", "scipy": "train",
     "matplotlib": "train", "tqdm": "train", "amqtt": "train", "cryptography": "train", "typer": "train",
     "click": "train", "psycopg": "monitor", "fastjsonschema": "monitor", "orjson": "monitor", "argon2": "monitor",
-    "paho": "edge", "ai_edge_litert": "edge", "tflite_runtime": "edge-tflite", "smbus2": "edge",
+    "paho": "edge", "ai_edge_litert": "edge", "tflite_runtime": "edge-tflite", "smbus2": "edge", "pyod": "baselines",
+    "numba": "baselines",
 }
 
 

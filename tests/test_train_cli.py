@@ -98,7 +98,7 @@ def test_workstation_commands_keep_tensorflow_start_up_noise_off_stderr(tiny_dat
     assert res.stderr.strip() == "", res.stderr[:2000]
 
 
-def _table(path: Path, shift: bool) -> None:
+def _table(path: Path, shift: bool, time_name: str = "timestamp") -> None:
     """A 3-bearing feature table, 300 rows 10 min apart, the time in the second column: bearing1 wears out over
     the last 20%, bearing2 is a signed feature (a mean near -0.2), and with ``shift`` bearing3 jumps x3 at 10%
     of the run and stays there (a remounted sensor, say: in the part of the run known to be healthy)."""
@@ -115,7 +115,7 @@ def _table(path: Path, shift: bool) -> None:
 
     rows = [f"{b1[i]:.6f},{datetime.fromtimestamp(t0 + 600 * i, tz=timezone.utc):%Y-%m-%d %H:%M:%S},{b2[i]:.6f},"
             f"{b3[i]:.6f}" for i in range(n)]
-    path.write_text("bearing1,timestamp,bearing2,bearing3\n" + "\n".join(rows) + "\n")
+    path.write_text(f"bearing1,{time_name},bearing2,bearing3\n" + "\n".join(rows) + "\n")
 
 
 def test_evaluate_scores_episodes_on_a_published_style_table(tmp_path: Path) -> None:
@@ -153,3 +153,27 @@ def test_evaluate_scores_episodes_on_a_published_style_table(tmp_path: Path) -> 
 
     out = _fails("evaluate", tmp_path / "r", "--data", data, "--time-column", "when")
     assert "no column named 'when' for the time" in out and "'timestamp'" in out
+
+
+def test_train_takes_a_tables_time_column_by_name(tmp_path: Path) -> None:
+    """`train --time-column` as `evaluate --time-column`, one rule: a table whose time is in column 2 under a
+    header the loader does not guess; the run remembers it, so `evaluate` reads the table the same way."""
+    data = tmp_path / "t.csv"
+    _table(data, shift=False, time_name="recorded")
+    cfg = tmp_path / "table.toml"
+    cfg.write_text("[model]" + TINY_CONFIG.read_text().split("[model]", 1)[1])
+    out = _fails("train", "--data", data, "--healthy-until", "60%", "--config", cfg, "--out", tmp_path / "guess")
+    assert "line 2, column 2" in out and "'2024-03-01 00:00:00' is not a number" in out  # bearing1 taken as time
+    assert not (tmp_path / "guess").exists()
+
+    summary = json.loads(cli("train", "--data", data, "--time-column", "RECORDED", "--healthy-until",
+                             "2024-03-02 12:00:00", "--config", cfg, "--out", tmp_path / "r", "--quiet"))
+    assert summary["healthy_end"] == "2024-03-02 12:00:00"  # the dates were read as the time
+    meta = json.loads((tmp_path / "r" / "run.json").read_text())
+    assert meta["features"]["channels"] == ["bearing1", "bearing2", "bearing3"]
+    assert meta["training"]["time_column"] == "RECORDED"
+    r = json.loads(cli("evaluate", tmp_path / "r", "--data", data, "--json", "--quiet"))
+    assert r["warning"]["channel"] == "bearing1" and r["failure_at"] == "2024-03-03 01:50:00"
+
+    out = _fails("train", "--data", data, "--time-column", "when", "--config", cfg, "--out", tmp_path / "x")
+    assert "no column named 'when' for the time" in out and "'recorded'" in out

@@ -3,6 +3,7 @@ PCA residual, each fitted on the same healthy part of the data with the run's th
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -16,6 +17,7 @@ from vibrawatch.agent.detect.scale import MinMaxScaling
 from vibrawatch.agent.detect.threshold import ThresholdRule, fit_channel_thresholds, fit_threshold
 from vibrawatch.agent.detect.window import sliding_windows
 
+from .outside import outside_baselines
 from .run import Run
 from .scoring import Detection, abs_if_signed, single_detection
 
@@ -43,9 +45,10 @@ def simple_features(data: Recording | FeatureTable, spec: FeatureSpec) -> dict[s
     return {k: np.concatenate(v) for k, v in out.items()}
 
 
-def baselines(run: Run, data: Recording | FeatureTable, ff: Any, wins: Any, t_healthy: float
-              ) -> dict[str, tuple[Detection, dict[str, Any]]]:
-    """Every baseline's detection on the run (and any extra report fields), fitted on frames up to ``t_healthy``."""
+def baselines(run: Run, data: Recording | FeatureTable, ff: Any, wins: Any, t_healthy: float,
+              outside: Sequence[str] = ()) -> dict[str, tuple[Detection, dict[str, Any]]]:
+    """Every baseline's detection on the run (and any extra report fields), fitted on frames up to ``t_healthy``;
+    ``outside`` names PyOD detectors (train/outside.py) to run on IsolationForest's windows too."""
     from sklearn.decomposition import PCA
     from sklearn.ensemble import IsolationForest
     from sklearn.preprocessing import MinMaxScaler
@@ -82,4 +85,5 @@ def baselines(run: Run, data: Recording | FeatureTable, ff: Any, wins: Any, t_he
     cthr = fit_channel_thresholds(p_contrib[h_windows], tcfg)
     det = single_detection(wins.end_times, run_alarms(p_scores, thr, rule, p_contrib, cthr), thr)
     out["pca"] = (det, {"components": int(pca.n_components_)})
+    out.update(outside_baselines(outside, flat, wins.end_times, h_windows, tcfg, rule))
     return out

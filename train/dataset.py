@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -14,8 +15,10 @@ from vibrawatch.agent.detect.frames import iter_frames
 from vibrawatch.agent.detect.recording import FeatureTable, Recording
 from vibrawatch.agent.detect.window import sliding_windows, window_ends
 from vibrawatch.agent.errors import ConfigError
+from vibrawatch.agent.sources import loaders
 
 from .config import TrainConfig
+from .cwru import load
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,12 @@ class Windows:
     x: np.ndarray  # (n_windows, T, F)
     end_times: np.ndarray  # (n_windows,)
     end_frames: np.ndarray  # (n_windows,) index of the last frame
+
+
+def load_data(path: str | Path, time_column: str | None = None) -> Recording | FeatureTable:
+    """The data for `train` and `evaluate` alike; ``time_column`` (``--time-column``) names a feature table's time
+    column, else the loader finds it (timestamp, time, t or datetime, else the first): one rule for both."""
+    return load(path) if time_column is None else loaders.load(path, time_column)
 
 
 def build_spec(data: Recording | FeatureTable, cfg: TrainConfig) -> FeatureSpec:

@@ -10,7 +10,8 @@ Scoring (``vibrawatch.agent.detect.episodes``; docs/detection.md, "Scoring"), th
   training's healthy period when the evaluated data is the training data;
 - AUC of each detector's alarm level: the known-healthy part against the rest up to the failure (or the data's
   labels, or ``--normal-data``'s windows against the evaluated data's), ``auc_basis`` says which;
-- every baseline is computed from the same data, the training's healthy period, threshold method and alarm rule.
+- every baseline is computed from the same data, the training's healthy period, threshold method and alarm rule;
+  ``--baselines pyod`` adds the outside ones (PyOD's ECOD, COPOD, HBOS, LOF, KNN: train/outside.py).
 """
 
 from __future__ import annotations
@@ -29,10 +30,10 @@ from vibrawatch.agent.detect.events import EventRule, Verdict, run_events
 from vibrawatch.agent.detect.healthy import event_inputs, window_evidence
 from vibrawatch.agent.detect.recording import FeatureTable, Recording
 from vibrawatch.agent.errors import ConfigError
-from vibrawatch.agent.sources.loaders import detect_format, load_feature_csv
+from vibrawatch.agent.sources.loaders import detect_format
 
 from .cwru import load
-from .dataset import featurize, healthy_end_time, make_windows, parse_time
+from .dataset import featurize, healthy_end_time, load_data, make_windows, parse_time
 from .naming import data_stem
 from .run import Run, score
 from .scoring import Detection, RunFacts, detector_report, scoring_fields, single_detection
@@ -61,15 +62,6 @@ def check_data(run: Run, data: Recording | FeatureTable) -> None:
         raise ConfigError(
             f"{data.source}: snapshots of {data.data.shape[1]} samples, shorter than a frame ({spec.frame_length})"
         )
-
-
-def load_data(path: str, time_column: str | None = None) -> Recording | FeatureTable:
-    """The data, with ``time_column`` naming a feature table's time column (a table only)."""
-    if time_column is None:
-        return load(path)
-    if detect_format(path) != "csv":
-        raise ConfigError(f"--time-column {time_column!r}: {path} is not a feature table (.csv)")
-    return load_feature_csv(path, time_column)
 
 
 def _known_healthy(run: Run, data: Recording | FeatureTable, data_path: str, wins: Any, healthy_until: str | None,
@@ -106,9 +98,20 @@ def evaluate_run(
     plots: bool = True,
     healthy_until: str | None = None,
     time_column: str | None = None,
+    outside: str | None = None,
 ) -> dict[str, Any]:
-    """Score ``data_path`` with the run and the baselines; return the report (see module docstring)."""
+    """Score ``data_path`` with the run and the baselines; return the report (see module docstring). ``outside``:
+    PyOD detectors to score too (``pyod`` or names, train/outside.py)."""
+    from .outside import parse_outside, require_pyod
+
+    outside_names = parse_outside(outside)
+    if outside_names:
+        require_pyod()  # before the slow part: a missing extra is said at once
     run = Run.open(run_dir)
+    # a table the run was trained on with --time-column is read the same way unless told otherwise
+    trained_tc = run.meta.get("training", {}).get("time_column")
+    if time_column is None and trained_tc is not None and detect_format(data_path) == "csv":
+        time_column = str(trained_tc)
     data = load_data(data_path, time_column)
     check_data(run, data)
     d = run.detector
@@ -187,7 +190,7 @@ def evaluate_run(
         from .baselines import baselines
 
         found: dict[str, Any] = {"autoencoder": ae_report} if d.combined else {}
-        for name, (det, extra) in baselines(run, data, ff, wins, t_healthy).items():
+        for name, (det, extra) in baselines(run, data, ff, wins, t_healthy, outside_names).items():
             found[name] = {**detector_report(det, facts), **extra}
         report["baselines"] = found
         report["baselines_fitted_until"] = format_time(t_healthy, relative)

@@ -25,8 +25,7 @@ from vibrawatch.agent.errors import ConfigError
 from vibrawatch.agent.sources.loaders import detect_format
 
 from .config import TrainConfig, load_config
-from .cwru import load
-from .dataset import build_spec, featurize, format_time, healthy_end_time, make_windows
+from .dataset import build_spec, featurize, format_time, healthy_end_time, load_data, make_windows
 
 RUN_SCHEMA = "vibrawatch.run/2"  # /2: the detector's fields under the bundle manifest's keys
 DEFAULT_HEALTHY = "30%"
@@ -90,15 +89,17 @@ def train_run(
     healthy_until: str | None = None,
     config_path: str | Path | None = None,
     progress: bool = True,
+    time_column: str | None = None,
 ) -> dict[str, Any]:
-    """Train on the healthy period of one run and write a run directory; returns its summary."""
+    """Train on the healthy period of one run and write a run directory; returns its summary. ``time_column``
+    names a feature table's time column (as `evaluate --time-column`; found by its header when not named)."""
     from sklearn.preprocessing import MinMaxScaler
 
     from . import model as m
     from . import plots
 
     cfg: TrainConfig = load_config(config_path)
-    data = load(data_path)
+    data = load_data(data_path, time_column)
     spec = build_spec(data, cfg)
     ff = featurize(data, spec, progress=progress)
     T, hop = cfg.model.window, cfg.model.hop
@@ -173,6 +174,7 @@ def train_run(
         "training": {
             "source": str(data_path),
             "format": detect_format(data_path),
+            "time_column": time_column,
             "relative_time": ff.relative_time,
             "healthy_until": healthy_text,
             "healthy_end": format_time(t_end, ff.relative_time),
