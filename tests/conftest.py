@@ -1,11 +1,20 @@
-"""Shared fixtures: where the real data sets live, and one tiny trained run made through the CLI."""
+"""Shared fixtures: where the real data sets live, one tiny trained run made through the CLI, and the databases
+every monitor storage test runs on (SQLite and a real, throwaway PostgreSQL)."""
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import zlib
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:  # imported when a test asks for a database: it brings the monitor's modules
+    from postgres import Postgres
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -55,3 +64,26 @@ def tiny_bundle(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     out = tmp_path_factory.mktemp("bundle") / "tiny.tar"
     cli("convert", tiny_run, "--out", out)
     return out
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[Postgres]:
+    """One throwaway PostgreSQL cluster per test module (tests/postgres.py), removed after it."""
+    from postgres import Postgres, postgres_bin
+
+    if postgres_bin() is None:
+        pytest.skip("PostgreSQL binaries (initdb, pg_ctl) not installed: apt-get install postgresql (tests/run.sh)")
+    if os.geteuid() == 0 and shutil.which("runuser") is None:
+        pytest.skip("runuser not found (PostgreSQL refuses to run as root: as root the tests run it as nobody)")
+    pg = Postgres().start()
+    yield pg
+    pg.remove()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The same test on both backends: a new SQLite file, or a new database of this module's cluster."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'fleet.db'}"
+    pg = request.getfixturevalue("postgres")
+    return pg.fresh_database(f"t_{zlib.crc32(request.node.nodeid.encode()):08x}")

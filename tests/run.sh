@@ -32,7 +32,7 @@ fi
 
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/pip install -q --disable-pip-version-check -e ".[train,edge,dev,monitor]"
+.venv/bin/pip install -q --disable-pip-version-check -e ".[train,edge,dev,monitor,baselines]"
 
 if [ ! -x .venv-tflite/bin/python ]; then
     "$PY" -m venv .venv-tflite
@@ -42,4 +42,25 @@ fi
 export VIBRAWATCH_TFLITE_RUNTIME_PYTHON="$PWD/.venv-tflite/bin/python"
 
 .venv/bin/ruff check .
-exec .venv/bin/python -m pytest "$@"
+echo "tests/run.sh: the whole suite takes about 20-25 min on a 2-core machine (models trained for real, brokers," \
+     "databases and a browser started); what it skipped and why is listed at the end"
+# -ra (pyproject's addopts too): the short summary names every skipped test with its reason; "$@" (-q from
+# .ci/run) comes after it, so a caller's own -r wins. The output is kept to list the skips again at the end.
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+color=no; [ -t 1 ] && color=yes
+start=$SECONDS
+set +e
+.venv/bin/python -m pytest -ra --color="$color" "$@" 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+took=$((SECONDS - start))
+echo "tests/run.sh: took $((took / 60)) min $((took % 60)) s, pytest exit status $status"
+skips=$(sed 's/\x1b\[[0-9;]*m//g' "$log" | grep '^SKIPPED' || true)  # without the colours
+if [ -n "$skips" ]; then
+    echo "tests/run.sh: skipped, and why (file:line of the skip: reason):"
+    echo "$skips" | sed 's/^/    /'
+else
+    echo "tests/run.sh: nothing skipped"
+fi
+exit "$status"

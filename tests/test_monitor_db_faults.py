@@ -32,7 +32,7 @@ import pytest
 from monitor_helpers import Gateway, MonitorProcess, wait_until
 from mosquitto import Broker, free_port
 from postgres import Postgres, postgres_bin
-from test_monitor_store import postgres, store  # noqa: F401 - the fixtures: each case on both databases
+from test_monitor_store import store  # noqa: F401 - the fixture: each case on both databases (tests/conftest.py)
 
 from vibrawatch.monitor.config import load_monitor_config
 from vibrawatch.monitor.store import Store, open_store

@@ -15,7 +15,6 @@ import pytest
 from monitor_helpers import Gateway, start_monitor, wait_until
 from mosquitto import Broker
 from postgres import Postgres
-from test_monitor_store import postgres  # noqa: F401 - the PostgreSQL cluster fixture, shared
 
 from vibrawatch.agent.link.topics import encode, score_payload, status_payload
 from vibrawatch.monitor import bounds, decoding

@@ -9,36 +9,13 @@ gateways sent, once, the gap recorded as lost, the malformed messages as dead le
 from __future__ import annotations
 
 import json
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from conftest import cli
 from monitor_helpers import Gateway, MonitorProcess, dump, wait_until
 from mosquitto import Broker
-from postgres import Postgres, postgres_bin
 
 from vibrawatch.monitor.store import open_store
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[Postgres]:
-    if postgres_bin() is None:
-        pytest.skip("PostgreSQL binaries (initdb, pg_ctl) not installed: apt-get install postgresql (tests/run.sh)")
-    if shutil.which("runuser") is None:
-        pytest.skip("runuser not found (needed to run PostgreSQL unprivileged as root)")
-    pg = Postgres().start()
-    yield pg
-    pg.remove()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'fleet.db'}"
-    pg: Postgres = request.getfixturevalue("postgres")
-    return pg.fresh_database("scenario")
 
 
 def test_two_gateways_broker_and_monitor_restarts_redelivery_and_malformed_give_exact_rows(

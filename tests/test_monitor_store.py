@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from postgres import Postgres, postgres_bin
+from postgres import Postgres
 
 from vibrawatch.monitor import fleet, retention
 from vibrawatch.monitor.alerts import WebhookSink, deliver_due
@@ -24,22 +24,10 @@ from vibrawatch.monitor.schema import SCHEMA_VERSION
 from vibrawatch.monitor.store import Store, open_store
 
 
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[Postgres]:
-    if postgres_bin() is None:
-        pytest.skip("PostgreSQL binaries (initdb, pg_ctl) not installed: apt-get install postgresql (tests/run.sh)")
-    pg = Postgres().start()
-    yield pg
-    pg.remove()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    if request.param == "sqlite":
-        s = open_store(f"sqlite:///{tmp_path / 'fleet.db'}")
-    else:
-        pg: Postgres = request.getfixturevalue("postgres")
-        s = open_store(pg.fresh_database(f"t_{abs(hash(request.node.name)) % 10**8}"))
+@pytest.fixture
+def store(db_url: str) -> Iterator[Store]:
+    """A store on each backend (db_url, tests/conftest.py)."""
+    s = open_store(db_url)
     yield s
     s.close()
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import shlex
 import shutil
 import socket
 import subprocess
@@ -64,9 +65,9 @@ def test_unit_passes_systemd_analyze_verify(unit: Path, tmp_path: Path) -> None:
     script = Path(agent_command()[0]) if agent_command()[0].endswith("vibrawatch-agent") else None
     if script is None:
         pytest.skip("the vibrawatch-agent console script is not installed next to this Python")
-    inner = (f"mount -t tmpfs tmpfs /opt && mkdir -p /opt/vibrawatch/bin && ln -s {script} /opt/vibrawatch/bin/ "
-             f"&& ln -s {script.with_name('vibrawatch')} /opt/vibrawatch/bin/ "
-             f"&& systemd-analyze verify {instance(unit, tmp_path)}")
+    links = " ".join(shlex.quote(str(p)) for p in (script, script.with_name("vibrawatch")))  # paths may hold spaces
+    inner = (f"mount -t tmpfs tmpfs /opt && mkdir -p /opt/vibrawatch/bin && ln -s {links} /opt/vibrawatch/bin/ "
+             f"&& systemd-analyze verify {shlex.quote(str(instance(unit, tmp_path)))}")
     ns = ["unshare", "--mount", "--propagation", "private"] + ([] if os.geteuid() == 0 else ["--map-root-user"])
     res = subprocess.run([*ns, "sh", "-c", inner], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0 and not res.stderr.strip(), res.stderr

@@ -76,25 +76,54 @@ def syscall_allowlist(settings: dict[str, list[str]]) -> list[str]:
     return sorted(allowed)
 
 
+def needed_paths() -> list[Path]:
+    """What the command run inside needs to see: this checkout (this launcher, the code an editable install
+    maps to), the virtual environment, the interpreter it is made from and every folder it imports from,
+    wherever they live."""
+    found = {Path(__file__).resolve().parents[1], Path(sys.prefix), Path(sys.executable).parent,
+             Path(sys.base_prefix), *(Path(p) for p in sys.path if p and Path(p).is_absolute() and Path(p).exists())}
+    found |= {p.resolve() for p in found}
+    return sorted(found)
+
+
+def keep_visible(hidden: list[Path], needed: list[Path]) -> list[str]:
+    """bubblewrap arguments that bind, read-only, every ``needed`` path that a tmpfs in ``hidden`` covers.
+
+    A checkout cloned under /tmp (PrivateTmp=), or a home directory (ProtectHome=; this machine's Python is
+    in /root/.pyenv), would otherwise vanish inside the sandbox: ``execvp .venv/bin/python: No such file``.
+    """
+    covered = [p for p in needed if any(p != h and p.is_relative_to(h) for h in hidden)]
+    outer = [p for p in covered if not any(p != q and p.is_relative_to(q) for q in covered)]
+    args: list[str] = []
+    made: set[Path] = set()
+    for p in outer:
+        for d in reversed(p.parents):  # bubblewrap would make them 0700, root's: the dynamic user must pass
+            if d not in made and any(d != h and d.is_relative_to(h) for h in hidden):
+                made.add(d)
+                args += ["--perms", "0755", "--dir", str(d)]
+        args += ["--ro-bind", str(p), str(p)]
+    return args
+
+
 def bwrap_command(unit: Path, argv: list[str], *, state: Path, config: Path, credentials: Path | None,
                   runtime: Path, env: dict[str, str]) -> list[str]:
     """bubblewrap arguments for ``unit``'s file-system view, then this launcher, then ``argv``.
 
     The state, config and runtime directories keep their paths (bubblewrap 0.8 cannot add a mount point
-    under the read-only /etc or /var/lib); what matters is which of them is writable.
+    under the read-only /etc or /var/lib); what matters is which of them is writable. The checkout, its
+    virtual environment and interpreter are bound back, read-only, where the empty /tmp, /run, /home or /root
+    would hide them (keep_visible): the tests pass wherever the checkout lives.
     """
     s = unit_settings(unit)
     cmd = ["bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--perms", "1777", "--tmpfs", "/tmp",
            "--tmpfs", "/run",
            "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--die-with-parent", "--new-session",
            "--cap-add", "ALL", "--clearenv"]
+    hidden = [Path("/tmp"), Path("/run")]
     if s.get("ProtectHome") == ["yes"]:
         cmd += ["--tmpfs", "/home", "--tmpfs", "/root"]
-        base = Path(sys.base_prefix).resolve()  # this machine's interpreter is in /root/.pyenv; a gateway's in /usr
-        if base.is_relative_to("/root") or base.is_relative_to("/home"):
-            for d in reversed(base.parents[:-2]):  # bubblewrap would make them 0700, root's
-                cmd += ["--perms", "0755", "--dir", str(d)]
-            cmd += ["--ro-bind", str(base), str(base)]
+        hidden += [Path("/home"), Path("/root")]
+    cmd += keep_visible(hidden, needed_paths())
     for d in sorted({p for x in (state, config, runtime) for p in x.parents if p.is_relative_to("/tmp")})[1:]:
         cmd += ["--perms", "0755", "--dir", str(d)]  # the way down to them in the private /tmp
     cmd += ["--bind", str(state), str(state), "--ro-bind", str(config), str(config),
