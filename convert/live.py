@@ -5,6 +5,7 @@ gateway agent on raw samples a simulated sensor node publishes over MQTT, stored
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -22,15 +23,22 @@ def live_bearing(out: Path, data: Path, bundle: Path, public_key: Path, seconds:
     from vibrawatch.monitor.live import sample_messages
 
     rec = load(data)
-    messages = sample_messages(zip(rec.timestamps.tolist(), rec.data, strict=True), rec.fs_hz, BLOCK_ROWS)
-    return _run(out, bundle, public_key, messages, BLOCK_INTERVAL_S, seconds)
+    anchor = _now() if rec.relative_time else 0.0
+    messages = sample_messages(zip(rec.timestamps.tolist(), rec.data, strict=True), rec.fs_hz, BLOCK_ROWS, anchor)
+    return _run(out, bundle, public_key, messages, BLOCK_INTERVAL_S, seconds, anchor)
+
+
+def _now() -> float:
+    """A simulated run has no dates: the sensor node sends it from now on, so the page shows today, not 1970."""
+    return float(round(time.time()))
 
 
 def _run(out: Path, bundle: Path, public_key: Path | None, messages: object, interval_s: float,
-         seconds: float | None) -> dict[str, object]:
+         seconds: float | None, anchor: float = 0.0) -> dict[str, object]:
     from vibrawatch.monitor.live import run_live
 
-    summary = run_live(out / "live", bundle, public_key, messages, interval_s, seconds, typer.echo)  # type: ignore[arg-type]
+    summary = run_live(out / "live", bundle, public_key, messages, interval_s, seconds, typer.echo,  # type: ignore[arg-type]
+                       anchor=anchor)
     (out / "live" / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     first = summary["first_alarm"]
     typer.echo(f"    live: {summary['scores']} scores and {summary['alarms']} alarm messages stored, "
@@ -75,5 +83,6 @@ def lorenz_demo(out: Path, live: bool, seconds: float | None, quiet: bool) -> No
     typer.echo("live: a Lorenz sensor node sends 1500 healthy samples, then switches to the broken parameters")
     n = 1500
     stream = np.concatenate([healthy.data[0][:n], broken.data[0][:n]])
-    messages = sample_messages([(0.0, stream)], healthy.fs_hz, 25)  # 25 samples a message, 10 messages a second
-    _run(out, out / "bundle.tar", keys / PUBLIC_NAME, messages, 0.1, seconds)
+    anchor = _now()
+    messages = sample_messages([(0.0, stream)], healthy.fs_hz, 25, anchor)  # 25 samples a message, 10 a second
+    _run(out, out / "bundle.tar", keys / PUBLIC_NAME, messages, 0.1, seconds, anchor)

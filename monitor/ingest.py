@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from collections import deque
@@ -23,6 +24,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from vibrawatch.agent.link.reach import Reach, connect_failure_reason
 from vibrawatch.agent.link.topics import PREFIX
 
 from . import pahofast
@@ -34,6 +36,7 @@ from .store import Store
 
 log = logging.getLogger("vibrawatch.monitor.ingest")
 TOPIC_FILTER = f"{PREFIX}/+/+/#"
+MAX_BACKOFF_S = 30  # paho retries an unreachable broker after 1 s, doubling up to this
 
 pahofast.install()
 
@@ -54,7 +57,11 @@ class Ingest:
         # commit, oldest first as the batcher takes them): the ingest lag /api/health reports.
         self._unwritten: deque[float] = deque()
         self._connack_seen = False
+        self._refused = False  # the last CONNACK refused: the disconnect after it is the same failed attempt
         self.fell_back = False
+        # Says why the broker cannot be reached and when the next attempt comes, as the agent does (the same code).
+        self.reach = Reach(cfg.host, cfg.port, MAX_BACKOFF_S, logger=log,
+                           waiting=lambda: "the monitor keeps running and ingests once the broker answers")
         self._client = self._make_client()
 
     @property
@@ -74,8 +81,9 @@ class Ingest:
         if self.cfg.tls:
             c.tls_set(ca_certs=m.ca_file, certfile=m.cert_file, keyfile=m.key_file)
         c.max_inflight_messages_set(m.receive_maximum)
-        c.reconnect_delay_set(min_delay=1, max_delay=30)
+        c.reconnect_delay_set(min_delay=1, max_delay=MAX_BACKOFF_S)
         c.on_connect, c.on_disconnect, c.on_message = self._on_connect, self._on_disconnect, self._on_message
+        c.on_connect_fail = self._on_connect_fail
         pahofast.quick_matcher(c)
         return c
 
@@ -102,35 +110,50 @@ class Ingest:
         self._client.loop_stop()
 
     # -- paho callbacks: queue and return -----------------------------------------------------------------
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        # paho calls this inside its `except OSError:` around the attempt: the active exception is the reason.
+        self.reach.failed(connect_failure_reason(sys.exc_info()[1], self.cfg.tls))
+
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
         self._connack_seen = True
+        self._refused = reason_code.is_failure
         if reason_code.is_failure:
-            log.warning("broker refused the connection: %s", reason_code)
+            self.reach.failed(f"the broker refused the connection: {reason_code}", answered=True)
             if self.protocol == mqtt.MQTTv5 and "protocol" in str(reason_code).lower():
                 threading.Thread(target=self._fallback_to_311, daemon=True).start()
             return
         version = "5" if self.protocol == mqtt.MQTTv5 else "3.1.1"
-        log.info("connected to %s:%d (MQTT %s, session %s), subscribing to %s", self.cfg.host, self.cfg.port,
-                 version, "resumed" if getattr(flags, "session_present", False) else "new", self.subscription)
+        log.info("connected to %s:%d (MQTT %s, session %s)%s, subscribing to %s", self.cfg.host, self.cfg.port,
+                 version, "resumed" if getattr(flags, "session_present", False) else "new", self.reach.reached(),
+                 self.subscription)
         self._link += 1
         client.subscribe(self.subscription, qos=1)
         self.connected.set()
 
     def _fallback_to_311(self) -> None:
         self._client.loop_stop()
-        self.protocol, self.shared = mqtt.MQTTv311, False
-        self.fell_back = True
+        self.speak_311()
         log.warning("MQTT 3.1.1 broker: no shared subscriptions, subscribing to %s on a persistent session; "
                     "run one monitor per broker (a second one would store every message again, harmlessly but "
                     "for nothing)", TOPIC_FILTER)
-        self._client = self._make_client()
         self._connect()
+
+    def speak_311(self) -> None:
+        """A new client for MQTT 3.1.1: after MQTT 5 failed, or before ``start`` for a broker known to speak nothing
+        else (the demo's embedded amqtt, which misreads an MQTT 5 CONNECT and leaves it unanswered)."""
+        self.protocol, self.shared, self.fell_back = mqtt.MQTTv311, False, True
+        self._client = self._make_client()
+        self.reach.new_client()
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any,
                        properties: Any) -> None:
         if self.connected.is_set():
             log.warning("disconnected from the broker (%s); reconnecting, the session keeps our messages",
                         reason_code)
+            self.reach.lost()
+        elif not self.batcher.stopping.is_set() and not self._refused:  # closed before the broker accepted it
+            self.reach.failed(f"the connection closed before the broker answered ({reason_code})", answered=True)
+        self._refused = False
         self.connected.clear()
         if (self.protocol == mqtt.MQTTv5 and not self._connack_seen and not self.batcher.stopping.is_set()
                 and "keep alive" in str(reason_code).lower()):

@@ -100,6 +100,7 @@ spool = "{tmp_path / 'spool.sqlite'}"
 kind = "replay"
 path = "{data}"
 speed = {speed}
+anchor = false
 
 [mqtt]
 host = "127.0.0.1"

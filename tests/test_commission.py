@@ -695,6 +695,7 @@ spool = "{state}/spool.sqlite"
 kind = "replay"
 path = "{data}"
 speed = 0
+anchor = false
 [mqtt]
 host = "127.0.0.1"
 port = {port}

@@ -249,8 +249,8 @@ def test_an_unreachable_broker_is_logged_with_the_reason_then_at_a_capped_interv
         spool.close()
     lines = [r.getMessage() for r in caplog.records if "reach the broker" in r.getMessage()]
     assert lines[0] == (f"cannot reach the broker at 127.0.0.1:{port}: connection refused: nothing listens on that "
-                        "host and port (wrong port, or the broker is down); retrying every 1 s at most, 3 message(s) "
-                        "spooled")
+                        "host and port (wrong port, or the broker is down); next attempt in 2 s, then every 1 s; 3 "
+                        "message(s) spooled")
     assert any(f"still cannot reach the broker at 127.0.0.1:{port} after" in line and "3 message(s) spooled" in line
                for line in lines[1:])
     assert len(lines) < 7  # not one line per attempt: 2 s, then 4 s, 8 s ... up to 300 s between lines

@@ -90,11 +90,11 @@ max_backoff_s = 1
 def simulator(speed: float, fs_hz: float = 20000.0) -> str:
     """The built-in simulator set up as tiny_data was made (4 channels, 4096 samples a snapshot)."""
     return (f'[source]\nkind = "simulator"\nsnapshots = 80\nsamples = 4096\nfs_hz = {fs_hz}\nonset = 0.6\n'
-            f'seed = 3\nspeed = {speed}\n')
+            f'seed = 3\nspeed = {speed}\nanchor = false\n')  # the run's own seconds, as evaluate reads them
 
 
 def replay(path: Path, speed: float) -> str:
-    return f'[source]\nkind = "replay"\npath = "{path}"\nspeed = {speed}\n'
+    return f'[source]\nkind = "replay"\npath = "{path}"\nspeed = {speed}\nanchor = false\n'  # compared with evaluate
 
 
 def gateway_env(tmp_path: Path, inject: str = "") -> dict[str, str]:

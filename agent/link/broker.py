@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..sections import checked
+
 
 @dataclass(frozen=True)
 class MqttSection:
@@ -23,6 +25,9 @@ class MqttSection:
     key_file: str | None = None
     max_backoff_s: int = 30
     inflight: int = 20
+    # "5": MQTT 5, falling back to 3.1.1 by itself (after a refusal, or after keepalive seconds without an answer);
+    # "3.1.1" from the start, for a broker known to speak nothing else (the demo's embedded amqtt misreads MQTT 5).
+    protocol: str = checked("5", lambda v: v in ("5", "3.1.1"), '"5" (falls back to 3.1.1 by itself) or "3.1.1"')
 
     def client_id_for(self, site: str, device: str) -> str:
         """The configured client id, else one unique per gateway: two gateways sharing an id take each other's

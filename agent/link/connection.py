@@ -39,15 +39,17 @@ class Connection:
                  password: Callable[[], str | None]) -> None:
         self.settings, self.status, self.client_id = settings, status, client_id
         self._password = password
-        self.reach = Reach(settings, spool)
+        self.reach = Reach(settings.host, settings.port, settings.max_backoff_s,
+                           waiting=lambda: f"{len(spool)} message(s) spooled")
         self.wake = threading.Event()
         self.stopping = threading.Event()
         self.acks: queue.SimpleQueue[int] = queue.SimpleQueue()  # mids PUBACKed, for the sender to take
         self.connected = False
         self.reconnected = False  # a connection was (re)made: the sender resends what is unacknowledged
         self.routes: dict[str, Callable[[bytes], None]] = {}
-        self.protocol = mqtt.MQTTv5
+        self.protocol = mqtt.MQTTv311 if settings.protocol == "3.1.1" else mqtt.MQTTv5
         self._connack_seen = False  # any CONNACK, a refusal too: the broker reads MQTT 5 CONNECTs
+        self._refused = False  # the last CONNACK refused: the disconnect after it is the same failed attempt
         self._connected_at = 0.0
         self._short_sessions = 0
         self.callback_errors = CallbackErrors(status, self.wake)
@@ -87,6 +89,7 @@ class Connection:
         self.client.loop_stop()
         self.protocol = mqtt.MQTTv311
         self.client = self._make_client()
+        self.reach.new_client()
         self.connect()
 
     # -- subscriptions ------------------------------------------------------------------------------------
@@ -116,8 +119,9 @@ class Connection:
     @guarded("on_connect")
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
         self._connack_seen = True
+        self._refused = reason_code.is_failure
         if reason_code.is_failure:
-            self.reach.failed(f"the broker refused the connection: {reason_code}")
+            self.reach.failed(f"the broker refused the connection: {reason_code}", answered=True)
             if self.protocol == mqtt.MQTTv5 and "protocol" in str(reason_code).lower():
                 log.warning("falling back to MQTT 3.1.1")
                 threading.Thread(target=self._fallback_to_311, daemon=True).start()
@@ -145,9 +149,11 @@ class Connection:
             log.info("disconnected from the broker (%s)", reason_code)
         elif self.connected:
             log.warning("disconnected from the broker (%s); spooling until it is back", reason_code)
-        elif not self.stopping.is_set():  # the connection closed before the broker accepted it
-            self.reach.failed(f"the connection closed before the broker answered ({reason_code})")
+        elif not self.stopping.is_set() and not self._refused:  # closed before the broker accepted it
+            self.reach.failed(f"the connection closed before the broker answered ({reason_code})", answered=True)
+        self._refused = False
         if self.connected:  # the next connection is another link, and its will says so
+            self.reach.lost()
             self.status.new_link()
             client.will_set(self.status.topic, self.status.will(), qos=1, retain=True)
         self.connected = False

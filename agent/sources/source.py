@@ -27,6 +27,17 @@ if TYPE_CHECKING:
     from .simulate import BearingSimulator
 
 PATH = {"path": True}  # field metadata: a file name, relative to the config file that names it
+_ANCHOR: list[float] = []
+
+
+def wall_anchor() -> float:
+    """The wall clock (whole epoch seconds) when this process first asked: the agent's start, near enough. A
+    recording that counts from its run's start (simulated, FEMTO) is published as this plus its own seconds, so
+    the monitor, its page and tables show today's dates, not 1970. The same for every source the process opens:
+    a reload that resumes at ``start_at`` (an anchored time) finds its place in the recording again."""
+    if not _ANCHOR:
+        _ANCHOR.append(float(round(time.time())))
+    return _ANCHOR[0]
 
 
 def check_pace(speed: float, chunk: int) -> None:
@@ -101,6 +112,9 @@ class ReplaySettings:
     chunk: int = 2048  # samples per chunk handed to the pipeline
     full_scale: float | None = None  # |x| at which the recording's sensor clipped; None = no saturation check
     loop: bool = False  # at the end start again, later in time by the run's length: a demo gateway keeps running
+    # A recording without dates (its times count from the run's start): published from the agent's start on
+    # (t = start + its seconds); false: its raw seconds, as evaluate counts them (the page then reads 1970).
+    anchor: bool = True
 
     def __post_init__(self) -> None:
         check_pace(self.speed, self.chunk)
@@ -137,17 +151,23 @@ speed = 1                             # 1 = real time: the first score comes aft
 chunk = 2048                          # samples handed to the pipeline at a time
 # full_scale = 16.0                   # |x| at which the recording's sensor clipped (saturation check)
 # loop = true                         # at the end, play it again (later in time by the run's length)
+# anchor = false                      # a recording without dates keeps its raw seconds (default: it is
+                                      # published from the agent's start on, so the page shows real dates)
 '''
 
     def __init__(self, path: str | Path, speed: float = 0.0, chunk: int = 2048,
                  stop: Callable[[], bool] = lambda: False, sleep: Callable[[float], Any] = time.sleep,
-                 full_scale: float | None = None, start_at: float | None = None, loop: bool = False) -> None:
+                 full_scale: float | None = None, start_at: float | None = None, loop: bool = False,
+                 anchor: bool = False) -> None:
+        """``anchor``: a recording with relative times is played from ``wall_anchor()`` on (the agent's way);
+        without, its times are its own (as evaluate and the demo's edge check read them)."""
         from .loaders import load  # only a replaying agent needs the file formats
 
         self.data: Recording | FeatureTable = load(path)
         self.path = Path(path)
         self.speed, self.chunk, self.stop, self.sleep = speed, int(chunk), stop, sleep
         self.full_scale, self.start_at, self.loop = full_scale, start_at, loop
+        self.anchor = wall_anchor() if anchor and self.data.relative_time else 0.0  # added to every time
         if isinstance(self.data, FeatureTable):
             self.fs_hz, self.provides = 1.0, "table"
             self.channels = self.data.columns
@@ -157,13 +177,14 @@ chunk = 2048                          # samples handed to the pipeline at a time
 
     @classmethod
     def open(cls, s: ReplaySettings, ctx: SourceContext) -> ReplaySource:
-        return cls(s.path, s.speed, s.chunk, ctx.stop, ctx.sleep, s.full_scale, ctx.start_at, s.loop)
+        return cls(s.path, s.speed, s.chunk, ctx.stop, ctx.sleep, s.full_scale, ctx.start_at, s.loop, s.anchor)
 
     def chunks(self) -> Iterator[Chunk]:
         pacer = Pacer(self.speed, sleep=self.sleep)
         skip = self.start_at
         times = np.asarray(self.data.timestamps, dtype=float)
         for offset in loop_offsets(times, self.loop):
+            offset += self.anchor
             if skip is not None and len(times) and skip > times[-1] + offset:
                 continue  # a restart resumes in a later pass
             for chunk in self._pass(pacer, skip, offset):
@@ -210,6 +231,7 @@ class SimulatorSettings:
     seed: int = 0
     speed: float = 1.0  # 1 = real time, 100 = 100x faster, 0 = as fast as possible
     chunk: int = 2048
+    anchor: bool = True  # published from the agent's start on (t = start + data time); false: from 0 (1970)
 
     def __post_init__(self) -> None:
         check_pace(self.speed, self.chunk)
@@ -236,15 +258,17 @@ speed = 1                             # 1 = real time: a snapshot every interval
                                       # score and READY=1 come after a full window of snapshots (hours);
                                       # 600 = a snapshot a second; 0 = as fast as possible
 chunk = 2048                          # samples handed to the pipeline at a time
+# anchor = false                      # times from 0 (the page reads 1970); default: from the agent's start
 '''
     provides = "samples"
     full_scale = None
 
     def __init__(self, sim: BearingSimulator, speed: float = 1.0, chunk: int = 2048,
                  stop: Callable[[], bool] = lambda: False, sleep: Callable[[float], Any] = time.sleep,
-                 start_at: float | None = None) -> None:
+                 start_at: float | None = None, anchor: bool = False) -> None:
         self.sim, self.speed, self.chunk, self.stop, self.sleep = sim, speed, int(chunk), stop, sleep
         self.start_at = start_at
+        self.anchor = wall_anchor() if anchor else 0.0  # added to every time (see ReplaySource)
         self.fs_hz = sim.fs_hz
         self.channels = tuple(f"bearing{c + 1}" for c in range(sim.n_channels))
 
@@ -259,11 +283,11 @@ chunk = 2048                          # samples handed to the pipeline at a time
             from ..errors import ConfigError
 
             raise ConfigError(f"[source] simulator: {e}") from None
-        return cls(sim, s.speed, s.chunk, ctx.stop, ctx.sleep, ctx.start_at)
+        return cls(sim, s.speed, s.chunk, ctx.stop, ctx.sleep, ctx.start_at, s.anchor)
 
     def chunks(self) -> Iterator[Chunk]:
         pacer = Pacer(self.speed, sleep=self.sleep)
-        skip = self.start_at
+        skip = None if self.start_at is None else self.start_at - self.anchor  # in the simulator's own time
         for i in range(self.sim.n_snapshots):
             if skip is not None and (i + 1) * self.sim.interval_s <= skip:
                 continue
@@ -275,5 +299,5 @@ chunk = 2048                          # samples handed to the pipeline at a time
                 pacer.wait_until(t)
                 if self.stop():
                     return
-                yield Chunk(snap[j: j + self.chunk], t, new_segment=(j == 0 or skip is not None))
+                yield Chunk(snap[j: j + self.chunk], t + self.anchor, new_segment=(j == 0 or skip is not None))
                 skip = None
