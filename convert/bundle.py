@@ -165,7 +165,7 @@ def build_bundle(run_dir: str | Path, out: str | Path, quantize: str = "none", s
     }
     files = {MODEL: content, MANIFEST: json.dumps(manifest, indent=1).encode()}
     if sign_key is not None:
-        from .keys import sign
+        from vibrawatch.agent.model.signing import sign
 
         files[SIGNATURE] = sign(files[MANIFEST], sign_key)
     write_bundle(files, Path(out))

@@ -224,7 +224,7 @@ def _private_key(sign_key: Path) -> Any:
 
 def make_request(site: str, device: str, deployment: int, data: bytes, version: str, sign_key: Path) -> bytes:
     """The signed envelope ``{"v": 1, "request": "<JSON text>", "signature": "<base64 Ed25519>"}``."""
-    from .keys import sign
+    from vibrawatch.agent.model.signing import sign
 
     request = json.dumps({"schema": REQUEST_SCHEMA, "site": site, "device": device, "deployment": deployment,
                           "bundle_sha256": sha256(data), "bundle_bytes": len(data), "version": version,

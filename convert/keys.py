@@ -1,9 +1,9 @@
 """Ed25519 signing keys for bundles: the private key stays on the workstation (mode 0600), the public key
-goes to every gateway that should trust bundles signed with it."""
+goes to every gateway that should trust bundles signed with it. Signing with it is agent/model/signing.py's
+``sign``, beside the verifier."""
 
 from __future__ import annotations
 
-import base64
 import os
 from pathlib import Path
 
@@ -35,19 +35,3 @@ def new_keypair(out_dir: str | Path) -> tuple[Path, Path]:
                                                        serialization.PublicFormat.SubjectPublicKeyInfo))
     return priv_path, pub_path
 
-
-def sign(data: bytes, private_key: str | Path) -> bytes:
-    """Base64 Ed25519 signature of ``data`` with a key made by ``new_keypair``."""
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-    from cryptography.hazmat.primitives.serialization import load_pem_private_key
-
-    p = Path(private_key)
-    try:
-        key = load_pem_private_key(p.read_bytes(), password=None)
-    except (OSError, ValueError, TypeError) as e:
-        raise ConfigError(f"{p}: not a readable unencrypted PEM private key ({e})") from None
-    if not isinstance(key, Ed25519PrivateKey):
-        raise ConfigError(f"{p}: not an Ed25519 key; make one with `vibrawatch keys new`")
-    if p.stat().st_mode & 0o077:
-        raise ConfigError(f"{p}: readable by other users (mode {oct(p.stat().st_mode & 0o777)}); chmod 600 it")
-    return base64.b64encode(key.sign(data))

@@ -8,8 +8,8 @@ Retained, so a gateway offline now gets it when it reconnects, until it expires.
 device's retained status (``command``; state ``commissioning``). A device whose status says it does not accept
 it (``accepts.recalibrate`` false) is answered at once and sent nothing.
 
-The monitor calls ``send_recalibrate`` (its own connection settings as ``BrokerOptions``), or publishes
-``make_command``'s bytes on ``command_topic`` over a connection it already has.
+The request itself is made by agent/model/signing.py (``make_command``), beside the gateway's verifier; the
+monitor publishes the same bytes over its own connection when it holds the key (monitor/actions.py).
 """
 
 from __future__ import annotations
@@ -20,30 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from vibrawatch.agent.errors import ConfigError
-from vibrawatch.agent.link.topics import iso, topic
-from vibrawatch.agent.model.command import COMMAND_KIND, COMMAND_SCHEMA
+from vibrawatch.agent.model.signing import DEFAULT_EXPIRES_S, command_topic, make_command
 
 from .deploy import BrokerOptions, Session
-
-DEFAULT_EXPIRES_S = 24 * 3600.0  # long enough for a gateway powered off during the maintenance to come back
-
-
-def command_topic(site: str, device: str) -> str:
-    """``vibrawatch/v1/<site>/<device>/command`` (checks both names)."""
-    return topic(site, device, COMMAND_KIND)
-
-
-def make_command(site: str, device: str, command_id: int, sign_key: Path, expires_s: float = DEFAULT_EXPIRES_S,
-                 note: str = "", by: str = "", now: float | None = None) -> bytes:
-    """The signed envelope of a ``recalibrate`` request for ``site``/``device`` that expires ``expires_s`` after
-    ``now``; ``note`` (why) and ``by`` (who) go into the gateway's log and status."""
-    from .keys import sign
-
-    t = time.time() if now is None else now
-    request = json.dumps({"schema": COMMAND_SCHEMA, "command": "recalibrate", "site": site, "device": device,
-                          "id": command_id, "created": iso(t), "expires": iso(t + expires_s),
-                          **({"note": note} if note else {}), **({"by": by} if by else {})}, separators=(",", ":"))
-    return json.dumps({"v": 1, "request": request, "signature": sign(request.encode(), sign_key).decode()}).encode()
 
 
 def send_recalibrate(broker: BrokerOptions, site: str, device: str, sign_key: Path, wait_s: float = 60.0,

@@ -1,4 +1,4 @@
-"""`vibrawatch alarms list|show|ack|shelve|close` and `vibrawatch operators add`.
+"""`vibrawatch alarms list|show|ack|shelve|close|recalibrate` and `vibrawatch operators add`.
 
 The alarm commands talk to the running monitor's HTTP API, not to its database: the monitor is where operators
 are authenticated, where every action is audited and sent to the webhook, and where the page hears of it at
@@ -137,14 +137,15 @@ def register(app: typer.Typer, user_errors: Any) -> None:
                                                                 "closed (default: all).")] = None,
                  limit: Annotated[int, typer.Option(help="At most this many (the API pages by 200).")] = 200,
                  as_json: JsonOpt = False) -> None:
-        """Alarm episodes, newest first. Example: vibrawatch alarms list --state open"""
+        """Alarm episodes, newest first (with --json, each with its whole history). Example: vibrawatch alarms list
+        --state open"""
         base = _base(url)
         q = {k: v for k, v in (("site", site), ("device", device), ("state", state)) if v}
         rows: list[dict[str, Any]] = []
         offset: int | None = 0
         while offset is not None and len(rows) < limit:
             page = call(base, "/api/episodes?" + urlencode({**q, "limit": min(limit - len(rows), 200),
-                                                            "offset": offset}))
+                                                            "offset": offset, **({"history": 1} if as_json else {})}))
             rows += page["items"]
             offset = page["next"]
         if as_json:
@@ -206,13 +207,35 @@ def register(app: typer.Typer, user_errors: Any) -> None:
                                                            "work": work, "note": note, "recalibrate": recalibrate},
                       _token(token_file))
         _show(answer, as_json)
-        if answer.get("recalibrate"):
+        r = answer.get("recalibration") or {}
+        if r.get("outcome") not in (None, "not_sent"):  # the monitor holds the key and sent (or tried) it itself
+            typer.echo(f"recalibration {r['outcome']}" + (f" (request {r['id']})" if r.get("id") else "")
+                       + (f": {r['reason']}" if r.get("reason") else ""), err=as_json)
+        elif answer.get("recalibrate"):
             e = answer["episode"]
             extra = ["--note", f"{part}: {work}".strip(": ") or "alarm closed"]
             if sign_key is not None:
                 extra += ["--sign-key", str(sign_key)]
             typer.echo(_recalibrate(app, e["site"], e["device"], broker or os.environ.get("VIBRAWATCH_BROKER"),
                                     extra), err=as_json)
+
+    @alarms.command("recalibrate")
+    @user_errors
+    def recalibrate_cmd(episode: Annotated[str, typer.Argument(help="SITE/DEVICE/SEQ.")],
+                        note: Annotated[str, typer.Option(help="Why (goes to the gateway's log and status).")] = "",
+                        url: UrlOpt = None, token_file: TokenOpt = None, as_json: JsonOpt = False) -> None:
+        """Have the monitor send the episode's gateway the signed recalibration (it needs [remote] signing_key).
+
+        Example: vibrawatch alarms recalibrate plant/press7/812 --note 'bearing replaced'"""
+        answer = call(_base(url), "/api/episodes/recalibrate", {"id": episode, "note": note}, _token(token_file))
+        r = answer["recalibration"]
+        if as_json:
+            typer.echo(json.dumps(answer, indent=2))
+        else:
+            typer.echo(f"recalibration {r['outcome']}" + (f" (request {r['id']})" if r.get("id") else "")
+                       + (f": {r['reason']}" if r.get("reason") else ""))
+        if r["outcome"] not in ("sent", "queued"):
+            raise typer.Exit(1)
 
     @operators.command("add")
     @user_errors

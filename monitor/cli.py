@@ -43,6 +43,10 @@ def register(app: typer.Typer, user_errors: Callable[[Any], Any]) -> None:
         operators: Annotated[Path | None, typer.Option(help="Who may act on alarms: NAME:ARGON2-HASH lines "
                                                        "(`vibrawatch operators add`); default [monitor] "
                                                        "operators_file or $CREDENTIALS_DIRECTORY/operators.")] = None,
+        signing_key: Annotated[Path | None, typer.Option(help="The deploy signing key (mode 0600): closing an alarm "
+                                                         "with 'recalibrate' sends the gateway the signed request "
+                                                         "([remote] signing_key; without, the page shows the "
+                                                         "command).")] = None,
         verbose: Annotated[bool, typer.Option("--verbose", help="Log every connection and retention step.")] = False,
     ) -> None:
         """Store the fleet's scores, alarms and status, alert on them, and serve the fleet page.
@@ -51,7 +55,8 @@ def register(app: typer.Typer, user_errors: Callable[[Any], Any]) -> None:
         """
         cfg = load_monitor_config(config, broker=broker, db=db, http=http, group=group, shared=shared,
                                   client_id=client_id, webhook=webhook, raw_days=raw_days,
-                                  operators_file=None if operators is None else str(operators))  # http "off": none
+                                  operators_file=None if operators is None else str(operators),  # http "off": none
+                                  signing_key=None if signing_key is None else str(signing_key))
         run_monitor(cfg, verbose)
 
     @app.command("fleet")

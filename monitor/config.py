@@ -71,12 +71,23 @@ class AlertsSection:
 
 
 @dataclass(frozen=True)
+class RemoteSection:
+    """``[remote]``: what the monitor may ask of gateways. With ``signing_key`` (the deploy key's private half,
+    mode 0600) closing an alarm with "recalibrate" publishes the signed request itself; without, the page shows
+    the `vibrawatch recalibrate` command to run where the key is."""
+
+    signing_key: str | None = None
+    expires_s: float = 24 * 3600.0  # how long a request stays valid: a gateway off during the repair gets it later
+
+
+@dataclass(frozen=True)
 class MonitorConfig:
     monitor: MonitorSection = field(default_factory=MonitorSection)
     mqtt: MqttSection = field(default_factory=MqttSection)
     fleet: FleetSection = field(default_factory=FleetSection)
     retention: RetentionSection = field(default_factory=RetentionSection)
     alerts: AlertsSection = field(default_factory=AlertsSection)
+    remote: RemoteSection = field(default_factory=RemoteSection)
     path: Path = Path("<command line>")
 
     @property
@@ -162,9 +173,10 @@ def _with_db_password(cfg: MonitorConfig) -> MonitorConfig:
     return replace(cfg, monitor=replace(m, db=DbUrl(url)))
 
 
-_PATH_KEYS = ("password_file", "ca_file", "cert_file", "key_file", "db_password_file", "operators_file")
+_PATH_KEYS = ("password_file", "ca_file", "cert_file", "key_file", "db_password_file", "operators_file",
+              "signing_key")
 _SECTIONS = {"monitor": MonitorSection, "mqtt": MqttSection, "fleet": FleetSection, "retention": RetentionSection,
-             "alerts": AlertsSection}
+             "alerts": AlertsSection, "remote": RemoteSection}
 
 
 def load_monitor_config(path: str | Path | None = None, **overrides: Any) -> MonitorConfig:
@@ -210,3 +222,12 @@ def _check(cfg: MonitorConfig) -> None:
                           "(MQTT 5's limit; about 3 x batch_max lets the broker send while a batch is written)")
     if cfg.alerts.webhook and urlparse(cfg.alerts.webhook).scheme not in ("http", "https"):
         raise ConfigError(f"{cfg.path}: [alerts] webhook {cfg.alerts.webhook!r}: expected an http:// or https:// URL")
+    if not cfg.remote.expires_s > 0:
+        raise ConfigError(f"{cfg.path}: [remote] expires_s = {cfg.remote.expires_s!r}: expected seconds > 0")
+    if cfg.remote.signing_key:  # checked at start, not at the first repair: a bad key is one line now
+        from vibrawatch.agent.model.signing import load_private_key
+
+        try:
+            load_private_key(cfg.remote.signing_key)
+        except ConfigError as e:
+            raise ConfigError(f"{cfg.path}: [remote] signing_key {e}") from None

@@ -14,7 +14,7 @@ from dataclasses import asdict
 from typing import Any
 
 from . import __version__, fleet, retention
-from .actions import ActionApi
+from .actions import ActionApi, Recalibrator
 from .alerts import SINKS, Dispatcher
 from .auth import Operators, Sessions, operators_path
 from .config import MonitorConfig
@@ -39,7 +39,8 @@ class Monitor:
         if cfg.monitor.http and not self.operators:
             log.warning("no operators file ([monitor] operators_file or $CREDENTIALS_DIRECTORY/operators): the page "
                         "shows alarms, nobody may acknowledge or close them")
-        self.actions = ActionApi(self.store.db, self.operators, Sessions(), self._acted)
+        self.actions = ActionApi(self.store.db, self.operators, Sessions(), self._acted, Recalibrator.over_mqtt(
+            self.store.db, cfg.remote.signing_key, cfg.remote.expires_s, lambda: self.ingest._client))
         self.server = (make_server(cfg, self.store, self.changes, self.health, actions=self.actions)
                        if cfg.monitor.http else None)
         self.stop_event = threading.Event()

@@ -12,11 +12,13 @@
     GET /api/health                what is true now: database reachable and storing, broker connected, ingest
                                    lag, dead letters in the last hour; 503 while the monitor cannot store
     GET /api/events                server-sent events: ``change`` whenever the data changed
-    GET /api/episodes?site=&device=&state=&limit=&offset=   alarm episodes with their lifecycle, newest first
+    GET /api/episodes?site=&device=&state=&limit=&offset=&history=1   alarm episodes with their lifecycle,
+                                   newest first (``history=1``: each with its audit rows, oldest first)
     GET /api/episode?id=SITE/DEVICE/SEQ   one episode and its history (the audit rows)
     GET /api/measures              the verdicts' measures per site and model (measures.py)
-    GET /api/whoami                the page's operator and CSRF token, if logged in
-    POST /api/login, /api/logout, /api/episodes/{ack,shelve,close}   (actions.py: operators only)
+    GET /api/whoami                the page's operator and CSRF token, if logged in; whether this monitor signs
+                                   recalibration requests itself
+    POST /api/login, /api/logout, /api/episodes/{ack,shelve,close,recalibrate}   (actions.py: operators only)
 
 Bounded, so no client can take the monitor down: a request's line and headers must arrive within
 ``request_timeout_s`` (an idle keep-alive connection is closed after it too), at most ``max_connections`` are
@@ -150,6 +152,9 @@ def alarm_route(store: Store, actions: ActionApi | None, path: str, q: dict[str,
     if path == "/api/episodes":
         limit, offset = page(q)
         rows = episodes.listing(store.db, now, q.get("site"), q.get("device"), q.get("state"), limit, offset)
+        if q.get("history") in ("1", "true"):  # each episode's whole story (raised ... closed, recalibration sent)
+            for r in rows:
+                r["history"] = episodes.history(store.db, r["id"])
         return paged(rows, limit, offset), HTTPStatus.OK
     if path == "/api/episode":
         ident = q.get("id", "")
@@ -160,7 +165,8 @@ def alarm_route(store: Store, actions: ActionApi | None, path: str, q: dict[str,
     if path == "/api/measures":
         return measures(store.db, now), HTTPStatus.OK
     return (actions.whoami(headers) if actions is not None else
-            {"operator": None, "csrf": None, "operators_configured": False}), HTTPStatus.OK
+            {"operator": None, "csrf": None, "operators_configured": False, "signs_recalibration": False}), \
+        HTTPStatus.OK
 
 
 class BoundedServer(ThreadingHTTPServer):

@@ -26,10 +26,11 @@ from typer.testing import CliRunner
 
 from vibrawatch.agent.model.bundle import MANIFEST, SIGNATURE, load_bundle, read_bundle_files
 from vibrawatch.agent.model.deploy_state import CRASH_AT
+from vibrawatch.agent.model.signing import sign
 from vibrawatch.convert.bundle import write_bundle
 from vibrawatch.convert.cli import app
 from vibrawatch.convert.deploy import make_request
-from vibrawatch.convert.keys import PUBLIC_NAME, new_keypair, sign
+from vibrawatch.convert.keys import PUBLIC_NAME, new_keypair
 
 SITE = "plant1"
 

@@ -108,7 +108,7 @@ def test_a_field_of_the_wrong_type_is_one_line_and_exit_2(name: str, bundle_dir:
 
 
 def _sign(d: Path, private_key: Path) -> None:
-    from vibrawatch.convert.keys import sign
+    from vibrawatch.agent.model.signing import sign
 
     (d / "manifest.sig").write_bytes(sign((d / MANIFEST).read_bytes(), private_key))
 

@@ -17,7 +17,6 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,6 @@ from chromium import Chromium, chromium_binary
 from conftest import ROOT
 from monitor_helpers import Gateway, MonitorProcess, vibrawatch_command, wait_until
 from mosquitto import Broker, free_port
-from postgres import Postgres, postgres_bin
 
 from vibrawatch.agent.errors import ConfigError
 from vibrawatch.agent.link.topics import alarm_payload
@@ -41,23 +39,6 @@ PASSWORD = "correct horse battery"
 TOKEN = f"alice:{PASSWORD}"
 DIAGNOSIS = {"defect": "bpfo", "ratio": 1.7, "ratios": {"bpfo": 1.7, "bpfi": 1.1, "bsf": 1.0, "ftf": 0.9}}
 ARTIFACTS = ROOT / "test-artifacts"
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[Postgres]:
-    if postgres_bin() is None:
-        pytest.skip("PostgreSQL binaries (initdb, pg_ctl) not installed: apt-get install postgresql (tests/run.sh)")
-    pg = Postgres().start()
-    yield pg
-    pg.remove()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'fleet.db'}"
-    pg: Postgres = request.getfixturevalue("postgres")
-    return pg.fresh_database(f"a_{abs(hash(request.node.name)) % 10**8}")
 
 
 def cli(*args: str, token: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -231,6 +212,13 @@ def test_an_alarm_from_raise_to_close_through_the_cli_and_the_api_and_refused_wi
                                  {"Authorization": f"Bearer {TOKEN}"})
         assert status == 200 and answer["recalibrate"] == \
             "vibrawatch recalibrate --broker mqtt://HOST:PORT --site plant --device press7"
+        assert answer["recalibration"]["outcome"] == "not_sent" and "no signing key" in \
+            answer["recalibration"]["reason"]  # this monitor holds no key: nothing sent, nothing recorded as sent
+        status, answer, _ = post(base, "/api/episodes/recalibrate", {"id": "plant/press7/4"},
+                                 {"Authorization": f"Bearer {TOKEN}"})
+        assert status == 409 and "no signing key" in answer["error"] and "vibrawatch recalibrate" in answer["error"]
+        asked = cli("alarms", "recalibrate", "plant/press7/4", "--url", base, token=TOKEN)
+        assert asked.returncode == 2 and "409" in asked.stderr and "no signing key" in asked.stderr, asked.stderr
         assert cli("alarms", "close", "plant/press7/5", "--verdict", "maintenance", "--url", base,
                    token=TOKEN).returncode == 0
         assert post(base, "/api/episodes/close", {"id": "plant/press7/5", "verdict": "maintenance"},
@@ -383,11 +371,17 @@ def test_the_page_shows_the_alarm_with_its_diagnosis_and_an_operator_acknowledge
         browser.screenshot(tmp_path / "alarm_acknowledged.png")
 
         browser.js(f"{row}.querySelector('button[data-action=close]').click()")
+        # no signing key: the form says the command will be shown, and after the close it is
+        assert "holds no signing key" in browser.js("document.querySelector('#recal-how').textContent")
         browser.js("document.querySelector('#close-verdict').value = 'fault_confirmed';"
                    "document.querySelector('#close-part').value = 'bearing 1';"
                    "document.querySelector('#close-work').value = 'bearing replaced';"
+                   "document.querySelector('#close-recalibrate').checked = true;"
                    "document.querySelector('#close-form button[type=submit]').click()")
         assert browser.wait_for(f"{row}?.dataset.state === 'closed' && 'yes'") == "yes"
+        info = browser.wait_for("document.querySelector('#action-info').textContent")
+        assert "no signing key" in info and \
+            "vibrawatch recalibrate --broker mqtt://HOST:PORT --site plant --device press7" in info, info
         assert "bearing replaced" in browser.js(f"{row}.querySelector('.verdict').textContent")
         history = browser.wait_for("[...document.querySelectorAll('#history tr[data-action]')]"
                                    ".map((r) => r.dataset.action).join(',')")
@@ -434,3 +428,66 @@ def test_a_schema_4_database_gains_episodes_for_the_alarms_it_holds(db_url: str)
         assert again.query("SELECT value FROM meta WHERE key = 'schema'") == [{"value": "5"}]
     finally:
         again.close()
+
+
+def test_the_monitor_with_a_key_sends_a_request_the_gateway_verifies_and_records_it(db_url: str,
+                                                                                      tmp_path: Path) -> None:
+    """The Recalibrator as the monitor runs it, its publish the one seam: what it sends opens with the gateway's
+    own verifier and public key, each id is newer than the last, a device whose status says it does not take
+    remote recalibration is sent nothing, and every decision is in the episode's history."""
+    from vibrawatch.agent.model.command import RECALIBRATE
+    from vibrawatch.agent.model.signed_request import open_envelope
+    from vibrawatch.convert.keys import PUBLIC_NAME, new_keypair
+    from vibrawatch.monitor.actions import Recalibrator
+    from vibrawatch.monitor.rows import Status
+
+    key, _ = new_keypair(tmp_path / "keys")
+    store = open_store(db_url)
+    sent: list[tuple[str, bytes]] = []
+    try:
+        store.write(Batch(alarms=[_alarm(2, "raised", 2000.0)]), now=2000.0)
+        ep = episodes.get(store.db, "s1/d1/2", 2001.0)
+        assert ep is not None
+        r = Recalibrator(store.db, str(key), 3600.0, lambda t, p: sent.append((t, p)) is None)
+        first = r.send(ep, "alice", "127.0.0.1", "bearing 1: bearing replaced")
+        second = r.send(ep, "alice", "127.0.0.1", "again")
+        assert (first["outcome"], second["outcome"]) == ("sent", "sent") and second["id"] > first["id"]
+        assert [t for t, _ in sent] == ["vibrawatch/v1/s1/d1/command"] * 2
+        request = open_envelope(sent[0][1], tmp_path / "keys" / PUBLIC_NAME, RECALIBRATE, {"id": int})
+        assert (request["command"], request["site"], request["device"], request["id"], request["by"],
+                request["note"]) == ("recalibrate", "s1", "d1", first["id"], "alice", "bearing 1: bearing replaced")
+
+        store.write(Batch(statuses=[Status("s1", "d1", "ts9", "online", {"state": "online", "accepts": {
+            "deploy": False, "recalibrate": False}}, 3000.0)]), now=3000.0)
+        refused = r.send(ep, "alice", "127.0.0.1", "third")
+        assert refused["outcome"] == "not_accepted" and "[remote] recalibrate is not enabled" in refused["reason"]
+        assert len(sent) == 2  # nothing sent to a device that would not act on it
+        story = [(h["action"], h["detail"].get("outcome"), h["detail"].get("id")) for h in
+                 episodes.history(store.db, "s1/d1/2")]
+        assert story == [("raised", None, None), ("recalibrate", "sent", first["id"]),
+                         ("recalibrate", "sent", second["id"]), ("recalibrate", "not_accepted", None)]
+
+        no_key = Recalibrator(store.db, None, 3600.0, None).send(ep, "alice", "127.0.0.1", "")
+        assert no_key["outcome"] == "not_sent" and no_key["command"].startswith("vibrawatch recalibrate ")
+        assert len(episodes.history(store.db, "s1/d1/2")) == 4  # nothing happened: nothing recorded
+    finally:
+        store.close()
+
+
+def test_a_signing_key_others_can_read_or_not_a_key_is_one_line_at_the_start(tmp_path: Path) -> None:
+    from vibrawatch.convert.keys import new_keypair
+    from vibrawatch.monitor.config import load_monitor_config
+
+    key, pub = new_keypair(tmp_path / "keys")
+    conf = tmp_path / "monitor.toml"
+    conf.write_text('[remote]\nsigning_key = "keys/vibrawatch-signing.key"\n')
+    assert load_monitor_config(conf).remote.signing_key == str(key)  # relative to the config file
+    key.chmod(0o644)
+    with pytest.raises(ConfigError) as e:
+        load_monitor_config(conf)
+    assert str(conf) in str(e.value) and "signing_key" in str(e.value) and "chmod 600" in str(e.value)
+    for bad in (pub, tmp_path / "none"):
+        with pytest.raises(ConfigError) as e:
+            load_monitor_config(None, signing_key=str(bad))
+        assert "signing_key" in str(e.value) and "not a readable unencrypted PEM private key" in str(e.value)
+        assert "\n" not in str(e.value)

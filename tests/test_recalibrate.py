@@ -19,9 +19,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 from test_deploy import SITE, Agent, Watcher, deploy_cli, resign
 from typer.testing import CliRunner
 
+from vibrawatch.agent.model.signing import command_topic, make_command
 from vibrawatch.convert.cli import app
 from vibrawatch.convert.keys import PUBLIC_NAME, new_keypair
-from vibrawatch.convert.remote import command_topic, make_command
 
 COMMISSIONING = "[remote]\nrecalibrate = true\n\n[commissioning]\nwindows = 10\n"
 DONE = ("commissioned", "commissioning_suspect")

@@ -101,7 +101,7 @@ const vw = (() => {
   const palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#17becf"];
 
   // The operator: logged in by a session cookie (HttpOnly); every action carries the session's CSRF token.
-  let csrf = null;
+  let csrf = null, signs = false;
   async function post(path, body) {
     const headers = { "Content-Type": "application/json" };
     if (csrf) headers["X-CSRF-Token"] = csrf;
@@ -116,13 +116,20 @@ const vw = (() => {
     const logout = document.getElementById("logout"), err = document.getElementById("action-error");
     const show = (w) => {
       csrf = w.csrf;
+      signs = !!w.signs_recalibration;
+      document.body.dataset.signs = signs ? "yes" : "no";
+      document.getElementById("recal-how").textContent = signs
+        ? "(the monitor sends the gateway the signed request)"
+        : "(this monitor holds no signing key: it shows the command to run where the key is)";
       document.body.dataset.operator = w.operator || "";
       who.textContent = w.operator ? `operator ${w.operator}` : (w.operators_configured ? "" : "no operators configured: nobody may act");
       login.hidden = !!w.operator || !w.operators_configured;
       logout.hidden = !w.operator;
     };
+    const info = document.getElementById("action-info");
     const act = async (fn) => {
       err.textContent = "";
+      info.textContent = "";
       try { await fn(); } catch (e) { err.textContent = e.message; }
       refresh();
     };
@@ -138,9 +145,17 @@ const vw = (() => {
       const b = ev.target.closest("button[data-action]");
       if (!b) return;
       const id = b.closest("tr").dataset.episode, what = b.dataset.action;
-      if (what === "close") { document.getElementById("close-id").textContent = id; form.hidden = false; return; }
+      if (what === "close") {
+        document.getElementById("close-id").textContent = id;
+        document.getElementById("close-recalibrate").checked = document.getElementById("close-verdict").value === "fault_confirmed";
+        form.hidden = false;
+        return;
+      }
       const note = what === "ack" ? (document.getElementById("ack-note")?.value || "") : "";
-      act(() => post(`/api/episodes/${what}`, what === "shelve" ? { id, hours: 8 } : { id, note }));
+      act(async () => {
+        const r = await post(`/api/episodes/${what}`, what === "shelve" ? { id, hours: 8 } : { id, note });
+        if (r.recalibration) info.textContent = recalText(r.recalibration);
+      });
     });
     form.addEventListener("submit", (ev) => {
       ev.preventDefault();
@@ -150,24 +165,54 @@ const vw = (() => {
           verdict: v("close-verdict"), part: v("close-part"), work: v("close-work"), note: v("close-note"),
           recalibrate: document.getElementById("close-recalibrate").checked });
         form.hidden = true;
-        if (r.recalibrate) err.textContent = `closed; to recalibrate the gateway run: ${r.recalibrate}`;
+        if (r.recalibration) info.textContent = `closed; ${recalText(r.recalibration)}`;
       });
+    });
+    // A repair means a new healthy state: recalibrating is the default after a confirmed fault.
+    document.getElementById("close-verdict").addEventListener("change", (ev) => {
+      document.getElementById("close-recalibrate").checked = ev.target.value === "fault_confirmed";
     });
     document.getElementById("close-cancel").addEventListener("click", () => { form.hidden = true; });
     getJSON("/api/whoami").then(show).catch(() => {});
   }
 
-  function episodeRows(eps) {
+  // What the monitor did about recalibrating, in words (the answer of a close or of /api/episodes/recalibrate).
+  function recalText(r) {
+    if (r.outcome === "not_sent") return `${r.reason}; to recalibrate the gateway run: ${r.command}`;
+    if (r.outcome === "sent") return `recalibration request ${r.id} sent to ${r.site}/${r.device}; its status will say when it is commissioning`;
+    return `recalibration ${r.outcome}${r.id ? ` (request ${r.id})` : ""}: ${r.reason}`;
+  }
+
+  // Each episode's newest recalibration request (from its history) and the device's answer (from its statuses).
+  function recalibrations(history, statuses, deviceState) {
+    const out = {};
+    for (const h of history) {  // newest first
+      if (h.action !== "recalibrate" || out[h.target]) continue;
+      const d = JSON.parse(h.detail || "{}");
+      const answer = statuses.map((st) => { try { return JSON.parse(st.payload).command; } catch (e) { return null; } })
+        .find((c) => c && d.id && c.id === d.id);
+      const state = answer ? answer.outcome : d.outcome;
+      out[h.target] = { state, text: `${d.outcome}${d.id ? ` #${d.id}` : ""}` +
+        (answer ? `: ${answer.outcome}${answer.outcome === "applied" ? `; device ${deviceState}` : ` (${answer.reason || ""})`}` :
+          d.reason ? ` (${d.reason})` : "") };
+    }
+    return out;
+  }
+
+  function episodeRows(eps, recal = {}) {
     const buttons = (e) => [
       ["active", "shelved"].includes(e.state) ? `<button data-action="ack">Acknowledge</button>` : "",
       ["active", "acknowledged"].includes(e.state) ? `<button data-action="shelve">Shelve 8 h</button>` : "",
-      e.state !== "closed" ? `<button data-action="close">Close&hellip;</button>` : ""].join(" ");
+      e.state !== "closed" ? `<button data-action="close">Close&hellip;</button>` : "",
+      e.state === "closed" && signs ? `<button data-action="recalibrate">Recalibrate</button>` : ""].join(" ");
     return eps.map((e) => `<tr class="ep-${esc(e.state)}" data-episode="${esc(e.id)}" data-state="${esc(e.state)}">` +
       `<td>${esc(e.id)}</td><td>${esc(e.raised_ts)}</td><td>${esc(e.channel)}</td><td class="state">${esc(e.state)}` +
       `${e.state === "shelved" ? ` until ${esc(when(e.shelved_until))}` : ""}</td>` +
-      `<td class="diagnosis">${esc(e.diagnosis_text || "-")}</td>` +
+      `<td class="diagnosis" title="the defect frequency the gateway found standing out, if any">` +
+      `${esc(e.diagnosis_text || "none stands out")}</td>` +
       `<td>${e.ack_by ? `${esc(e.ack_by)} ${esc(when(e.ack_at))}${e.ack_note ? `: ${esc(e.ack_note)}` : ""}` : ""}</td>` +
       `<td class="verdict">${esc(e.verdict || "")}${e.part ? `: ${esc(e.part)} (${esc(e.work || "")})` : ""}</td>` +
+      `<td class="recalibration" data-recalibration="${esc(recal[e.id]?.state || "")}">${esc(recal[e.id]?.text || "")}</td>` +
       `<td>${buttons(e)}</td></tr>`).join("");
   }
 
@@ -199,6 +244,7 @@ const vw = (() => {
         `<tr class="${esc(row.health)}" data-device="${esc(site + "/" + device)}" data-health="${esc(row.health)}">` +
         `<td><span class="health">${esc(row.health)}</span></td><td>level ${num(row.level)}</td>` +
         `<td>alarm since ${esc(row.alarm_since || "-")}</td>` +
+        `<td id="device-state" data-state="${esc(row.state || "")}">status ${esc(row.state || "?")}</td>` +
         `<td id="thresholds" data-source="${esc(row.threshold_source || "")}">thresholds from ${esc(row.threshold_source || "?")}</td>` +
         `<td>${esc(row.note)}</td></tr>`;
 
@@ -232,7 +278,8 @@ const vw = (() => {
         }, [h.map((r) => r.hour), h.map((r) => r.min), h.map((r) => r.mean), h.map((r) => r.max), h.map((r) => r.threshold)]);
       }
 
-      document.querySelector("#episodes tbody").innerHTML = episodeRows(d.episodes);
+      document.querySelector("#episodes tbody").innerHTML = episodeRows(d.episodes,
+        recalibrations(d.history, d.statuses, row.state || "?"));
       document.querySelector("#history tbody").innerHTML = d.history.map((h) =>
         `<tr data-action="${esc(h.action)}"><td>${esc(when(h.at))}</td><td>${esc(h.target)}</td><td>${esc(h.action)}</td>` +
         `<td>${esc(h.actor)}</td><td>${esc(h.source)}</td><td>${esc(h.detail)}</td></tr>`).join("");
