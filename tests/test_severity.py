@@ -277,3 +277,24 @@ def test_a_severe_step_on_a_channel_that_moved_less_than_another_is_held() -> No
     v = decide(run)
     assert raised(v)[0] == (22, 0)
     assert all(1 not in x.raised for x in v[20:27])  # held for transient_s (6 windows)
+
+
+def test_evaluate_never_fits_its_baselines_on_data_known_faulty(tiny_run: Path, tiny_data: Path,
+                                                                tmp_path: Path) -> None:
+    """The training's share ("50%") of another run can reach past that run's healthy part (a normal record
+    followed by a fault record): the baselines are then fitted only up to the known-healthy end, so the floors
+    do not learn the fault as healthy."""
+    rec = load(tiny_data)
+    assert isinstance(rec, Recording) and rec.labels is not None
+    part = tmp_path / "later.npz"  # snapshots 30..79: the fault (from 48) starts 36% in, before the run's 50%
+    save_snapshot_npz(Recording(rec.data[30:], rec.timestamps[30:] - rec.timestamps[30], rec.fs_hz, rec.channels,
+                                "later", relative_time=True, labels=rec.labels[30:]), part)
+    r = _evaluate(tiny_run, part)
+
+    def seconds(s: str) -> float:
+        h, m, sec = s.lstrip("+").split(":")
+        return int(h) * 3600 + int(m) * 60 + float(sec)
+
+    assert r["scoring"]["healthy_from"] == "labels in the data"
+    assert seconds(r["baselines_fitted_until"]) == seconds(r["scoring"]["healthy_until"])
+    assert seconds(r["scoring"]["healthy_until"]) < rec.timestamps[48] - rec.timestamps[30]

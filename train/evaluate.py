@@ -184,6 +184,10 @@ def evaluate_run(
     else:
         try:
             t_healthy = healthy_end_time(run.meta["training"]["healthy_until"], ff.times, relative)
+            if t_known is not None:
+                # never on data known to be faulty: the training's share ("60%") of another run can reach past
+                # its healthy part (a normal record followed by a fault record)
+                t_healthy = min(t_healthy, t_known)
         except ConfigError as e:
             report["baselines"] = {"skipped": str(e)}
     if t_healthy is not None:
