@@ -109,40 +109,120 @@ def _open(cur: Cursor, site: str, device: str, channel: str | None, before_seq: 
     return [int(r[0]) for r in cur.fetchall()]
 
 
+def _start(cur: Cursor, a: Alarm, cleared: tuple[int, str, float] | None, now: float) -> None:
+    """Open the episode ``a`` raises; cleared at once by ``cleared`` (seq, timestamp, received), the clear after it
+    that was stored first."""
+    cur.execute(f"INSERT INTO episodes ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))}) "
+                "ON CONFLICT (site, device, raised_seq) DO NOTHING",
+                (a.site, a.device, a.seq, a.channel or "", a.t, a.ts, a.received, a.model, a.level,
+                 None if a.diagnosis is None else dumps(a.diagnosis), "active", None, None, None, None, None,
+                 None, None, None, None, None, None, None, None, None, now))
+    audit(cur, f"device {a.site}/{a.device}", "raised", episode_id(a.site, a.device, a.seq), "mqtt",
+          {"channel": a.channel, "level": a.level, "timestamp": a.ts, "diagnosis": describe(a.diagnosis)},
+          now, key=f"mqtt:{a.site}/{a.device}:{a.seq}")
+    if cleared is not None:
+        _clear(cur, a.site, a.device, a.seq, *cleared, now)
+
+
+def _run(cur: Cursor, site: str, device: str, channel: str | None,
+         seq: int) -> tuple[int | None, tuple[int, str, float] | None]:
+    """The stored clears either side of ``seq`` (of one channel when ``channel`` is given): the seq of the one
+    before, and (seq, timestamp, received) of the one after. Between them lies one alarm, however it arrived."""
+    where = "site = ? AND device = ? AND event = 'cleared'" + (" AND COALESCE(channel, '') = ?" if channel is not None
+                                                              else "")
+    args = [site, device, *([channel] if channel is not None else []), seq]
+    cur.execute(f"SELECT MAX(seq) FROM alarms WHERE {where} AND seq < ?", args)
+    before = cur.fetchone()[0]
+    cur.execute(f"SELECT seq, ts, received FROM alarms WHERE {where} AND seq > ? ORDER BY seq LIMIT 1", args)
+    after = cur.fetchone()
+    return (None if before is None else int(before)), (None if after is None else (int(after[0]), after[1],
+                                                                                    after[2]))
+
+
+def _raised_between(cur: Cursor, site: str, device: str, channel: str | None, low: int | None,
+                    high: int | None) -> list[int]:
+    """Raised seqs of the episodes raised between two seqs (None: no bound), of one channel when given."""
+    sql, args = "SELECT raised_seq FROM episodes WHERE site = ? AND device = ?", [site, device]
+    for cond, v in ((" AND channel = ?", channel), (" AND raised_seq > ?", low), (" AND raised_seq < ?", high)):
+        if v is not None:
+            sql, args = sql + cond, [*args, v]
+    cur.execute(sql + " ORDER BY raised_seq", args)
+    return [int(r[0]) for r in cur.fetchall()]
+
+
+def _clear(cur: Cursor, site: str, device: str, raised_seq: int, seq: int, ts: str, received: float,
+           now: float) -> None:
+    cur.execute("UPDATE episodes SET cleared_seq = ?, cleared_ts = ?, cleared_at = ?, updated = ?, "
+                "state = CASE WHEN state = 'closed' THEN 'closed' ELSE 'cleared' END "
+                "WHERE site = ? AND device = ? AND raised_seq = ? AND cleared_seq IS NULL",
+                (seq, ts, received, now, site, device, raised_seq))
+    audit(cur, f"device {site}/{device}", "cleared", episode_id(site, device, raised_seq), "mqtt",
+          {"seq": seq, "timestamp": ts}, now, key=f"mqtt:{site}/{device}:{seq}:{raised_seq}")
+
+
+def _stored(cur: Cursor, site: str, device: str, seq: int, channels: list[str] | None) -> Alarm:
+    """A stored alarm message as the row decoding made of it (``channels``: whether its detector is combined)."""
+    cur.execute("SELECT site, device, seq, t, ts, event, channel, score, level, since, model, received, diagnosis "
+                "FROM alarms WHERE site = ? AND device = ? AND seq = ?", (site, device, seq))
+    r = cur.fetchone()
+    return Alarm(*r[:12], json.loads(r[12]) if r[12] else None, channels)
+
+
+def active(cur: Cursor, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], tuple[str | None, list[str]]]:
+    """The devices' alarms now, from their episodes not yet cleared: (since, channels), the earliest raise first.
+
+    ``since`` is the earliest open episode's (its raise's ``since``, else its timestamp): how long the device has
+    been in alarm without a break. A device without an open episode is left out."""
+    out: dict[tuple[str, str], tuple[str | None, list[str]]] = {}
+    for site, device in keys:
+        cur.execute("SELECT e.channel, COALESCE(a.since, e.raised_ts) FROM episodes e LEFT JOIN alarms a "
+                    "ON a.site = e.site AND a.device = e.device AND a.seq = e.raised_seq "
+                    "WHERE e.site = ? AND e.device = ? AND e.cleared_seq IS NULL ORDER BY e.raised_seq",
+                    (site, device))
+        rows = cur.fetchall()
+        if rows:
+            channels = list(dict.fromkeys(str(r[0]) for r in rows if r[0]))
+            out[(site, device)] = (rows[0][1], channels)
+    return out
+
+
 def track(cur: Cursor, alarms: Sequence[Alarm], events: Sequence[Event], now: float) -> None:
     """Move episodes by the device's new alarm messages (seq order) and diagnoses, in the batch's transaction.
 
-    A raised alarm opens an episode unless one of its channel is still open (a combined detector raises per
-    channel; a plain one has one alarm a device, so any open episode of the device is the same alarm: an agent
-    restarted in alarm raises it again). A cleared alarm clears the episodes it ends: its channel's, or every
-    open one of the device from a plain detector."""
+    A combined detector raises and clears per channel; a plain one has one alarm a device (any channel's
+    messages are the same alarm). Between two clears of a channel (of the device, plain) lies one alarm, by seq
+    whatever order the messages came in (the alarms table holds every one stored, this batch's too): a raise
+    opens an episode unless that stretch has one already (an agent restarted in alarm raises it again, or an
+    earlier raise came late), cleared at once when the clear after it is stored already (it came first). A
+    cleared alarm clears the open episodes raised before it, and opens the one of the raise after it if that
+    raise was taken as the alarm this clear ends (the clear came late)."""
     for a in sorted(alarms, key=lambda m: m.seq):
         combined = a.channels is not None
-        actor = f"device {a.site}/{a.device}"
+        channel = (a.channel or "") if combined else None
         if a.event == "raised":
-            same = _open(cur, a.site, a.device, (a.channel or "") if combined else None)
-            if same:
+            before, after = _run(cur, a.site, a.device, channel, a.seq)
+            same = _raised_between(cur, a.site, a.device, channel, before, None if after is None else after[0])
+            if same:  # a repeat (an agent restarted in alarm), or an earlier raise of it that came late
                 if a.diagnosis is not None:  # the repeat knows the defect: keep it if the episode did not
                     cur.execute("UPDATE episodes SET diagnosis = ?, updated = ? WHERE site = ? AND device = ? "
                                 "AND raised_seq = ? AND diagnosis IS NULL",
                                 (dumps(a.diagnosis), now, a.site, a.device, same[0]))
                 continue
-            cur.execute(f"INSERT INTO episodes ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))}) "
-                        "ON CONFLICT (site, device, raised_seq) DO NOTHING",
-                        (a.site, a.device, a.seq, a.channel or "", a.t, a.ts, a.received, a.model, a.level,
-                         None if a.diagnosis is None else dumps(a.diagnosis), "active", None, None, None, None, None,
-                         None, None, None, None, None, None, None, None, None, now))
-            audit(cur, actor, "raised", episode_id(a.site, a.device, a.seq), "mqtt",
-                  {"channel": a.channel, "level": a.level, "timestamp": a.ts, "diagnosis": describe(a.diagnosis)},
-                  now, key=f"mqtt:{a.site}/{a.device}:{a.seq}")
+            _start(cur, a, after, now)
         else:
-            for seq in _open(cur, a.site, a.device, (a.channel or "") if combined else None, a.seq):
-                cur.execute("UPDATE episodes SET cleared_seq = ?, cleared_ts = ?, cleared_at = ?, updated = ?, "
-                            "state = CASE WHEN state = 'closed' THEN 'closed' ELSE 'cleared' END "
-                            "WHERE site = ? AND device = ? AND raised_seq = ?",
-                            (a.seq, a.ts, a.received, now, a.site, a.device, seq))
-                audit(cur, actor, "cleared", episode_id(a.site, a.device, seq), "mqtt",
-                      {"seq": a.seq, "timestamp": a.ts}, now, key=f"mqtt:{a.site}/{a.device}:{a.seq}:{seq}")
+            for seq in _open(cur, a.site, a.device, channel, a.seq):
+                _clear(cur, a.site, a.device, seq, a.seq, a.ts, a.received, now)
+            # A raise after this clear, stored before it came, was taken as the alarm this clear ends: its own.
+            _, after = _run(cur, a.site, a.device, channel, a.seq)
+            high = None if after is None else after[0]
+            cur.execute("SELECT MIN(seq) FROM alarms WHERE site = ? AND device = ? AND event = 'raised' AND seq > ?"
+                        + (" AND COALESCE(channel, '') = ?" if combined else "")
+                        + (" AND seq < ?" if high is not None else ""),
+                        [a.site, a.device, a.seq, *([channel] if combined else []),
+                         *([high] if high is not None else [])])
+            later = cur.fetchone()[0]
+            if later is not None and not _raised_between(cur, a.site, a.device, channel, a.seq, high):
+                _start(cur, _stored(cur, a.site, a.device, int(later), a.channels), after, now)
     for e in events:
         if e.kind == "diagnosis":  # an active alarm's defect stood out later than its raise
             diag = {k: e.payload[k] for k in ("defect", "ratio", "ratios") if k in e.payload}

@@ -15,6 +15,11 @@ gap of billions of lost messages. It is stored, counted in ``seq_anomalies`` and
 and moves nothing else (range, ``lost``, the latest score). A second such seq that continues the first (the
 device really numbers anew: a spool replaced) is a reset: the range starts again from those two, the ``lost``
 counted so far is kept.
+
+Alarms: a device is in alarm while any of its channels is (a combined detector raises and clears each channel
+on its own), so ``alarm``, ``alarm_since`` and ``alarm_channel`` are not this step's: the writer sets them from
+the device's open episodes (episodes.py) after it moved them by the same messages, in the same transaction.
+Here only ``alarm_seq`` (the newest alarm message's seq) moves.
 """
 
 from __future__ import annotations
@@ -62,6 +67,7 @@ class Change:
     gaps: list[tuple[int, int]] = field(default_factory=list)
     late: list[int] = field(default_factory=list)
     alerts: list[AlertEvent] = field(default_factory=list)
+    odd: set[int] = field(default_factory=set)  # seq anomalies: stored, but they move nothing (nor an episode)
 
 
 def alert_payload(kind: str, site: str, device: str, **fields: Any) -> dict[str, Any]:
@@ -106,10 +112,8 @@ def apply(before: dict[str, Any], msgs: Messages, now: float) -> Change:
             payload=alert_payload(f"alarm_{a.event}", site, device, seq=a.seq, timestamp=a.ts, channel=a.channel,
                                   score=a.score, level=a.level, since=a.since, model=a.model)))
         if a.seq not in odd and (s["alarm_seq"] is None or a.seq > s["alarm_seq"]):
-            s["alarm_seq"] = a.seq
-            s["alarm"] = 1 if a.event == "raised" else 0
-            s["alarm_since"] = a.since if a.event == "raised" else None
-            s["alarm_channel"] = a.channel if a.event == "raised" else None
+            s["alarm_seq"] = a.seq  # ``alarm``, its since and channels: from the open episodes (writer.py)
+    change.odd = odd
 
     for st in sorted(msgs.statuses, key=lambda m: (m.payload.get("link") or "", m.ts)):
         p = st.payload

@@ -74,8 +74,6 @@ class BatchWriter:
             if scores or alarms or statuses or events:
                 lost, alerts = self._apply_to_devices(cur, scores, alarms, statuses, now, events)
                 w.lost, w.alerts = lost, alerts
-            if alarms or any(e.kind == "diagnosis" for e in events):
-                episodes.track(cur, alarms, events, now)  # the episodes' lifecycle, in the same transaction
         return w
 
     def _apply_to_devices(self, cur: Cursor, scores: list[Score], alarms: list[Alarm], statuses: list[Status],
@@ -102,15 +100,28 @@ class BatchWriter:
         for e in events:
             by_device[(e.site, e.device)].events.append(e)
         updates, gaps_new, gaps_filled, alerts = [], [], [], []
+        tracked: list[Alarm] = []
         lost = 0
         for k in keys:
             before = current[k]
             change = state.apply(before, by_device[k], now)
             updates.append(change.state)
+            tracked += [a for a in by_device[k].alarms if a.seq not in change.odd]
             gaps_new += [(k[0], k[1], a, b, now) for a, b in change.gaps]
             gaps_filled += [(k[0], k[1], s) for s in change.late]
             alerts += change.alerts
             lost += change.state["lost"] - (before["lost"] or 0)
+        if tracked or any(e.kind == "diagnosis" for e in events):
+            episodes.track(cur, tracked, events, now)  # the episodes' lifecycle, in the same transaction
+        if tracked:  # in alarm while any channel is: from the open episodes those messages left
+            moved = {(a.site, a.device) for a in tracked}
+            now_active = episodes.active(cur, sorted(moved))
+            for u in updates:
+                k = (u["site"], u["device"])
+                if k in moved:
+                    since, channels = now_active.get(k, (None, []))
+                    u.update(alarm=1 if k in now_active else 0, alarm_since=since,
+                             alarm_channel=", ".join(channels) or None)
         self.bulk.update(cur, "devices", DEVICE_COLUMNS, ("site", "device"), updates)
         if gaps_new:
             cur.executemany("INSERT INTO gaps (site, device, first_seq, last_seq, filled, detected) "
