@@ -10,6 +10,7 @@ from pathlib import Path
 
 from .config import load_agent_config
 from .detect.detector import Detector
+from .detect.diagnosis import resolution_line
 from .link.topics import topic
 from .model.bundle import load_bundle
 from .model.commission_store import describe, state_file_for
@@ -46,6 +47,8 @@ def check(config_path: str | Path) -> str:
         f"topics   {topic(cfg.agent.site, cfg.agent.device, '{score,alarm,status}')}",
         f"thresholds {describe(cfg.commissioning, state_file_for(cfg.commissioning, cfg.agent.spool), b)}",
         f"watchdog {watchdog_fit(b.detector)[1]}",
+        *([f"diagnosis {resolution_line(dg.defects_hz, spec.fs_hz, spec.frame_length) or 'frames resolve its lines'}"]
+          if (dg := b.detector.diagnosis) is not None and spec.input == "samples" else []),
     ])
 
 

@@ -54,6 +54,8 @@ class DiagnosisConfig:
     min_ratio: float = 1.5
     margin: float = 1.25
     statistic: str = "peak"  # "peak": defect lines over their local background; "energy": energy at the lines
+    # peak only: a ball's lines at 2 x BSF, and a line another defect's search range also holds counted for neither
+    own_lines: bool = False
 
     @property
     def enabled(self) -> bool:
@@ -148,6 +150,8 @@ def _validate(cfg: TrainConfig) -> None:
             raise ConfigError(f"{cfg.source}: [diagnosis] needs n_balls >= 1 and 0 < ball_diameter < pitch_diameter")
         if dg.statistic not in ("peak", "energy"):
             raise ConfigError(f"{cfg.source}: [diagnosis] statistic {dg.statistic!r} must be 'peak' or 'energy'")
+        if dg.own_lines and dg.statistic != "peak":
+            raise ConfigError(f"{cfg.source}: [diagnosis] own_lines applies to statistic 'peak' only")
     for ok, msg in checks:
         if not ok:
             raise ConfigError(f"{cfg.source}: {msg}")

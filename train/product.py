@@ -8,13 +8,14 @@ frequencies) and the whole run's per-frame values are computed."""
 
 from __future__ import annotations
 
+import sys
 from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
 from vibrawatch.agent.detect.detector import Detector
-from vibrawatch.agent.detect.diagnosis import Diagnosis, envelope_energies
+from vibrawatch.agent.detect.diagnosis import Diagnosis, envelope_energies, resolution_line
 from vibrawatch.agent.detect.events import EventRule
 from vibrawatch.agent.detect.features import FeatureSpec
 from vibrawatch.agent.detect.frames import iter_frames
@@ -71,7 +72,7 @@ def diagnosis_from_config(cfg: DiagnosisConfig, fs_hz: float, frame_length: int,
     band = tuple(cfg.band_hz) if cfg.band_hz else (0.2 * nyq, 0.8 * nyq)
     return Diagnosis({k: round(float(v), 4) for k, v in defects.items()}, (float(band[0]), float(band[1])),
                      int(cfg.harmonics), np.zeros((n_channels, len(defects))), float(cfg.min_ratio),
-                     float(cfg.margin), str(cfg.statistic))
+                     float(cfg.margin), str(cfg.statistic), own_lines=bool(cfg.own_lines))
 
 
 def fit_product(
@@ -111,6 +112,8 @@ def fit_product(
     energies = None
     if diagnosis.enabled and isinstance(data, Recording):
         dg = diagnosis_from_config(diagnosis, spec.fs_hz, spec.frame_length, n_ch)
+        if (coarse := resolution_line(dg.defects_hz, spec.fs_hz, spec.frame_length)) is not None:
+            print(f"warning: {coarse}", file=sys.stderr)
         parts["diagnosis"] = dg
         energies = frame_energies(data, spec, dg)[ends]
     d = replace(base, **parts)

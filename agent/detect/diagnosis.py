@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError
-from .envelope import envelope_statistics
+from .envelope import envelope_statistics, line_frequencies
 from .events import Verdict
 from .features import ENVELOPE_STATISTICS, FeatureDef, FeatureSpec, extract, spectrum
 from .manifest_fields import array_field, number_field
@@ -36,11 +36,12 @@ class Diagnosis:
     min_ratio: float = 1.5  # a defect stands out when its statistic rose at least this much ...
     margin: float = 1.25  # ... and this much more than the next defect's
     statistic: str = "energy"
+    own_lines: bool = False  # peak: ball at 2 x BSF, lines shared with another defect skipped (envelope.py)
 
     def to_dict(self) -> dict[str, Any]:
         return {"defects_hz": dict(self.defects_hz), "band_hz": list(self.band_hz), "harmonics": self.harmonics,
                 "healthy": self.healthy.tolist(), "min_ratio": self.min_ratio, "margin": self.margin,
-                "statistic": self.statistic}
+                "statistic": self.statistic, **({"own_lines": True} if self.own_lines else {})}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], n_channels: int) -> Diagnosis:
@@ -58,18 +59,21 @@ class Diagnosis:
             raise ConfigError(f"{w}.statistic: expected one of {', '.join(ENVELOPE_STATISTICS)}, got {stat!r}")
         return cls({str(k): float(v) for k, v in defects.items()}, (float(band[0]), float(band[1])), h,
                    array_field(d, "healthy", w, (n_channels, len(defects))), number_field(d, "min_ratio", w, 1.0, 1.5),
-                   number_field(d, "margin", w, 1.0, 1.25), stat)
+                   number_field(d, "margin", w, 1.0, 1.25), stat, d.get("own_lines") is True)
 
     def feature(self) -> dict[str, Any]:
         """The ``envelope`` feature definition that measures these statistics (agent/detect/features.py)."""
         f = {"band_hz": list(self.band_hz), "defects_hz": dict(self.defects_hz), "harmonics": self.harmonics}
+        if self.own_lines:
+            f["own_lines"] = True
         return {**f, "statistic": self.statistic} if self.statistic != "energy" else f
 
     def diagnose(self, energies: np.ndarray, channel: int) -> dict[str, Any]:
         """Mean log10 energies (C, D) of the alarm's recent frames -> the defect that rose most on ``channel``.
 
         ``{"defect": "bpfo" or None, "ratio": x, "ratios": {...}}``: None when no defect's energy rose by
-        ``min_ratio`` and by ``margin`` more than the next one (nothing stands out).
+        ``min_ratio`` and by ``margin`` more than the next one (nothing stands out), or when the cage (``ftf``)
+        rose most but another defect rose by ``min_ratio`` too (a wrong name is worse than none).
         """
         ratios = 10.0 ** (np.asarray(energies)[channel] - self.healthy[channel])
         names = list(self.defects_hz)
@@ -77,6 +81,10 @@ class Diagnosis:
         best = int(order[0])
         second = float(ratios[order[1]]) if len(order) > 1 else 1.0
         stands_out = ratios[best] >= self.min_ratio and ratios[best] >= self.margin * max(second, 1.0)
+        if names[best] == "ftf" and second >= self.min_ratio:
+            # The cage's lines (FTF, ~0.4 x shaft) lie where shaft rate and the FTF and shaft sidebands of a ball's
+            # or an inner race's lines lie: named only on evidence of its own, when no other defect rose too.
+            stands_out = False
         return {"defect": names[best] if stands_out else None, "ratio": round(float(ratios[best]), 3),
                 "ratios": {n: round(float(r), 3) for n, r in zip(names, ratios, strict=True)}}
 
@@ -183,6 +191,26 @@ class EnvelopeWindow:
         slot = (self._head - 1) % len(self._frames)
         self._measure(slot, list(range(self._energies.shape[1])))
         return self._energies[slot].copy()
+
+
+def frame_needed(defects_hz: Mapping[str, float], fs_hz: float) -> int:
+    """The shortest frame (samples, a power of two) whose line search, two bins (2 fs/N, the peak statistic's
+    width) either side of a line, reaches at most half way to the nearest other defect's first line (BPFO, BPFI,
+    2 x BSF, FTF) or, for FTF, to 0 Hz: coarser bins put two defects' lines, or the cage's line and the
+    envelope's mean, in one search range, and the larger ratio names a defect the frame cannot tell apart."""
+    firsts = np.sort(np.array([0.0] + [float(line_frequencies(k, f, 1)[0]) for k, f in defects_hz.items()]))
+    spacing = float(np.diff(firsts).min())
+    need = 4.0 * fs_hz / max(spacing, 1e-9)
+    return int(2 ** int(np.ceil(np.log2(max(need, 8.0)))))
+
+
+def resolution_line(defects_hz: Mapping[str, float], fs_hz: float, frame_length: int) -> str | None:
+    """One line when frames of ``frame_length`` cannot resolve the defect lines (``frame_needed``), else None."""
+    need = frame_needed(defects_hz, fs_hz)
+    if frame_length >= need:
+        return None
+    return (f"diagnosis: frames of {frame_length} samples ({fs_hz / frame_length:.3g} Hz bins) cannot separate the "
+            f"defect lines; needs frame_length >= {need} ({fs_hz / need:.3g} Hz bins) in [features]")
 
 
 DEFECT_NAMES = {"bpfo": "outer race", "bpfi": "inner race", "bsf": "ball", "ftf": "cage"}
