@@ -20,6 +20,13 @@ failure, twice: with the bundle's detector (no ``[commissioning]``) and with a c
 
 False alarms: alarms raised in the healthy span (after commissioning, for the commissioned column).
 First alarm: the first one raised after the healthy span; lead: failure time minus it.
+
+FEMTO also compares the commissioned bundle with the floor baseline on the same windows (issue 20): per channel,
+the RMS of each window's last frame against its max over the commissioning windows x the threshold rule's margin,
+each channel its own alarm by the bundle's alarm rule (train/baselines.py ``floor_detection``), over the windows
+after commissioning. Both are scored per channel (healthy-span alarms, first alarm after, lead) and by
+agent/detect/episodes.py (warning lead, nuisance); each healthy-span alarm is listed with the part that raised
+it (every part's level over its threshold: autoencoder, PCA residual, floors, own deviation).
 """
 
 from __future__ import annotations
@@ -127,8 +134,10 @@ def table_head(kind: str) -> None:
     print("|---|---|---|---|---|---|---|---|---|")
 
 
-def row(name: str, b: object, data: Path, healthy_end: float | None, failure: float | None, share: float) -> None:
-    """One machine: its healthy level against the bundle's detector, then both replays."""
+def row(name: str, b: object, data: Path, healthy_end: float | None, failure: float | None,
+        share: float) -> tuple[list, object, float, float]:
+    """One machine: its healthy level against the bundle's detector, then both replays; the commissioned
+    replay, its commissioning, the healthy span's end and the failure time."""
     from vibrawatch.agent.detect.healthy import Evidence, levels
 
     evs, comm = replay(b, data)
@@ -138,8 +147,124 @@ def row(name: str, b: object, data: Path, healthy_end: float | None, failure: fl
     ev = Evidence.stack([e.evidence.rows()[0] for e in evs if e.t < healthy_end])
     healthy_lv = f"{np.median(levels(b.detector, ev)[0]):.2f}" if len(ev) else "- (no healthy span)"
     before = outcome(evs, comm, healthy_end, failure)
-    after = outcome(*replay(b, data, max(2, int(round(share * len(evs))))), healthy_end, failure)
+    evs_c, comm_c = replay(b, data, max(2, int(round(share * len(evs)))))
+    after = outcome(evs_c, comm_c, healthy_end, failure)
     print(f"| {name} | {healthy_lv} | {fmt(before)} | {fmt(after)} | {after.note} |", flush=True)
+    return evs_c, comm_c, healthy_end, failure
+
+
+@dataclass
+class Versus:
+    """One detector over the replay after commissioning, on the same windows: the single-alarm counts the tables
+    above use and the episode scoring of agent/detect/episodes.py (per channel)."""
+
+    false_alarms: int  # channel alarms raised in the healthy span
+    first_alarm_h: float | None  # the first raised after the healthy span
+    lead_h: float | None
+    warning_lead_h: float | None  # episodes: failure - the warning's start
+    nuisance: int  # episodes: nuisance alarms in the healthy span
+
+
+def versus(times: np.ndarray, active: np.ndarray, healthy_end: float, failure: float, rule: object) -> Versus:
+    """Score the per-channel alarm states ``active`` (n, C) after each window at ``times``."""
+    from vibrawatch.agent.detect.episodes import Scoring, cadence, from_active, merge_time, score
+
+    eps = from_active(times, active)
+    raised = np.array([e.raised for e in eps])
+    after = raised[raised >= healthy_end]
+    first = float(after.min()) if after.size else None
+    sc = score(eps, Scoring(float(times[0]), float(times[-1]), active.shape[1],
+                            merge_time(rule.clear_after, cadence(times)), failure, None, healthy_end))
+    return Versus(int((raised < healthy_end).sum()), None if first is None else first / 3600,
+                  None if first is None else (failure - first) / 3600,
+                  None if sc.lead_s is None else sc.lead_s / 3600, sc.nuisance_in_healthy)
+
+
+def rms_floors(evs: list, comm: object) -> tuple[list, np.ndarray, np.ndarray]:
+    """The floor baseline (train/baselines.py ``floor_detection``) on the commissioning's own windows: each
+    channel's RMS (the last frame of each window, what the gateway's floors read) against the max over the
+    commissioning windows x the threshold rule's margin, each channel its own alarm by the bundle's alarm rule,
+    run over the windows after commissioning. Those windows, their alarm states (n, C) and the thresholds."""
+    from vibrawatch.agent.detect.decide import run_alarms
+    from vibrawatch.agent.detect.threshold import fit_channel_thresholds
+
+    d = comm.detector
+    k = d.floor.features.index("rms")
+    done = next(i for i, e in enumerate(evs) if e.calibration is not None) + 1
+    rms = np.stack([e.evidence.floors[0, k] for e in evs])  # (n, C)
+    thr = np.maximum(fit_channel_thresholds(rms[:done], d.threshold_rule), 1e-12)
+    active = np.column_stack([[x.active for x in run_alarms(rms[done:, c], float(thr[c]), d.rule)]
+                              for c in range(rms.shape[1])])
+    return evs[done:], active, thr
+
+
+def bundle_active(evs: list, n_ch: int) -> np.ndarray:
+    """(n, C) the gateway's per-channel alarm states (the combined detector's verdicts; else its one alarm on
+    the channel it named)."""
+    out = np.zeros((len(evs), n_ch), dtype=bool)
+    for i, e in enumerate(evs):
+        if e.verdict is not None:
+            out[i, list(e.verdict.active)] = True
+        elif e.decision.active:
+            out[i, max(e.decision.channel, 0)] = True
+    return out
+
+
+def parts(evs: list, i: int, comm: object, c: int) -> str:
+    """Which part of the commissioned detector raised channel ``c`` at window ``i``: each part's level in units of
+    its threshold, the largest over the ``raise_after`` windows the rule counted (> 1: above)."""
+    from vibrawatch.agent.detect.healthy import Evidence, event_inputs
+
+    d = comm.active
+    k = d.rule.raise_after
+    ev = Evidence.concat([e.evidence for e in evs[max(0, i - k + 1): i + 1]])
+    sl, cl, ratios, z, lv, _ = event_inputs(d, ev)
+    ae = ev.score / d.threshold
+    pca = ev.pca_score / d.pca.threshold if d.pca is not None and ev.pca_score is not None else np.zeros(len(ev))
+    verdict = max(float(e.verdict.evidence[c]) for e in evs[max(0, i - k + 1): i + 1] if e.verdict is not None)
+    events = sorted({x.kind for e in evs[max(0, i - k + 1): i + 1] if e.verdict is not None
+                     for x in e.verdict.events})
+    return (f"ch {c} at {evs[i].t / 3600:.2f} h: verdict evidence {verdict:.2f}; AE score {ae.max():.2f}, "
+            f"AE ch share {cl[:, c].max():.2f}, PCA score {pca.max():.2f}, floor ratio {ratios[:, c].max():.2f}, "
+            f"own z {z[:, c].max():.2f}, log level {lv[:, c].max():+.2f}" + (f"; events {events}" if events else ""))
+
+
+def ends(times: np.ndarray, active: np.ndarray, i: int) -> str:
+    """When the channel alarm raised at window ``i`` cleared (or that it never did)."""
+    off = np.flatnonzero(~active[i:])
+    return "; still active at the end" if not off.size else f"; cleared at {times[i + off[0]] / 3600:.2f} h"
+
+
+def compare(name: str, evs: list, comm: object, healthy_end: float, failure: float) -> tuple[str, list[str]]:
+    """One row of the bundle-vs-floors table, and the parts behind each healthy-span alarm of the bundle."""
+    post, floor_active, thr = rms_floors(evs, comm)
+    times = np.array([e.t for e in post])
+    rule = comm.detector.rule
+    b_active = bundle_active(post, floor_active.shape[1])
+    vb = versus(times, b_active, healthy_end, failure, rule)
+    vf = versus(times, floor_active, healthy_end, failure, rule)
+
+    def h(x: float | None) -> str:
+        return "none" if x is None else f"{x:.2f} h"
+
+    def f(v: Versus) -> str:
+        return f"{v.false_alarms} | {h(v.first_alarm_h)} | {h(v.lead_h)} | {h(v.warning_lead_h)} | {v.nuisance}"
+
+    why = []
+    starts = np.vstack([b_active[:1], b_active[1:] & ~b_active[:-1]])
+    for i, c in zip(*np.nonzero(starts), strict=True):
+        if times[i] < healthy_end:
+            why.append("bundle " + parts(post, int(i), comm, int(c)) + ends(times, b_active[:, c], int(i)))
+    rms = np.stack([e.evidence.floors[0, comm.detector.floor.features.index("rms")] for e in post])
+    starts = np.vstack([floor_active[:1], floor_active[1:] & ~floor_active[:-1]])
+    for i, c in zip(*np.nonzero(starts), strict=True):
+        if times[i] < healthy_end:
+            k = comm.detector.rule.raise_after
+            why.append(f"RMS floor ch {c} at {times[i] / 3600:.2f} h: RMS {rms[max(0, i - k + 1): i + 1, c].max():.3g} "
+                       f"= {rms[max(0, i - k + 1): i + 1, c].max() / thr[c]:.2f}x its threshold"
+                       + ends(times, floor_active[:, c], int(i)))
+    thr_s = ", ".join(f"{x:.3g}" for x in thr)
+    return f"| {name} | {len(post)} ({times[0] / 3600:.2f} h on) | {f(vb)} | {f(vf)} | {thr_s} |", why
 
 
 def bundle(out: Path, name: str, data: Path, config: str) -> tuple[object, str]:
@@ -196,9 +321,24 @@ def femto(out: Path, share: float, plain: bool) -> None:
           f"{next(iter(bundles.values()))[1].split(';')[0]}), run on both; commissioning = first {share:.0%} of the "
           "run; healthy = first half")
     table_head("trained on -> run on")
+    rows, why = [], []
     for train_name, (b, _) in bundles.items():
         for run_name, path in runs.items():
-            row(f"{train_name} -> {run_name}", b, path, None, None, share)
+            name = f"{train_name} -> {run_name}"
+            r, w = compare(name, *row(name, b, path, None, None, share))
+            rows.append(r)
+            why += [f"- {name}: {x}" for x in w]
+    print(f"\nFEMTO, after the same commissioning (first {share:.0%}; healthy = first half): the commissioned "
+          "bundle vs RMS floors fitted on its commissioning windows (max x margin, each channel its own alarm by "
+          "the same rule); alarms counted per channel; warning lead and nuisance by agent/detect/episodes.py")
+    print("| trained on -> run on | windows after commissioning | bundle: healthy-span alarms | first alarm after "
+          "| lead | warning lead | nuisance | RMS floors: healthy-span alarms | first alarm after | lead "
+          "| warning lead | nuisance | RMS thresholds (g) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("\n".join(rows))
+    print("\nHealthy-span alarms after commissioning; the bundle's with each part's level over its threshold, the "
+          "floors' with the RMS over theirs (max over the windows the alarm rule counted):")
+    print("\n".join(why) if why else "- none")
 
 
 def main() -> None:
