@@ -218,17 +218,14 @@ class EventState:
         cl = np.asarray(channel_level, dtype=np.float64)
         m = np.sqrt(np.maximum(zz, 0.0) * np.maximum(cl, 0.0)) if self._offset is None else zz
         moved = m >= self.rule.share * m.max() if self.n_channels else np.zeros(0, bool)
-        # Attribution decides who is raised, not who is cleared: a channel already in alarm keeps its own evidence
-        # when another moves more (a defect does not heal because its neighbour got worse).
-        keep = moved | np.fromiter((a.active for a in self._alarms), bool, self.n_channels)
-        evidence = np.where(keep, own, 0.0)
+        evidence = np.where(moved, own, 0.0)
         # Severity before patience: a held channel now beyond its severe level is not waited on but judged by the
         # alarm rule's k windows like any level (a spike of one window that falls back stays quiet), if it is the
         # channel that moved: one that moved less than another is most likely that one's vibration reaching it.
         severe_now = [c for c in self._pending if moved[c] and self._is_severe(c, lv, raw)]
         blame = -1
         if self._offset is None and self.n_channels:
-            evidence = np.maximum(evidence, np.where(keep, cl, 0.0))
+            evidence = np.maximum(evidence, np.where(moved, cl, 0.0))
             bl = cl if blame_level is None else np.asarray(blame_level, dtype=np.float64)
             blame = int(np.argmax(np.where(moved, bl, -np.inf)))
             evidence[blame] = max(evidence[blame], float(score_level))
