@@ -175,3 +175,16 @@ def dump(store: Any) -> dict[str, Any]:
                            r["state"]) for r in store.devices()),
         "alerts": sorted((r["key"], r["kind"]) for r in store.query("SELECT * FROM alerts")),
     }
+
+
+def page_login_and_acknowledge(browser: Any, row: str, name: str, password: str, note: str) -> None:
+    """On the monitor's page: log in as ``name``, then acknowledge the alarm row (a JS expression) with ``note``;
+    asserts the page shows the operator and the row acknowledged by them."""
+    browser.js(f"document.querySelector('#login-name').value = {json.dumps(name)};"
+               f"document.querySelector('#login-password').value = {json.dumps(password)};"
+               "document.querySelector('#login button').click()")
+    assert browser.wait_for("document.body.dataset.operator") == name
+    browser.js(f"document.querySelector('#ack-note').value = {json.dumps(note)}")
+    browser.js(f"{row}.querySelector('button[data-action=ack]').click()")
+    assert browser.wait_for(f"{row}?.dataset.state === 'acknowledged' && 'yes'") == "yes"
+    assert name in browser.js(f"{row}.textContent")

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 from chromium import Chromium, chromium_binary
 from conftest import ROOT
-from monitor_helpers import Gateway, MonitorProcess, vibrawatch_command, wait_until
+from monitor_helpers import Gateway, MonitorProcess, page_login_and_acknowledge, vibrawatch_command, wait_until
 from mosquitto import Broker, free_port
 
 from vibrawatch.agent.errors import ConfigError
@@ -360,14 +360,7 @@ def test_the_page_shows_the_alarm_with_its_diagnosis_and_an_operator_acknowledge
         assert store.query("SELECT state FROM episodes") == [{"state": "active"}]
         browser.screenshot(tmp_path / "alarm_refused.png")
 
-        browser.js("document.querySelector('#login-name').value = 'alice';"
-                   f"document.querySelector('#login-password').value = {json.dumps(PASSWORD)};"
-                   "document.querySelector('#login button').click()")
-        assert browser.wait_for("document.body.dataset.operator") == "alice"
-        browser.js("document.querySelector('#ack-note').value = 'seen, sending a fitter'")
-        browser.js(f"{row}.querySelector('button[data-action=ack]').click()")
-        assert browser.wait_for(f"{row}?.dataset.state === 'acknowledged' && 'yes'") == "yes"
-        assert "alice" in browser.js(f"{row}.textContent")
+        page_login_and_acknowledge(browser, row, "alice", PASSWORD, "seen, sending a fitter")
         browser.screenshot(tmp_path / "alarm_acknowledged.png")
 
         browser.js(f"{row}.querySelector('button[data-action=close]').click()")

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from chromium import Chromium, chromium_binary
 from conftest import ROOT
-from monitor_helpers import MonitorProcess, wait_until
+from monitor_helpers import MonitorProcess, page_login_and_acknowledge, wait_until
 from mosquitto import Broker, free_port
 from test_agent_e2e import agent_command, gateway_env
 from test_deploy import resign
@@ -117,15 +117,8 @@ def test_an_operator_takes_an_alarm_from_the_page_to_a_repaired_and_recommission
         assert not [s for s in statuses(store) if s.get("command")]  # nothing was sent to the gateway
         browser.screenshot(tmp_path / "refused.png")
 
-        browser.js("document.querySelector('#close-cancel').click();"
-                   "document.querySelector('#login-name').value = 'alice';"
-                   f"document.querySelector('#login-password').value = {json.dumps(PASSWORD)};"
-                   "document.querySelector('#login button').click()")
-        assert browser.wait_for("document.body.dataset.operator") == "alice"
-        browser.js("document.querySelector('#ack-note').value = 'seen, sending a fitter'")
-        browser.js(f"{row}.querySelector('button[data-action=ack]').click()")
-        assert browser.wait_for(f"{row}?.dataset.state === 'acknowledged' && 'yes'") == "yes"
-        assert "alice" in browser.js(f"{row}.textContent")
+        browser.js("document.querySelector('#close-cancel').click()")
+        page_login_and_acknowledge(browser, row, "alice", PASSWORD, "seen, sending a fitter")
         browser.screenshot(tmp_path / "acknowledged.png")
 
         browser.js(f"{row}.querySelector('button[data-action=close]').click()")
