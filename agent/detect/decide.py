@@ -133,6 +133,39 @@ class AlarmState:
             self.active, self.since_index, self._below_run = True, self._index, 0
 
 
+@dataclass
+class ChannelAlarms:
+    """``AlarmState``'s rule (threshold 1, no contributions) for every channel at once, in arrays: the event
+    layer decides C channels per window, and C small state machines in Python cost more than the window's
+    numbers. ``update`` says which channels raised and which cleared, exactly as C ``AlarmState``s would."""
+
+    rule: AlarmRule
+    n_channels: int
+    active: np.ndarray = field(init=False)  # (C,) bool
+    _above_run: np.ndarray = field(init=False)
+    _below_run: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.active = np.zeros(self.n_channels, bool)
+        self._above_run = np.zeros(self.n_channels, np.int64)
+        self._below_run = np.zeros(self.n_channels, np.int64)
+
+    def update(self, level: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """One window's level per channel (> 1: above) -> (raised, cleared), (C,) bool each."""
+        above = level > 1.0
+        self._above_run = np.where(above, self._above_run + 1, 0)
+        self._below_run = np.where(above | ~(level < self.rule.hysteresis), 0, self._below_run + 1)
+        raised = ~self.active & (self._above_run >= self.rule.raise_after)
+        cleared = self.active & (self._below_run >= self.rule.clear_after)
+        self.active = (self.active | raised) & ~cleared
+        return raised, cleared
+
+    def raise_now(self, c: int) -> None:
+        """Raise channel c's alarm on evidence its own runs did not see (``AlarmState.raise_now``)."""
+        if not self.active[c]:
+            self.active[c], self._below_run[c] = True, 0
+
+
 def blame(contributions: np.ndarray, channel_thresholds: np.ndarray | None) -> int:
     """Channel with the largest contribution relative to its healthy threshold (or absolute if none)."""
     c = np.asarray(contributions, dtype=np.float64)

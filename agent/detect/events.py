@@ -23,7 +23,9 @@ What a raised alarm's defect is: ``diagnosis``.
 
 from __future__ import annotations
 
+import itertools
 import math
+import statistics
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -32,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError
-from .decide import AlarmRule, AlarmState
+from .decide import AlarmRule, ChannelAlarms
 from .manifest_fields import number_field
 
 GAP = 4.0  # a pause longer than this many times the recent spacing of windows is a recording gap
@@ -151,7 +153,7 @@ class EventState:
     step: np.ndarray  # (C,) from Floor.step
     severe: np.ndarray | None = None  # (C,) log level (against healthy, current condition): a step alarms at once
     ceiling: np.ndarray | None = None  # (C,) log level (against healthy) of ``EventRule.absolute``: always an alarm
-    _alarms: list[AlarmState] = field(init=False)
+    _alarms: ChannelAlarms = field(init=False)  # each channel's k-of-k on its own evidence
     _history: deque[np.ndarray] = field(init=False)
     _times: deque[float] = field(init=False)  # the recent windows' times: their spacing tells a gap
     _pending: dict[int, Step] = field(default_factory=dict, init=False)
@@ -160,7 +162,7 @@ class EventState:
     _blamed: deque[int] = field(init=False)  # the channel the whole-window score went to, consecutive windows above
 
     def __post_init__(self) -> None:
-        self._alarms = [AlarmState(1.0, self.alarm) for _ in range(self.n_channels)]
+        self._alarms = ChannelAlarms(self.alarm, self.n_channels)
         self._history = deque(maxlen=self.rule.history)
         self._times = deque(maxlen=self.rule.history + 1)
         self._blamed = deque(maxlen=self.alarm.raise_after)
@@ -180,14 +182,13 @@ class EventState:
             lv = lv - self._offset
         gap = self._gap(t)
         if len(self._history) == self._history.maxlen:
-            base = np.median(np.stack(self._history), axis=0)
+            base = _median_rows(self._history)
             jump = lv - base
             # abrupt: above every healthy jump against the recent level, and most of it since the last window
             # (a fault that grows fast but steadily is not a step and is never held)
             abrupt = (jump > self.step) & (lv - self._history[-1] > 0.75 * self.step)
             # a channel already in alarm is not held: its alarm stands until its own evidence clears it
-            new = [c for c in range(self.n_channels)
-                   if c not in self._pending and abrupt[c] and not self._alarms[c].active]
+            new = [c for c in np.flatnonzero(abrupt & ~self._alarms.active).tolist() if c not in self._pending]
             if self.n_channels > 1 and (bool(abrupt.all()) and shared_shift(jump, self.step)
                                       or gap and shared_shift(jump, self.step, ALIKE)):
                 shared = float(np.median(jump))
@@ -239,8 +240,8 @@ class EventState:
             evidence[c] = max(evidence[c], own[c], 1.0 + 1e-9) if c in severe_now else 0.0
         if self.ceiling is not None:  # beyond the configured absolute level: an alarm, whatever else holds it
             evidence = np.maximum(evidence, np.exp(raw - self.ceiling))
-        decisions = [a.update(float(e)) for a, e in zip(self._alarms, evidence, strict=True)]
-        raised = [c for c, d in enumerate(decisions) if d.event == "raised"]
+        raised_now, cleared_now = self._alarms.update(evidence)
+        raised = np.flatnonzero(raised_now).tolist()
         for c in raised:
             self._pending.pop(c, None)  # a severe step that raised its alarm is no longer a transient candidate
         # The whole-window score has one alarm rule across channels: the window's blame can move between two
@@ -254,18 +255,18 @@ class EventState:
             self._blamed.append(blame)
         else:
             self._blamed.clear()
-        if len(self._blamed) == self._blamed.maxlen and not any(self._alarms[b].active for b in self._blamed):
+        if len(self._blamed) == self._blamed.maxlen and not any(self._alarms.active[b] for b in self._blamed):
             counts = np.bincount(np.asarray(self._blamed), minlength=self.n_channels)
             c = next(b for b in reversed(self._blamed) if counts[b] == counts.max())
-            self._alarms[c].raise_now()
+            self._alarms.raise_now(c)
             raised.append(c)
         raised.sort(key=lambda c: -evidence[c])
         return Verdict(
             level=float(evidence.max()) if len(evidence) else 0.0,
-            above=bool(np.any(evidence > 1.0)),
-            active=tuple(c for c, a in enumerate(self._alarms) if a.active),
+            above=bool((evidence > 1.0).any()),
+            active=tuple(np.flatnonzero(self._alarms.active).tolist()),
             raised=tuple(raised),
-            cleared=tuple(c for c, d in enumerate(decisions) if d.event == "cleared"),
+            cleared=tuple(np.flatnonzero(cleared_now).tolist()),
             evidence=evidence,
             events=tuple(events),
         )
@@ -273,7 +274,7 @@ class EventState:
     def _gap(self, t: float) -> bool:
         """Is window ``t`` the first after a recording gap (a pause of more than GAP times the recent spacing)?"""
         times = self._times
-        gap = len(times) >= 3 and t - times[-1] > GAP * float(np.median(np.diff(np.asarray(times))))
+        gap = len(times) >= 3 and t - times[-1] > GAP * statistics.median(b - a for a, b in itertools.pairwise(times))
         times.append(t)
         return bool(gap)
 
@@ -281,6 +282,14 @@ class EventState:
         """Is channel c beyond its severe level (healthy, in the current condition) or its absolute one?"""
         return bool((self.severe is not None and lv[c] > self.severe[c])
                     or (self.ceiling is not None and raw[c] > self.ceiling[c]))
+
+
+def _median_rows(rows: deque[np.ndarray]) -> np.ndarray:
+    """``np.median(np.stack(rows), axis=0)``, the same numbers, for a few short rows: a sort costs a tenth of
+    np.median's general machinery at this size. Rows are finite (the decider refuses any other window)."""
+    s = np.sort(np.array(rows), axis=0)
+    m = len(s) // 2
+    return s[m] if len(s) % 2 else (s[m - 1] + s[m]) / 2.0
 
 
 def run_events(

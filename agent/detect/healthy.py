@@ -50,7 +50,7 @@ class Evidence:
 
     def finite(self) -> bool:
         """Is every number of every window finite?"""
-        return all(np.isfinite(getattr(self, f.name)).all() for f in fields(self) if getattr(self, f.name) is not None)
+        return all(v is None or bool(np.isfinite(v).all()) for v in (getattr(self, k) for k in _EVIDENCE_FIELDS))
 
     def rows(self) -> list[dict[str, Any]]:
         """One plain dict (lists of numbers) per window: a line of the commissioning's windows file."""
@@ -84,6 +84,9 @@ class Evidence:
         if not rows:
             cols = {"t": np.zeros(0), "score": np.zeros(0), "contributions": np.zeros((0, 0))}
         return cls(**cols)
+
+
+_EVIDENCE_FIELDS = tuple(f.name for f in fields(Evidence))
 
 
 @dataclass(frozen=True)
@@ -247,6 +250,8 @@ def held(scores: np.ndarray, k: int, before: Sequence[float] = ()) -> np.ndarray
     s = np.asarray(scores, dtype=np.float64).reshape(-1)
     if k <= 1:
         return s.copy()
+    if len(s) == 1 and math.isfinite(s[0]) and all(map(math.isfinite, before)):  # the gateway: one window
+        return np.array([min((s[0], *before[max(len(before) - (k - 1), 0):]))])
     lead = np.asarray(before, dtype=np.float64).reshape(-1)[-(k - 1):]
     padded = np.concatenate([np.full(k - 1 - len(lead), np.inf), lead, s])  # no window before: not a minimum
     n = len(s)
@@ -259,18 +264,18 @@ def window_evidence(detector: Detector, t: np.ndarray, x_scaled: np.ndarray, sco
     """n consecutive windows (n, T, F) scaled, with their autoencoder scores, contributions, and (combined
     detector) the floor values and envelope energies of each one's last frame -> what ``fit`` and the decisions
     read. ``pca_before``: the PCA scores of the windows before these (a gateway scores one window at a time)."""
-    ev = Evidence(np.asarray(t, np.float64).reshape(-1), np.asarray(score, np.float64).reshape(-1),
-                  np.asarray(contributions, np.float64))
+    t, score = np.asarray(t, np.float64).reshape(-1), np.asarray(score, np.float64).reshape(-1)
+    contributions = np.asarray(contributions, np.float64)
     if not detector.combined:
-        return ev
+        return Evidence(t, score, contributions)
     x = np.asarray(x_scaled, dtype=np.float64)
     ps = pc = ph = None
     if detector.pca is not None:
         ps, pc = detector.pca.scores(x, len(detector.channels))
         ph = held(ps, detector.rule.raise_after, pca_before)
-    return replace(ev, pca_score=ps, pca_contributions=pc, pca_held=ph, floors=np.asarray(floors, np.float64),
-                   means=x.mean(axis=-2),
-                   energies=None if detector.diagnosis is None or energies is None else np.asarray(energies))
+    return Evidence(t, score, contributions, pca_score=ps, pca_contributions=pc, pca_held=ph,
+                    floors=np.asarray(floors, np.float64), means=x.mean(axis=-2),
+                    energies=None if detector.diagnosis is None or energies is None else np.asarray(energies))
 
 
 def event_inputs(d: Detector, ev: Evidence) -> tuple[np.ndarray, ...]:
