@@ -95,7 +95,22 @@ def test_workstation_commands_keep_tensorflow_start_up_noise_off_stderr(tiny_dat
                          env=env)
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout)["run_dir"] == str(tmp_path / "r")
+    assert json.loads(res.stdout)["warnings"] == []  # ~155 healthy windows: enough
     assert res.stderr.strip() == "", res.stderr[:2000]
+
+
+def test_train_warns_when_the_healthy_period_gives_few_windows(tiny_data: Path, tmp_path: Path) -> None:
+    """Enough windows to train (>= 20) but too few for thresholds a healthy machine stays under: trained, and told
+    how often a healthy window will cross them."""
+    exe = Path(sys.executable).with_name("vibrawatch")
+    res = subprocess.run([str(exe), "train", "--data", str(tiny_data), "--healthy-until", "15%", "--config",
+                          str(TINY_CONFIG), "--out", str(tmp_path / "r"), "--quiet"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    summary = json.loads(res.stdout)
+    n = summary["healthy_windows"]
+    assert 20 <= n < 100
+    assert len(summary["warnings"]) == 1 and f"gives {n} healthy windows" in summary["warnings"][0]
+    assert f"about 1 healthy window in {n + 1}" in res.stderr and res.stderr.startswith("warning: --healthy-until")
 
 
 def _table(path: Path, shift: bool, time_name: str = "timestamp") -> None:

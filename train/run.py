@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import platform
+import sys
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,6 +31,11 @@ from .dataset import build_spec, featurize, format_time, healthy_end_time, load_
 RUN_SCHEMA = "vibrawatch.run/2"  # /2: the detector's fields under the bundle manifest's keys
 DEFAULT_HEALTHY = "30%"
 MIN_HEALTHY_WINDOWS = 20
+# Below this many healthy windows training warns: a threshold at the largest of n healthy windows is exceeded by
+# a later healthy window with probability about 1 / (n + 1) (any of n + 1 exchangeable values is the largest
+# equally often), so with 30 windows about one healthy window in 31 is above it: nuisance alarms on a machine
+# that is fine. 100 brings that under 1%; the alarm rule's k windows in a row then make an alarm rarer still.
+FEW_HEALTHY_WINDOWS = 100
 
 
 @dataclass(frozen=True)
@@ -83,6 +89,15 @@ def versions() -> dict[str, str]:
     }
 
 
+def few_healthy_warning(n_healthy: int, healthy_text: str) -> list[str]:
+    """What to tell a user whose healthy period gives fewer than ``FEW_HEALTHY_WINDOWS`` windows (none otherwise)."""
+    if n_healthy >= FEW_HEALTHY_WINDOWS:
+        return []
+    return [f"--healthy-until {healthy_text!r} gives {n_healthy} healthy windows: thresholds fitted on so few are "
+            f"exceeded by about 1 healthy window in {n_healthy + 1}, so expect nuisance alarms on a healthy machine; "
+            f"give at least {FEW_HEALTHY_WINDOWS} (more healthy data, or shorter frames)"]
+
+
 def train_run(
     data_path: str | Path,
     out_dir: str | Path,
@@ -113,6 +128,9 @@ def train_run(
             f"--healthy-until {healthy_text!r} leaves {n_healthy} healthy windows of T={T} frames; at least "
             f"{MIN_HEALTHY_WINDOWS} are needed: name a later time, a larger share, or a smaller [model] window"
         )
+    warnings = few_healthy_warning(n_healthy, healthy_text)
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
     # Scale by the healthy frames only: the failing part must not shape what 'normal' means.
     healthy_frames = ff.values[: int(wins.end_frames[healthy][-1]) + 1]
     scaler: Scaling
@@ -203,4 +221,5 @@ def train_run(
         "best_val_loss": min(history["val_loss"]),
         "threshold": threshold,
         "healthy_end": format_time(t_end, ff.relative_time),
+        "warnings": warnings,
     }
