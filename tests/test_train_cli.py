@@ -160,6 +160,7 @@ def test_evaluate_scores_episodes_on_a_published_style_table(tmp_path: Path) -> 
     assert 0 <= r["auc"] <= 1 and all(0 <= b["auc"] <= 1 for b in r["baselines"].values())
     # the signed column (bearing2) read as |deviation from its healthy median|: the table floor never blames it
     assert not [e for e in r["baselines"]["table_value"]["episodes"] if e["channel"] == "bearing2"]
+    assert not [e for e in r["episodes"] if e["channel"] == "bearing2"]  # nor do the product's own floors
 
     # the same alarms with nothing known about the run (and the time column found by its name) read as a warning
     blind = json.loads(cli("evaluate", tmp_path / "r", "--data", data, "--json", "--quiet"))

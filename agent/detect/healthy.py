@@ -24,7 +24,7 @@ import numpy as np
 from .decide import alarm_levels
 from .detector import Detector
 from .events import EventRule
-from .measures import Floor, OwnDeviation
+from .measures import Floor, OwnDeviation, signed_centers
 from .threshold import ThresholdRule, fit_channel_thresholds, fit_threshold
 
 MIN_STEP = math.log(1.2)  # no level change below 20% is ever called a step
@@ -317,14 +317,18 @@ def step_sizes(log_level: np.ndarray, history: int) -> np.ndarray:
     return np.maximum(MIN_STEP, 1.5 * jumps.max(axis=0))
 
 
-def fit_floor(floor: Floor, floors: np.ndarray, rule: ThresholdRule, history: int) -> Floor:
+def fit_floor(floor: Floor, floors: np.ndarray, rule: ThresholdRule, history: int,
+              lowest: np.ndarray | None = None) -> Floor:
     """Floor thresholds (by the threshold rule), healthy median and step sizes from healthy windows' floor
-    values (n, K, C)."""
-    thresholds = np.stack([fit_channel_thresholds(floors[:, k, :], rule) for k in range(floors.shape[1])])
-    median = np.median(floors, axis=0)
-    log_lv = np.log(np.maximum(np.abs(floors[:, 0, :]), _TINY) / np.maximum(np.abs(median[0]), _TINY))
-    return Floor(floor.features, np.maximum(thresholds, _TINY), median, step_sizes(log_lv, history),
-                 log_lv.max(axis=0))
+    values (n, K, C), all on their levels (a signed column's |distance from its healthy median|). ``lowest``
+    (1, K, C): the smallest values of every healthy window, when ``floors`` are a subsample of them."""
+    shaped = replace(floor, center=signed_centers(floors, lowest))
+    lv = shaped.levels(floors)
+    thresholds = np.stack([fit_channel_thresholds(lv[:, k, :], rule) for k in range(lv.shape[1])])
+    median = np.median(lv, axis=0)
+    log_lv = np.log(np.maximum(lv[:, 0, :], _TINY) / np.maximum(np.abs(median[0]), _TINY))
+    return replace(shaped, thresholds=np.maximum(thresholds, _TINY), median=median,
+                   step=step_sizes(log_lv, history), high=log_lv.max(axis=0))
 
 
 def fit(detector: Detector, ev: Evidence, extremes: Extremes | None = None) -> Detector:
@@ -345,11 +349,14 @@ def fit(detector: Detector, ev: Evidence, extremes: Extremes | None = None) -> D
     if not detector.combined:
         return d
     assert d.floor is not None and ev.floors is not None and ev.means is not None
-    floor = fit_floor(d.floor, ev.floors, rule, (d.events or EventRule()).history)
+    floor = fit_floor(d.floor, ev.floors, rule, (d.events or EventRule()).history,
+                      None if extremes is None else extremes.lo.floors)
     if extremes is not None and rule.method == "max":
-        hv = col("floors")
+        # a level |v - center| is largest at one of the value's extremes: the highest or the lowest
+        hv = floor.levels(np.concatenate([ev.floors, extremes.hi.floors, extremes.lo.floors]))
         thr = np.stack([fit_channel_thresholds(hv[:, k, :], rule) for k in range(hv.shape[1])])
-        hi = np.maximum(np.abs(extremes.hi.floors[:, 0, :]), np.abs(extremes.lo.floors[:, 0, :])).max(axis=0)
+        hi = np.maximum(floor.levels(extremes.hi.floors)[:, 0, :],
+                        floor.levels(extremes.lo.floors)[:, 0, :]).max(axis=0)
         high = np.log(np.maximum(hi, _TINY) / np.maximum(np.abs(floor.median[0]), _TINY))
         floor = replace(floor, thresholds=np.maximum(thr, _TINY), high=np.maximum(floor.high, high))
     parts: dict[str, Any] = {"floor": floor}

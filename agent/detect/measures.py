@@ -38,13 +38,26 @@ _TINY = 1e-12
 
 @dataclass(frozen=True)
 class Floor:
-    """Per-channel level floors: ``values`` (K, C) per frame over ``thresholds`` (K, C); level = the max."""
+    """Per-channel level floors: ``levels`` of the values (K, C) per frame over ``thresholds`` (K, C); the
+    channel's level is the largest ratio.
+
+    A level is a value's distance from ``center``: 0 for what is a level already (RMS, mean |x|, a table's
+    positive column), the healthy median for a *signed* column (a table's mean or skewness, with values <= 0
+    when healthy), which can drift either way from its centre and has no upper floor of its own.
+    """
 
     features: tuple[str, ...]  # e.g. ("rms", "mean_abs"), or ("value",) for a feature table
-    thresholds: np.ndarray  # (K, C)
-    median: np.ndarray  # (K, C) healthy median, the reference for log levels (steps, condition changes)
+    thresholds: np.ndarray  # (K, C) over the levels
+    median: np.ndarray  # (K, C) the levels' healthy median, the reference for log levels (steps, condition changes)
     step: np.ndarray  # (C,) smallest jump of log level that counts as a step: above every healthy jump
     high: np.ndarray | None = None  # (C,) the largest healthy log level; None: fitted before it was kept
+    center: np.ndarray | None = None  # (K, C) each column's centre (``signed_centers``); None: all 0
+
+    def levels(self, values: np.ndarray) -> np.ndarray:
+        """(..., K, C) floor values -> their levels, |value - center| (the values themselves where center is 0
+        and they are >= 0, as RMS always is)."""
+        v = np.asarray(values, dtype=np.float64)
+        return np.abs(v) if self.center is None else np.abs(v - self.center)
 
     def severe_levels(self) -> np.ndarray | None:
         """(C,) log levels beyond which a step alarms at once instead of being held to see if it relaxes: the
@@ -62,18 +75,20 @@ class Floor:
 
     def ratios(self, values: np.ndarray) -> np.ndarray:
         """(..., K, C) -> (..., C): each channel's own level in units of its healthy threshold."""
-        return (np.asarray(values) / self.thresholds).max(axis=-2)
+        return (self.levels(values) / self.thresholds).max(axis=-2)
 
     def log_level(self, values: np.ndarray) -> np.ndarray:
         """(..., K, C) -> (..., C): log of the first floor feature against its healthy median."""
-        v = np.asarray(values)[..., 0, :]
-        return np.log(np.maximum(np.abs(v), _TINY) / np.maximum(np.abs(self.median[0]), _TINY))
+        v = self.levels(values)[..., 0, :]
+        return np.log(np.maximum(v, _TINY) / np.maximum(np.abs(self.median[0]), _TINY))
 
     def to_dict(self) -> dict[str, Any]:
         out = {"features": list(self.features), "thresholds": self.thresholds.tolist(),
                "median": self.median.tolist(), "step": self.step.tolist()}
         if self.high is not None:
             out["high"] = self.high.tolist()
+        if self.center is not None:
+            out["center"] = self.center.tolist()
         return out
 
     @classmethod
@@ -86,7 +101,8 @@ class Floor:
         return cls(tuple(feats), array_field(d, "thresholds", w, (k, n_channels), positive=True),
                    array_field(d, "median", w, (k, n_channels)),
                    array_field(d, "step", w, (n_channels,), positive=True),
-                   array_field(d, "high", w, (n_channels,)) if "high" in d else None)
+                   array_field(d, "high", w, (n_channels,)) if "high" in d else None,
+                   array_field(d, "center", w, (k, n_channels)) if "center" in d else None)
 
 
 @dataclass(frozen=True)
@@ -153,6 +169,17 @@ class OwnDeviation:
     def from_dict(cls, d: Mapping[str, Any], n_features: int) -> OwnDeviation:
         return cls(array_field(d, "center", "own", (n_features,)), array_field(d, "spread", "own", (n_features,), True))
 
+
+
+def signed_centers(values: np.ndarray, lowest: np.ndarray | None = None) -> np.ndarray | None:
+    """Healthy floor values (n, K, C) -> each column's centre (K, C): the healthy median of a signed column (one
+    with a value <= 0 among ``values`` or ``lowest``, (1, K, C), the smallest of windows not among them), 0 for
+    the others; None when no column is signed."""
+    v = np.asarray(values, dtype=np.float64)
+    signed = (v <= 0).any(axis=0) | (False if lowest is None else (np.asarray(lowest) <= 0).any(axis=0))
+    if not signed.any():
+        return None
+    return np.where(signed, np.median(v, axis=0), 0.0)
 
 
 def floor_spec(spec: FeatureSpec) -> FeatureSpec:
