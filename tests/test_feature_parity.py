@@ -154,6 +154,30 @@ def test_every_feature_kind_equals_the_reference_over_a_whole_run() -> None:
     assert buf.nbytes > 0
 
 
+@pytest.mark.parametrize("n", [N, N - 1])  # even: a Nyquist bin of its own; odd: none
+@pytest.mark.parametrize("features", [
+    (*(FeatureDef(k) for k in SIMPLE_FEATURES), FeatureDef("band_energy"),
+     FeatureDef("band_energy", {"bands_hz": [[0, 100], [50, 2000], [4000, 5000]]})),  # sum of squares by Parseval
+    (FeatureDef("rms"), FeatureDef("kurtosis"), FeatureDef("crest"), FeatureDef("band_energy")),  # peak by max/min
+    (*(FeatureDef(k) for k in SIMPLE_FEATURES), FeatureDef("envelope", ENVELOPE)),  # a spectrum but no band powers
+    tuple(FeatureDef(k) for k in SIMPLE_FEATURES),  # no spectrum
+])
+def test_what_the_spectrum_already_holds_loses_no_digits_under_a_large_dc_offset(
+        n: int, features: tuple[FeatureDef, ...]) -> None:
+    """An accelerometer reads 1 g of gravity under 0.01 g of vibration. The extraction takes the mean from the
+    transform's DC bin and the sum of squares from the band powers (Parseval), sums each band from its own
+    segments of the spectrum, and centres the samples for m2 and m4: every feature stays within 1e-11 of the
+    direct formulas, far inside the float32 rounding the parity allows, at whatever offset."""
+    frames = (1.0 + 0.01 * _run_frames()[:12, :n]).astype(np.float32)
+    spec = FeatureSpec(FS, n, SPEC.channels, features)
+    ref = reference_extract(frames, spec)
+    np.testing.assert_allclose(extract(frames, spec), ref, rtol=1e-11, atol=1e-12)
+    buf = FeatureBuffers()
+    for i in (0, 7):
+        np.testing.assert_allclose(extract_spectra(frames[i:i + 1], spec, buf)[0], ref[i:i + 1], rtol=1e-11,
+                                   atol=1e-12)
+
+
 def test_the_shared_spectrum_is_the_frames_rfft() -> None:
     frames = _run_frames()[:3]
     feats, spectra = extract_spectra(frames, SPEC)

@@ -194,10 +194,11 @@ def _check_def(fdef: FeatureDef, fs_hz: float, n: int) -> None:
 
 class FeatureBuffers:
     """Arrays reused from one ``extract_spectra`` call to the next: a gateway extracts one frame at a time, and
-    the float64 copy, the moments' scratch, the spectrum and its squares are the same shapes every time."""
+    the float64 copy, the |x| scratch and the spectrum are the same shapes every time; so is the spec's plan."""
 
     def __init__(self) -> None:
         self._arrays: dict[str, np.ndarray] = {}
+        self._plan: tuple[FeatureSpec, _Plan] | None = None  # the spec itself, held: identity stays meaningful
 
     def get(self, name: str, shape: tuple[int, ...], dtype: type) -> np.ndarray:
         a = self._arrays.get(name)
@@ -205,9 +206,37 @@ class FeatureBuffers:
             a = self._arrays[name] = np.empty(shape, dtype)
         return a
 
+    def plan(self, spec: FeatureSpec) -> _Plan:
+        if self._plan is None or self._plan[0] is not spec:
+            self._plan = (spec, _Plan.of(spec))
+        return self._plan[1]
+
     @property
     def nbytes(self) -> int:
         return sum(a.nbytes for a in self._arrays.values())
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What a spec asks of every frame, worked out once: the simple features' names, whether a transform is
+    needed, and for the band energies the spectrum's segments (slices of its interleaved re/im view) and per
+    band_energy feature the matrix summing each band's segments (``_power_plan``)."""
+
+    names: frozenset[str]
+    spectral: bool
+    segments: tuple[slice, ...]
+    sums: tuple[np.ndarray, ...]
+
+    @classmethod
+    def of(cls, spec: FeatureSpec) -> _Plan:
+        bands = tuple(tuple(_bands(f, spec.fs_hz)) for f in spec.features if f.name == "band_energy")
+        segments: tuple[slice, ...] = ()
+        sums: tuple[np.ndarray, ...] = ()
+        if bands:
+            edges, sums = _power_plan(float(spec.fs_hz), spec.frame_length, bands)
+            segments = tuple(slice(2 * int(a), 2 * int(b)) for a, b in zip(edges[:-1], edges[1:], strict=True))
+        return cls(frozenset(f.name for f in spec.features if f.name in SIMPLE_FEATURES),
+                   any(f.name in SPECTRAL_FEATURES for f in spec.features), segments, sums)
 
 
 _RFFT_OUT = int(np.__version__.split(".")[0]) >= 2  # numpy 2 transforms into a given array
@@ -244,25 +273,25 @@ def extract_spectra(frames: np.ndarray, spec: FeatureSpec, buffers: FeatureBuffe
             f"(n, {spec.frame_length}, {len(spec.channels)})"
         )
     buf = buffers or FeatureBuffers()
+    plan = buf.plan(spec)
     n_frames, n, n_ch = frames.shape
     # Channel-major and contiguous: every reduction and transform below runs along the last, contiguous axis.
     x = buf.get("x", (n_frames, n_ch, n), np.float64)  # filled in one casting, transposing pass
     np.copyto(x, np.asarray(frames).transpose(0, 2, 1))
+    spec_x = spectrum(x, buf.get("spectrum", (n_frames, n_ch, n // 2 + 1), np.complex128)) if plan.spectral else None
+    segments = None
+    if plan.segments:
+        assert spec_x is not None
+        segments = _segment_powers(spec_x, plan.segments)
+    stats = _statistics(x, spec_x, segments, plan.names, buf)  # x is overwritten: its last use
     cols: list[np.ndarray] = []  # each (n_frames, C, k)
-    cache: dict[str, np.ndarray] = {}
-    spec_x: np.ndarray | None = None
-    k_bins = n // 2 + 1
-    if any(f.name in SPECTRAL_FEATURES for f in spec.features):
-        spec_x = spectrum(x, buf.get("spectrum", (n_frames, n_ch, k_bins), np.complex128))
+    sums = iter(plan.sums)
     for fdef in spec.features:
         if fdef.name in SIMPLE_FEATURES:
-            cols.append(_simple(x, fdef.name, cache, buf)[:, :, None])
+            cols.append(stats[fdef.name][:, :, None])
         elif fdef.name == "band_energy":
-            assert spec_x is not None
-            if "squares" not in cache:  # re^2, im^2 interleaved: a band's power is a sum over twice its bins
-                cache["squares"] = np.square(spec_x.view(np.float64),
-                                             out=buf.get("squares", (n_frames, n_ch, 2 * k_bins), np.float64))
-            cols.append(band_energies(cache["squares"], spec.fs_hz, n, _bands(fdef, spec.fs_hz), interleaved=True))
+            assert segments is not None
+            cols.append(np.log10(segments @ next(sums) + _EPS))  # each band the sum of its few segments
         elif fdef.name == "envelope":
             assert spec_x is not None
             cols.append(envelope_statistics(spec_x, spec.fs_hz, n, fdef.params))
@@ -270,70 +299,75 @@ def extract_spectra(frames: np.ndarray, spec: FeatureSpec, buffers: FeatureBuffe
     return out.reshape(n_frames, n_ch * out.shape[2]), spec_x
 
 
-def _simple(x: np.ndarray, name: str, cache: dict[str, np.ndarray], buf: FeatureBuffers) -> np.ndarray:
-    """(n_frames, C, N) -> (n_frames, C); shared statistics are computed once per extract() call."""
-    if name == "mean_abs":
-        return np.abs(x, out=buf.get("scratch", x.shape, np.float64)).mean(axis=2)
-    if name == "crest":
-        return _stat(x, "peak", cache, buf) / np.maximum(_stat(x, "rms", cache, buf), _EPS)
-    if name == "kurtosis":
-        return _stat(x, "m4", cache, buf) / np.maximum(_stat(x, "m2", cache, buf) ** 2, _EPS)
-    return _stat(x, name, cache, buf)
-
-
-def _stat(x: np.ndarray, key: str, cache: dict[str, np.ndarray], buf: FeatureBuffers) -> np.ndarray:
-    """One statistic per frame and channel, memoised in ``cache`` (a plain function, not a closure: a
-    self-referencing closure would keep every call's arrays alive until the cycle collector ran)."""
-    if key not in cache:
-        n = x.shape[2]
-        if key == "mean":
-            cache[key] = x.mean(axis=2)
-        elif key == "rms":
-            cache[key] = np.sqrt(np.einsum("fcn,fcn->fc", x, x) / n)
-        elif key == "peak":  # max |x| without an |x| temporary
-            cache[key] = np.maximum(x.max(axis=2), -x.min(axis=2))
-        elif key in ("m2", "m4"):  # central moments for the kurtosis
-            d2 = np.subtract(x, _stat(x, "mean", cache, buf)[:, :, None], out=buf.get("scratch", x.shape, np.float64))
-            np.square(d2, out=d2)
-            cache["m2"], cache["m4"] = d2.mean(axis=2), np.einsum("fcn,fcn->fc", d2, d2) / n
+def _statistics(x: np.ndarray, spec_x: np.ndarray | None, segments: np.ndarray | None, names: frozenset[str],
+                buf: FeatureBuffers) -> dict[str, np.ndarray]:
+    """The simple features named (each (n_frames, C)) of frames ``x`` (n_frames, C, N), in as few passes over the
+    samples as they allow. The transform, when there is one, already holds two of them: the mean is its DC bin
+    and, when the band energies summed its power (``segments``, DC and Nyquist bins on their own), the sum of
+    squares is that power by Parseval (within 1e-15; not m2, which would lose digits to a large DC offset, e.g. an
+    accelerometer's 1 g). The kurtosis centres ``x`` in place, so it comes last and ``x`` is spent."""
+    n = x.shape[2]
+    out: dict[str, np.ndarray] = {}
+    if "mean" in names:
+        out["mean"] = x.sum(axis=2) / n
+    peak = None
+    if "mean_abs" in names:  # |x| once, for the mean and the peak
+        a = np.abs(x, out=buf.get("scratch", x.shape, np.float64))
+        out["mean_abs"] = a.sum(axis=2) / n
+        if "peak" in names or "crest" in names:
+            peak = a.max(axis=2)
+    elif "peak" in names or "crest" in names:  # max |x| without an |x| temporary
+        peak = np.maximum(x.max(axis=2), -x.min(axis=2))
+    if peak is not None:
+        out["peak"] = peak
+    if "rms" in names or "crest" in names:
+        if segments is not None:  # Parseval: bins other than DC and Nyquist stand for their negative twins too
+            nyquist = segments[..., -1] if n % 2 == 0 else 0.0
+            sum_sq = (2.0 * segments.sum(axis=2) - segments[..., 0] - nyquist) / n
         else:
-            raise ValueError(f"unknown statistic {key!r}")
-    return cache[key]
+            sum_sq = np.einsum("fcn,fcn->fc", x, x)
+        out["rms"] = np.sqrt(sum_sq / n)
+        if peak is not None:
+            out["crest"] = peak / np.maximum(out["rms"], _EPS)
+    if "kurtosis" in names:  # central moments m2, m4 from (x - mean)^2, computed in place
+        mean = out["mean"] if "mean" in out else (spec_x[..., 0].real / n if spec_x is not None else x.sum(axis=2) / n)
+        d2 = np.subtract(x, mean[:, :, None], out=x)
+        np.square(d2, out=d2)
+        m2, m4 = d2.sum(axis=2) / n, np.einsum("fcn,fcn->fc", d2, d2) / n
+        out["kurtosis"] = m4 / np.maximum(m2**2, _EPS)
+    return out
 
 
-def band_energies(power: np.ndarray, fs_hz: float, n: int, bands: Sequence[tuple[float, float]],
-                  interleaved: bool = False) -> np.ndarray:
-    """log10 power per band from one-sided power spectra (n_frames, C, n//2+1) -> (n_frames, C, n_bands).
-
-    Each bin is read once: the spectrum is summed between consecutive band edges along its contiguous
-    axis (``np.add.reduceat``), and a band is the sum of its few segments, so overlapping or gapped
-    bands cost no more than adjacent ones and no long running sum loses precision. ``interleaved``: ``power``
-    is the spectrum's squared real and imaginary parts side by side (n_frames, C, 2 * (n//2+1)), unscaled
-    (a bin is two entries; the 1/N^2 is applied to the sums).
-    """
-    starts, drop_tail, hi_pos, lo_pos = _band_plan(float(fs_hz), int(n), tuple(map(tuple, bands)))
-    segments = np.add.reduceat(power, 2 * starts if interleaved else starts, axis=-1)  # bins starts[j] .. next
-    if interleaved:
-        segments /= float(n) ** 2
-    if drop_tail:  # the highest band edge lies below the top bin: the last segment belongs to no band
-        segments = segments[..., :-1]
-    seg_sum = np.zeros(segments.shape[:-1] + (segments.shape[-1] + 1,))
-    np.cumsum(segments, axis=-1, out=seg_sum[..., 1:])
-    energy = seg_sum[..., hi_pos] - seg_sum[..., lo_pos]
-    return np.log10(np.maximum(energy, 0.0) + _EPS)
+def _segment_powers(spec_x: np.ndarray, segments: tuple[slice, ...]) -> np.ndarray:
+    """Unscaled power |X|^2 of spectra (n_frames, C, K) summed per segment -> (n_frames, C, len(segments)).
+    ``segments`` slice the interleaved re/im view (a bin is two entries): each a sum of squares along the
+    contiguous axis, read once with no squares written (einsum, not BLAS: a BLAS dot this long may wake
+    threads, whose hand-off costs more than the sum on a busy gateway)."""
+    v = spec_x.view(np.float64)
+    out = np.empty(spec_x.shape[:-1] + (len(segments),))
+    for j, seg in enumerate(segments):
+        np.einsum("fcn,fcn->fc", v[..., seg], v[..., seg], out=out[..., j])
+    return out
 
 
 @lru_cache(maxsize=32)
-def _band_plan(fs_hz: float, n: int, bands: tuple[tuple[float, float], ...]
-               ) -> tuple[np.ndarray, bool, np.ndarray, np.ndarray]:
-    """Segment starts, whether the last segment is outside every band, and each band's segment range;
-    the same for every frame of a spec, so it is worked out once."""
-    lo_idx, hi_idx = band_bins(fs_hz, n, bands)
+def _power_plan(fs_hz: float, n: int, bands: tuple[tuple[tuple[float, float], ...], ...]
+                ) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+    """Bin edges cutting the one-sided spectrum into segments at every band edge, with the DC and (even n)
+    Nyquist bins segments of their own (Parseval counts them once, the others twice); and per band_energy
+    feature a 0/1 matrix (segments, bands) / n^2 that sums each band's segments. A band is the sum of its own
+    few segments, never a difference of running sums, so a loud band (or DC offset) does not take a quiet
+    one's digits. The same for every frame of a spec, so it is worked out once."""
     k = n // 2 + 1
-    edges = np.unique(np.concatenate([lo_idx, hi_idx]))  # sorted bin boundaries, each in 0..k
-    pos = {int(e): i for i, e in enumerate(edges)}
-    return (edges[edges < k], bool(edges[-1] < k), np.array([pos[int(h)] for h in hi_idx]),
-            np.array([pos[int(lo)] for lo in lo_idx]))
+    los, his = zip(*(band_bins(fs_hz, n, b) for b in bands), strict=True)
+    edges = np.unique(np.concatenate([[0, 1, k - 1 if n % 2 == 0 else k, k], *los, *his]))  # sorted, in 0..k
+    sums = []
+    for lo_idx, hi_idx in zip(los, his, strict=True):
+        m = np.zeros((len(edges) - 1, len(lo_idx)))
+        for b, (lo, hi) in enumerate(zip(np.searchsorted(edges, lo_idx), np.searchsorted(edges, hi_idx), strict=True)):
+            m[lo:hi, b] = 1.0 / float(n) ** 2
+        sums.append(m)
+    return edges, tuple(sums)
 
 
 def band_bins(fs_hz: float, n: int, bands: Sequence[tuple[float, float]]) -> tuple[np.ndarray, np.ndarray]:
