@@ -207,31 +207,35 @@ class Pipeline:
             self.use(active)
 
     def process(self, chunk: Chunk) -> list[SensorStatus | Scored]:
-        """Feed one chunk; returns sensor status changes and one ``Scored`` per window that ends in it."""
+        """Feed one chunk (about 10 a second, most only extending the partial frame: attributes read once);
+        returns sensor status changes and one ``Scored`` per window that ends in it."""
         events: list[SensorStatus | Scored] = []
-        reason = chunk.fault or check_chunk(chunk.samples, self.limits, chunk.fs_hz)
-        if reason is None and not chunk.new_segment and not self._table and self._next_t is not None:
-            join = continuity(chunk.t_start, self._next_t, self.bundle.detector.spec.fs_hz)
+        samples, t_start, new_segment = chunk.samples, chunk.t_start, chunk.new_segment
+        reason = chunk.fault or check_chunk(samples, self.limits, chunk.fs_hz)
+        det = self.bundle.detector
+        fs, next_t, table = det.spec.fs_hz, self._next_t, self._table
+        if reason is None and not new_segment and not table and next_t is not None:
+            join = continuity(t_start, next_t, fs)
             if join is not None:
                 self.framer.reset()  # a frame never spans missing samples
-                reason = None if join == "gap" else f"time went backwards by {self._next_t - chunk.t_start:.3f} s"
+                reason = None if join == "gap" else f"time went backwards by {next_t - t_start:.3f} s"
         if reason is not None:
-            return self._sensor_fault(events, chunk.t_start, reason)
+            return self._sensor_fault(events, t_start, reason)
         if self._fault is not None and self._fault != NON_FINITE:  # that one clears with the next finite score
-            events.append(SensorStatus(chunk.t_start, None))
+            events.append(SensorStatus(t_start, None))
             self._fault = None
-        self._next_t = chunk.t_start + len(chunk.samples) / self.bundle.detector.spec.fs_hz
+        self._next_t = t_start + len(samples) / fs
         t0 = time.perf_counter()
-        det = self.bundle.detector
         spectra = None
-        if self._table:
-            feats, times = chunk.samples.astype(np.float64), np.full(len(chunk.samples), chunk.t_start)
+        if table:
+            feats, times = samples.astype(np.float64), np.full(len(samples), t_start)
             floors = floor_values(feats, det.spec) if self._combined else None
         else:
-            if chunk.new_segment:
-                self.framer.reset()
-            frames, times = self.framer.push(chunk.samples, chunk.t_start)
-            if len(frames) == 0:
+            framer = self.framer
+            if new_segment:
+                framer.reset()
+            frames, times = framer.push(samples, t_start)
+            if not len(frames):
                 return events
             if self._envelope is not None:
                 self._envelope.release()  # the spectra it holds are overwritten now

@@ -58,3 +58,44 @@ def test_faults_in_a_stream_give_status_not_scores(tiny_bundle: Path, tiny_data:
     # and no alarm was raised by the fault: the first alarm is where the clean run has it
     first = next(s.t for s in scores if s.decision.event == "raised")
     assert first == next(s.t for s in clean_scores if s.decision.event == "raised")
+
+
+def _awkward_chunks(rng: np.random.Generator) -> list[np.ndarray]:
+    """Chunks at the edges of the quick test in check_chunk: ADC-quantized samples that repeat, rows that agree
+    where it looks, tiny spans, extremes near float32 overflow, non-finite values, float64."""
+    out = []
+    for i in range(600):
+        m = int(rng.choice([1, 63, 64, 65, 256, 2048]))
+        x = rng.normal(size=(m, 2)) * rng.choice([1e-3, 1.0, 3.9, 1e-38, 1.6e38, 1.8e38])
+        if i % 3 == 0:
+            x = np.round(x * rng.choice([0.3, 1.0])) * rng.choice([1.0, 0.004, 1e-40])
+        kind = i % 7
+        if kind == 1:
+            x[rng.integers(0, m), rng.integers(0, 2)] = rng.choice([np.nan, np.inf, -np.inf])
+        elif kind == 2:
+            x[:: max((m - 1) // 3, 1), rng.integers(0, 2)] = x[0, 0]  # the rows the quick test looks at agree
+        elif kind == 3:
+            x[:, rng.integers(0, 2)] = x[0, 0]
+        elif kind == 4:
+            x[rng.integers(0, m, size=3), rng.integers(0, 2)] = 4.0 * rng.choice([1.0, -1.0])
+        elif kind == 5:  # finite samples, but max - min overflows float32 on a channel
+            x = rng.uniform(-3.3e38, 3.3e38, size=(m, 2))
+        with np.errstate(over="ignore", invalid="ignore"):
+            out.append(x.astype(np.float64 if i % 5 == 0 else np.float32))
+    return out
+
+
+@pytest.mark.parametrize(("limits", "quick"), [
+    (LIM, True), (SensorLimits(2, 1000.0), True),
+    (SensorLimits(2, 1000.0, flatline_range=0.1), False),  # a range other than 0: always per channel
+    (SensorLimits(2, 1000.0, full_scale=0.1000000015, saturation_share=0.0), False),  # at full scale
+])
+def test_the_quick_test_never_changes_an_answer(limits: SensorLimits, quick: bool) -> None:
+    """check_chunk skips the per-channel checks when a few whole-chunk numbers prove they pass: it answers
+    as they do on every chunk, and skips them on plain noise."""
+    from vibrawatch.agent.sources.sensor_check import _channel_checks, _plainly_healthy
+
+    for x in _awkward_chunks(np.random.default_rng(3)):
+        with np.errstate(over="ignore", invalid="ignore"):
+            assert check_chunk(x, limits) == _channel_checks(x, len(x), limits)
+    assert _plainly_healthy(GOOD, len(GOOD), limits) == quick

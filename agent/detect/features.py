@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import Any
 
 import numpy as np
@@ -92,12 +92,12 @@ class FeatureSpec:
         per = [n for f in self.features for n in _feature_columns(f, self.fs_hz)]
         return [f"{ch}:{n}" for ch in self.channels for n in per]
 
-    @property
+    @cached_property
     def per_channel(self) -> int:
-        """Features per channel (1 for a table)."""
+        """Features per channel (1 for a table); cached, like ``n_features``: the gateway asks every frame."""
         return len(self.names) // len(self.channels)
 
-    @property
+    @cached_property
     def n_features(self) -> int:
         return len(self.names)
 

@@ -53,9 +53,11 @@ class Framer:
         self.frame_length = frame_length
         self.n_channels = n_channels
         self.fs_hz = fs_hz
-        self._buf = np.empty((frame_length, n_channels), dtype=np.float32)  # one partial frame, reused
+        self._buf = np.empty((frame_length, n_channels), dtype=np.float32)  # the partial frame
         self._fill = 0
         self._t0 = 0.0  # time of the partial frame's first sample
+        # what most chunks return (they only extend the partial frame): one pair, shared; nothing to write in it
+        self._none = (np.empty((0, frame_length, n_channels), np.float32), np.empty(0))
 
     def reset(self) -> None:
         self._fill = 0
@@ -63,32 +65,40 @@ class Framer:
     def push(self, samples: np.ndarray, t_start: float) -> tuple[np.ndarray, np.ndarray]:
         """Add samples (m, C) starting at ``t_start``; return (frames (k, N, C), frame start times (k,)).
 
-        Copies each sample once: into the partial frame, or straight into whole frames.
+        Copies each sample once: into the partial frame, or straight into whole frames (never a view of
+        ``samples``: a driver refills its buffer). Runs per chunk, about 10 a second, so the common cases
+        allocate little: nothing when the chunk only extends the partial frame, one frame's buffer when it
+        completes it (the completed buffer is handed out as is and a fresh one takes its place).
         """
         if samples.ndim != 2 or samples.shape[1] != self.n_channels:
             raise ValueError(f"expected samples of shape (m, {self.n_channels}), got {samples.shape}")
-        n, m, dt = self.frame_length, len(samples), 1.0 / self.fs_hz
-        out: list[np.ndarray] = []
-        times: list[np.ndarray] = []
-        pos = 0
-        if self._fill:  # complete the partial frame first
-            take = min(n - self._fill, m)
-            self._buf[self._fill : self._fill + take] = samples[:take]
-            self._fill += take
-            pos = take
-            if self._fill == n:
-                out.append(self._buf[None].copy())
-                times.append(np.array([self._t0]))
-                self._fill = 0
+        n, m, fill, dt = self.frame_length, len(samples), self._fill, 1.0 / self.fs_hz
+        buf = self._buf
+        if fill + m < n:  # no frame completes
+            if m:
+                if not fill:
+                    self._t0 = t_start + 0 * dt  # the first sample's time, as below with pos = 0
+                buf[fill : fill + m] = samples
+                self._fill = fill + m
+            return self._none
+        pos, first, first_t = 0, None, None
+        if fill:  # complete the partial frame first
+            pos = n - fill
+            buf[fill:] = samples[:pos]
+            first, first_t = buf[None], np.array([self._t0])
+            self._buf = buf = np.empty_like(buf)
+            self._fill = 0
         k = (m - pos) // n
         if k:  # whole frames straight from the chunk
-            out.append(np.asarray(samples[pos : pos + k * n], dtype=np.float32).reshape(k, n, self.n_channels))
-            times.append(t_start + (pos + np.arange(k) * n) * dt)
+            whole = np.array(samples[pos : pos + k * n], dtype=np.float32, order="C").reshape(k, n, self.n_channels)
+            whole_t = t_start + (pos + np.arange(k) * n) * dt
             pos += k * n
         if pos < m:  # the start of the next frame
             self._t0 = t_start + pos * dt
             self._fill = m - pos
-            self._buf[: self._fill] = samples[pos:]
-        if not out:
-            return np.empty((0, n, self.n_channels), np.float32), np.empty(0)
-        return np.concatenate(out), np.concatenate(times)
+            buf[: self._fill] = samples[pos:]
+        if first is None:
+            return whole, whole_t  # fill + m >= n with nothing in the partial frame: k >= 1
+        if not k:
+            return first, first_t
+        return np.concatenate([first, whole]), np.concatenate([first_t, whole_t])
