@@ -73,8 +73,9 @@ class AlertsSection:
 @dataclass(frozen=True)
 class RemoteSection:
     """``[remote]``: what the monitor may ask of gateways. With ``signing_key`` (the deploy key's private half,
-    mode 0600) closing an alarm with "recalibrate" publishes the signed request itself; without, the page shows
-    the `vibrawatch recalibrate` command to run where the key is."""
+    mode 0600; else ``$CREDENTIALS_DIRECTORY/signing-key``, systemd's LoadCredential=, when there and not empty)
+    closing an alarm with "recalibrate" publishes the signed request itself; without, the page shows the
+    `vibrawatch recalibrate` command to run where the key is."""
 
     signing_key: str | None = None
     expires_s: float = 24 * 3600.0  # how long a request stays valid: a gateway off during the repair gets it later
@@ -201,6 +202,10 @@ def load_monitor_config(path: str | Path | None = None, **overrides: Any) -> Mon
         raise ConfigError(f"unknown setting(s) {sorted(given)}")
     if cfg.monitor.http == "off":  # as on the command line (--http off)
         cfg = replace(cfg, monitor=replace(cfg.monitor, http=None))
+    creds = os.environ.get("CREDENTIALS_DIRECTORY")
+    key = Path(creds) / "signing-key" if creds else None
+    if not cfg.remote.signing_key and key is not None and key.is_file() and key.stat().st_size:
+        cfg = replace(cfg, remote=replace(cfg.remote, signing_key=str(key)))  # empty: none (a unit needs the file)
     _check(cfg)
     return _with_db_password(cfg)
 

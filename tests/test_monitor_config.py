@@ -148,3 +148,30 @@ def test_the_monitor_logs_in_to_postgresql_with_the_password_from_the_file(tmp_p
         assert r.returncode != 0 and "wrong" not in r.stderr + r.stdout and "fleet:***@" in r.stderr, r.stderr
     finally:
         pg.remove()
+
+
+def test_the_signing_key_from_systemds_credentials_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With no [remote] signing_key, LoadCredential=signing-key hands the monitor the key (its dynamic user need not
+    read /etc); an empty file is none, the config's own key wins, and a bad one is refused at start, named."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    key = creds / "signing-key"
+    key.write_bytes(Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    key.chmod(0o400)  # as systemd hands it over
+    assert load_monitor_config(None).remote.signing_key is None  # no credentials directory: none
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    assert load_monitor_config(None).remote.signing_key == str(key)
+    own = tmp_path / "own.key"
+    own.write_bytes(key.read_bytes())
+    own.chmod(0o600)
+    assert load_monitor_config(None, signing_key=str(own)).remote.signing_key == str(own)
+    key.chmod(0o600)
+    key.write_text("not a key")
+    with pytest.raises(ConfigError, match=r"\[remote\] signing_key .*signing-key: not a readable unencrypted PEM"):
+        load_monitor_config(None)
+    key.write_text("")
+    assert load_monitor_config(None).remote.signing_key is None
