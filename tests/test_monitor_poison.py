@@ -14,7 +14,6 @@ from typing import Any
 import pytest
 from monitor_helpers import Gateway, start_monitor, wait_until
 from mosquitto import Broker
-from postgres import Postgres
 
 from vibrawatch.agent.link.topics import encode, score_payload, status_payload
 from vibrawatch.monitor import bounds, decoding
@@ -23,14 +22,6 @@ from vibrawatch.monitor.config import MonitorSection
 from vibrawatch.monitor.decoding import Item
 from vibrawatch.monitor.rows import Batch, Written
 from vibrawatch.monitor.store import Store, open_store
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'fleet.db'}"
-    pg: Postgres = request.getfixturevalue("postgres")
-    return pg.fresh_database(f"p_{abs(hash(request.node.name)) % 10**8}")
 
 
 @pytest.fixture
