@@ -29,6 +29,7 @@ from .topics import encode
 
 MIN_BYTES = 128 * 1024  # the log's share (64 KB at least), the schema's 5 pages and room for some messages
 MIN_WAL_BYTES, MAX_WAL_BYTES = 64 * 1024, 4 * 1024 * 1024
+CACHE_KB = 256  # SQLite's page cache (see Spool.__init__)
 COMMIT_PAGES = 12  # what one put's commit may add to the log past the checkpoint mark (message, meta, freelist)
 
 
@@ -55,6 +56,9 @@ class Spool:
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
+        # SQLite's page cache, 2 MB by default: a put touches a few pages and a drain after an outage reads each
+        # page once, so 256 KB costs nothing in speed and keeps a resident 1.8 MB off the gateway after an outage.
+        self._db.execute(f"PRAGMA cache_size=-{CACHE_KB}")
         self._page = int(self._db.execute("PRAGMA page_size").fetchone()[0])
         # The log: checkpointed (by SQLite, after a commit) once it holds this many pages, truncated back to
         # wal_bytes when it restarts, so it never passes wal_bytes (a commit beyond COMMIT_PAGES excepted).

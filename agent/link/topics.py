@@ -128,5 +128,9 @@ def status_payload(state: str, **fields: Any) -> dict[str, Any]:
     return {"v": VERSION, "state": state, "timestamp": iso(datetime.now(timezone.utc).timestamp()), **fields}
 
 
+_JSON = json.JSONEncoder(separators=(",", ":"), allow_nan=False)  # json.dumps makes one per call with these
+
+
 def encode(payload: dict[str, Any]) -> bytes:
-    return json.dumps(payload, separators=(",", ":"), allow_nan=False).encode()
+    """Compact JSON (NaN and infinity refused: ValueError), as bytes; one encoder for every message."""
+    return _JSON.encode(payload).encode()
