@@ -25,9 +25,8 @@ from __future__ import annotations
 
 import itertools
 import math
-import statistics
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -274,7 +273,7 @@ class EventState:
     def _gap(self, t: float) -> bool:
         """Is window ``t`` the first after a recording gap (a pause of more than GAP times the recent spacing)?"""
         times = self._times
-        gap = len(times) >= 3 and t - times[-1] > GAP * statistics.median(b - a for a, b in itertools.pairwise(times))
+        gap = len(times) >= 3 and t - times[-1] > GAP * _median(b - a for a, b in itertools.pairwise(times))
         times.append(t)
         return bool(gap)
 
@@ -282,6 +281,14 @@ class EventState:
         """Is channel c beyond its severe level (healthy, in the current condition) or its absolute one?"""
         return bool((self.severe is not None and lv[c] > self.severe[c])
                     or (self.ceiling is not None and raw[c] > self.ceiling[c]))
+
+
+def _median(values: Iterable[float]) -> float:
+    """The median of a few numbers, as np.median gives it (the mean of the middle two for an even count); not
+    ``statistics.median``, whose module costs the gateway half a megabyte resident."""
+    v = sorted(values)
+    m = len(v) // 2
+    return v[m] if len(v) % 2 else (v[m - 1] + v[m]) / 2
 
 
 def _median_rows(rows: deque[np.ndarray]) -> np.ndarray:
