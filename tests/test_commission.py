@@ -942,3 +942,26 @@ def test_every_swap_through_agent_apply_carries_the_commissioning(plain_bundle: 
         if agent.publisher is not None:
             agent.publisher.stop("stopped")
         agent.spool.close()
+
+
+@pytest.mark.parametrize("windows", [30, 100])
+def test_a_commissioning_on_few_windows_says_how_often_a_healthy_window_will_cross(
+        windows: int, caplog: pytest.LogCaptureFixture) -> None:
+    """Thresholds at the largest of n healthy windows are crossed by about 1 later healthy window in n + 1: under
+    100 windows the agent's log says so when the commissioning completes, and how to do better."""
+    from vibrawatch.agent.model.commission import status
+
+    det = detector()
+    scores, contrib, times = machine(1.0, n=windows + 5)
+    comm = Commissioning(det, "m1", CommissioningSection(windows=windows))
+    stream(comm, scores, contrib, times)
+    assert comm.calibration is not None and comm.calibration.state == "commissioned"
+    with caplog.at_level(logging.INFO, logger="vibrawatch.commission"):
+        assert status(comm, comm.calibration)[0] == "commissioned"  # type: ignore[index]
+    few = [r.getMessage() for r in caplog.records if "only" in r.getMessage()]
+    if windows < 100:
+        assert few == [f"commissioned on {windows} windows only: thresholds fitted on so few are crossed by about "
+                       f"1 healthy window in {windows + 1}, so expect nuisance alarms; commission longer "
+                       "([commissioning] windows >= 100)"]
+    else:
+        assert few == []

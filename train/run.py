@@ -21,7 +21,7 @@ from vibrawatch.agent import __version__
 from vibrawatch.agent.detect.decide import reconstruction_scores
 from vibrawatch.agent.detect.detector import Detector
 from vibrawatch.agent.detect.scale import MinMaxScaling, RobustScaling, Scaling
-from vibrawatch.agent.detect.threshold import fit_channel_thresholds, fit_threshold
+from vibrawatch.agent.detect.threshold import FEW_HEALTHY_WINDOWS, fit_channel_thresholds, fit_threshold
 from vibrawatch.agent.errors import ConfigError
 from vibrawatch.agent.sources.loaders import detect_format
 
@@ -31,11 +31,6 @@ from .dataset import build_spec, featurize, format_time, healthy_end_time, load_
 RUN_SCHEMA = "vibrawatch.run/2"  # /2: the detector's fields under the bundle manifest's keys
 DEFAULT_HEALTHY = "30%"
 MIN_HEALTHY_WINDOWS = 20
-# Below this many healthy windows training warns: a threshold at the largest of n healthy windows is exceeded by
-# a later healthy window with probability about 1 / (n + 1) (any of n + 1 exchangeable values is the largest
-# equally often), so with 30 windows about one healthy window in 31 is above it: nuisance alarms on a machine
-# that is fine. 100 brings that under 1%; the alarm rule's k windows in a row then make an alarm rarer still.
-FEW_HEALTHY_WINDOWS = 100
 
 
 @dataclass(frozen=True)

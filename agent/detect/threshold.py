@@ -12,6 +12,11 @@ import numpy as np
 from ..errors import ConfigError
 
 METHODS = ("max", "quantile", "mean_std")
+# Thresholds fitted on fewer healthy windows than this are worth a warning (training, commissioning): one at the
+# largest of n healthy windows is crossed by a later healthy window with probability about 1 / (n + 1) (any of
+# n + 1 exchangeable values is the largest equally often), so with 30 windows about one healthy window in 31
+# is above it. 100 brings that under 1%; the alarm rule's k windows in a row then make an alarm rarer still.
+FEW_HEALTHY_WINDOWS = 100
 
 
 @dataclass(frozen=True)

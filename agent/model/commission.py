@@ -49,6 +49,7 @@ from ..detect.calibrate import Calibration, CommissioningSection, calibrate, com
 from ..detect.decide import Decision
 from ..detect.detector import Detector
 from ..detect.healthy import Evidence, EvidenceLog
+from ..detect.threshold import FEW_HEALTHY_WINDOWS
 from .commission_store import (
     UNREADABLE,
     CommissioningFiles,
@@ -269,6 +270,10 @@ def status(comm: Commissioning, cal: Calibration | None = None) -> tuple[str, di
             "%s after %d windows: threshold %.6g (bundle %.6g); median window %.2f x the bundle's thresholds, "
             "most different channel %.2f x the others", cal.state, cal.windows, cal.threshold, cal.bundle_threshold,
             cal.median_level, cal.standout)
+        if cal.state == "commissioned" and cal.windows < FEW_HEALTHY_WINDOWS:
+            log.warning("commissioned on %d windows only: thresholds fitted on so few are crossed by about 1 healthy "
+                        "window in %d, so expect nuisance alarms; commission longer ([commissioning] windows >= %d)",
+                        cal.windows, cal.windows + 1, FEW_HEALTHY_WINDOWS)
         return cal.state, cal.status_fields()
     if comm.commissioning:
         return "commissioning", {"threshold_source": "commissioning", "windows": comm.log.seen,
