@@ -64,6 +64,15 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
         ["--data", f"{DATA}/femto/Learning_set_Bearing2_1.npz"],
         ["--data", f"{DATA}/femto/Learning_set_Bearing2_1.npz"],
     ),
+    # the same runs with the rig's sensor layout declared (configs/femto.toml: both channels are one bearing)
+    "femto1_1_layout": (
+        ["--data", f"{DATA}/femto/Learning_set_Bearing1_1.npz", "--config", "configs/femto.toml"],
+        ["--data", f"{DATA}/femto/Learning_set_Bearing1_1.npz"],
+    ),
+    "femto2_1_layout": (
+        ["--data", f"{DATA}/femto/Learning_set_Bearing2_1.npz", "--config", "configs/femto.toml"],
+        ["--data", f"{DATA}/femto/Learning_set_Bearing2_1.npz"],
+    ),
     **{name: (["--data", f"{{out}}/{name}.npz", "--healthy-until", "40%"],
               ["--data", f"{{out}}/{name}.npz", "--failed", "bearing1"]) for name in SIMS},
     "lorenz_json": (
@@ -86,6 +95,8 @@ GENERAL = [
     ("article_csv", "IMS test 2 table (mean \\|x\\|), defaults"),
     ("femto1_1", "FEMTO Bearing1_1, defaults"),
     ("femto2_1", "FEMTO Bearing2_1, defaults"),
+    ("femto1_1_layout", "FEMTO Bearing1_1, its sensor layout (`configs/femto.toml`)"),
+    ("femto2_1_layout", "FEMTO Bearing2_1, its sensor layout (`configs/femto.toml`)"),
     ("sim", "simulator, defaults"),
     ("sim_transient", "simulator + one-channel transient (bearing3, +33%, relaxes over 6 h)"),
     ("sim_condition", "simulator + shared condition change (all x1.3)"),

@@ -76,6 +76,11 @@ class ProductConfig:
     # Optional per-channel absolute levels (the first floor feature's units, e.g. RMS in g) beyond which a channel
     # alarms at once, as ISO 10816/20816 zone limits are used; off unless given (agent/detect/events.py).
     absolute: tuple[float, ...] | None = None
+    # Channels that measure one bearing in several directions (horizontal, vertical, axial), e.g.
+    # [["horiz_acc_g", "vert_acc_g"]]: the sensor layout, a fact of the installation, not a tuning. Attribution
+    # then compares bearings, so one bearing's directions never mask each other; by default every channel is a
+    # bearing of its own.
+    same_bearing: tuple[tuple[str, ...], ...] | None = None
 
 
 @dataclass(frozen=True)

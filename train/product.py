@@ -75,6 +75,27 @@ def diagnosis_from_config(cfg: DiagnosisConfig, fs_hz: float, frame_length: int,
                      float(cfg.margin), str(cfg.statistic), own_lines=bool(cfg.own_lines))
 
 
+
+def bearing_indices(same_bearing: tuple[tuple[str, ...], ...] | None, channels: tuple[str, ...]
+                    ) -> tuple[int, ...] | None:
+    """``[product] same_bearing`` (lists of channel names, each one bearing's directions) -> each channel's bearing
+    index (``EventRule.bearings``); a channel in no list is a bearing of its own. None when not given."""
+    if not same_bearing:
+        return None
+    index: dict[str, int] = {}
+    for b, names in enumerate(same_bearing):
+        for name in names:
+            if name not in channels:
+                raise ConfigError(f"[product] same_bearing: no channel {name!r}; the channels are "
+                                  f"{', '.join(channels)}")
+            if name in index:
+                raise ConfigError(f"[product] same_bearing: channel {name!r} is on two bearings")
+            index[name] = b
+    compact: dict[tuple[str, int], int] = {}  # numbered in channel order: every index below the channel count
+    return tuple(compact.setdefault(("bearing", index[c]) if c in index else ("alone", i), len(compact))
+                 for i, c in enumerate(channels))
+
+
 def fit_product(
     data: Recording | FeatureTable,
     base: Detector,
@@ -104,7 +125,8 @@ def fit_product(
         "floor": Floor(names, np.ones((k, n_ch)), np.ones((k, n_ch)), np.ones(n_ch)),
         "pca": PcaResidual(mean, axes, 1.0, np.ones(n_ch), pca_weights(frames_scaled[:last_healthy], mean, axes)),
         "own": OwnDeviation(np.zeros(spec.n_features), np.ones(spec.n_features)),
-        "events": EventRule(cfg.transient_s, cfg.relaxed, cfg.grows, cfg.history, cfg.share, cfg.absolute),
+        "events": EventRule(cfg.transient_s, cfg.relaxed, cfg.grows, cfg.history, cfg.share, cfg.absolute,
+                            bearing_indices(cfg.same_bearing, spec.channels)),
     }
     if cfg.absolute is not None and len(cfg.absolute) != n_ch:
         raise ConfigError(f"[product] absolute: {len(cfg.absolute)} levels, expected one per channel "

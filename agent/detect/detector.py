@@ -165,6 +165,8 @@ class Detector:
         events = EventRule.from_dict(d["events"]) if "events" in d else None
         if events is not None and events.absolute is not None and len(events.absolute) != n_ch:
             raise ConfigError(f"events.absolute: {len(events.absolute)} levels, expected one per channel ({n_ch})")
+        if events is not None and events.bearings is not None and len(events.bearings) != n_ch:
+            raise ConfigError(f"events.bearings: {len(events.bearings)} entries, expected one per channel ({n_ch})")
         return cls(
             floor=Floor.from_dict(d["floor"], n_ch) if "floor" in d else None,
             pca=PcaResidual.from_dict(d["pca"], spec.n_features, n_ch) if "pca" in d else None,

@@ -53,6 +53,10 @@ class EventRule:
     # at once and a level alarms whatever the healthy period showed, as ISO 10816/20816 zone limits are used;
     # None: off (the healthy statistics alone decide).
     absolute: tuple[float, ...] | None = None
+    # Per channel, the bearing it measures (an index; channels with the same one are directions of one bearing's
+    # housing: horizontal, vertical, axial). Attribution compares bearings, so two directions of the failing
+    # bearing never mask each other; None: every channel a bearing of its own.
+    bearings: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if not (self.transient_s > 0 and 0 < self.relaxed < 1 and self.grows > 1 and self.history >= 1
@@ -64,19 +68,26 @@ class EventRule:
                 for v in self.absolute)):
             raise ConfigError(f"events.absolute: expected one finite number > 0 per channel, got "
                               f"{str(self.absolute)[:60]}")
+        if self.bearings is not None and (not self.bearings or not all(
+                isinstance(b, int) and not isinstance(b, bool) and 0 <= b < len(self.bearings)
+                for b in self.bearings)):
+            raise ConfigError(f"events.bearings: expected one bearing index (0 .. channels - 1) per channel, got "
+                              f"{str(self.bearings)[:60]}")
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"transient_s": self.transient_s, "relaxed": self.relaxed, "grows": self.grows,
                                "history": self.history, "share": self.share}
         if self.absolute is not None:
             out["absolute"] = list(self.absolute)
+        if self.bearings is not None:
+            out["bearings"] = list(self.bearings)
         return out
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> EventRule:
         if not isinstance(d, Mapping):
             raise ConfigError(f"events: expected an object, got {type(d).__name__}")
-        extra = set(d) - {"transient_s", "relaxed", "grows", "history", "share", "absolute"}
+        extra = set(d) - {"transient_s", "relaxed", "grows", "history", "share", "absolute", "bearings"}
         if extra:
             raise ConfigError(f"events: unknown key(s) {sorted(extra)}")
         h = d.get("history", 6)
@@ -85,9 +96,13 @@ class EventRule:
         a = d.get("absolute")
         if a is not None and not isinstance(a, list):
             raise ConfigError(f"events.absolute: expected a list of numbers, got {str(a)[:60]}")
+        b = d.get("bearings")
+        if b is not None and not isinstance(b, list):
+            raise ConfigError(f"events.bearings: expected a list of bearing indices, got {str(b)[:60]}")
         return cls(number_field(d, "transient_s", "events", 0.0, 12 * 3600.0),
                    number_field(d, "relaxed", "events", 0.0, 0.5), number_field(d, "grows", "events", 1.0, 2.0), h,
-                   number_field(d, "share", "events", 0.0, 0.8), None if a is None else tuple(a))
+                   number_field(d, "share", "events", 0.0, 0.8), None if a is None else tuple(a),
+                   None if b is None else tuple(b))
 
 
 @dataclass(frozen=True)
@@ -165,6 +180,10 @@ class EventState:
         self._history = deque(maxlen=self.rule.history)
         self._times = deque(maxlen=self.rule.history + 1)
         self._blamed = deque(maxlen=self.alarm.raise_after)
+        b = self.rule.bearings
+        if b is not None and len(b) != self.n_channels:
+            raise ConfigError(f"events.bearings: {len(b)} entries, expected one per channel ({self.n_channels})")
+        self._bearing = None if b is None else np.asarray(b, dtype=np.intp)
 
     def update(self, t: float, score_level: float, channel_level: np.ndarray, own: np.ndarray, z: np.ndarray,
                log_level: np.ndarray, blame_level: np.ndarray | None = None) -> Verdict:
@@ -217,7 +236,7 @@ class EventState:
         zz = np.asarray(z, dtype=np.float64)
         cl = np.asarray(channel_level, dtype=np.float64)
         m = np.sqrt(np.maximum(zz, 0.0) * np.maximum(cl, 0.0)) if self._offset is None else zz
-        moved = m >= self.rule.share * m.max() if self.n_channels else np.zeros(0, bool)
+        moved = self._moved(m) if self.n_channels else np.zeros(0, bool)
         evidence = np.where(moved, own, 0.0)
         # Severity before patience: a held channel now beyond its severe level is not waited on but judged by the
         # alarm rule's k windows like any level (a spike of one window that falls back stays quiet), if it is the
@@ -269,6 +288,15 @@ class EventState:
             evidence=evidence,
             events=tuple(events),
         )
+
+    def _moved(self, m: np.ndarray) -> np.ndarray:
+        """(C,) did each channel move at least ``share`` of the most-moved one: by bearing when the rule says which
+        channels are directions of one bearing (its most-moved direction speaks for all of them)."""
+        if self._bearing is not None:
+            by_bearing = np.zeros(len(m))
+            np.maximum.at(by_bearing, self._bearing, m)
+            m = by_bearing[self._bearing]
+        return m >= self.rule.share * m.max()
 
     def _gap(self, t: float) -> bool:
         """Is window ``t`` the first after a recording gap (a pause of more than GAP times the recent spacing)?"""
