@@ -236,7 +236,7 @@ class EventState:
         zz = np.asarray(z, dtype=np.float64)
         cl = np.asarray(channel_level, dtype=np.float64)
         m = np.sqrt(np.maximum(zz, 0.0) * np.maximum(cl, 0.0)) if self._offset is None else zz
-        moved = self._moved(m) if self.n_channels else np.zeros(0, bool)
+        moved = moved_channels(m, self._bearing, self.rule.share) if self.n_channels else np.zeros(0, bool)
         evidence = np.where(moved, own, 0.0)
         # Severity before patience: a held channel now beyond its severe level is not waited on but judged by the
         # alarm rule's k windows like any level (a spike of one window that falls back stays quiet), if it is the
@@ -289,15 +289,6 @@ class EventState:
             events=tuple(events),
         )
 
-    def _moved(self, m: np.ndarray) -> np.ndarray:
-        """(C,) did each channel move at least ``share`` of the most-moved one: by bearing when the rule says which
-        channels are directions of one bearing (its most-moved direction speaks for all of them)."""
-        if self._bearing is not None:
-            by_bearing = np.zeros(len(m))
-            np.maximum.at(by_bearing, self._bearing, m)
-            m = by_bearing[self._bearing]
-        return m >= self.rule.share * m.max()
-
     def _gap(self, t: float) -> bool:
         """Is window ``t`` the first after a recording gap (a pause of more than GAP times the recent spacing)?"""
         times = self._times
@@ -309,6 +300,16 @@ class EventState:
         """Is channel c beyond its severe level (healthy, in the current condition) or its absolute one?"""
         return bool((self.severe is not None and lv[c] > self.severe[c])
                     or (self.ceiling is not None and raw[c] > self.ceiling[c]))
+
+
+def moved_channels(m: np.ndarray, bearing: np.ndarray | None, share: float) -> np.ndarray:
+    """(C,) did each channel move at least ``share`` of the most-moved one: by bearing when the rule says which
+    channels are directions of one bearing (its most-moved direction speaks for all of them)."""
+    if bearing is not None:
+        by_bearing = np.zeros(len(m))
+        np.maximum.at(by_bearing, bearing, m)
+        m = by_bearing[bearing]
+    return m >= share * m.max()
 
 
 def _median(values: Iterable[float]) -> float:
