@@ -164,6 +164,30 @@ def test_a_fault_that_reaches_the_other_channel_attenuated_is_not_a_condition_ch
     assert kinds(v) == [] and (22, 0) in raised(v)
 
 
+def test_a_shift_shared_in_one_window_that_takes_a_channel_beyond_its_severe_level_is_a_step() -> None:
+    """A seeded inner-race fault (CWRU IR007: drive end x4.1, fan end x3.0 in one window) moves both channels
+    alike within their steps (removing the median leaves each 0.15 off in log, the step is 0.18), so it reads as
+    one shift of the machine; but x4.1 is beyond the drive end's severe level (2.16x), and severity comes first:
+    the drive end alarms after k windows and no condition change is published. Below the severe level the
+    same shape is still a condition change."""
+    step = np.full(2, math.log(1.2))
+    two = {k: (v[:, :2] if v.ndim == 2 else v) for k, v in quiet(40).items()}
+    moderate = {k: v.copy() for k, v in two.items()}
+    jump(two, [0], 20, 4.1)
+    jump(two, [1], 20, 3.0)
+    v = run_events(two["t"], two["score"], two["cl"], two["own"], two["z"], two["lv"], RULE, ALARM, step, None,
+                   SEVERE[:2])
+    assert "condition_change" not in kinds(v) and raised(v)[0] == (22, 0)
+    unseverity = run_events(two["t"], two["score"], two["cl"], two["own"], two["z"], two["lv"], RULE, ALARM, step,
+                            None, None)
+    assert kinds(unseverity) == ["condition_change"]  # the rule's cause: without severity, one shift
+    jump(moderate, [0], 20, 1.5)
+    jump(moderate, [1], 20, 1.35)
+    v = run_events(moderate["t"], moderate["score"], moderate["cl"], moderate["own"], moderate["z"], moderate["lv"],
+                   RULE, ALARM, step, None, SEVERE[:2])
+    assert kinds(v) == ["condition_change"]
+
+
 def test_a_channel_that_keeps_diverging_after_a_shared_shift_still_alarms() -> None:
     run = quiet(50)
     run["t"][20:] += 86400.0

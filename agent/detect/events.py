@@ -12,7 +12,9 @@ floor ratios, own deviation, log levels) and decides each channel's alarm on its
   on every channel in one window is a ``condition_change`` (load, speed, remounting): published once, after
   which levels are read relative to the new condition and the models' scores (trained on the old one) are
   not used; "the same" = the median jump removed, every channel is left within its own step
-  (``shared_shift``). Across a recording gap (a pause of more than ``GAP`` times the recent spacing) nothing
+  (``shared_shift``). Severity comes before that reading too: a shift that takes any channel beyond its
+  severe level is not a condition change but judged as a step (a zone limit is read whatever the cause).
+  Across a recording gap (a pause of more than ``GAP`` times the recent spacing) nothing
   links the windows on either side: there every channel need only have moved up ``ALIKE`` (half) of its
   own step, alike in the same sense.
 - ``Verdict``: the decision about one window, per channel, with the events decided in it.
@@ -207,8 +209,11 @@ class EventState:
             abrupt = (jump > self.step) & (lv - self._history[-1] > 0.75 * self.step)
             # a channel already in alarm is not held: its alarm stands until its own evidence clears it
             new = [c for c in np.flatnonzero(abrupt & ~self._alarms.active).tolist() if c not in self._pending]
-            if self.n_channels > 1 and (bool(abrupt.all()) and shared_shift(jump, self.step)
-                                      or gap and shared_shift(jump, self.step, ALIKE)):
+            # severity before a shared reading: a shift that takes a channel beyond its severe level is judged
+            # by that level, whatever moved with it (as a zone limit is read, whatever the cause)
+            alike = self.n_channels > 1 and (bool(abrupt.all()) and shared_shift(jump, self.step)
+                                             or gap and shared_shift(jump, self.step, ALIKE))
+            if alike and not self._severe(lv, raw).any():
                 shared = float(np.median(jump))
                 events.append(Event("condition_change", t, tuple(range(self.n_channels)),
                                     tuple(float(np.exp(j)) for j in jump)))
@@ -241,7 +246,8 @@ class EventState:
         # Severity before patience: a held channel now beyond its severe level is not waited on but judged by the
         # alarm rule's k windows like any level (a spike of one window that falls back stays quiet), if it is the
         # channel that moved: one that moved less than another is most likely that one's vibration reaching it.
-        severe_now = [c for c in self._pending if moved[c] and self._is_severe(c, lv, raw)]
+        severe = self._severe(lv, raw) if self._pending else moved
+        severe_now = [c for c in self._pending if moved[c] and severe[c]]
         blame = -1
         if self._offset is None and self.n_channels:
             evidence = np.maximum(evidence, np.where(moved, cl, 0.0))
@@ -296,10 +302,10 @@ class EventState:
         times.append(t)
         return bool(gap)
 
-    def _is_severe(self, c: int, lv: np.ndarray, raw: np.ndarray) -> bool:
-        """Is channel c beyond its severe level (healthy, in the current condition) or its absolute one?"""
-        return bool((self.severe is not None and lv[c] > self.severe[c])
-                    or (self.ceiling is not None and raw[c] > self.ceiling[c]))
+    def _severe(self, lv: np.ndarray, raw: np.ndarray) -> np.ndarray:
+        """(C,) which channels are beyond their severe level (healthy, current condition) or their absolute one."""
+        out = np.zeros(self.n_channels, bool) if self.severe is None else lv > self.severe
+        return out if self.ceiling is None else out | (raw > self.ceiling)
 
 
 def moved_channels(m: np.ndarray, bearing: np.ndarray | None, share: float) -> np.ndarray:
