@@ -9,9 +9,10 @@ alarms, AUC (docs/detection.md, "Scoring"), diagnosis. ``--write-docs`` puts it 
 markers (the only part of that file this script writes; everything between them is regenerated, never edited
 by hand).
 
-The outside baselines (``OUTSIDE``: PyOD's ECOD, COPOD, HBOS, LOF and KNN, the ``baselines`` extra) run on every
-case too (`vibrawatch evaluate --baselines pyod`), fitted on the same healthy windows with the same threshold rule
-and alarm rule, and get a second table of their own: the product must lead detectors it did not design.
+The outside baselines (``OUTSIDE``: PyOD's ECOD, COPOD, HBOS, LOF and KNN, the ``baselines`` extra, and ECOD's
+statistic on the upper tails only, which tells what carried ECOD's lead) run on every case too (`vibrawatch
+evaluate --baselines pyod`), fitted on the same healthy windows with the same threshold rule and alarm rule, and
+get a second table of their own: the product must lead detectors it did not design.
 
 Reads the real data sets from ../shared/data (never copied into the repo) and the built-in simulators.
 Each case is exactly the `vibrawatch train` and `vibrawatch evaluate --json` commands shown in its row.
@@ -106,8 +107,8 @@ DETECTORS = [("product", "**product**"), ("autoencoder", "autoencoder"), ("pca",
              ("isolation_forest", "IsolationForest"), ("rms", "RMS floor"), ("mean_abs", "mean \\|x\\| floor"),
              ("table_value", "table floor")]
 # The outside baselines' table (train/outside.py): each cell as in the generality table.
-OUTSIDE = [("pyod_ecod", "ECOD"), ("pyod_copod", "COPOD"), ("pyod_hbos", "HBOS"), ("pyod_lof", "LOF"),
-           ("pyod_knn", "KNN")]
+OUTSIDE = [("pyod_ecod", "ECOD (PyOD)"), ("pyod_copod", "COPOD (PyOD)"), ("pyod_hbos", "HBOS (PyOD)"),
+           ("pyod_lof", "LOF (PyOD)"), ("pyod_knn", "KNN (PyOD)"), ("ecod_upper", "ECOD, upper tails only")]
 
 
 def cell(r: dict | None) -> str:
@@ -152,7 +153,7 @@ def outside_table(reports: dict[str, dict]) -> str:
     if not present:
         return ""
     heads = dict(OUTSIDE)
-    lines = ["| run | **product** | " + " | ".join(f"{heads[k]} (PyOD)" for k in present)
+    lines = ["| run | **product** | " + " | ".join(heads[k] for k in present)
              + " | best clean outside lead | product leads it (longer, no nuisance) |",
              "|---|---|" + "---|" * len(present) + "---|---|"]
     for name, label in GENERAL:
@@ -380,7 +381,10 @@ def main() -> None:
         outside = ("Outside baselines: PyOD's detectors (`vibrawatch evaluate --baselines pyod`) on the same "
                    "min-max scaled windows as IsolationForest, fitted on the same healthy windows, threshold by the "
                    "run's rule (the highest healthy score x its margin), the same alarm rule, one alarm for the "
-                   "machine. The product's lead must beat the longest of theirs that had no nuisance alarm.")
+                   "machine; ECOD, upper tails only: ECOD's sum of tail improbabilities over the upper tails alone "
+                   "(train/outside.py), which tells a lead carried by vibration that rose from one carried by "
+                   "vibration that fell below the healthy period. The product's lead must beat the longest of theirs "
+                   "that had no nuisance alarm.")
         tail = f"\n\n{outside}\n\n{others}" if others else ""
         write_docs("\n".join(rows) + "\n\n" + general + "\n\n" + table + tail, header)
 

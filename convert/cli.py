@@ -116,7 +116,8 @@ def evaluate(
     outside: Annotated[
         str | None,
         typer.Option("--baselines", help="Also score outside detectors fitted the same way: `pyod` (ECOD, COPOD, "
-                     "HBOS, LOF, KNN) or some of them (ecod,knn); needs the [baselines] extra."),
+                     "HBOS, LOF, KNN, and ecod_upper: ECOD on the upper tails only) or some of them (ecod,knn); "
+                     "PyOD's need the [baselines] extra."),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (for scripts).")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,

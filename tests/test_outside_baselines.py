@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from conftest import cli
 
-from vibrawatch.train.outside import OUTSIDE, outside_scores
+from vibrawatch.train.outside import OUTSIDE, OWN, outside_scores
 
 NAMES = [f"pyod_{n}" for n in OUTSIDE]
 
@@ -21,6 +21,7 @@ def test_evaluate_scores_the_five_pyod_detectors_like_the_others(tiny_run: Path,
                        "--json", "--quiet"))
     base = r["baselines"]
     assert [k for k in base if k.startswith("pyod_")] == NAMES
+    assert base["ecod_upper"]["library"].startswith("numpy") and base["ecod_upper"]["warning"] is not None
     assert {"autoencoder", "isolation_forest", "pca", "rms", "mean_abs"} <= set(base)  # the project's own stay
     for name in NAMES:
         b = base[name]
@@ -52,13 +53,13 @@ def test_a_missing_pyod_or_an_unknown_name_is_one_line(tiny_run: Path, tiny_data
         return res.output
 
     out = fails("evaluate", tiny_run, "--data", tiny_data, "--baselines", "ecod,abod")
-    assert "'abod' is not one of pyod, ecod, copod, hbos, lof, knn" in out
+    assert "'abod' is not one of pyod, ecod, copod, hbos, lof, knn, ecod_upper" in out
     monkeypatch.setitem(sys.modules, "pyod", None)  # as on a machine without the [baselines] extra
     out = fails("evaluate", tiny_run, "--data", tiny_data, "--baselines", "pyod")
     assert 'pip install "vibrawatch[baselines]"' in out and len(out.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize("name", OUTSIDE)
+@pytest.mark.parametrize("name", OUTSIDE + OWN)
 def test_a_window_is_scored_without_the_windows_after_it(name: str) -> None:
     """What a detector calls normal comes from the healthy windows only: a window's score does not change when
     the data goes on (ECOD and COPOD would otherwise refit their distributions on everything scored at once)."""
@@ -70,3 +71,21 @@ def test_a_window_is_scored_without_the_windows_after_it(name: str) -> None:
     cut = outside_scores(name, x[:100], healthy[:100])
     np.testing.assert_allclose(cut, full[:100], rtol=1e-9)
     assert full[150:].min() > full[healthy].max()  # the drift is seen
+
+
+def test_ecod_counts_vibration_that_fell_ecod_upper_only_what_rose() -> None:
+    """ECOD adds the improbability of either tail, so windows whose values all fell below the healthy ones score as
+    high as windows whose values rose; its upper-tail twin scores only the rise, and equals ECOD's own upper-tail
+    part (PyOD's ``O`` is the largest of the left, right and skewness-chosen sums)."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((200, 6))
+    healthy = np.arange(200) < 100
+    x[120:150] -= 3.0  # quieter than ever when healthy
+    x[170:] += 3.0  # louder
+    ecod, upper = outside_scores("ecod", x, healthy), outside_scores("ecod_upper", x, healthy)
+    assert ecod[120:150].min() > ecod[healthy].max() and ecod[170:].min() > ecod[healthy].max()
+    assert upper[120:150].max() < upper[healthy].max() < upper[170:].min()
+    from pyod.models.ecod import ECOD
+
+    ref = ECOD().fit(x[healthy])
+    np.testing.assert_allclose(upper[healthy], ref.U_r.sum(axis=1), rtol=1e-9)

@@ -102,10 +102,10 @@ def evaluate_run(
 ) -> dict[str, Any]:
     """Score ``data_path`` with the run and the baselines; return the report (see module docstring). ``outside``:
     PyOD detectors to score too (``pyod`` or names, train/outside.py)."""
-    from .outside import parse_outside, require_pyod
+    from .outside import OWN, parse_outside, require_pyod
 
     outside_names = parse_outside(outside)
-    if outside_names:
+    if set(outside_names) - set(OWN):
         require_pyod()  # before the slow part: a missing extra is said at once
     run = Run.open(run_dir)
     # a table the run was trained on with --time-column is read the same way unless told otherwise
