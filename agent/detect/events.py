@@ -246,8 +246,8 @@ class EventState:
         # Severity before patience: a held channel now beyond its severe level is not waited on but judged by the
         # alarm rule's k windows like any level (a spike of one window that falls back stays quiet), if it is the
         # channel that moved: one that moved less than another is most likely that one's vibration reaching it.
-        severe = self._severe(lv, raw) if self._pending else moved
-        severe_now = [c for c in self._pending if moved[c] and severe[c]]
+        held_moved = [c for c in self._pending if moved[c]]
+        severe_now = np.flatnonzero(self._severe(lv, raw)).tolist() if held_moved else []
         blame = -1
         if self._offset is None and self.n_channels:
             evidence = np.maximum(evidence, np.where(moved, cl, 0.0))
@@ -261,7 +261,7 @@ class EventState:
                 evidence[c] = 0.0
         for c in self._pending:
             # held: a jump is not a failure until it has shown it does not relax, unless it is severe
-            evidence[c] = max(evidence[c], own[c], 1.0 + 1e-9) if c in severe_now else 0.0
+            evidence[c] = max(evidence[c], own[c], 1.0 + 1e-9) if c in held_moved and c in severe_now else 0.0
         if self.ceiling is not None:  # beyond the configured absolute level: an alarm, whatever else holds it
             evidence = np.maximum(evidence, np.exp(raw - self.ceiling))
         raised_now, cleared_now = self._alarms.update(evidence)
