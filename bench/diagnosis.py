@@ -119,6 +119,30 @@ def wrong(rows: list[dict]) -> list[str]:
     return [r["record"] for r in rows if r["named"] not in ("none", right[r["truth"]])]
 
 
+def report(frame: int = 4096, hop: int = 1024, own_lines: bool = False, window: int = 3) -> str:
+    """Everything this benchmark prints: the confusion table, each record's ratios and shares, the wrongly named
+    records, and (``window`` > 0) the names given at an alarm, as markdown."""
+    rows = confusion(frame, hop, own_lines)
+    out = [f"frames of {frame} samples at 12 kHz ({FS / frame:.2f} Hz bins), {hop} apart; drive end; "
+           f"healthy = median over the normal record's frames\n", table(rows) + "\n",
+           "| record | true | named (median) | ratios bpfo / bpfi / bsf / ftf | share of frames o/i/b/c/none |",
+           "|---|---|---|---|---|"]
+    for r in rows:
+        ra = " / ".join(f"{v:.2f}" for v in r["ratios"].values())
+        sh = " / ".join(f"{r['shares'][c]:.2f}" for c in COLUMNS)
+        out.append(f"| {r['record']} | {r['truth']} | {r['named']} | {ra} | {sh} ({r['frames']}) |")
+    bad = wrong(rows)
+    out.append(f"\nwrongly named: {', '.join(bad) if bad else 'none'}")
+    if window:
+        out += [f"\nAt an alarm: the mean over {window} consecutive frames of {frame} samples (not overlapping)\n",
+                "| record | true | share of windows o/i/b/c/none | cage without its own-evidence rule |",
+                "|---|---|---|---|"]
+        for r in at_alarm(frame, window, own_lines):
+            sh = " / ".join(f"{r['shares'][c]:.2f}" for c in COLUMNS)
+            out.append(f"| {r['record']} | {r['truth']} | {sh} ({r['windows']}) | {r['cage_without_rule']:.2f} |")
+    return "\n".join(out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--frame", type=int, default=4096,
@@ -127,25 +151,7 @@ def main() -> None:
     ap.add_argument("--own-lines", action="store_true", help="[diagnosis] own_lines = true (docs/detection.md)")
     ap.add_argument("--window", type=int, default=3, help="frames per alarm window for the at-alarm table (0: none)")
     a = ap.parse_args()
-    rows = confusion(a.frame, a.hop, a.own_lines)
-    print(f"frames of {a.frame} samples at 12 kHz ({FS / a.frame:.2f} Hz bins), {a.hop} apart; drive end; "
-          f"healthy = median over the normal record's frames\n")
-    print(table(rows) + "\n")
-    print("| record | true | named (median) | ratios bpfo / bpfi / bsf / ftf | share of frames o/i/b/c/none |")
-    print("|---|---|---|---|---|")
-    for r in rows:
-        ra = " / ".join(f"{v:.2f}" for v in r["ratios"].values())
-        sh = " / ".join(f"{r['shares'][c]:.2f}" for c in COLUMNS)
-        print(f"| {r['record']} | {r['truth']} | {r['named']} | {ra} | {sh} ({r['frames']}) |")
-    bad = wrong(rows)
-    print(f"\nwrongly named: {', '.join(bad) if bad else 'none'}")
-    if a.window:
-        print(f"\nAt an alarm: the mean over {a.window} consecutive frames of {a.frame} samples (not overlapping)\n")
-        print("| record | true | share of windows o/i/b/c/none | cage without its own-evidence rule |")
-        print("|---|---|---|---|")
-        for r in at_alarm(a.frame, a.window, a.own_lines):
-            sh = " / ".join(f"{r['shares'][c]:.2f}" for c in COLUMNS)
-            print(f"| {r['record']} | {r['truth']} | {sh} ({r['windows']}) | {r['cage_without_rule']:.2f} |")
+    print(report(a.frame, a.hop, a.own_lines, a.window))
 
 
 if __name__ == "__main__":
