@@ -160,6 +160,33 @@ def shared_shift(jump: np.ndarray, step: np.ndarray, least: float = 1.0) -> bool
 
 
 @dataclass
+class ScoreRun:
+    """The whole-window score's own alarm rule across channels. The window's blame can move between two channels
+    that moved alike (window by window, whichever has the larger share), and then neither channel's own k-of-k
+    sees k windows in a row although the score did: k consecutive windows above on the score raise the alarm of
+    the channel blamed most often over them (the latest on a tie), unless one of the channels blamed over them is
+    already in alarm (the score is then already explained)."""
+
+    k: int
+    _blamed: deque[int] = field(init=False)  # the channel each of the last windows in a row was blamed on
+
+    def __post_init__(self) -> None:
+        self._blamed = deque(maxlen=self.k)
+
+    def update(self, blame: int | None, active: np.ndarray) -> int | None:
+        """``blame``: the channel this window's score counts against (None: the window does not count, and the
+        run starts again); ``active`` (C,): which channels are in alarm. The channel to raise, or None."""
+        if blame is None:
+            self._blamed.clear()
+            return None
+        self._blamed.append(blame)
+        if len(self._blamed) < self.k or any(active[b] for b in self._blamed):
+            return None
+        counts = np.bincount(np.asarray(self._blamed), minlength=len(active))
+        return next(b for b in reversed(self._blamed) if counts[b] == counts.max())
+
+
+@dataclass
 class EventState:
     """Streaming: feed ``update`` one window at a time; masks transients, names channels, finds shared changes."""
 
@@ -175,13 +202,13 @@ class EventState:
     _pending: dict[int, Step] = field(default_factory=dict, init=False)
     _offset: np.ndarray | None = field(default=None, init=False)  # log level of the current condition
     _relaxing: dict[int, tuple[float, float]] = field(default_factory=dict, init=False)  # c -> (log level, size)
-    _blamed: deque[int] = field(init=False)  # the channel the whole-window score went to, consecutive windows above
+    _score_run: ScoreRun = field(init=False)  # the whole-window score's own k windows in a row
 
     def __post_init__(self) -> None:
         self._alarms = ChannelAlarms(self.alarm, self.n_channels)
         self._history = deque(maxlen=self.rule.history)
         self._times = deque(maxlen=self.rule.history + 1)
-        self._blamed = deque(maxlen=self.alarm.raise_after)
+        self._score_run = ScoreRun(self.alarm.raise_after)
         b = self.rule.bearings
         if b is not None and len(b) != self.n_channels:
             raise ConfigError(f"events.bearings: {len(b)} entries, expected one per channel ({self.n_channels})")
@@ -268,20 +295,11 @@ class EventState:
         raised = np.flatnonzero(raised_now).tolist()
         for c in raised:
             self._pending.pop(c, None)  # a severe step that raised its alarm is no longer a transient candidate
-        # The whole-window score has one alarm rule across channels: the window's blame can move between two
-        # channels that moved alike (window by window, whichever has the larger share), and then neither
-        # channel's own k-of-k sees k windows in a row although the score did. k consecutive windows above on
-        # the score raise the alarm of the channel blamed most often over them (the latest on a tie), unless
-        # one of the channels blamed over them is already in alarm (the score is then already explained).
-        # Windows whose blamed channel is held (a step, a relaxing transient) or that come after a condition
-        # change do not count.
-        if blame >= 0 and score_level > 1.0 and evidence[blame] >= score_level:
-            self._blamed.append(blame)
-        else:
-            self._blamed.clear()
-        if len(self._blamed) == self._blamed.maxlen and not any(self._alarms.active[b] for b in self._blamed):
-            counts = np.bincount(np.asarray(self._blamed), minlength=self.n_channels)
-            c = next(b for b in reversed(self._blamed) if counts[b] == counts.max())
+        # Windows whose blamed channel is held (a step, a relaxing transient: its evidence was zeroed) or that
+        # come after a condition change (no blame) do not count for the whole-window score's k in a row.
+        scored = blame >= 0 and score_level > 1.0 and evidence[blame] >= score_level
+        c = self._score_run.update(blame if scored else None, self._alarms.active)
+        if c is not None:
             self._alarms.raise_now(c)
             raised.append(c)
         raised.sort(key=lambda c: -evidence[c])
