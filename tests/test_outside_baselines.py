@@ -57,6 +57,9 @@ def test_a_missing_pyod_or_an_unknown_name_is_one_line(tiny_run: Path, tiny_data
     monkeypatch.setitem(sys.modules, "pyod", None)  # as on a machine without the [baselines] extra
     out = fails("evaluate", tiny_run, "--data", tiny_data, "--baselines", "pyod")
     assert 'pip install "vibrawatch[baselines]"' in out and len(out.strip().splitlines()) == 1
+    # ECOD's upper-tail twin is numpy: it needs no extra
+    r = json.loads(cli("evaluate", tiny_run, "--data", tiny_data, "--baselines", "ecod_upper", "--json", "--quiet"))
+    assert "ecod_upper" in r["baselines"] and not any(k.startswith("pyod_") for k in r["baselines"])
 
 
 @pytest.mark.parametrize("name", OUTSIDE + OWN)
