@@ -113,6 +113,30 @@ def test_train_warns_when_the_healthy_period_gives_few_windows(tiny_data: Path, 
     assert f"about 1 healthy window in {n + 1}" in res.stderr and res.stderr.startswith("warning: --healthy-until")
 
 
+def test_train_warns_when_the_healthy_period_drifts(tiny_data: Path, tmp_path: Path) -> None:
+    """A run-in: the healthy half starts 1.6x louder and settles (as FEMTO Bearing1_1's first two hours fall
+    18-19%). Trained, and told which channels moved and what it costs; the same data without the run-in (the
+    test above) gives no warning."""
+    from vibrawatch.agent.detect.recording import Recording
+    from vibrawatch.agent.sources.loaders import load, save_snapshot_npz
+
+    rec = load(tiny_data)
+    gain = np.ones(len(rec.data))
+    gain[:40] = np.linspace(1.6, 1.0, 40)  # settles over the first 40 of 80 snapshots
+    data = tmp_path / "run_in.npz"
+    save_snapshot_npz(Recording((rec.data * gain[:, None, None]).astype(np.float32), rec.timestamps, rec.fs_hz,
+                                rec.channels, "run_in", relative_time=rec.relative_time, labels=rec.labels), data)
+    exe = Path(sys.executable).with_name("vibrawatch")
+    res = subprocess.run([str(exe), "train", "--data", str(data), "--healthy-until", "50%", "--config",
+                          str(TINY_CONFIG), "--out", str(tmp_path / "r"), "--quiet"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    (said,) = json.loads(res.stdout)["warnings"]
+    assert said.startswith("the healthy period is not one steady condition")
+    moved = dict(re.findall(r"(bearing\d) x(\d\.\d\d)", said))
+    assert set(moved) == set(rec.channels) and all(0.6 < float(v) < 0.8 for v in moved.values()), said
+    assert "warning: the healthy period is not one steady condition" in res.stderr
+
+
 def _table(path: Path, shift: bool, time_name: str = "timestamp") -> None:
     """A 3-bearing feature table, 300 rows 10 min apart, the time in the second column: bearing1 wears out over
     the last 20%, bearing2 is a signed feature (a mean near -0.2), and with ``shift`` bearing3 jumps x3 at 10%

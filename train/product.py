@@ -108,10 +108,12 @@ def fit_product(
     healthy: np.ndarray,
     cfg: ProductConfig,
     diagnosis: DiagnosisConfig,
+    floors: np.ndarray | None = None,
 ) -> Detector:
     """``base`` (the autoencoder's detector) with the floor, pca, own, events (and diagnosis) parts, every healthy
     statistic fitted on the healthy windows by ``vibrawatch.agent.detect.healthy.fit``, as a gateway's commissioning
-    refits them on its own machine. Floors and diagnosis energies are read on the healthy windows' last frames."""
+    refits them on its own machine. Floors and diagnosis energies are read on the healthy windows' last frames
+    (``floors``: those floor values when the caller has them already)."""
     spec = base.spec
     n_ch = len(spec.channels)
     last_healthy = int(end_frames[healthy][-1]) + 1
@@ -140,5 +142,5 @@ def fit_product(
         energies = frame_energies(data, spec, dg)[ends]
     d = replace(base, **parts)
     ev = window_evidence(d, end_times[healthy], x_windows[healthy], scores[healthy], contributions[healthy],
-                         frame_floor_values(data, spec)[ends], energies)
+                         frame_floor_values(data, spec)[ends] if floors is None else floors, energies)
     return fit(d, ev)

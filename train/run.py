@@ -20,6 +20,8 @@ import numpy as np
 from vibrawatch.agent import __version__
 from vibrawatch.agent.detect.decide import reconstruction_scores
 from vibrawatch.agent.detect.detector import Detector
+from vibrawatch.agent.detect.healthy import MIN_STEP, level_drift
+from vibrawatch.agent.detect.recording import Recording
 from vibrawatch.agent.detect.scale import MinMaxScaling, RobustScaling, Scaling
 from vibrawatch.agent.detect.threshold import FEW_HEALTHY_WINDOWS, fit_channel_thresholds, fit_threshold
 from vibrawatch.agent.errors import ConfigError
@@ -93,6 +95,19 @@ def few_healthy_warning(n_healthy: int, healthy_text: str) -> list[str]:
             f"give at least {FEW_HEALTHY_WINDOWS} (more healthy data, or shorter frames)"]
 
 
+def drift_warning(levels: np.ndarray, channels: tuple[str, ...]) -> list[str]:
+    """What to tell a user whose healthy period's level (``levels`` (n, C) per healthy window) moved by more than a
+    step from its start to its end (``level_drift``); none otherwise."""
+    drift = level_drift(levels)
+    if drift is None or not (np.abs(drift) > MIN_STEP).any():
+        return []
+    moved = ", ".join(f"{channels[c]} x{np.exp(drift[c]):.2f}" for c in np.flatnonzero(np.abs(drift) > MIN_STEP))
+    return [f"the healthy period is not one steady condition: the RMS level went {moved} from its first fifth to "
+            "its last. Thresholds are fitted on all of it: a level that fell (a run-in settling) leaves the detector "
+            "less sensitive afterwards, one that rose may be wear already under way; end --healthy-until where the "
+            "machine runs steady"]
+
+
 def train_run(
     data_path: str | Path,
     out_dir: str | Path,
@@ -124,6 +139,12 @@ def train_run(
             f"{MIN_HEALTHY_WINDOWS} are needed: name a later time, a larger share, or a smaller [model] window"
         )
     warnings = few_healthy_warning(n_healthy, healthy_text)
+    floors = None  # the level floors' values of each healthy window's last frame (raw samples only)
+    if isinstance(data, Recording):
+        from .product import frame_floor_values
+
+        floors = frame_floor_values(data, spec)[wins.end_frames[healthy]]
+        warnings += drift_warning(floors[:, 0, :], spec.channels)  # the first floor feature: RMS
     for w in warnings:
         print(f"warning: {w}", file=sys.stderr)
     # Scale by the healthy frames only: the failing part must not shape what 'normal' means.
@@ -175,7 +196,7 @@ def train_run(
         from .product import fit_product
 
         detector = fit_product(data, detector, scaler.transform(ff.values), x_all, wins.end_frames, wins.end_times,
-                               scores, contrib, healthy, cfg.product, cfg.diagnosis)
+                               scores, contrib, healthy, cfg.product, cfg.diagnosis, floors)
     det = detector.to_dict()
     det["threshold"].update(healthy_score_max=float(scores[healthy].max()),
                             healthy_score_p99=float(np.quantile(scores[healthy], 0.99)))

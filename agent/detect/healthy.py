@@ -308,6 +308,19 @@ def levels(d: Detector, ev: Evidence) -> tuple[np.ndarray, np.ndarray]:
     return np.maximum(sl, per_channel.max(axis=1)), per_channel
 
 
+def level_drift(levels: np.ndarray) -> np.ndarray | None:
+    """(n, C) a level per healthy window (RMS, say), in time order -> (C,) log of the median of the last fifth
+    over that of the first fifth: how far the healthy period moved from its start to its end. The thresholds
+    assume one steady condition (any healthy window as likely as another to be the largest); a drift beyond
+    ``MIN_STEP`` says it was not one. None under 10 windows (a fifth of two is no median)."""
+    lv = np.asarray(levels, dtype=np.float64)
+    if len(lv) < 10:
+        return None
+    k = len(lv) // 5
+    first, last = np.median(lv[:k], axis=0), np.median(lv[-k:], axis=0)
+    return np.log(np.maximum(last, _TINY) / np.maximum(first, _TINY))
+
+
 def step_sizes(log_level: np.ndarray, history: int) -> np.ndarray:
     """(n, C) healthy log levels per window -> (C,) the smallest jump called a step: 1.5x any healthy jump."""
     if len(log_level) <= history:
