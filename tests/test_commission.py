@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -459,6 +460,48 @@ def test_a_restart_mid_way_resumes_the_subsample_to_the_same_fit(tiny_bundle: Pa
     assert batch is not None and batch.detector.to_dict() == whole.calibration.detector.to_dict()
     a, b = (json.loads((tmp_path / x / "calibration.json").read_text())["detector"] for x in "ab")
     assert a == b
+
+
+@pytest.mark.parametrize("settles", [1.0, 1.5])
+def test_a_commissioning_on_a_run_in_says_the_machine_was_not_steady(settles: float, tiny_bundle: Path,
+                                                                    tiny_data: Path,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """The combined detector's windows from the gateway's pipeline, the first ones louder by ``settles`` and
+    settling over the first half (a run-in): the commissioning completes, and the agent's log says how far each
+    channel's RMS moved from its first fifth to its last and what that costs; steady windows say nothing."""
+    from dataclasses import replace
+
+    from vibrawatch.agent.detect.results import Scored
+    from vibrawatch.agent.model.bundle import load_bundle
+    from vibrawatch.agent.model.commission import status
+    from vibrawatch.agent.pipeline import Pipeline
+    from vibrawatch.agent.sources.source import ReplaySource
+
+    bundle = load_bundle(tiny_bundle)
+    pipe = Pipeline(bundle)
+    ev = Evidence.concat([e.evidence for c in ReplaySource(tiny_data, speed=0).chunks() for e in pipe.process(c)
+                          if isinstance(e, Scored) and e.evidence is not None])
+    ev = ev.window(slice(0, len(ev) // 2))  # the healthy half
+    assert ev.floors is not None
+    gain = np.ones(len(ev))
+    gain[: len(ev) // 2] = np.linspace(settles, 1.0, len(ev) // 2)
+    ev = replace(ev, floors=ev.floors * gain[:, None, None])
+    comm = Commissioning(bundle.detector, bundle.version, CommissioningSection(windows=len(ev)))
+    decider = Decider(comm.active, comm)
+    for i in range(len(ev)):
+        decider.window(ev.window(slice(i, i + 1)))
+    assert comm.calibration is not None and comm.calibration.state == "commissioned"
+    with caplog.at_level(logging.INFO, logger="vibrawatch.commission"):
+        status(comm, comm.calibration)
+    said = [r.getMessage() for r in caplog.records if "steady" in r.getMessage()]
+    if settles == 1.0:
+        assert said == [] and comm.calibration.drift is not None
+        assert all(0.9 < r < 1.1 for r in comm.calibration.drift)
+    else:
+        (line,) = said
+        assert line.startswith("the commissioning windows are not one steady condition: the RMS level went ")
+        went = dict(re.findall(r"(\w+) x(\d\.\d\d)", line))  # the first fifth is ~1.4x louder than the last
+        assert set(went) == set(bundle.detector.channels) and all(0.65 < float(r) < 0.8 for r in went.values())
 
 
 def test_a_windows_file_from_before_the_held_pca_score_resumes_and_is_rewritten(tiny_bundle: Path, tiny_data: Path,

@@ -63,6 +63,9 @@ class Calibration:
     bundle_threshold: float
     started_t: float
     finished_t: float
+    # each channel's RMS over the last fifth of the commissioning windows against the first (``level_drift``);
+    # None: not measured (no RMS floor, too few windows, or a calibration read back from its file)
+    drift: tuple[float, ...] | None = None
 
     @property
     def source(self) -> str:
@@ -139,9 +142,13 @@ def calibrate(ev: Evidence, detector: Detector, cfg: CommissioningSection, model
     level, per_channel = levels(detector, ev)
     median = float(np.median(level))
     top, ratio = standout(per_channel)
+    drift = None
+    if detector.floor is not None and detector.floor.features[0] == "rms" and ev.floors is not None:
+        d = healthy.level_drift(ev.floors[:, 0, :])  # the kept windows are evenly spaced: their fifths are time's
+        drift = None if d is None else tuple(float(x) for x in np.exp(d))
     common = {"model": model, "windows": len(ev) if windows is None else windows, "median_level": median,
               "standout": ratio, "bundle_threshold": detector.threshold, "started_t": float(ev.t[0]),
-              "finished_t": float(ev.t[-1]) if finished_t is None else float(finished_t)}
+              "finished_t": float(ev.t[-1]) if finished_t is None else float(finished_t), "drift": drift}
     if median > cfg.suspect_factor or (top > 1.0 and ratio > cfg.channel_factor):
         return Calibration("commissioning_suspect", detector=detector, **common)
     return Calibration("commissioned", detector=healthy.fit(detector, ev, extremes), **common)

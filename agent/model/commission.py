@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from collections import deque
 from dataclasses import dataclass, field, replace
@@ -48,7 +49,7 @@ from typing import TYPE_CHECKING, Any
 from ..detect.calibrate import Calibration, CommissioningSection, calibrate, commissioning_done
 from ..detect.decide import Decision
 from ..detect.detector import Detector
-from ..detect.healthy import Evidence, EvidenceLog
+from ..detect.healthy import MIN_STEP, Evidence, EvidenceLog
 from ..detect.threshold import FEW_HEALTHY_WINDOWS
 from .commission_store import (
     UNREADABLE,
@@ -274,6 +275,13 @@ def status(comm: Commissioning, cal: Calibration | None = None) -> tuple[str, di
             log.warning("commissioned on %d windows only: thresholds fitted on so few are crossed by about 1 healthy "
                         "window in %d, so expect nuisance alarms; commission longer ([commissioning] windows >= %d)",
                         cal.windows, cal.windows + 1, FEW_HEALTHY_WINDOWS)
+        moved = [f"{name} x{r:.2f}" for name, r in zip(cal.detector.channels, cal.drift or (), strict=False)
+                 if abs(math.log(r)) > MIN_STEP]
+        if cal.state == "commissioned" and moved:
+            log.warning("the commissioning windows are not one steady condition: the RMS level went %s from their "
+                        "first fifth to their last. The thresholds are fitted on all of them: a level that fell (a "
+                        "run-in settling) leaves the detector less sensitive, one that rose may be wear already "
+                        "under way; recalibrate once the machine runs steady", ", ".join(moved))
         return cal.state, cal.status_fields()
     if comm.commissioning:
         return "commissioning", {"threshold_source": "commissioning", "windows": comm.log.seen,
