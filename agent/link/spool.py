@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +52,7 @@ class Spool:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.max_bytes = int(max_bytes)
         self._lock = threading.Lock()
+        self._acked = threading.Condition(self._lock)  # notified when acknowledged messages leave (wait_empty)
         self._in_flight: set[int] = set()  # sent, PUBACK not yet seen
         self._dropped_in_flight: set[int] = set()  # of those, dropped from a full spool: lost unless acked
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
@@ -152,10 +154,23 @@ class Spool:
             self._in_flight.difference_update(ids)
             self._dropped_in_flight.difference_update(ids)  # delivered after all
             self._db.execute(f"DELETE FROM messages WHERE id IN ({marks})", ids)
+            self._acked.notify_all()
 
     def __len__(self) -> int:
         with self._lock:
-            return int(self._db.execute("SELECT COUNT(*) FROM messages").fetchone()[0])
+            return self._count()
+
+    def _count(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM messages").fetchone()[0])
+
+    def wait_empty(self, timeout: float, poll: float = 0.5) -> bool:
+        """Wait until no message is left (woken by each ``ack``, so it returns as the last PUBACK is taken, not
+        at the next poll); False on timeout. ``poll`` bounds each wait, for a spool emptied another way."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while (left := self._count()) and (remaining := deadline - time.monotonic()) > 0:
+                self._acked.wait(min(remaining, poll))
+            return left == 0
 
     @property
     def dropped(self) -> int:
