@@ -269,6 +269,13 @@ class EventState:
         cl = np.asarray(channel_level, dtype=np.float64)
         m = np.sqrt(np.maximum(zz, 0.0) * np.maximum(cl, 0.0)) if self._offset is None else zz
         moved = moved_channels(m, self._bearing, self.rule.share) if self.n_channels else np.zeros(0, bool)
+        held = [*self._pending, *self._relaxing]
+        if held and self._alarms.active.any():
+            # an alarm stands until its own evidence clears it: a step held on another channel (not yet a change
+            # at all) does not out-move it, as a held channel is not held itself once in alarm
+            free = m.copy()
+            free[held] = 0.0
+            moved |= self._alarms.active & moved_channels(free, self._bearing, self.rule.share)
         evidence = np.where(moved, own, 0.0)
         # Severity before patience: a held channel now beyond its severe level is not waited on but judged by the
         # alarm rule's k windows like any level (a spike of one window that falls back stays quiet), if it is the
