@@ -116,11 +116,11 @@ class Decider:
             return Scored(t, score, decision.level, contrib, decision, self._since, threshold=d.threshold,
                           evidence=ev)
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            sl, cl, ratios, own, log_level, blame = event_inputs(d, ev)
-        if not all(np.isfinite(a).all() for a in (sl, cl, ratios, own, log_level, blame)) or (
+            sl, cl, ratios, own, log_level, blame, shape = event_inputs(d, ev)
+        if not all(np.isfinite(a).all() for a in (sl, cl, ratios, own, log_level, blame, shape)) or (
                 isinstance(energy, np.ndarray) and not np.isfinite(energy).all()):
             return None
-        v = self.events.update(t, float(sl[0]), cl[0], ratios[0], own[0], log_level[0], blame[0])
+        v = self.events.update(t, float(sl[0]), cl[0], ratios[0], own[0], log_level[0], blame[0], shape[0])
         if v.active and self._since is None:
             self._since = t
         elif not v.active:

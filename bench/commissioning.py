@@ -218,7 +218,7 @@ def parts(evs: list, i: int, comm: object, c: int) -> str:
     d = comm.active
     k = d.rule.raise_after
     ev = Evidence.concat([e.evidence for e in evs[max(0, i - k + 1): i + 1]])
-    sl, cl, ratios, z, lv, _ = event_inputs(d, ev)
+    sl, cl, ratios, z, lv, _, _ = event_inputs(d, ev)
     ae = ev.score / d.threshold
     pca = ev.pca_score / d.pca.threshold if d.pca is not None and ev.pca_score is not None else np.zeros(len(ev))
     verdict = max(float(e.verdict.evidence[c]) for e in evs[max(0, i - k + 1): i + 1] if e.verdict is not None)

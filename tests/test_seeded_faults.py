@@ -28,11 +28,13 @@ def bench() -> ModuleType:
     return mod
 
 
-@pytest.mark.parametrize("record", ["12k_Drive_End_IR007_0_105", "12k_Drive_End_OR021@6_0_234"])
+@pytest.mark.parametrize("record", ["12k_Drive_End_IR007_0_105", "12k_Drive_End_OR021@6_0_234",
+                                    "12k_Drive_End_B021_0_222"])
 def test_a_several_fold_seeded_step_alarms_within_one_window(bench: ModuleType, tmp_path: Path, record: str) -> None:
     """IR007: drive end x4.1 and fan end x3.0 in one window, alike within their steps, so once read as a load
     change and re-based (2.2 s to the alarm); beyond the drive end's severe level, it is judged as a step.
-    OR021@6: x8.0 at the drive end alone."""
+    OR021@6: x8.0 at the drive end alone. B021: x1.67 at the drive end, a moderate step, held until it was 4.2 s
+    into the fault before the shape rule (its crest and kurtosis moved ten times their healthy extreme)."""
     run = tmp_path / "run"
     cli("train", "--data", bench.seeded_npz(tmp_path, None), "--healthy-until", "100%", "--out", run, "--quiet")
     window_s = json.loads((run / "run.json").read_text())["window"]["length"] * bench.SEEDED_SNAPSHOT / 12000.0

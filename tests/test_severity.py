@@ -92,6 +92,26 @@ def test_a_severe_step_alarms_after_k_windows_a_moderate_one_is_still_held() -> 
     assert raised(v) == [] and kinds(v) == ["transient"]
 
 
+def test_a_moderate_step_that_changed_the_signal_s_shape_alarms_after_k_windows() -> None:
+    """The seeded ball fault B021: drive end x1.67 (moderate, held), its crest and kurtosis ten times further from
+    their healthy centre than the healthy period ever went. A level transient leaves the shape as it was: held."""
+    def with_shape(factor: np.ndarray | float, shape: np.ndarray | float) -> list:
+        run = quiet(40)
+        jump(run, [2], 10, factor)
+        sh = np.full((40, C), 0.5)
+        sh[10:, 2] = shape
+        return run_events(run["t"], run["score"], run["cl"], run["own"], run["z"], run["lv"], RULE, ALARM, STEP,
+                          None, SEVERE, None, sh)
+
+    v = with_shape(1.6, 10.0)
+    assert raised(v) == [(12, 2)] and kinds(v) == []  # k = 3 windows, not transient_s
+    assert raised(with_shape(1.6, 1.5)) == [(18, 2)]  # within twice the healthy extreme: held as before
+    v = with_shape(np.r_[np.full(3, 1.6), np.full(27, 1.0)], 1.5)  # a level transient that relaxes: still one
+    assert raised(v) == [] and kinds(v) == ["transient"]
+    v = with_shape(1.6, np.r_[10.0, np.full(29, 0.5)])  # one window of impacts: not for k windows
+    assert raised(v) == [(18, 2)] and kinds(v) == []
+
+
 def test_a_held_step_that_goes_on_to_a_severe_level_alarms_then() -> None:
     run = quiet(40)
     jump(run, [1], 10, np.r_[1.5, 1.6, 1.7, np.full(27, 2.5)])  # moderate for 3 windows, then beyond 2.16x

@@ -246,9 +246,9 @@ def product_verdicts(run: Run, data: Recording | FeatureTable, wins: Any, x: np.
     d = run.detector
     assert d.floor is not None
     fv = frame_floor_values(data, d.spec)[wins.end_frames]
-    *inputs, blame = event_inputs(d, window_evidence(d, wins.end_times, x, scores, contrib, fv))
+    *inputs, blame, shape = event_inputs(d, window_evidence(d, wins.end_times, x, scores, contrib, fv))
     return run_events(wins.end_times, *inputs, d.events or EventRule(), d.rule, d.floor.step, blame,
-                      *d.event_limits())
+                      *d.event_limits(), shape)
 
 
 def product_detection(times: np.ndarray, verdicts: Sequence[Verdict]) -> Detection:

@@ -39,6 +39,11 @@ from .decide import AlarmRule, ChannelAlarms
 from .manifest_fields import number_field
 
 GAP = 4.0  # a pause longer than this many times the recent spacing of windows is a recording gap
+# A held step whose channel's shape (its level-free features: crest, kurtosis) moved more than this many times as far
+# as the healthy period ever did is not waited on: a transient of level (load, a louder neighbour) leaves the shape
+# as it was, the impacts of a new defect raise it. Twice the healthy extreme, as the severe level is the healthy
+# maximum exceeded again by the healthy range.
+SHAPE_SEVERE = 2.0
 ALIKE = 0.5  # across a gap, a shared shift moved every channel at least this share of its own step
 
 
@@ -215,11 +220,14 @@ class EventState:
         self._bearing = None if b is None else np.asarray(b, dtype=np.intp)
 
     def update(self, t: float, score_level: float, channel_level: np.ndarray, own: np.ndarray, z: np.ndarray,
-               log_level: np.ndarray, blame_level: np.ndarray | None = None) -> Verdict:
+               log_level: np.ndarray, blame_level: np.ndarray | None = None, shape: np.ndarray | None = None
+               ) -> Verdict:
         """One window. ``score_level``: the models' whole-window score over its threshold; ``channel_level``
         (C,): each channel's share of the models' error over its own threshold; ``own``: each channel's floor
         ratio; ``z``: own deviation; ``log_level``: log level against healthy; ``blame_level`` (C,): each
-        channel's share of the score that set ``score_level`` (default ``channel_level``). Levels > 1 are above."""
+        channel's share of the score that set ``score_level`` (default ``channel_level``); ``shape`` (C,): own
+        deviation over the level-free features alone (None: not known, a step is judged by its level alone).
+        Levels > 1 are above."""
         own = np.asarray(own, dtype=np.float64)
         lv = np.asarray(log_level, dtype=np.float64)
         raw = lv  # against healthy, whatever the condition: what an absolute limit is read on
@@ -277,11 +285,17 @@ class EventState:
             free[held] = 0.0
             moved |= self._alarms.active & moved_channels(free, self._bearing, self.rule.share)
         evidence = np.where(moved, own, 0.0)
-        # Severity before patience: a held channel now beyond its severe level is not waited on but judged by the
-        # alarm rule's k windows like any level (a spike of one window that falls back stays quiet), if it is the
-        # channel that moved: one that moved less than another is most likely that one's vibration reaching it.
+        # Severity before patience: a held channel now beyond its severe level, or whose shape moved beyond
+        # SHAPE_SEVERE, is not waited on but judged by the alarm rule's k windows like any level (a spike of one
+        # window that falls back stays quiet), if it is the channel that moved: one that moved less than another is
+        # most likely that one's vibration reaching it.
         held_moved = [c for c in self._pending if moved[c]]
-        severe_now = np.flatnonzero(self._severe(lv, raw)).tolist() if held_moved else []
+        severe_now: list[int] = []
+        if held_moved:
+            severe = self._severe(lv, raw)
+            if shape is not None:
+                severe |= np.asarray(shape) > SHAPE_SEVERE
+            severe_now = np.flatnonzero(severe).tolist()
         blame = -1
         if self._offset is None and self.n_channels:
             evidence = np.maximum(evidence, np.where(moved, cl, 0.0))
@@ -362,10 +376,10 @@ def _median_rows(rows: deque[np.ndarray]) -> np.ndarray:
 def run_events(
     times: np.ndarray, score_level: np.ndarray, channel_level: np.ndarray, own: np.ndarray, z: np.ndarray,
     log_level: np.ndarray, rule: EventRule, alarm: AlarmRule, step: np.ndarray, blame_level: np.ndarray | None = None,
-    severe: np.ndarray | None = None, ceiling: np.ndarray | None = None,
+    severe: np.ndarray | None = None, ceiling: np.ndarray | None = None, shape: np.ndarray | None = None,
 ) -> list[Verdict]:
     """The batch twin of ``EventState``: a whole run, window by window, exactly as the gateway decides it."""
     state = EventState(rule, alarm, own.shape[1], step, severe, ceiling)
     return [state.update(float(times[i]), float(score_level[i]), channel_level[i], own[i], z[i], log_level[i],
-                         None if blame_level is None else blame_level[i])
+                         None if blame_level is None else blame_level[i], None if shape is None else shape[i])
             for i in range(len(times))]

@@ -39,6 +39,9 @@ from .envelope import envelope_statistics
 
 _EPS = 1e-12
 SIMPLE_FEATURES = ("mean", "mean_abs", "rms", "peak", "crest", "kurtosis")
+# The signal's shape, free of its level: a gain (a louder load, a sensor's sensitivity) leaves them as they were,
+# the impacts of a defect raise them.
+LEVEL_FREE_FEATURES = ("crest", "kurtosis")
 SPECTRAL_FEATURES = ("band_energy", "envelope")
 ENVELOPE_STATISTICS = ("energy", "peak")
 DEFAULT_FEATURES = ("rms", "kurtosis", "crest", "band_energy")
@@ -100,6 +103,14 @@ class FeatureSpec:
     @cached_property
     def n_features(self) -> int:
         return len(self.names)
+
+    @cached_property
+    def level_free(self) -> tuple[int, ...]:
+        """Which of a channel's columns are free of its level (``LEVEL_FREE_FEATURES``); none for a table."""
+        if self.input == "table":
+            return ()
+        per = [n.split(":", 1)[1] for n in self.names[: self.per_channel]]
+        return tuple(i for i, n in enumerate(per) if n in LEVEL_FREE_FEATURES)
 
     def to_dict(self) -> dict[str, Any]:
         return {

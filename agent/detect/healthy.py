@@ -281,7 +281,8 @@ def window_evidence(detector: Detector, t: np.ndarray, x_scaled: np.ndarray, sco
 def event_inputs(d: Detector, ev: Evidence) -> tuple[np.ndarray, ...]:
     """What the event layer (agent/detect/events.py) reads per window, as ``EventState.update`` takes it: the models'
     score level (n,) and channel levels (n, C), the floor ratios, own deviation, log levels and blame levels
-    (n, C): each channel's share of whichever score (autoencoder or PCA residual) is the larger."""
+    (n, C): each channel's share of whichever score (autoencoder or PCA residual) is the larger; and each channel's
+    own deviation over its level-free features alone (n, C), how far its signal's shape moved."""
     assert d.floor is not None and d.own is not None and ev.floors is not None and ev.means is not None
     sl = ev.score / d.threshold
     cl = ev.contributions / d.channel_thresholds
@@ -292,8 +293,8 @@ def event_inputs(d: Detector, ev: Evidence) -> tuple[np.ndarray, ...]:
         # the residual's score belongs to
         blame = np.where((pl > sl)[:, None], ev.pca_contributions / d.pca.channel_thresholds, cl)
         sl = np.maximum(sl, pl)
-    return (sl, cl, d.floor.ratios(ev.floors), d.own.z(ev.means, len(d.channels)), d.floor.log_level(ev.floors),
-            blame)
+    z, shape = d.own.z_and_shape(ev.means, len(d.channels), d.spec.level_free)
+    return sl, cl, d.floor.ratios(ev.floors), z, d.floor.log_level(ev.floors), blame, shape
 
 
 def levels(d: Detector, ev: Evidence) -> tuple[np.ndarray, np.ndarray]:

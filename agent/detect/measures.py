@@ -159,8 +159,16 @@ class OwnDeviation:
 
     def z(self, window_means: np.ndarray, n_channels: int) -> np.ndarray:
         """(..., F) window means of scaled features -> (..., C)."""
+        return self.z_and_shape(window_means, n_channels, ())[0]
+
+    def z_and_shape(self, window_means: np.ndarray, n_channels: int, columns: tuple[int, ...]
+                    ) -> tuple[np.ndarray, np.ndarray]:
+        """``z``, and the same over only each channel's ``columns`` (its level-free features: crest, kurtosis),
+        0 where there are none: how far the signal's shape moved, which a change of level alone does not move."""
         d = (np.asarray(window_means) - self.center) / self.spread
-        return np.maximum(d.reshape(*d.shape[:-1], n_channels, -1).max(axis=-1), 0.0)
+        d = d.reshape(*d.shape[:-1], n_channels, -1)
+        shape = d[..., list(columns)].max(axis=-1) if columns else np.zeros(d.shape[:-1])
+        return np.maximum(d.max(axis=-1), 0.0), np.maximum(shape, 0.0)
 
     def to_dict(self) -> dict[str, Any]:
         return {"center": self.center.tolist(), "spread": self.spread.tolist()}
