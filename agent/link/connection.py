@@ -43,6 +43,7 @@ class Connection:
                            waiting=lambda: f"{len(spool)} message(s) spooled")
         self.wake = threading.Event()
         self.stopping = threading.Event()
+        self.hurry = threading.Event()  # a drain or a stop waits on the sender: gather no burst, send at once
         self.acks: queue.SimpleQueue[int] = queue.SimpleQueue()  # mids PUBACKed, for the sender to take
         self.connected = False
         self.reconnected = False  # a connection was (re)made: the sender resends what is unacknowledged
