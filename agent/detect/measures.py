@@ -167,8 +167,12 @@ class OwnDeviation:
         0 where there are none: how far the signal's shape moved, which a change of level alone does not move."""
         d = (np.asarray(window_means) - self.center) / self.spread
         d = d.reshape(*d.shape[:-1], n_channels, -1)
-        shape = d[..., list(columns)].max(axis=-1) if columns else np.zeros(d.shape[:-1])
-        return np.maximum(d.max(axis=-1), 0.0), np.maximum(shape, 0.0)
+        z = np.maximum(d.max(axis=-1), 0.0)
+        if not columns:
+            return z, np.zeros_like(z)
+        lo, hi = columns[0], columns[-1] + 1  # the defaults' crest and kurtosis sit side by side: a view, no copy
+        shape = (d[..., lo:hi] if hi - lo == len(columns) else d[..., list(columns)]).max(axis=-1)
+        return z, np.maximum(shape, 0.0, out=shape)
 
     def to_dict(self) -> dict[str, Any]:
         return {"center": self.center.tolist(), "spread": self.spread.tolist()}
