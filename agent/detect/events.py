@@ -243,7 +243,7 @@ class EventState:
             # (a fault that grows fast but steadily is not a step and is never held)
             abrupt = (jump > self.step) & (lv - self._history[-1] > 0.75 * self.step)
             # a channel already in alarm is not held: its alarm stands until its own evidence clears it
-            new = [c for c in np.flatnonzero(abrupt & ~self._alarms.active).tolist() if c not in self._pending]
+            new = [c for c in (abrupt & ~self._alarms.active).nonzero()[0].tolist() if c not in self._pending]
             # severity before a shared reading: a shift that takes a channel beyond its severe level is judged
             # by that level, whatever moved with it (as a zone limit is read, whatever the cause)
             alike = self.n_channels > 1 and (bool(abrupt.all()) and shared_shift(jump, self.step)
@@ -295,7 +295,7 @@ class EventState:
             severe = self._severe(lv, raw)
             if shape is not None:
                 severe |= np.asarray(shape) > SHAPE_SEVERE
-            severe_now = np.flatnonzero(severe).tolist()
+            severe_now = severe.nonzero()[0].tolist()
         blame = -1
         if self._offset is None and self.n_channels:
             evidence = np.maximum(evidence, np.where(moved, cl, 0.0))
@@ -313,7 +313,7 @@ class EventState:
         if self.ceiling is not None:  # beyond the configured absolute level: an alarm, whatever else holds it
             evidence = np.maximum(evidence, np.exp(raw - self.ceiling))
         raised_now, cleared_now = self._alarms.update(evidence)
-        raised = np.flatnonzero(raised_now).tolist()
+        raised = raised_now.nonzero()[0].tolist()  # (C,) arrays: not flatnonzero's ravel
         for c in raised:
             self._pending.pop(c, None)  # a severe step that raised its alarm is no longer a transient candidate
         # Windows whose blamed channel is held (a step, a relaxing transient: its evidence was zeroed) or that
@@ -327,9 +327,9 @@ class EventState:
         return Verdict(
             level=float(evidence.max()) if len(evidence) else 0.0,
             above=bool((evidence > 1.0).any()),
-            active=tuple(np.flatnonzero(self._alarms.active).tolist()),
+            active=tuple(self._alarms.active.nonzero()[0].tolist()),
             raised=tuple(raised),
-            cleared=tuple(np.flatnonzero(cleared_now).tolist()),
+            cleared=tuple(cleared_now.nonzero()[0].tolist()),
             evidence=evidence,
             events=tuple(events),
         )
