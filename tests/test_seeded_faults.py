@@ -46,3 +46,28 @@ def test_a_several_fold_seeded_step_alarms_within_one_window(bench: ModuleType, 
     first = min(e["raised_s"] for e in r["episodes"]) - start
     assert 0 <= first <= window_s, r["episodes"]
     assert r["episodes"][0]["channel"] == "drive_end" and r["condition_changes"] == []
+
+
+def test_the_gateway_releases_the_ball_fault_s_step_in_the_same_window_as_evaluate(bench: ModuleType,
+                                                                                    tmp_path: Path) -> None:
+    """B021's drive end steps x1.67 (moderate, held) with its crest and kurtosis far beyond their healthy extreme:
+    the gateway's Pipeline on the TFLite bundle must read the shape too, and raise the drive end where evaluate
+    does (by the level alone it would wait until 4.2 s into the fault)."""
+    from vibrawatch.agent.detect.results import Scored
+    from vibrawatch.agent.model.bundle import load_bundle
+    from vibrawatch.agent.pipeline import Pipeline
+    from vibrawatch.agent.sources.source import ReplaySource
+
+    run = tmp_path / "run"
+    cli("train", "--data", bench.seeded_npz(tmp_path, None), "--healthy-until", "100%", "--out", run, "--quiet")
+    data = bench.seeded_npz(tmp_path, "12k_Drive_End_B021_0_222")
+    r = json.loads(cli("evaluate", run, "--data", data, "--json", "--quiet"))
+    bundle = tmp_path / "b.tar"
+    cli("convert", run, "--out", bundle)
+    pipe = Pipeline(load_bundle(bundle))
+    raised = [(ev.t, pipe.bundle.detector.channels[c]) for chunk in ReplaySource(data, chunk=1024).chunks()
+              for ev in pipe.process(chunk) if isinstance(ev, Scored) and ev.verdict is not None
+              for c in ev.verdict.raised]
+    start = float(load(data).timestamps[int(np.argmax(load(data).labels))])
+    assert raised and raised[0][1] == "drive_end" and raised[0][0] - start < 0.85, raised
+    assert raised[0][0] == pytest.approx(r["episodes"][0]["raised_s"], abs=1e-6)
