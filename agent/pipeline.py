@@ -26,7 +26,6 @@ from .detect.measures import floor_spec, floor_values
 from .detect.results import Scored, SensorStatus
 from .detect.window import WindowBuffer
 from .model.bundle import Bundle
-from .sources.allocator import release_free_memory
 from .sources.sensor_check import SensorLimits, check_chunk
 from .sources.source import Chunk
 
@@ -90,11 +89,6 @@ class Decider:
             for i in range(len(warm)):
                 self._decide(warm.window(slice(i, i + 1)), None)
         self._since = None
-        # A new detector ends a phase whose working set is not the scoring's: loading a bundle, or a
-        # commissioning, which measures every frame's envelope and fits the healthy statistics (25 MB of freed
-        # blocks with [diagnosis], bench/agent.py --diagnosis). The allocator settings (``keep_large_blocks``)
-        # would keep them for good: they go back to the kernel, once.
-        release_free_memory()
 
     def window(self, ev: Evidence, energy: Energies | None = None) -> Scored | None:
         """One window (``ev`` of length 1; ``energy``: mean envelope energies of its frames, or the function of
