@@ -73,7 +73,9 @@ if mode != "plain":  # diagnosis on: healthy envelope statistics measured on the
     head = np.fromfile(stream_path, np.float32, count=10 * fs * n_ch).reshape(10, fs, n_ch)
     dg = Diagnosis(defects, (2000.0, 6000.0), 3, np.zeros((n_ch, len(defects))), statistic="peak")
     head = head[:, : spec.frame_length * (fs // spec.frame_length)].reshape(-1, spec.frame_length, n_ch)
-    dg = replace(dg, healthy=np.median(envelope_energies(head, spec, dg), axis=0))
+    # frame by frame, as a gateway's commissioning measures them (a batch of ten frames at once would leave its
+    # tens of MB of temporaries with the allocator, kept for good by keep_large_blocks, and count them here)
+    dg = replace(dg, healthy=np.median(np.concatenate([envelope_energies(f[None], spec, dg) for f in head]), axis=0))
     b = replace(b, detector=replace(b.detector, diagnosis=dg))
 ALARM_GAIN = 3.0 if mode == "alarm" else None  # channel 0 three times as loud: in alarm from its third window
 
