@@ -32,7 +32,8 @@ sys.path.insert(0, str(ROOT))
 
 def band_powers(power: np.ndarray, n: int, fs: float) -> np.ndarray:
     """(C, K) one-sided power -> (C, bands) summed over the default bands (fractions of Nyquist)."""
-    from vibrawatch.agent.detect.features import DEFAULT_BANDS_NYQUIST, band_bins
+    from vibrawatch.agent.detect.bands import band_bins
+    from vibrawatch.agent.detect.features import DEFAULT_BANDS_NYQUIST
 
     lo, hi = band_bins(fs, n, [(a * fs / 2, b * fs / 2) for a, b in DEFAULT_BANDS_NYQUIST])
     return np.stack([power[:, a:b].sum(axis=1) for a, b in zip(lo, hi, strict=True)], axis=1)

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from vibrawatch.agent.detect.bands import band_bins
 from vibrawatch.agent.detect.diagnosis import Diagnosis, DiagnosisState, EnvelopeWindow, envelope_energies
 from vibrawatch.agent.detect.features import (
     SIMPLE_FEATURES,
@@ -20,7 +21,6 @@ from vibrawatch.agent.detect.features import (
     FeatureDef,
     FeatureSpec,
     _bands,
-    band_bins,
     extract,
     extract_spectra,
 )

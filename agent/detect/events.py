@@ -276,26 +276,14 @@ class EventState:
         zz = np.asarray(z, dtype=np.float64)
         cl = np.asarray(channel_level, dtype=np.float64)
         m = np.sqrt(np.maximum(zz, 0.0) * np.maximum(cl, 0.0)) if self._offset is None else zz
-        moved = moved_channels(m, self._bearing, self.rule.share) if self.n_channels else np.zeros(0, bool)
-        held = [*self._pending, *self._relaxing]
-        if held and self._alarms.active.any():
-            # an alarm stands until its own evidence clears it: a step held on another channel (not yet a change
-            # at all) does not out-move it, as a held channel is not held itself once in alarm
-            free = m.copy()
-            free[held] = 0.0
-            moved |= self._alarms.active & moved_channels(free, self._bearing, self.rule.share)
+        moved = attributed(m, self._bearing, self.rule.share, self._alarms.active, [*self._pending, *self._relaxing])
         evidence = np.where(moved, own, 0.0)
         # Severity before patience: a held channel now beyond its severe level, or whose shape moved beyond
         # SHAPE_SEVERE, is not waited on but judged by the alarm rule's k windows like any level (a spike of one
         # window that falls back stays quiet), if it is the channel that moved: one that moved less than another is
         # most likely that one's vibration reaching it.
         held_moved = [c for c in self._pending if moved[c]]
-        severe_now: list[int] = []
-        if held_moved:
-            severe = self._severe(lv, raw)
-            if shape is not None:
-                severe |= np.asarray(shape) > SHAPE_SEVERE
-            severe_now = severe.nonzero()[0].tolist()
+        severe_now = self._severe(lv, raw, shape).nonzero()[0].tolist() if held_moved else []
         blame = -1
         if self._offset is None and self.n_channels:
             evidence = np.maximum(evidence, np.where(moved, cl, 0.0))
@@ -341,10 +329,29 @@ class EventState:
         times.append(t)
         return bool(gap)
 
-    def _severe(self, lv: np.ndarray, raw: np.ndarray) -> np.ndarray:
-        """(C,) which channels are beyond their severe level (healthy, current condition) or their absolute one."""
+    def _severe(self, lv: np.ndarray, raw: np.ndarray, shape: np.ndarray | None = None) -> np.ndarray:
+        """(C,) which channels are beyond their severe level (healthy, current condition) or their absolute one,
+        or (``shape`` given) whose shape moved beyond SHAPE_SEVERE."""
         out = np.zeros(self.n_channels, bool) if self.severe is None else lv > self.severe
+        if shape is not None:
+            out = out | (np.asarray(shape) > SHAPE_SEVERE)
         return out if self.ceiling is None else out | (raw > self.ceiling)
+
+
+def attributed(m: np.ndarray, bearing: np.ndarray | None, share: float, active: np.ndarray, held: list[int]
+               ) -> np.ndarray:
+    """(C,) the channels whose own evidence counts this window: those that moved at least ``share`` of the most
+    (``moved_channels``), and a channel in alarm (``active``) that did so among the channels not ``held``: an
+    alarm stands until its own evidence clears it, and a step held on another channel (not yet a change at all)
+    does not out-move it, as a held channel is not held itself once in alarm."""
+    if not len(m):
+        return np.zeros(0, bool)
+    moved = moved_channels(m, bearing, share)
+    if held and active.any():
+        free = m.copy()
+        free[held] = 0.0
+        moved |= active & moved_channels(free, bearing, share)
+    return moved
 
 
 def moved_channels(m: np.ndarray, bearing: np.ndarray | None, share: float) -> np.ndarray:

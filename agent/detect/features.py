@@ -29,12 +29,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import cached_property, lru_cache
+from functools import cached_property
 from typing import Any
 
 import numpy as np
 
 from ..errors import ConfigError
+from .bands import power_plan, segment_powers
 from .envelope import envelope_statistics
 
 _EPS = 1e-12
@@ -231,7 +232,7 @@ class FeatureBuffers:
 class _Plan:
     """What a spec asks of every frame, worked out once: the simple features' names, whether a transform is
     needed, and for the band energies the spectrum's segments (slices of its interleaved re/im view) and per
-    band_energy feature the matrix summing each band's segments (``_power_plan``)."""
+    band_energy feature the matrix summing each band's segments (``bands.power_plan``)."""
 
     names: frozenset[str]
     spectral: bool
@@ -244,7 +245,7 @@ class _Plan:
         segments: tuple[slice, ...] = ()
         sums: tuple[np.ndarray, ...] = ()
         if bands:
-            edges, sums = _power_plan(float(spec.fs_hz), spec.frame_length, bands)
+            edges, sums = power_plan(float(spec.fs_hz), spec.frame_length, bands)
             segments = tuple(slice(2 * int(a), 2 * int(b)) for a, b in zip(edges[:-1], edges[1:], strict=True))
         return cls(frozenset(f.name for f in spec.features if f.name in SIMPLE_FEATURES),
                    any(f.name in SPECTRAL_FEATURES for f in spec.features), segments, sums)
@@ -293,7 +294,7 @@ def extract_spectra(frames: np.ndarray, spec: FeatureSpec, buffers: FeatureBuffe
     segments = None
     if plan.segments:
         assert spec_x is not None
-        segments = _segment_powers(spec_x, plan.segments)
+        segments = segment_powers(spec_x, plan.segments)
     stats = _statistics(x, spec_x, segments, plan.names, buf)  # x is overwritten: its last use
     cols: list[np.ndarray] = []  # each (n_frames, C, k)
     sums = iter(plan.sums)
@@ -347,48 +348,6 @@ def _statistics(x: np.ndarray, spec_x: np.ndarray | None, segments: np.ndarray |
         m2, m4 = d2.sum(axis=2) / n, np.einsum("fcn,fcn->fc", d2, d2) / n
         out["kurtosis"] = m4 / np.maximum(m2**2, _EPS)
     return out
-
-
-def _segment_powers(spec_x: np.ndarray, segments: tuple[slice, ...]) -> np.ndarray:
-    """Unscaled power |X|^2 of spectra (n_frames, C, K) summed per segment -> (n_frames, C, len(segments)).
-    ``segments`` slice the interleaved re/im view (a bin is two entries): each a sum of squares along the
-    contiguous axis, read once with no squares written (einsum, not BLAS: a BLAS dot this long may wake
-    threads, whose hand-off costs more than the sum on a busy gateway)."""
-    v = spec_x.view(np.float64)
-    out = np.empty(spec_x.shape[:-1] + (len(segments),))
-    for j, seg in enumerate(segments):
-        np.einsum("fcn,fcn->fc", v[..., seg], v[..., seg], out=out[..., j])
-    return out
-
-
-@lru_cache(maxsize=32)
-def _power_plan(fs_hz: float, n: int, bands: tuple[tuple[tuple[float, float], ...], ...]
-                ) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
-    """Bin edges cutting the one-sided spectrum into segments at every band edge, with the DC and (even n)
-    Nyquist bins segments of their own (Parseval counts them once, the others twice); and per band_energy
-    feature a 0/1 matrix (segments, bands) / n^2 that sums each band's segments. A band is the sum of its own
-    few segments, never a difference of running sums, so a loud band (or DC offset) does not take a quiet
-    one's digits. The same for every frame of a spec, so it is worked out once."""
-    k = n // 2 + 1
-    los, his = zip(*(band_bins(fs_hz, n, b) for b in bands), strict=True)
-    edges = np.unique(np.concatenate([[0, 1, k - 1 if n % 2 == 0 else k, k], *los, *his]))  # sorted, in 0..k
-    sums = []
-    for lo_idx, hi_idx in zip(los, his, strict=True):
-        m = np.zeros((len(edges) - 1, len(lo_idx)))
-        for b, (lo, hi) in enumerate(zip(np.searchsorted(edges, lo_idx), np.searchsorted(edges, hi_idx), strict=True)):
-            m[lo:hi, b] = 1.0 / float(n) ** 2
-        sums.append(m)
-    return edges, tuple(sums)
-
-
-def band_bins(fs_hz: float, n: int, bands: Sequence[tuple[float, float]]) -> tuple[np.ndarray, np.ndarray]:
-    """First and one-past-last rfft bin of each band [lo, hi) Hz; a band reaching fs/2 includes the top bin."""
-    freqs = np.fft.rfftfreq(n, 1.0 / fs_hz)
-    lo_idx = np.searchsorted(freqs, [lo for lo, _ in bands], side="left")
-    hi_idx = np.array(
-        [len(freqs) if hi >= fs_hz / 2.0 else np.searchsorted(freqs, hi, side="left") for _, hi in bands]
-    )
-    return lo_idx, hi_idx
 
 
 def default_spec(fs_hz: float, snapshot_samples: int, channels: Sequence[str]) -> FeatureSpec:
