@@ -24,7 +24,7 @@ def segment_powers(spec_x: np.ndarray, segments: tuple[slice, ...]) -> np.ndarra
 
 @lru_cache(maxsize=32)
 def power_plan(fs_hz: float, n: int, bands: tuple[tuple[tuple[float, float], ...], ...]
-                ) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+               ) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
     """Bin edges cutting the one-sided spectrum into segments at every band edge, with the DC and (even n)
     Nyquist bins segments of their own (Parseval counts them once, the others twice); and per band_energy
     feature a 0/1 matrix (segments, bands) / n^2 that sums each band's segments. A band is the sum of its own
