@@ -1,5 +1,6 @@
 """The agent end to end on a real Mosquitto, run as a gateway runs it (`vibrawatch-agent run --config ...`
-in a subprocess), with TensorFlow, Keras, scikit-learn and the workstation CLI (typer) made unimportable."""
+in a subprocess), with TensorFlow, Keras, scikit-learn and the workstation CLI (typer) made unimportable, and
+``cryptography`` too: a gateway checks signatures in a child process and never maps the library itself."""
 
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ import sys
 class _Block:
     def find_spec(self, name, path=None, target=None):
         top = name.split(".")[0]
-        if top in {"tensorflow", "tf_keras", "keras", "sklearn", "typer", "click", "agent", "train", "convert"} or \
+        if top in {"tensorflow", "tf_keras", "keras", "sklearn", "typer", "click", "cryptography", "agent", "train",
+                   "convert"} or \
                 name.split(".")[:2] in (["vibrawatch", "train"], ["vibrawatch", "convert"]):
             raise ImportError(f"{name} is not available on a gateway (blocked by the test)")
         return None
@@ -111,7 +113,9 @@ max_backoff_s = 1
 
 
 def gateway_env(tmp_path: Path) -> dict[str, str]:
-    """The environment of a gateway: TensorFlow, Keras, scikit-learn and the workstation CLI unimportable."""
+    """The environment of a gateway: TensorFlow, Keras, scikit-learn and the workstation CLI unimportable, and
+    ``cryptography`` in the service's own process (its signature checks run in a child, ``python -I``, which
+    this block does not reach)."""
     block = tmp_path / "block"
     block.mkdir(exist_ok=True)
     (block / "sitecustomize.py").write_text(BLOCK)

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import unit_sandbox
-from conftest import ROOT
+from conftest import ROOT, cli
 from mosquitto import Broker
 from test_agent_e2e import Subscriber, agent_command
 
@@ -199,13 +199,23 @@ def password_broker(workdir: Path, accounts: dict[str, str]) -> Broker:
     return b.start()
 
 
+@pytest.fixture(scope="module")
+def signed_tar(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """``tiny_run`` as a signed bundle (.tar) and the public key that verifies it, as production deploys it."""
+    d = tmp_path_factory.mktemp("signed")
+    cli("keys", "new", "--out-dir", d)
+    cli("convert", tiny_run, "--out", d / "bundle.tar", "--sign-key", d / "vibrawatch-signing.key")
+    return d / "bundle.tar", d / "vibrawatch-signing.pub"
+
+
 @needs_sandbox
 @pytest.mark.parametrize("unit", UNITS, ids=IDS)
-def test_agent_runs_under_the_units_restrictions(unit: Path, tiny_bundle: Path, tiny_data: Path,
+def test_agent_runs_under_the_units_restrictions(unit: Path, signed_tar: tuple[Path, Path], tiny_data: Path,
                                                  tmp_path: Path) -> None:
     """`vibrawatch-agent run` as the unit runs it: the spool in the state directory, the password only as a
-    credential, READY and WATCHDOG over AF_UNIX, MQTT over AF_INET, read-only elsewhere: every score
-    equal to the same pipeline run unrestricted in this process."""
+    credential, READY and WATCHDOG over AF_UNIX, MQTT over AF_INET, read-only elsewhere, the bundle's signature
+    checked (in a child process, under the same system-call filter): every score equal to the same pipeline run
+    unrestricted in this process."""
     from vibrawatch.agent.detect.results import Scored
     from vibrawatch.agent.model.bundle import load_bundle
     from vibrawatch.agent.pipeline import Pipeline
@@ -214,7 +224,9 @@ def test_agent_runs_under_the_units_restrictions(unit: Path, tiny_bundle: Path, 
     d = {k: tmp_path / k for k in ("state", "etc", "creds", "run", "broker")}
     for p in d.values():
         p.mkdir()
+    tiny_bundle, public_key = signed_tar
     shutil.copy(tiny_bundle, d["state"] / "bundle.tar")
+    shutil.copy(public_key, d["etc"] / "signing.pub")
     shutil.copy(tiny_data, d["etc"] / "bearing.npz")
     (d["creds"] / "mqtt-password").write_text("s3cret-from-LoadCredential\n")
     broker = password_broker(d["broker"], {"press7": "s3cret-from-LoadCredential", "test-sub": "x"})
@@ -223,6 +235,7 @@ def test_agent_runs_under_the_units_restrictions(unit: Path, tiny_bundle: Path, 
 site = "plant1"
 device = "press7"
 bundle = "{d['state']}/bundle.tar"
+public_key = "{d['etc']}/signing.pub"
 spool = "{d['state']}/spool.sqlite"
 [source]
 kind = "replay"

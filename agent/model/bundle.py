@@ -1,5 +1,5 @@
-"""Open and verify a model bundle before the gateway trusts it (numpy + standard library; ``cryptography``
-only when a signature is checked).
+"""Open and verify a model bundle before the gateway trusts it (numpy + standard library; a signature is
+checked by ``ed25519``, in a child process that holds ``cryptography`` so the gateway never does).
 
 A bundle is a directory or a single ``.tar`` holding ``manifest.json``, ``model.tflite`` and, when signed,
 ``manifest.sig`` (an Ed25519 signature of the manifest's bytes, base64). ``load_bundle`` checks, in this
@@ -13,7 +13,6 @@ interpreter over several different windows in a row.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import tarfile
@@ -26,6 +25,7 @@ import numpy as np
 from ..detect.detector import Detector
 from ..detect.infer import TFLiteModel, find_runtime
 from ..errors import ConfigError, VibrawatchError
+from . import ed25519
 
 SCHEMA = "vibrawatch.bundle/2"  # /2: the PCA residual's per-feature weights (an agent reading /1 would ignore them)
 READS = (SCHEMA, "vibrawatch.bundle/1")  # /1 bundles still load: their PCA residual is unweighted
@@ -210,29 +210,15 @@ def verify_checksums(p: Path, manifest: dict[str, Any], files: dict[str, bytes])
 
 def verify_signature(p: Path, files: dict[str, bytes], public_key: str | Path) -> None:
     """Ed25519 over the manifest's exact bytes; the manifest in turn pins every file by sha256."""
-    try:
-        from cryptography.exceptions import InvalidSignature
-        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-        from cryptography.hazmat.primitives.serialization import load_pem_public_key
-    except ImportError:
-        raise BundleSignatureError(
-            "checking a bundle signature needs the 'cryptography' package: pip install 'vibrawatch[edge]'"
-        ) from None
-    key_path = Path(public_key)
-    try:
-        key = load_pem_public_key(key_path.read_bytes())
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"{key_path}: not a readable PEM public key ({e})") from None
-    if not isinstance(key, Ed25519PublicKey):
-        raise ConfigError(f"{key_path}: not an Ed25519 public key; make keys with `vibrawatch keys new`")
     if SIGNATURE not in files:
         raise BundleSignatureError(f"{p}: unsigned ({SIGNATURE} missing) but a public key is configured")
     try:
-        sig = base64.b64decode(files[SIGNATURE], validate=True)
-        key.verify(sig, files[MANIFEST])
-    except (InvalidSignature, ValueError):
+        ed25519.verify(public_key, files[MANIFEST], files[SIGNATURE])
+    except ed25519.MissingLibrary as e:
+        raise BundleSignatureError(str(e)) from None
+    except ed25519.SignatureMismatch:
         raise BundleSignatureError(
-            f"{p}: the signature does not verify with {key_path}: the manifest was altered, or it was signed "
+            f"{p}: the signature does not verify with {public_key}: the manifest was altered, or it was signed "
             "with another key"
         ) from None
 
