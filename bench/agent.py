@@ -61,7 +61,7 @@ MEM.append(("the agent's modules", rss_mb()))
 
 bundle_path, port, stream_path, workdir = sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5]
 repeat, mode, profile = int(sys.argv[6]), sys.argv[7], sys.argv[8] == "1"
-b = load_bundle(bundle_path)
+b = load_bundle(bundle_path, public_key=sys.argv[10] or None)  # signed, as a gateway checks it at start
 MEM.append(("the bundle (TFLite interpreter, model, detector)", rss_mb()))
 spec = b.detector.spec
 fs, n_ch = int(spec.fs_hz), len(spec.channels)
@@ -317,7 +317,8 @@ def write_stream(path: Path, bundle: str, seconds: float) -> None:
             f.write(np.ascontiguousarray(sim.snapshot(i), dtype=np.float32).tobytes())
 
 
-def service_rss(bundle: str, port: int, workdir: Path, stream: Path, python: str, seconds: float = 30.0) -> dict:
+def service_rss(bundle: str, port: int, workdir: Path, stream: Path, python: str, public_key: str,
+                seconds: float = 30.0) -> dict:
     """The real service, `vibrawatch-agent run`, on one core, fed as a gateway is fed: a sensor node
     publishes blocks of raw samples to MQTT in real time (source kind "mqtt", docs/mqtt.md) and the
     agent scores them. Its resident memory (now and peak) after ``seconds``, and the windows it published."""
@@ -330,7 +331,8 @@ def service_rss(bundle: str, port: int, workdir: Path, stream: Path, python: str
     fs, n_ch = int(spec.fs_hz), len(spec.channels)
     cfg = workdir / "service.toml"
     cfg.write_text(f'[agent]\nsite = "bench"\ndevice = "service"\nbundle = "{bundle}"\n'
-                   f'spool = "{workdir}/service-spool.sqlite"\n[source]\nkind = "mqtt"\ntopic = "bench/raw"\n'
+                   + (f'public_key = "{public_key}"\n' if public_key else "")
+                   + f'spool = "{workdir}/service-spool.sqlite"\n[source]\nkind = "mqtt"\ntopic = "bench/raw"\n'
                    f'[mqtt]\nhost = "127.0.0.1"\nport = {port}\n')
     scores: list[str] = []
     node = mqtt.Client(CallbackAPIVersion.VERSION2)
@@ -392,7 +394,10 @@ def stage_table(edges: dict[str, dict]) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", required=True, help="a run directory (its Keras model is the comparison)")
-    ap.add_argument("--bundle", help="the bundle to bench (default: convert --run into a temporary one)")
+    ap.add_argument("--bundle", help="the bundle to bench (default: convert --run into a temporary one, signed with "
+                    "a new key, whose public key the edge and the service then check it with, as a gateway does)")
+    ap.add_argument("--public-key", default="",
+                    help="the public key --bundle is signed with (default: none, unchecked)")
     ap.add_argument("--seconds", type=float, default=300, help="seconds of signal to stream (default 300)")
     ap.add_argument("--edge-python", default=sys.executable,
                     help="the Python of the edge side, e.g. .venv-tflite/bin/python for tflite-runtime 2.14 "
@@ -406,19 +411,23 @@ def main() -> None:
     from mosquitto import Broker
 
     with tempfile.TemporaryDirectory() as d:
-        bundle = a.bundle or str(Path(d) / "bundle")
+        bundle, public_key = a.bundle or str(Path(d) / "bundle"), a.public_key
         if not a.bundle:
-            subprocess.run([str(Path(sys.executable).with_name("vibrawatch")), "convert", a.run, "--out", bundle],
+            cli = str(Path(sys.executable).with_name("vibrawatch"))
+            subprocess.run([cli, "keys", "new", "--out-dir", f"{d}/keys"], check=True, capture_output=True)
+            subprocess.run([cli, "convert", a.run, "--out", bundle, "--sign-key", f"{d}/keys/vibrawatch-signing.key"],
                            check=True, capture_output=True)
+            public_key = f"{d}/keys/vibrawatch-signing.pub"
         stream = Path(d) / "stream.f32"
         write_stream(stream, bundle, a.seconds + 100)
         broker = Broker(Path(d)).start()
         try:
             modes = ["plain", "healthy", "alarm"] if a.diagnosis else ["plain"]
             edges = {m: child(EDGE, bundle, str(broker.port), str(stream), d, str(a.repeat), m, str(int(a.profile)),
-                              str(a.seconds), python=a.edge_python) for m in modes}
+                              str(a.seconds), public_key, python=a.edge_python) for m in modes}
             edge = edges["plain"]
-            service = None if a.no_keras else service_rss(bundle, broker.port, Path(d), stream, a.edge_python)
+            service = None if a.no_keras else service_rss(bundle, broker.port, Path(d), stream, a.edge_python,
+                                                               public_key)
         finally:
             broker.stop()
         keras = None if a.no_keras else child(KERAS, a.run)
