@@ -37,7 +37,8 @@ PY=${PYTHON:-python3}
 if [ ! -x .venv-tflite/bin/python ]; then
     "$PY" -m venv .venv-tflite
 fi
-.venv-tflite/bin/pip install -q --disable-pip-version-check "numpy<2" "tflite-runtime>=2.14" "paho-mqtt>=2.0"
+.venv-tflite/bin/pip install -q --disable-pip-version-check "numpy<2" "tflite-runtime>=2.14" "paho-mqtt>=2.0" \
+    "cryptography>=42"
 .venv-tflite/bin/pip install -q --disable-pip-version-check --no-deps -e .
 export VIBRAWATCH_TFLITE_RUNTIME_PYTHON="$PWD/.venv-tflite/bin/python"
 
