@@ -91,9 +91,9 @@ class Publisher:
         """Stop delivering ``topic_filter`` (a retained deploy bundle must not come again on every reconnect)."""
         self.connection.unroute(topic_filter)
 
-    def enqueue(self, kind: str, payload: dict[str, Any]) -> int:
+    def enqueue(self, kind: str, payload: dict[str, Any]) -> int | None:
         """Spool a score or alarm message (numbered, and on disk before this returns), wake the sender;
-        returns the message's seq."""
+        returns the message's seq (None: a full disk would not take it; counted as dropped)."""
         return self.sender.enqueue(topic(self.site, self.device, kind), payload)
 
     def set_status(self, state: str, **fields: Any) -> None:

@@ -60,8 +60,10 @@ class Drops:
 
     def _log(self, connected: bool, total: int | None = None) -> None:
         total = self.spool.dropped if total is None else total
-        log.warning("spool full (%s MB on disk at most): %d oldest message(s) dropped since the last report, %d "
-                    "in all; %s", f"{self.spool.max_bytes / 2**20:g}", total - self._logged[1], total,
+        why = ("the disk under it is full" if self.spool.disk_short
+               else f"{self.spool.max_bytes / 2**20:g} MB on disk at most")
+        log.warning("spool full (%s): %d oldest message(s) dropped since the last report, %d "
+                    "in all; %s", why, total - self._logged[1], total,
                     "the broker takes messages slower than they come" if connected else "the broker is not connected")
         self._logged = (time.monotonic(), total)
 
@@ -96,8 +98,9 @@ class Sender:
         self.take_acks()
         self.drops.flush(self.connection.connected)
 
-    def enqueue(self, topic_name: str, payload: dict[str, Any]) -> int:
-        """Spool a message (numbered, and on disk before this returns) and wake the thread; its seq."""
+    def enqueue(self, topic_name: str, payload: dict[str, Any]) -> int | None:
+        """Spool a message (numbered, and on disk before this returns) and wake the thread; its seq (None: a full
+        disk would not take it, counted as dropped)."""
         seq = self.spool.put(topic_name, payload)
         if self.spool.dropped != self.drops.seen:
             self.drops.report(self.connection.connected)
