@@ -19,7 +19,7 @@ from .errors import ConfigError
 from .link.broker import MqttSection
 from .model.command import RemoteSection
 from .model.deploy_state import DeploySection
-from .sections import known_sections, parse_section, read_toml
+from .sections import checked, known_sections, parse_section, read_toml, within
 
 log = logging.getLogger("vibrawatch.agent")
 
@@ -31,8 +31,9 @@ class AgentSection:
     bundle: str
     public_key: str | None = None  # when set, only bundles signed with its private key are accepted
     spool: str = "/var/lib/vibrawatch/spool.sqlite"
-    spool_max_mb: float = 64.0
-    drain_timeout_s: float = 10.0  # on SIGTERM, how long to wait for the broker to take the spool
+    spool_max_mb: float = checked(64.0, within(0.125, 1e6), "a size in MB, 0.125 to 1e6")
+    drain_timeout_s: float = checked(10.0, within(0, 3600), "seconds, 0 to 3600")  # on SIGTERM, how long to wait
+    # for the broker to take the spool
 
 
 @dataclass(frozen=True)

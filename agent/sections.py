@@ -53,6 +53,21 @@ def positive(v: Any) -> bool:
     return v is None or (math.isfinite(v) and v > 0)
 
 
+def within(low: float, high: float) -> Callable[[Any], bool]:
+    """A finite number from ``low`` to ``high`` (None passes: an optional field left out)."""
+    return lambda v: v is None or (math.isfinite(v) and low <= v <= high)
+
+
+def topic_filter(v: Any) -> bool:
+    """An MQTT subscription filter (MQTT 3.1.1 / 5, 4.7): not empty, no NUL, '+' and '#' only as whole levels,
+    '#' only last, at most 65,535 bytes."""
+    if not v or "\0" in v or len(v.encode()) > 65535:
+        return False
+    levels = v.split("/")
+    return all(("+" not in lv or lv == "+") and ("#" not in lv or (lv == "#" and i == len(levels) - 1))
+               for i, lv in enumerate(levels))
+
+
 def known_sections(raw: Mapping[str, Any], known: typing.Iterable[str], p: Path | str) -> None:
     """Refuse a section name the config does not have, naming the file and the ones it has."""
     unknown = set(raw) - set(known)

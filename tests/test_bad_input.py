@@ -115,3 +115,41 @@ def test_under_the_unit_an_unwritable_state_directory_and_an_unreadable_password
     cfg, res = under_unit(head + f'spool = "{d["state"]}/spool.sqlite"\n[source]\nkind = "replay"\npath = "x.npz"\n'
                           f'[mqtt]\nusername = "u"\npassword_file = "{secret}"\n')
     one_line_error(res, str(cfg), str(secret), "not readable by uid 61873", "LoadCredential=")
+
+
+BAD_VALUES = [  # (section, its lines, what the error names): each of these once started a gateway that then failed
+    ("mqtt", "port = -1", "[mqtt] port = -1: expected a TCP port, 1 to 65535"),
+    ("mqtt", "port = 70000", "[mqtt] port = 70000"),
+    ("mqtt", 'host = ""', "[mqtt] host = '': expected a host name or address"),
+    ("mqtt", "keepalive = -5", "[mqtt] keepalive = -5"),
+    ("mqtt", "max_backoff_s = 0", "[mqtt] max_backoff_s = 0: expected the longest wait between reconnects"),
+    ("mqtt", "max_backoff_s = -3", "[mqtt] max_backoff_s = -3"),
+    ("mqtt", "inflight = 0", "[mqtt] inflight = 0: expected messages in flight at once"),
+    ("agent", "spool_max_mb = nan", "[agent] spool_max_mb = nan"),
+    ("agent", "spool_max_mb = inf", "[agent] spool_max_mb = inf"),
+    ("agent", "drain_timeout_s = inf", "[agent] drain_timeout_s = inf: expected seconds, 0 to 3600"),
+    ("agent", "drain_timeout_s = -1", "[agent] drain_timeout_s = -1"),
+    ("deploy", "probation_windows = 0", "[deploy] probation_windows = 0"),
+    ("deploy", "max_bundle_kb = -1", "[deploy] max_bundle_kb = -1"),
+    ("source", 'kind = "mqtt"\ntopic = "a/#/b"', "topic = 'a/#/b': expected an MQTT topic filter"),
+    ("source", 'kind = "replay"\npath = "x.npz"\nfull_scale = -1', "full_scale = -1.0: expected |x|"),
+]
+
+
+@pytest.mark.parametrize(("section", "lines", "named"), BAD_VALUES, ids=[b[1].split("\n")[-1] for b in BAD_VALUES])
+def test_a_value_the_running_agent_cannot_use_is_refused_at_start(tmp_path: Path, section: str, lines: str,
+                                                                    named: str) -> None:
+    from vibrawatch.agent.config import load_agent_config
+    from vibrawatch.agent.errors import ConfigError
+
+    base = f'bundle = "{tmp_path}/b.tar"\nspool = "{tmp_path}/spool.sqlite"'
+    cfg = config(tmp_path, agent=base + ("\n" + lines if section == "agent" else ""),
+                 source=lines if section == "source" else 'kind = "replay"\npath = "x.npz"',
+                 mqtt=lines if section == "mqtt" else "", extra=f"[deploy]\n{lines}" if section == "deploy" else "")
+    with pytest.raises(ConfigError) as e:
+        load_agent_config(cfg)
+    assert str(e.value).startswith(str(cfg)) and named in str(e.value), str(e.value)
+
+
+def test_a_bad_value_stops_run_with_one_line_too(tmp_path: Path) -> None:
+    one_line_error(agent(config(tmp_path, mqtt="port = -1"), tmp_path, "run"), "[mqtt] port = -1")

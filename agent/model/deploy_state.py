@@ -18,6 +18,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..link.topics import iso
+from ..sections import checked, within
 from .bundle import Bundle, load_bundle
 from .deploy_request import Request
 
@@ -31,11 +32,16 @@ class DeploySection:
 
     enabled: bool = False  # needs [agent] public_key: only signed requests and bundles are accepted
     state_dir: str = "/var/lib/vibrawatch/deploy"  # received bundles, the current/previous links, deploy state
-    max_bundle_kb: int = 1024  # a request announcing a larger bundle is refused before the bundle is fetched
-    probation_windows: int = 20  # real windows the new model must score (finite, in budget) before it is kept
-    latency_budget_ms: float = 250.0  # mean inference time per window allowed during probation
-    probation_restarts: int = 2  # the agent dying more often than this during probation rolls back
-    fetch_timeout_s: float = 120.0  # how long to wait for the bundle after its request
+    # a request announcing a larger bundle is refused before the bundle is fetched
+    max_bundle_kb: int = checked(1024, within(1, 1 << 30), "a size in KB, at least 1")
+    # real windows the new model must score (finite, in budget) before it is kept
+    probation_windows: int = checked(20, within(1, 1 << 30), "a number of windows, at least 1")
+    # mean inference time per window allowed during probation
+    latency_budget_ms: float = checked(250.0, within(1e-3, 3.6e6), "milliseconds above 0")
+    # the agent dying more often than this during probation rolls back
+    probation_restarts: int = checked(2, within(0, 1000), "a number of restarts, 0 to 1000")
+    # how long to wait for the bundle after its request
+    fetch_timeout_s: float = checked(120.0, within(1e-3, 86400), "seconds above 0, at most a day")
 
 
 def _fsync_dir(d: Path) -> None:

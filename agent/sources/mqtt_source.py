@@ -39,6 +39,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from ..sections import topic_filter
 from .allocator import release_free_memory
 from .source import Chunk, SourceContext
 
@@ -168,8 +169,13 @@ class MqttSourceSettings:
     max_message_bytes: int | None = None
 
     def __post_init__(self) -> None:
+        if self.topic and not topic_filter(self.topic):
+            raise ValueError(f"topic = {self.topic!r}: expected an MQTT topic filter ('+' and '#' only as whole "
+                             "levels, '#' only last)")
         if self.fs_hz is not None and not 0 < self.fs_hz < float("inf"):
             raise ValueError(f"fs_hz = {self.fs_hz}: expected a rate > 0")
+        if self.full_scale is not None and not 0 < self.full_scale < float("inf"):
+            raise ValueError(f"full_scale = {self.full_scale}: expected |x| at which the sensor clips, > 0")
         if self.max_message_bytes is not None and self.max_message_bytes < 1:
             raise ValueError(f"max_message_bytes = {self.max_message_bytes}: expected a number of bytes > 0 "
                              "(leave it out for the default, about 3 s of samples at the bundle's rate)")

@@ -118,6 +118,8 @@ class ReplaySettings:
 
     def __post_init__(self) -> None:
         check_pace(self.speed, self.chunk)
+        if self.full_scale is not None and not 0 < self.full_scale < float("inf"):
+            raise ValueError(f"full_scale = {self.full_scale}: expected |x| at which the sensor clips, > 0")
 
 
 def loop_offsets(times: np.ndarray, loop: bool) -> Iterator[float]:
