@@ -173,6 +173,22 @@ def test_a_signed_recalibrate_restarts_commissioning_and_bad_ones_are_refused_ch
     publish(broker.port, "press7", replayed)
     s = commanded(watcher, "press7", r["id"] - 1, "refused")
     assert "older than id" in s["command"]["reason"] and s["state"] != "commissioning"
+    # the retained command cleared (an empty retained message, MQTT's way): not a command, nothing refused
+    n_status = len(watcher.of("press7", "status"))
+    publish(broker.port, "press7", b"")
+    # a damaged command state: every command refused, saying why, the file left as it is, scoring going on
+    state = next(a.dir.rglob("commands.json"))
+    state.write_text('{"last_id": "abc"}')
+    publish(broker.port, "press7", make_command(SITE, "press7", r["id"] + 1, keys["key"]))
+    watcher.wait("refused for its damaged state", lambda: [
+        x for x in watcher.of("press7", "status")[n_status:] if x.get("event") == "command_refused"])
+    after = watcher.of("press7", "status")[n_status:]
+    refused = [x for x in after if x.get("event") == "command_refused"]
+    assert len(refused) == 1 and "last_id 'abc' is not a command id" in refused[0]["command"]["reason"], after
+    assert state.read_text() == '{"last_id": "abc"}' and not [x for x in after if x["state"] == "commissioning"]
+    n_score = len(watcher.of("press7", "score"))
+    watcher.wait("scores after the refusal", lambda: len(watcher.of("press7", "score")) >= n_score + 5)
+    assert a.proc is not None and a.proc.poll() is None
     for x in watcher.of("press7", "status"):
         STATUS.validate(x)
     req = json.loads(json.loads(replayed)["request"])

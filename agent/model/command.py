@@ -135,7 +135,11 @@ class Commands:
         self.connection: Subscriptions | None = None
         self._handled: set[int] = set()
         self._refused: set[tuple[int | None, str]] = set()
-        self.last: dict[str, Any] | None = read_state(settings.state_dir).get("last")
+        try:
+            self.last: dict[str, Any] | None = read_state(settings.state_dir).get("last")
+        except ConfigError as e:  # scoring goes on; every command is refused, saying why, until it is moved away
+            log.error("%s", e)
+            self.last = None
 
     @property
     def topic(self) -> str:
@@ -159,11 +163,22 @@ class Commands:
             self._receive(payload)
 
     def _receive(self, payload: bytes) -> None:
-        state = read_state(self.settings.state_dir)
         s = self.settings
+        if not payload:  # a retained command cleared (an empty retained message): nothing was sent
+            return
         try:
-            cmd = authenticate(payload, s.public_key, (s.site, s.device), int(state.get("last_id", 0)),
-                               self._handled, time.time())
+            state = read_state(s.state_dir)
+            last_id = state.get("last_id", 0)
+            if not isinstance(last_id, int) or isinstance(last_id, bool) or last_id < 0:
+                raise ConfigError(f"{s.state_dir / STATE_FILE}: last_id {last_id!r} is not a command id; move it "
+                                  "away to start over")
+        except ConfigError as e:  # without the last id, a replayed command cannot be told from a new one
+            log.error("command refused: %s", e)
+            self.last = outcome(None, "refused", str(e))  # the file is left as it is: rewriting it would forget
+            self.report(EVENTS["refused"])  # every id acted on, and let old commands be replayed
+            return
+        try:
+            cmd = authenticate(payload, s.public_key, (s.site, s.device), last_id, self._handled, time.time())
             self._handled.add(cmd.id)
             try:
                 write_state(s.state_dir, {**state, "last_id": cmd.id})  # before acting: a crash does not act twice
