@@ -7,6 +7,7 @@ cost ~10 MB of resident memory and 0.1 s of start-up on every service start, for
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -91,9 +92,20 @@ def recalibrate(config_path: str | Path) -> str:
             "systemctl reload vibrawatch-agent (vibrawatch-agent@<machine> for the template), or kill -HUP its pid")
 
 
+def _hold_signals() -> list[int]:
+    """Until the service takes them over: a stop or reload signal during start-up (imports, the preflight's bundle
+    check) is noted, not fatal, so `systemctl reload` or `stop` right after a start ends cleanly (a default SIGHUP
+    would kill the service with a status systemd counts as clean, and it would not come back)."""
+    held: list[int] = []
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, lambda signum, _frame: held.append(signum))
+    return held
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``vibrawatch-agent``; returns the exit code."""
     args = _parser().parse_args(argv)
+    held = _hold_signals() if args.command == "run" else []
     try:
         if args.command == "sources":
             return _sources(args.kind)
@@ -112,7 +124,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         from .service import run
 
-        return run(args.config)
+        return run(args.config, held)
+    except KeyboardInterrupt:  # Ctrl-C in check, recalibrate, sources (run takes SIGINT as a clean stop)
+        return 130
     except VibrawatchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -40,6 +40,7 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +72,8 @@ class Agent(Reconfigurable):
     """The service: what one config and bundle run (``apply``, agent/reconfigure.py, changes both, all or
     nothing), the loop that scores and publishes, and the status it keeps on the broker."""
 
-    def __init__(self, config_path: str | Path) -> None:
+    def __init__(self, config_path: str | Path, held: Sequence[int] = ()) -> None:
+        """``held``: the signals that came during start-up, before these handlers (cli._hold_signals)."""
         if not keep_large_blocks():
             log.info("allocator tuning not available here (not glibc, or 32-bit): features run slower")
         self.config_path = Path(config_path)
@@ -80,6 +82,11 @@ class Agent(Reconfigurable):
         signal.signal(signal.SIGTERM, self.stop)  # from the start: a stop while the bundle loads is still clean
         signal.signal(signal.SIGINT, self.stop)
         signal.signal(signal.SIGHUP, self.reload)
+        if held:
+            stop = any(s != signal.SIGHUP for s in held)  # a reload before the start changes nothing: this config
+            self._stop = self._stop or stop  # is the newest
+            log.info("%s during start-up: %s", ", ".join(signal.Signals(s).name for s in held),
+                     "stopping once started" if stop else "the config as read now stands")
         self.notify = Notifier()
         super().__init__()  # nothing runs yet: run() commits the first plan
         cfg = load_agent_config(self.config_path)
@@ -322,7 +329,7 @@ def _owner_only(spool: Path) -> None:
             log.info("%s was mode %04o: now 0600 (owner only)", p, st.st_mode & 0o777)
 
 
-def run(config_path: str | Path) -> int:
+def run(config_path: str | Path, held: Sequence[int] = ()) -> int:
     os.umask(0o077)  # the spool, its directory and anything else we create: owner only, whatever umask we got
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return Agent(config_path).run()
+    return Agent(config_path, held).run()

@@ -232,6 +232,44 @@ def test_sighup_and_sigterm_are_answered_mid_sleep_at_real_time_speed(broker, ti
         assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
 
 
+def _catches(pid: int, sig: signal.Signals) -> bool:
+    """Whether process ``pid`` has a handler for ``sig`` (the SigCgt mask of /proc/<pid>/status)."""
+    try:
+        caught = next(ln for ln in Path(f"/proc/{pid}/status").read_text().splitlines() if ln.startswith("SigCgt:"))
+    except (OSError, StopIteration):
+        return False
+    return bool(int(caught.split()[1], 16) >> (int(sig) - 1) & 1)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGTERM])
+def test_a_signal_during_start_up_is_answered_once_started(broker, tiny_bundle: Path, tmp_path: Path,  # noqa: F811
+                                                             sig: signal.Signals) -> None:
+    """`systemctl reload` or `stop` right after a start: sent as soon as the process takes the signal at all, while
+    it still imports and checks its bundle. Before, SIGHUP there killed the service with a status systemd counts
+    as clean (no restart) and SIGTERM left no line; now a reload changes nothing and a stop stops it once started."""
+    watch = Watch(broker.port)
+    cfg = write_config(tmp_path / "agent.toml", broker.port, tiny_bundle, simulator(1))
+    agent = start(cfg, tmp_path)
+    try:
+        deadline = time.monotonic() + 30
+        while not _catches(agent.pid, sig) and time.monotonic() < deadline and agent.poll() is None:
+            time.sleep(0.002)
+        agent.send_signal(sig)
+        if sig == signal.SIGHUP:
+            assert watch.wait(lambda: any(s["state"] == "online" for s in watch.of("status")), 60), "never online"
+            assert agent.poll() is None
+            agent.send_signal(signal.SIGTERM)
+        out, _ = agent.communicate(timeout=60)
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+        watch.close()
+    assert agent.returncode == 0, out
+    assert "Traceback" not in out
+    said = "the config as read now stands" if sig == signal.SIGHUP else "stopping once started"
+    assert f"{sig.name} during start-up: {said}" in out, out
+
+
 def test_reload_is_all_or_nothing_and_never_restarts_the_replay(broker, tiny_bundle: Path, tiny_data: Path,  # noqa: F811
                                                                table_csv: Path, offline: dict,  # noqa: F811
                                                                tmp_path: Path) -> None:
