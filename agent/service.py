@@ -90,6 +90,9 @@ class Agent(Reconfigurable):
         self.notify = Notifier()
         super().__init__()  # nothing runs yet: run() commits the first plan
         cfg = load_agent_config(self.config_path)
+        # first: a second copy of this agent (the same spool) stops here, before it loads or verifies anything
+        self.spool = Spool(cfg.agent.spool, int(cfg.agent.spool_max_mb * 1024 * 1024))
+        _owner_only(Path(cfg.agent.spool))
         # model deploys over MQTT: the deployer calls apply() with a verified bundle
         self.deploy = Deployer(deploy_settings(cfg), lambda _: self._news("deploy"),
                                lambda b: self.apply(self.cfg, b)) if cfg.deploy.enabled else None
@@ -97,8 +100,6 @@ class Agent(Reconfigurable):
             if cfg.remote.recalibrate else None  # signed `vibrawatch recalibrate` over MQTT: it calls recalibrate()
         bundle = self.deploy.open_bundle(lambda p: load_configured(cfg, p)) if self.deploy else load_configured(cfg)
         self.cfg, self.bundle = cfg, bundle
-        self.spool = Spool(cfg.agent.spool, int(cfg.agent.spool_max_mb * 1024 * 1024))
-        _owner_only(Path(cfg.agent.spool))
         self._first = self._prepare(cfg, bundle)  # a source that does not fit the bundle stops us here (exit 2)
 
     def _birth(self, bundle: Bundle) -> dict[str, Any]:

@@ -270,6 +270,33 @@ def test_a_signal_during_start_up_is_answered_once_started(broker, tiny_bundle: 
     assert f"{sig.name} during start-up: {said}" in out, out
 
 
+def test_a_second_copy_of_a_running_agent_is_refused_at_start(broker, tiny_bundle: Path,  # noqa: F811
+                                                               tmp_path: Path) -> None:
+    """The same config started twice (a unit and a shell, two units): before, both ran, took the broker session
+    from each other every second and published one device's messages from two timelines."""
+    watch = Watch(broker.port)
+    cfg = write_config(tmp_path / "agent.toml", broker.port, tiny_bundle, simulator(1))
+    first = start(cfg, tmp_path)
+    try:
+        assert watch.wait(lambda: any(s["state"] == "online" for s in watch.of("status")), 60)
+        second = subprocess.run(agent_command("run", "--config", str(cfg)), env=gateway_env(tmp_path),
+                                capture_output=True, text=True, timeout=60)
+        assert second.returncode == 2, second.stdout + second.stderr
+        assert second.stderr.strip().splitlines() == [
+            f"error: {tmp_path / 'state' / 'spool.sqlite'}: in use by another vibrawatch-agent (pid {first.pid}); "
+            "one spool serves one agent: stop that one, or give this one its own [agent] spool and device"]
+        time.sleep(1.0)
+        assert first.poll() is None and [s["state"] for s in watch.of("status")].count("offline") == 0
+        first.send_signal(signal.SIGTERM)
+        out, _ = first.communicate(timeout=60)
+    finally:
+        if first.poll() is None:
+            first.kill()
+        watch.close()
+    assert first.returncode == 0, out
+    assert "another client using client id" not in out
+
+
 def test_reload_is_all_or_nothing_and_never_restarts_the_replay(broker, tiny_bundle: Path, tiny_data: Path,  # noqa: F811
                                                                table_csv: Path, offline: dict,  # noqa: F811
                                                                tmp_path: Path) -> None:

@@ -25,6 +25,7 @@ as for any drop.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import sqlite3
 import threading
@@ -77,12 +78,29 @@ class Spool:
         self._unrecorded = 0  # dropped, counted here, not yet in the file (a full disk): with the next message
         self._undeleted: list[int] = []  # acknowledged, but a full disk refused their delete: the next ack's too
         self.disk_short = False  # the last drops were for want of disk, not for the bound
+        self._lock_fd = self._claim()
         try:
             self._open()
         except sqlite3.DatabaseError as e:  # a directory, a device, another program's file, a damaged spool
             raise ConfigError(f"{self.path}: cannot use it as the spool ({e}); [agent] spool must name an SQLite "
                               "file the agent can write (a damaged one: move it aside, it starts a new one)"
                               ) from None
+
+    def _claim(self) -> int:
+        """One spool, one agent: a second copy beside the first (the same config started twice) would publish
+        the same device's messages from two timelines under one client id. Held until ``close`` (or death)."""
+        lock = self.path.with_name(self.path.name + ".lock")
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise ConfigError(f"{self.path}: in use by another vibrawatch-agent (pid {holder}); one spool serves one "
+                              "agent: stop that one, or give this one its own [agent] spool and device") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        return fd
 
     def _open(self) -> None:
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
@@ -293,3 +311,4 @@ class Spool:
                 raise
         finally:
             self._db.close()
+            os.close(self._lock_fd)
