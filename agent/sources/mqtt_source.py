@@ -58,11 +58,6 @@ LOG_EVERY_S = 60.0  # after the first, at most one log line per reason per minut
 FAULT_EVERY_S = 10.0  # during a run of refusals, the sensor status changes to another reason this often at most
 ALREADY_SEEN = "samples at or before the last accepted one (re-sent, or out of order)"
 NEW_TIMELINE_S = 600.0  # a message ending this far before the last accepted sample is a clock set back, not a re-send
-# A message stamped further ahead of the gateway's own clock is refused: taken, it would make every genuine message
-# after it "already seen" until real time caught up, silencing the node (a clock set forward, or a forged message).
-# Recordings played with their data time (1970 on) are never ahead.
-AHEAD_S = 300.0
-AHEAD = "samples stamped ahead of this gateway's clock (a node clock set forward, or a forged message)"
 
 _show = reprlib.Repr()
 _show.maxstring, _show.maxother, _show.maxlist, _show.maxlevel, _show.maxlong = 40, 40, 4, 2, 40
@@ -274,8 +269,6 @@ topic = "sensors/press7/raw"          # on the agent's own broker connection ([m
         """``chunk`` less the samples already accepted; SamplesRefused when none is new. The whole message is
         checked here, before it is cut into pieces: the pipeline's own continuity check sees one piece at a
         time and, once a fault has restarted it, would take the rest of a re-sent message as new."""
-        if chunk.t_start > time.time() + AHEAD_S:
-            raise SamplesRefused(AHEAD, detail=f"t={chunk.t_start:.3f}, {chunk.t_start - time.time():.0f} s ahead")
         n = len(chunk.samples)
         k = old_rows(chunk.t_start, n, self.fs_hz, self._end_t)
         if k == 0:
