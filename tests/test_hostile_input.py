@@ -98,6 +98,29 @@ def test_every_hostile_message_becomes_a_sensor_fault_and_one_log_line_per_reaso
     assert [c.fault for c in list(src._queue.queue)] == [None, "samples message refused: field 'v' expected 1"]
 
 
+def test_one_message_stamped_ahead_silences_the_node_for_a_minute_at_most(caplog: pytest.LogCaptureFixture) -> None:
+    """Taken as the newest time, a message 500 s ahead (less than a new timeline's 600 s) made every genuine
+    message after it 're-sent' for 500 s: no score, the status still online (the drill's forged message). Now the
+    genuine stream, in sequence, is the timeline again after RESYNC_S of it; a real re-send, which ends where the
+    stream ended, never runs that long."""
+    from vibrawatch.agent.sources.mqtt_source import RESYNC_S
+
+    src = MqttSampleSource("s", lambda t, h: None, 20000, ("a", "b"), backlog=10_000)
+    caplog.set_level(logging.WARNING, "vibrawatch.source")
+    rows = [[0.1, 0.2]] * 2000  # 0.1 s a message
+    t0 = 1.7e9
+    src._on_message(json.dumps({"v": 1, "t": t0, "fs_hz": 20000, "samples": rows}).encode())
+    src._on_message(json.dumps({"v": 1, "t": t0 + 500, "fs_hz": 20000, "samples": rows}).encode())  # forged
+    n = int(2 * RESYNC_S / 0.1)
+    for i in range(1, n):
+        src._on_message(json.dumps({"v": 1, "t": t0 + i * 0.1, "fs_hz": 20000, "samples": rows}).encode())
+    good = [c.t_start for c in src._queue.queue if c.fault is None]
+    refused = int(round((good[2] - t0) / 0.1)) - 1  # genuine messages refused before the resync
+    assert good[:2] == [t0, t0 + 500] and refused == pytest.approx(RESYNC_S / 0.1, abs=1)
+    assert len(good) == 2 + n - 1 - refused and src.resent == refused  # every one after it taken
+    assert any("taken as the timeline" in r.getMessage() for r in caplog.records)
+
+
 def _refusal(payload: bytes) -> SamplesRefused:
     try:
         parse_samples(payload)

@@ -58,6 +58,11 @@ LOG_EVERY_S = 60.0  # after the first, at most one log line per reason per minut
 FAULT_EVERY_S = 10.0  # during a run of refusals, the sensor status changes to another reason this often at most
 ALREADY_SEEN = "samples at or before the last accepted one (re-sent, or out of order)"
 NEW_TIMELINE_S = 600.0  # a message ending this far before the last accepted sample is a clock set back, not a re-send
+# Messages refused as re-sent that themselves run on in sequence for this much signal are the timeline: a re-send
+# ends where the stream did, but after one message stamped ahead (a clock set forward, or forged) every genuine
+# message looks re-sent until real time catches up, and the node would be silent that long (a node replaying
+# faster than real time is ahead of the clock by design, so the clock cannot judge it).
+RESYNC_S = 60.0
 
 _show = reprlib.Repr()
 _show.maxstring, _show.maxother, _show.maxlist, _show.maxlevel, _show.maxlong = 40, 40, 4, 2, 40
@@ -235,6 +240,7 @@ topic = "sensors/press7/raw"          # on the agent's own broker connection ([m
         self._counts: dict[str, int] = {}
         self._last_t = 0.0
         self._end_t: float | None = None  # when the sample after the last accepted one is due (None: none yet)
+        self._behind: tuple[float, float] | None = None  # refused as re-sent, in sequence: (first t, next t due)
         self._fault: tuple[str, float] | None = None  # the fault handed on since the last good chunk, and when
         self._trim_at: float | None = None  # when to return a large message's freed memory (agent thread)
         subscribe(topic, self._on_message)  # now, not at the first next(): samples sent meanwhile are kept
@@ -246,7 +252,7 @@ topic = "sensors/press7/raw"          # on the agent's own broker connection ([m
         try:
             try:
                 chunk = self._new_part(parse_samples(payload, self.max_message_bytes))
-                self._last_t, self._fault = chunk.t_start, None
+                self._last_t, self._fault, self._behind = chunk.t_start, None, None
                 self._end_t = chunk.t_start + len(chunk.samples) / self.fs_hz
             except SamplesRefused as e:
                 self._refuse(e.reason, str(e), len(payload))
@@ -279,6 +285,16 @@ topic = "sensors/press7/raw"          # on the agent's own broker connection ([m
                         "clock set back?)", self.topic, chunk.t_start, end_t - chunk.t_start)
             return chunk
         if k == n:
+            start, due = self._behind or (chunk.t_start, chunk.t_start)
+            if abs(chunk.t_start - due) > 1.5 / self.fs_hz:  # not the next of the run: a run of its own
+                start = chunk.t_start
+            chunk_end = chunk.t_start + n / self.fs_hz
+            if chunk_end - start >= RESYNC_S:
+                log.warning("%s: samples have come in sequence for %.0f s, all %.0f s before the last accepted one: "
+                            "taken as the timeline (a message stamped ahead, or a clock set back?)", self.topic,
+                            chunk_end - start, end_t - chunk_end)
+                return chunk
+            self._behind = (start, chunk_end)
             last = end_t - 1 / self.fs_hz
             raise SamplesRefused(ALREADY_SEEN, detail=f"{n} samples from t={chunk.t_start:.6f}, the last accepted "
                                  f"one at t={last:.6f}")
