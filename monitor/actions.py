@@ -233,16 +233,14 @@ class ActionApi:
     def _recalibrate(self, body: dict[str, Any], operator: str, where: str, now: float) -> Answer:
         """``POST /api/episodes/recalibrate {"id": ..., "note": ...}``: the request alone, for an episode in any
         state (a repair done after it was closed, a request that expired while the gateway was off)."""
-        note = body.get("note") or ""
-        if not isinstance(note, str) or len(note) > episodes.TEXT_MAX or any(ord(c) < 32 for c in note):
-            raise ActionError(400, f"note: expected text of at most {episodes.TEXT_MAX} characters")
+        note = episodes.note_text("note", body.get("note") or "")
         row = episodes.get(self.db, str(body.get("id") or ""), now)
         if row is None:
             raise ActionError(404, f"no alarm episode {str(body.get('id'))[:80]}")
         if not self.recalibrator.signs:
             raise ActionError(409, "this monitor holds no signing key ([remote] signing_key): run "
                                    f"`{command_hint(row['site'], row['device'])}` where the deploy key is")
-        out = self.recalibrator.send(row, operator, where, note.strip() or f"after alarm {row['id']}")
+        out = self.recalibrator.send(row, operator, where, note or f"after alarm {row['id']}")
         self.changed()
         return Answer(200, {"episode": row, "recalibration": out})
 

@@ -22,6 +22,10 @@ INT_MIN, INT_MAX = -(2**63), 2**63 - 1  # what BIGINT (PostgreSQL) and INTEGER (
 # The schemas' integers. JSON Schema takes 1.0 for an integer, and a JSON integer beyond 64 bits parses as a
 # float (2^64 as 1.8446744073709552e19): here an integer must be written as one.
 INTEGER_FIELDS = frozenset({"seq", "spool_dropped", "windows", "deployment"})
+# Any number's magnitude. No score, level, threshold or time comes near it (a score is a reconstruction error,
+# a time is seconds since 1970), yet a sum or a mean of a thousand values stays far from a double's 1.8e308:
+# retention's averages and the page's JSON cannot overflow to infinity.
+MAX_NUMBER = 1e30
 NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")  # site and device in the topic (docs/mqtt.md, the agent's config)
 MAX_EXCERPT_BYTES = 1_024  # of a dead letter's payload; its full size is kept beside it
 MAX_TOPIC_CHARS = 256  # a dead letter's topic, escaped
@@ -49,7 +53,9 @@ def check(msg: dict[str, Any]) -> str | None:
 def _value(v: Any, key: str, path: str, depth: int) -> str | None:
     t = type(v)
     if t is float:  # finite (the JSON parser refuses NaN and Infinity); the commonest value: first
-        return f"{path}: {v!r} is not an integer within signed 64-bit" if key in INTEGER_FIELDS else None
+        if key in INTEGER_FIELDS:
+            return f"{path}: {v!r} is not an integer within signed 64-bit"
+        return None if -MAX_NUMBER <= v <= MAX_NUMBER else f"{path}: {v!r} beyond {MAX_NUMBER:g} in magnitude"
     if t is str:
         return _string(v, key, path)
     if t is int:
@@ -65,7 +71,7 @@ def _value(v: Any, key: str, path: str, depth: int) -> str | None:
             if not (len(k) <= MAX_NAME_CHARS and k.isascii() and k.isprintable()) \
                     and (error := _string(k, "", f"{path} (a key)")) is not None:
                 return error
-            if type(item) is float and k not in INTEGER_FIELDS:
+            if type(item) is float and k not in INTEGER_FIELDS and -MAX_NUMBER <= item <= MAX_NUMBER:
                 continue
             if (error := _value(item, k, k if depth == 0 else f"{path}.{k}", depth + 1)) is not None:
                 return error
@@ -86,6 +92,16 @@ def _string(s: str, key: str, path: str) -> str | None:
     limit = MAX_TEXT_CHARS if text else MAX_NAME_CHARS
     if len(s) > limit:
         return f"{path}: {len(s)} characters, at most {limit}"
+    return _characters(s, text, path)
+
+
+def text_error(path: str, s: str) -> str | None:
+    """Why free text (a note, a reason) holds a character stored text never does, or None: the rule of the MQTT
+    free-text fields, for what operators write over the web too."""
+    return _characters(s, True, path)
+
+
+def _characters(s: str, text: bool, path: str) -> str | None:
     if s.isascii() and s.isprintable():  # nearly every string: none of the characters below can be in it
         return None
     if (bad := (_CONTROL if text else _INVISIBLE).search(s)) is not None:

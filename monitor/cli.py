@@ -73,7 +73,7 @@ def register(app: typer.Typer, user_errors: Callable[[Any], Any]) -> None:
         """
         from .store import open_store
 
-        store = open_store(db)
+        store = open_store(db, create=False)  # a typo in --db is an error, not an empty fleet
         try:
             now = time.time()
             rows = fleet.table(store, now, silent_factor, min_silent_s)

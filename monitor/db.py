@@ -78,6 +78,9 @@ class Outage:
         # Goes up at every fault: a connection made before it (another thread's, idle through a server restart) is
         # replaced before its next use instead of failing once more and starting an outage of its own.
         self.epoch = 0
+        # While the store opens (its schema made sure of), a failure is no outage to ride out: the caller stops
+        # with that one error, so nothing says "reconnecting" (a thread's: web requests go on meanwhile).
+        self.opening = threading.local()
         self._lock = threading.Lock()
 
     def wait_left(self) -> float:
@@ -85,6 +88,8 @@ class Outage:
         return max(self.next_try - time.monotonic(), 0.0) if self.since is not None else 0.0
 
     def fault(self, reason: str) -> None:
+        if getattr(self.opening, "on", False):
+            return
         with self._lock:
             self.failures += 1
             self.next_try = time.monotonic() + min(RETRY_S * 2 ** (self.failures - 1), RETRY_MAX_S)
@@ -265,6 +270,20 @@ class Database(Reads):
         self._local = threading.local()
 
     @contextmanager
+    def opening(self) -> Iterator[None]:
+        """While the store opens: a lost database is the caller's one error (it stops), not an outage logged as
+        being ridden out with backoff."""
+        self._outage.opening.on = True
+        try:
+            yield
+        finally:
+            self._outage.opening.on = False
+
+    def exists(self) -> bool:
+        """Whether the database is there already (SQLite: its file; a server's database: by connecting)."""
+        return True
+
+    @contextmanager
     def transaction(self) -> Iterator[Cursor]:
         """A write transaction (SQLite: BEGIN IMMEDIATE, so two monitors take turns instead of failing).
 
@@ -311,6 +330,9 @@ class SQLiteDatabase(Database):
         if not self.path.parent.exists():
             raise StoreError(f"--db {url}: folder {self.path.parent} does not exist")
         super().__init__(url)
+
+    def exists(self) -> bool:
+        return self.path.is_file()
 
     def _connect(self) -> sqlite3.Connection:
         # The fleet's data is nobody else's business: a new database file is the owner's alone (0600), and SQLite

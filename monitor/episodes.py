@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .bounds import INT_MAX, NAME, escape, text_error
 from .db import Cursor
 from .fastjson import dumps
 from .rows import Alarm, Event
@@ -53,11 +54,13 @@ def episode_id(site: str, device: str, raised_seq: int) -> str:
 
 
 def parse_id(text: str) -> tuple[str, str, int]:
-    """``site/device/seq`` -> its parts; a clear ActionError otherwise."""
+    """``site/device/seq`` -> its parts; a clear ActionError otherwise: names as topics allow them and a seq
+    within signed 64-bit, so no id reaches the database that it would refuse (a NUL, 2^64) or no episode has."""
     parts = str(text).split("/")
-    if len(parts) != 3 or not parts[0] or not parts[1] or not parts[2].isdigit():
-        raise ActionError(400, f"episode {str(text)[:80]!r}: expected SITE/DEVICE/SEQ (as `vibrawatch alarms list` "
-                               "shows it)")
+    if (len(parts) != 3 or not NAME.fullmatch(parts[0]) or not NAME.fullmatch(parts[1])
+            or not (parts[2].isascii() and parts[2].isdigit()) or len(parts[2]) > 19 or int(parts[2]) > INT_MAX):
+        raise ActionError(400, f"episode {escape(str(text), 80)!r}: expected SITE/DEVICE/SEQ (as `vibrawatch alarms "
+                               f"list` shows it; SEQ at most {INT_MAX})")
     return parts[0], parts[1], int(parts[2])
 
 
@@ -231,6 +234,16 @@ def track(cur: Cursor, alarms: Sequence[Alarm], events: Sequence[Event], now: fl
                                                                     e.payload.get("channel") or ""))
 
 
+def note_text(field: str, v: Any) -> str:
+    """What an operator wrote (a note, a part, the work done), stripped, or a clear ActionError (400): at most
+    ``TEXT_MAX`` characters and none that the MQTT free-text fields refuse either (bounds.py: C0, DEL, C1)."""
+    if not isinstance(v, str) or len(v) > TEXT_MAX:
+        raise ActionError(400, f"{field}: expected text of at most {TEXT_MAX} characters")
+    if (why := text_error(field, v.strip())) is not None:
+        raise ActionError(400, why)
+    return v.strip()
+
+
 @dataclass(frozen=True)
 class Action:
     """What an operator asks: ``kind`` ack | shelve | close, and its fields."""
@@ -249,16 +262,14 @@ class Action:
             raise ActionError(404, f"no action {kind!r}: ack, shelve or close")
         text = {}
         for k in ("note", "part", "work"):
-            v = body.get(k) or ""
-            if not isinstance(v, str) or len(v) > TEXT_MAX or any(ord(c) < 32 and c not in "\t\n" for c in v):
-                raise ActionError(400, f"{k}: expected text of at most {TEXT_MAX} characters")
-            text[k] = v.strip()
+            text[k] = note_text(k, body.get(k) or "")
         until = None
         if kind == "shelve":
             until = body.get("until")
             if until is None and body.get("hours") is not None:
                 h = body["hours"]
-                until = now + float(h) * 3600 if isinstance(h, (int, float)) and not isinstance(h, bool) else None
+                until = (now + float(h) * 3600 if isinstance(h, (int, float)) and not isinstance(h, bool)
+                         and abs(h) <= SHELVE_MAX_S else None)  # 1e400 hours: no float, and far past the limit
             if isinstance(until, bool) or not isinstance(until, (int, float)) or not now < until <= now + SHELVE_MAX_S:
                 raise ActionError(400, f"shelve: expected hours > 0 (or until, a Unix time) within "
                                        f"{SHELVE_MAX_S / 86400:.0f} days")

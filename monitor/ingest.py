@@ -37,6 +37,8 @@ from .store import Store
 log = logging.getLogger("vibrawatch.monitor.ingest")
 TOPIC_FILTER = f"{PREFIX}/+/+/#"
 MAX_BACKOFF_S = 30  # paho retries an unreachable broker after 1 s, doubling up to this
+SESSION_TAKEN_OVER = 0x8E  # MQTT 5 DISCONNECT reason: another connection with this client id
+SHORT_SESSION_S = 5.0  # connections dropped this soon after they were made, three times in a row: a clash
 
 pahofast.install()
 
@@ -58,6 +60,9 @@ class Ingest:
         self._unwritten: deque[float] = deque()
         self._connack_seen = False
         self._refused = False  # the last CONNACK refused: the disconnect after it is the same failed attempt
+        self._connected_at = 0.0  # monotonic, of the last accepted connection
+        self._short_sessions = 0  # connections in a row dropped within SHORT_SESSION_S
+        self._clash_told = False  # the clash is logged once until a connection lasts again
         self.fell_back = False
         # Says why the broker cannot be reached and when the next attempt comes, as the agent does (the same code).
         self.reach = Reach(cfg.host, cfg.port, MAX_BACKOFF_S, logger=log,
@@ -127,6 +132,7 @@ class Ingest:
                  version, "resumed" if getattr(flags, "session_present", False) else "new", self.reach.reached(),
                  self.subscription)
         self._link += 1
+        self._connected_at = time.monotonic()
         client.subscribe(self.subscription, qos=1)
         self.connected.set()
 
@@ -147,7 +153,22 @@ class Ingest:
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any,
                        properties: Any) -> None:
-        if self.connected.is_set():
+        # As the agent's link does: a connection that keeps dropping seconds after it was made is, most often,
+        # another client with this client id taking the session over (two monitors on one host with the default
+        # id); brokers do not always say so (0x8E).
+        short = self.connected.is_set() and time.monotonic() - self._connected_at < SHORT_SESSION_S
+        self._short_sessions = self._short_sessions + 1 if short else 0
+        if self.connected.is_set() and not short:
+            self._clash_told = False
+        if self.connected.is_set() and (getattr(reason_code, "value", None) == SESSION_TAKEN_OVER
+                                        or self._short_sessions >= 3):
+            (log.info if self._clash_told else log.error)(
+                "the broker keeps dropping this connection within seconds (%s): is another client using client id "
+                "%r? a second monitor on this host? give each monitor its own --client-id ([monitor] client_id)",
+                reason_code, self.cfg.client_id)
+            self._clash_told = True
+            self.reach.lost()
+        elif self.connected.is_set():
             log.warning("disconnected from the broker (%s); reconnecting, the session keeps our messages",
                         reason_code)
             self.reach.lost()

@@ -137,6 +137,19 @@ def ensure(db: Database) -> None:
             cur.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (str(SCHEMA_VERSION),))
 
 
+def require(db: Database) -> None:
+    """Refuse a database that is not there or holds no vibrawatch schema (a typo in ``--db``), before anything
+    is created: a report on an empty database would say the fleet is empty."""
+    if not db.exists():
+        raise StoreError(f"{db.safe_url}: no such database (the monitor creates it; check --db)")
+    try:
+        rows = db.query("SELECT value FROM meta WHERE key = 'schema'")
+    except Exception as e:  # noqa: BLE001 - unreachable, no table meta, not a database: one line says which
+        raise StoreError(f"{db.safe_url}: cannot read a vibrawatch monitor's schema there ({db.why(e)})") from None
+    if not rows:
+        raise StoreError(f"{db.safe_url}: not a vibrawatch monitor's database (no schema version in meta)")
+
+
 def _episodes_from_alarms(cur: Cursor) -> None:
     """The alarms stored before episodes existed, as episodes (the alarm still open shows as active): replayed in
     seq order per device, one alarm a device (which channels a combined detector had in alarm was not kept)."""

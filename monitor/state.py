@@ -8,6 +8,8 @@ wrote), so neither has to import the other to share it.
 Lost messages: every score and alarm carries the device's ``seq`` (+1 per message, never reused). A new
 highest seq that skips numbers records the skipped range as a gap; a late message inside a gap fills it.
 ``lost`` = (last_seq - first_seq + 1) - messages received, so it goes back down when a redelivery arrives.
+A seq counted already (a message of another kind with the same seq: a faulty or forged sender) is no late
+arrival: it moves neither ``received`` nor ``lost``, so ``lost`` is never negative and never hides a real loss.
 
 Sequence sanity: a seq further from the known range than the device can have sent (``plausible_jump``: twice a
 day of messages at its usual rate plus the time since it was last seen, at least ``SEQ_JUMP_FLOOR``) is not a
@@ -25,7 +27,9 @@ Here only ``alarm_seq`` (the newest alarm message's seq) moves.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any
 
 from .fastjson import dumps
@@ -75,14 +79,15 @@ def alert_payload(kind: str, site: str, device: str, **fields: Any) -> dict[str,
     return {"v": 1, "kind": kind, "site": site, "device": device, **fields}
 
 
-def apply(before: dict[str, Any], msgs: Messages, now: float) -> Change:
-    """The device's row after these (new, not yet seen) messages; gaps found, late seqs, alerts to send."""
+def apply(before: dict[str, Any], msgs: Messages, now: float, counted: frozenset[int] = frozenset()) -> Change:
+    """The device's row after these (new, not yet seen) messages; gaps found, late seqs, alerts to send.
+    ``counted``: seqs of these messages that a stored message of another kind holds already."""
     s = dict(before)
     change = Change(state=s)
     if s.get("first_seen") is None:
         s["first_seen"] = now  # machine-months (the verdict measures) count from here
     site, device = s["site"], s["device"]
-    seqs = sorted([m.seq for m in msgs.scores] + [m.seq for m in msgs.alarms] + [m.seq for m in msgs.events])
+    seqs = sorted({m.seq for m in (*msgs.scores, *msgs.alarms, *msgs.events)} - counted)  # each seq counted once
     odd = _sequence(s, seqs, change, now)
     scores = [m for m in msgs.scores if m.seq not in odd]
 
@@ -115,11 +120,11 @@ def apply(before: dict[str, Any], msgs: Messages, now: float) -> Change:
             s["alarm_seq"] = a.seq  # ``alarm``, its since and channels: from the open episodes (writer.py)
     change.odd = odd
 
-    for st in sorted(msgs.statuses, key=lambda m: (m.payload.get("link") or "", m.ts)):
+    for st in sorted(msgs.statuses, key=lambda m: (instant(m.payload.get("link")), instant(m.ts))):
         p = st.payload
         if not current(s, st):
             continue  # an older retained status delivered late, or the will of a connection since replaced
-        s["state"], s["state_ts"] = st.state, max(st.ts, s["state_ts"] or "")
+        s["state"], s["state_ts"] = st.state, max(st.ts, s["state_ts"] or st.ts, key=instant)
         s["link"] = p.get("link") or s["link"]
         s["fault"] = p.get("fault") if st.state == "sensor" else None
         s["reason"] = p.get("reason") if st.state == "offline" else None
@@ -217,6 +222,19 @@ def _sequence(s: dict[str, Any], seqs: list[int], change: Change, now: float) ->
     return odd
 
 
+def instant(ts: str | None) -> tuple[float, str]:
+    """An RFC 3339 timestamp as the instant it names (seconds since the epoch), for ordering: ``2026-12-06t00:00z``
+    and ``2026-12-06T03:00:00+05:00`` are as old as they say, not as their text sorts. One that does not parse
+    (or none) comes before every one that does; the text breaks ties."""
+    if not ts:
+        return -math.inf, ""
+    try:
+        when = datetime.fromisoformat(ts.upper())
+    except ValueError:
+        return -math.inf, ts
+    return (when if when.tzinfo else when.replace(tzinfo=timezone.utc)).timestamp(), ts
+
+
 def current(row: dict[str, Any], status: Status) -> bool:
     """Does a status say more than the row already knows?
 
@@ -228,10 +246,11 @@ def current(row: dict[str, Any], status: Status) -> bool:
     p = status.payload
     link, known = p.get("link"), row.get("link")
     if link is None or known is None:
-        return row["state_ts"] is None or status.ts >= row["state_ts"]
+        return row["state_ts"] is None or instant(status.ts) >= instant(row["state_ts"])
     if link != known:
-        return link > known
+        return instant(link) > instant(known)
     if row.get("state") == "offline" and row.get("reason") == WILL_REASON:
         return False  # this connection is gone: whatever else it sent is older news
-    return (status.state == "offline" and p.get("reason") == WILL_REASON) or status.ts >= row["state_ts"]
+    return (status.state == "offline" and p.get("reason") == WILL_REASON) or instant(status.ts) >= instant(
+        row["state_ts"])
 

@@ -25,9 +25,12 @@ from .writer import BatchWriter
 class Store:
     """One database: its transactions and reads (``db``), batch writes (``writer``), the fleet's rows and counts."""
 
-    def __init__(self, db: Database, bulk: Bulk) -> None:
+    def __init__(self, db: Database, bulk: Bulk, create: bool = True) -> None:
         self.db = db
-        schema.ensure(db)
+        with db.opening():  # a failure here is the caller's one error, not an outage ridden out
+            if not create:
+                schema.require(db)
+            schema.ensure(db)
         self.writer = BatchWriter(db, bulk)
 
     @property
@@ -93,10 +96,11 @@ BACKENDS: dict[str, Backend] = {"sqlite": Backend(SQLiteDatabase, Bulk),
                                 "postgres": Backend(PostgresDatabase, PostgresBulk)}
 
 
-def open_store(url: str) -> Store:
-    """The backend for a ``--db`` URL, by its scheme."""
+def open_store(url: str, create: bool = True) -> Store:
+    """The backend for a ``--db`` URL, by its scheme. ``create`` False (the reports: `vibrawatch fleet`) refuses a
+    database that is not there or is not a monitor's, instead of making an empty one."""
     scheme = urlparse(url).scheme
     if scheme not in BACKENDS:
         raise StoreError(f"--db {url}: unknown database; use sqlite:///PATH or postgresql://USER@HOST/DB")
     backend = BACKENDS[scheme]
-    return Store(backend.database(url), backend.bulk())
+    return Store(backend.database(url), backend.bulk(), create)

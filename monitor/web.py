@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import socket
 import threading
 import time
@@ -48,6 +49,7 @@ from vibrawatch.agent.errors import ConfigError
 
 from . import episodes, fleet
 from .actions import BODY_MAX, ActionApi, Answer
+from .bounds import INT_MAX, text_error
 from .config import MonitorConfig
 from .measures import measures
 from .store import Store
@@ -129,13 +131,43 @@ def device_detail(store: Store, site: str, device: str, now: float, cfg: Monitor
     }
 
 
+def to_json(obj: Any) -> bytes:
+    """Standard JSON, which browsers' JSON.parse takes: a number that is not finite (a mean stored as infinite
+    before numbers were bounded) is null, never ``Infinity`` or ``NaN``."""
+    try:
+        return json.dumps(obj, default=str, separators=(",", ":"), allow_nan=False).encode()
+    except ValueError:  # rare: only then is every value looked at
+        return json.dumps(_finite(obj), default=str, separators=(",", ":"), allow_nan=False).encode()
+
+
+def _finite(v: Any) -> Any:
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, dict):
+        return {k: _finite(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_finite(x) for x in v]
+    return v
+
+
 def page(q: dict[str, str]) -> tuple[int, int]:
-    """``limit`` and ``offset`` of a list request, within bounds (a bad number is a 400 by ValueError)."""
+    """``limit`` and ``offset`` of a list request, within bounds (a bad number is a 400 by ValueError): an
+    offset past signed 64-bit is one no database takes."""
     limit = int(q.get("limit", PAGE_DEFAULT))
     offset = int(q.get("offset", 0))
-    if limit < 1 or offset < 0:
-        raise ValueError("limit must be at least 1 and offset at least 0")
+    if limit < 1 or not 0 <= offset <= INT_MAX:
+        raise ValueError(f"limit must be at least 1 and offset from 0 to {INT_MAX}")
     return min(limit, PAGE_MAX), offset
+
+
+def query_params(query: str) -> dict[str, str]:
+    """A request's query parameters (the first of each name); one holding a control character (a NUL, which
+    PostgreSQL refuses in text) is a 400 by ValueError, as no stored site, device or id holds one."""
+    q = {k: v[0] for k, v in parse_qs(query).items()}
+    for k, v in q.items():
+        if (why := text_error(k, v)) is not None:
+            raise ValueError(why)
+    return q
 
 
 def paged(rows: list[dict[str, Any]], limit: int, offset: int) -> dict[str, Any]:
@@ -287,7 +319,7 @@ def make_server(cfg: MonitorConfig, store: Store, changes: Changes, health: Call
             self.wfile.write(body)
 
         def _json(self, obj: Any, status: int = 200, headers: Sequence[tuple[str, str]] = ()) -> None:
-            body = json.dumps(obj, default=str, separators=(",", ":")).encode()
+            body = to_json(obj)
             self.send_response(status)
             for k, v in (("Content-Type", "application/json"), ("Content-Length", str(len(body))),
                          ("Cache-Control", "no-store"), *headers):
@@ -318,9 +350,8 @@ def make_server(cfg: MonitorConfig, store: Store, changes: Changes, health: Call
 
         def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
             u = urlparse(self.path)
-            q = {k: v[0] for k, v in parse_qs(u.query).items()}
             try:
-                self._route(u.path, q)
+                self._route(u.path, query_params(u.query))
             except (BrokenPipeError, ConnectionResetError, TimeoutError):
                 self.close_connection = True
             except ValueError as e:

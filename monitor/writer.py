@@ -104,7 +104,7 @@ class BatchWriter:
         lost = 0
         for k in keys:
             before = current[k]
-            change = state.apply(before, by_device[k], now)
+            change = state.apply(before, by_device[k], now, self._counted(cur, before, by_device[k]))
             updates.append(change.state)
             tracked += [a for a in by_device[k].alarms if a.seq not in change.odd]
             gaps_new += [(k[0], k[1], a, b, now) for a, b in change.gaps]
@@ -130,6 +130,29 @@ class BatchWriter:
             cur.executemany("UPDATE gaps SET filled = filled + 1 WHERE site = ? AND device = ? "
                             "AND first_seq <= ? AND last_seq >= ?", [(s, d, q, q) for s, d, q in gaps_filled])
         return lost, self.add_alerts(cur, alerts, now)
+
+    def _counted(self, cur: Cursor, row: dict[str, Any], msgs: state.Messages) -> frozenset[int]:
+        """The new messages' seqs inside the device's known range that a message of another kind stored before
+        holds (scores, alarms and events share one seq): counted already, so no late arrival. Only a seq inside
+        the range is looked up, so a device sending in order costs no query."""
+        first, top = row["first_seq"], row["last_seq"]
+        if first is None:
+            return frozenset()
+        mine: dict[int, int] = {}  # seq -> this batch's new rows holding it
+        for m in (*msgs.scores, *msgs.alarms, *msgs.events):
+            if first <= m.seq <= top:
+                mine[m.seq] = mine.get(m.seq, 0) + 1
+        if not mine:
+            return frozenset()
+        stored: dict[int, int] = {}
+        for part in chunks(sorted(mine), 300):  # 3 x 302 parameters: under SQLite's oldest limit (999)
+            marks = ", ".join("?" * len(part))
+            cur.execute(" UNION ALL ".join(f"SELECT seq FROM {t} WHERE site = ? AND device = ? AND seq IN ({marks})"
+                                           for t in ("scores", "alarms", "events")),
+                        [v for _ in range(3) for v in (row["site"], row["device"], *part)])
+            for (q,) in cur.fetchall():
+                stored[int(q)] = stored.get(int(q), 0) + 1
+        return frozenset(q for q, n in mine.items() if stored.get(q, 0) > n)
 
     def add_alerts(self, cur: Cursor, alerts: Iterable[state.AlertEvent], now: float) -> int:
         """Queue alerts for the sinks (in the caller's transaction); an alert already queued is not repeated."""
