@@ -23,6 +23,7 @@ import numpy as np
 
 from vibrawatch.agent.detect.decide import Decision, reconstruction_scores, run_alarms
 from vibrawatch.agent.detect.infer import TFLiteModel
+from vibrawatch.agent.errors import ConfigError
 from vibrawatch.agent.model.bundle import MANIFEST, MODEL, SCHEMA, SIGNATURE, load_bundle, sha256
 
 from .tflite import ConversionError, check_ops, convert_keras, n_lstm_layers, rebuild_batch1
@@ -42,7 +43,7 @@ def parity(run: Any, model: TFLiteModel, keras_model: Any) -> tuple[dict[str, An
     """Compare TFLite with Keras on every window of the training run; returns (metrics, TFLite outputs)."""
     from vibrawatch.train.model import reconstruct
 
-    w = np.load(run.path / "windows.npz", allow_pickle=False)
+    w = run.windows()
     x, healthy, t_end = w["x"], w["healthy"], w["end_times"]
     n_ch = len(run.detector.spec.channels)
     y_tfl = model.reconstruct_batch(x)
@@ -112,10 +113,12 @@ def build_bundle(run_dir: str | Path, out: str | Path, quantize: str = "none", s
 
     from vibrawatch.train.run import Run, versions
 
+    check_bundle_out(Path(out))  # before the slow part
     run = Run.open(run_dir)
+    evaluations = _evaluations(run.path)
     keras_model = run.keras_model()
     fixed = rebuild_batch1(keras_model)
-    w = np.load(run.path / "windows.npz", allow_pickle=False)
+    w = run.windows()
     rep = w["x"][w["healthy"] & ~w["validation"]][:256]
     content = convert_keras(fixed, quantize, rep)
     ops = check_ops(content, n_lstm_layers(fixed))
@@ -157,7 +160,7 @@ def build_bundle(run_dir: str | Path, out: str | Path, quantize: str = "none", s
         **run.detector.to_dict(),  # features, window, scaler, threshold, alarm: what the gateway reads back
         "training": {k: meta["training"][k] for k in ("source", "healthy_until", "healthy_end", "windows",
                                                       "healthy_windows", "train_windows", "validation_windows")},
-        "metrics": {"parity": metrics, "evaluations": _evaluations(run.path)},
+        "metrics": {"parity": metrics, "evaluations": evaluations},
         "runtimes": runtimes,
         "versions": {**versions(), "tensorflow_converter": tf.__version__, "python": platform.python_version()},
         "golden": {"inputs": g_in.tolist(), "outputs": g_out.tolist(), "atol": atol},
@@ -179,10 +182,29 @@ def _evaluations(run_dir: Path) -> dict[str, Any]:
     """Lead time and false alarms from the run's `vibrawatch evaluate` reports, where there are any."""
     out = {}
     for p in sorted(run_dir.glob("evaluation_*.json")):
-        r = json.loads(p.read_text())
+        try:
+            r = json.loads(p.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ConfigError(f"{p}: not readable JSON ({e}); run `vibrawatch evaluate` again or remove it") from None
+        if not isinstance(r, dict):
+            raise ConfigError(f"{p}: not an evaluation report (a {type(r).__name__}); run `vibrawatch evaluate` "
+                              "again or remove it")
         out[p.stem.removeprefix("evaluation_")] = {k: r.get(k) for k in ("first_alarm", "lead_hours",
                                                                           "alarm_channel", "false_alarms", "auc")}
     return out
+
+
+def check_bundle_out(out: Path) -> None:
+    """``--out`` for `convert`: a .tar that is not a directory, or a directory that is not a file."""
+    if out.suffix == ".tar":
+        if out.is_dir():
+            raise ConfigError(f"--out {out}: a directory, but a name ending .tar is written as one file; "
+                              "name another file, or a directory without .tar")
+    elif out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: an existing file; a bundle directory is wanted here (or a name ending .tar)")
+    parent = next((p for p in out.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise ConfigError(f"--out {out}: {parent} is a file, not a directory")
 
 
 def write_bundle(files: dict[str, bytes], out: Path) -> None:

@@ -7,6 +7,7 @@ command that needs them. The gateway has its own, lighter command: ``vibrawatch-
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -179,16 +180,47 @@ def simulate_bearing(
 ) -> None:
     """A rolling-bearing run to failure: defect impacts at BPFO/BPFI/BSF ringing a resonance, in noise;
     optionally a one-channel step or transient, a shared condition change and a gap with a shared shift."""
+    from vibrawatch.agent.errors import ConfigError
     from vibrawatch.agent.sources.loaders import save_snapshot_npz
-    from vibrawatch.agent.sources.simulate import simulate_bearing_run
+    from vibrawatch.agent.sources.simulate import FAULT_KEYS, simulate_bearing_run
 
-    rec = simulate_bearing_run(n_snapshots=snapshots, snapshot_samples=samples, fs_hz=fs_hz, interval_s=interval_s,
-                               n_channels=channels, failing_channel=failing, fault=fault, onset=onset, seed=seed,
-                               step_channel=step_channel, step_at=step_at, step_gain=step_gain,
-                               step_relax_s=step_relax_s, condition_at=condition_at, condition_gain=condition_gain,
-                               gap_at=gap_at, gap_s=gap_s, gap_gain=gap_gain, gap_spread=gap_spread)
-    save_snapshot_npz(rec, out)
-    typer.echo(f"wrote {out}: {rec.n_snapshots} snapshots x {rec.data.shape[1]} samples x {rec.n_channels} channels")
+    path = _npz_out(out)
+    _require(snapshots >= 1 and samples >= 1 and channels >= 1, "--snapshots, --samples and --channels must be >= 1")
+    _require(math.isfinite(fs_hz) and fs_hz > 0 and math.isfinite(interval_s) and interval_s > 0,
+             "--fs-hz and --interval-s must be > 0")
+    _require(0 <= failing < channels, f"--failing {failing}: a bearing index from 0 to {channels - 1} (--channels "
+             f"{channels})")
+    _require(fault in FAULT_KEYS, f"--fault {fault!r}: expected one of {', '.join(FAULT_KEYS)}")
+    _require(0 < onset < 1, f"--onset {onset}: a share of the run between 0 and 1, e.g. 0.7")
+    try:
+        rec = simulate_bearing_run(n_snapshots=snapshots, snapshot_samples=samples, fs_hz=fs_hz,
+                                   interval_s=interval_s, n_channels=channels, failing_channel=failing, fault=fault,
+                                   onset=onset, seed=seed, step_channel=step_channel, step_at=step_at,
+                                   step_gain=step_gain, step_relax_s=step_relax_s, condition_at=condition_at,
+                                   condition_gain=condition_gain, gap_at=gap_at, gap_s=gap_s, gap_gain=gap_gain,
+                                   gap_spread=gap_spread)
+    except ValueError as e:  # the simulator's own checks (e.g. its resonance above the Nyquist frequency)
+        raise ConfigError(f"simulate bearing: {e}") from None
+    save_snapshot_npz(rec, path)
+    typer.echo(f"wrote {path}: {rec.n_snapshots} snapshots x {rec.data.shape[1]} samples x {rec.n_channels} "
+               "channels")
+
+
+def _require(ok: bool, message: str) -> None:
+    """A command-line value out of range: one `error:` line naming the option (``user_errors``)."""
+    if not ok:
+        from vibrawatch.agent.errors import ConfigError
+
+        raise ConfigError(message)
+
+
+def _npz_out(out: Path) -> Path:
+    """The file a snapshot archive ``--out`` really names: numpy adds .npz where it is missing."""
+    path = out if str(out).endswith(".npz") else out.with_name(out.name + ".npz")
+    _require(not path.is_dir(), f"--out {out}: {path} is a directory; name a file ending .npz")
+    parent = next((p for p in path.parents if p.exists()), None)
+    _require(parent is None or parent.is_dir(), f"--out {out}: {parent} is a file, not a directory")
+    return path
 
 
 @simulate_app.command("lorenz")
@@ -200,11 +232,15 @@ def simulate_lorenz(
 ) -> None:
     """The IBM article's Lorenz-attractor 'vibration' (Euler step 0.008 from (2, 3, 4))."""
     from vibrawatch.agent.sources.loaders import save_snapshot_npz
+    from vibrawatch.agent.sources.simulate import LORENZ_PARAMS
     from vibrawatch.agent.sources.simulate import simulate_lorenz as sim
 
+    path = _npz_out(out)
+    _require(kind in LORENZ_PARAMS, f"--kind {kind!r}: expected one of {', '.join(LORENZ_PARAMS)}")
+    _require(n >= 1, f"--n {n}: at least 1 step")
     rec = sim(kind, n)
-    save_snapshot_npz(rec, out)
-    typer.echo(f"wrote {out}: {kind} Lorenz stream of {n} samples")
+    save_snapshot_npz(rec, path)
+    typer.echo(f"wrote {path}: {kind} Lorenz stream of {n} samples")
 
 
 @app.command()

@@ -19,6 +19,11 @@ def new_keypair(out_dir: str | Path) -> tuple[Path, Path]:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     d = Path(out_dir)
+    if d.exists() and not d.is_dir():
+        raise ConfigError(f"--out-dir {d}: an existing file; name a folder for the key pair")
+    parent = next((p for p in d.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise ConfigError(f"--out-dir {d}: {parent} is a file, not a folder")
     d.mkdir(parents=True, exist_ok=True)
     priv_path, pub_path = d / PRIVATE_NAME, d / PUBLIC_NAME
     for p in (priv_path, pub_path):

@@ -23,7 +23,7 @@ from urllib.parse import urlencode
 
 import typer
 
-from vibrawatch.agent.errors import VibrawatchError
+from vibrawatch.agent.errors import ConfigError, VibrawatchError
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 UrlOpt = Annotated[str | None, typer.Option("--url", help="The monitor's page (default $VIBRAWATCH_MONITOR or "
@@ -248,12 +248,19 @@ def register(app: typer.Typer, user_errors: Any) -> None:
         Example: vibrawatch operators add alice --file /etc/vibrawatch/operators"""
         from .auth import hash_line
 
+        if file.is_dir():  # said before the password is asked for
+            raise ConfigError(f"--file {file}: a directory; name the operators file, e.g. {file / 'operators'}")
+        if not file.parent.is_dir():
+            raise ConfigError(f"--file {file}: no directory {file.parent}")
         if password_stdin:
             password = sys.stdin.readline().rstrip("\n")
         else:
             password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
         line = hash_line(name, password)
-        fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        except OSError as e:
+            raise ConfigError(f"--file {file}: cannot write it ({e.strerror})") from None
         with os.fdopen(fd, "a") as f:
             f.write(line + "\n")
         typer.echo(f"{file}: operator {name} added; the CLI sends VIBRAWATCH_TOKEN={name}:<password>")

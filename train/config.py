@@ -7,6 +7,7 @@ never seen. Unknown keys are errors: a typo must not silently fall back to a def
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,14 +16,16 @@ from vibrawatch.agent.detect.decide import AlarmRule
 from vibrawatch.agent.detect.scale import SCALINGS
 from vibrawatch.agent.detect.threshold import ThresholdRule
 from vibrawatch.agent.errors import ConfigError
-from vibrawatch.agent.sections import known_sections, parse_section, read_toml
+from vibrawatch.agent.sections import checked, known_sections, parse_section, positive, read_toml
 
 
 @dataclass(frozen=True)
 class FeaturesConfig:
-    frame_length: int | None = None  # samples; default: 1 s, or the whole snapshot if shorter
+    # samples; default (left out): 1 s, or the whole snapshot if shorter
+    frame_length: int | None = checked(None, lambda v: v is None or v >= 1, "a whole number of samples >= 1")
     list: tuple[Any, ...] | None = None  # feature names / tables; default: agent.features.DEFAULT_FEATURES
-    fs_hz: float | None = None  # override the data's sample rate (IMS text files do not carry one)
+    # override the data's sample rate (IMS text files do not carry one)
+    fs_hz: float | None = checked(None, positive, "a sample rate > 0 (Hz)")
     scaling: str = "minmax"  # "minmax": healthy min..max -> 0..1; "robust": (x - median) / (q95 - q05)
 
 
@@ -106,7 +109,7 @@ class DataSection:
 
 
 _SECTIONS = {"features": FeaturesConfig, "model": ModelConfig, "threshold": ThresholdRule,
-             "product": ProductConfig, "diagnosis": DiagnosisConfig}
+             "product": ProductConfig, "diagnosis": DiagnosisConfig, "alarm": AlarmRule}
 
 
 def load_config(path: str | Path | None) -> TrainConfig:
@@ -118,12 +121,8 @@ def load_config(path: str | Path | None) -> TrainConfig:
 
 
 def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> TrainConfig:
-    known_sections(raw, {*_SECTIONS, "alarm", "data"}, source)
+    known_sections(raw, {*_SECTIONS, "data"}, source)
     parts: dict[str, Any] = {name: parse_section(cls, raw.get(name), name, source) for name, cls in _SECTIONS.items()}
-    try:
-        parts["alarm"] = AlarmRule.from_dict(raw.get("alarm", {}))
-    except ConfigError as e:
-        raise ConfigError(f"{source}: {e}") from None
     data = parse_section(DataSection, raw.get("data"), "data", source)
     cfg = TrainConfig(healthy_until=data.healthy_until, source=source, **parts)
     _validate(cfg)
@@ -137,6 +136,10 @@ def _validate(cfg: TrainConfig) -> None:
         (m.hop >= 1, "[model] hop must be >= 1"),
         (len(m.encoder) >= 1 and all(int(u) >= 1 for u in m.encoder), "[model] encoder must list widths >= 1"),
         (m.epochs >= 1, "[model] epochs must be >= 1"),
+        (m.batch_size >= 1, "[model] batch_size must be >= 1"),
+        (math.isfinite(m.learning_rate) and m.learning_rate > 0, "[model] learning_rate must be a number > 0"),
+        (m.patience >= 0, "[model] patience must be >= 0"),
+        (0 <= m.seed < 2**32, "[model] seed must be from 0 to 2**32 - 1"),
         (0 < m.validation_fraction < 0.9, "[model] validation_fraction must be in (0, 0.9)"),
         (0 < cfg.product.pca_variance < 1, "[product] pca_variance must be in (0, 1)"),
         (cfg.product.transient_s > 0 and 0 < cfg.product.relaxed < 1 and cfg.product.grows > 1

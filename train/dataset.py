@@ -56,9 +56,9 @@ def build_spec(data: Recording | FeatureTable, cfg: TrainConfig) -> FeatureSpec:
                 "feature table (its columns are the features); remove them"
             )
         return FeatureSpec(fs_hz=1.0, frame_length=1, channels=data.columns, features=(), input="table")
-    fs = cfg.features.fs_hz or data.fs_hz
+    fs = cfg.features.fs_hz if cfg.features.fs_hz is not None else data.fs_hz
     base = default_spec(fs, data.data.shape[1], data.channels)
-    frame = cfg.features.frame_length or base.frame_length
+    frame = cfg.features.frame_length if cfg.features.frame_length is not None else base.frame_length
     if frame > data.data.shape[1]:
         raise ConfigError(
             f"{cfg.source}: [features] frame_length {frame} is longer than the snapshots of {data.source} "

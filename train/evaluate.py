@@ -17,6 +17,7 @@ Scoring (``vibrawatch.agent.detect.episodes``; docs/detection.md, "Scoring"), th
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,23 @@ def _known_healthy(run: Run, data: Recording | FeatureTable, data_path: str, win
     return None, None
 
 
+def check_failure_at(failure_at: str | None, t_fail: float, t_first: float, t_last: float, t_known: float | None,
+                     healthy_from: str | None, relative: bool) -> None:
+    """``--failure-at`` must fall within the scored windows and after the known-healthy part."""
+    if failure_at is None:
+        return
+    if t_fail > t_last:
+        last = format_time(t_last, relative)
+        raise ConfigError(f"--failure-at {failure_at!r} is after the data's last time ({last}); name a time within "
+                          "the data, or leave it out for the end of the data")
+    if t_fail <= t_first:
+        raise ConfigError(f"--failure-at {failure_at!r} is not after the first scored window "
+                          f"({format_time(t_first, relative)})")
+    if t_known is not None and t_fail <= t_known:
+        raise ConfigError(f"--failure-at {failure_at!r} is within the known-healthy part of the run (up to "
+                          f"{format_time(t_known, relative)}, from {healthy_from}); a failure comes after it")
+
+
 def window_labels(data: Recording, wins: Any) -> np.ndarray:
     """The data's label (0 healthy, 1 faulty) of each window's last snapshot."""
     assert data.labels is not None
@@ -131,8 +149,10 @@ def evaluate_run(
     scores, contrib = score(model, x, len(channels))
     relative = ff.relative_time
     # Default failure time: the end of the data (the last frame of one long stream, the last snapshot of many).
-    t_fail = parse_time(failure_at, relative) if failure_at else float(max(data.timestamps[-1], ff.times[-1]))
+    t_last = float(max(data.timestamps[-1], ff.times[-1]))
+    t_fail = parse_time(failure_at, relative) if failure_at else t_last
     t_known, healthy_from = _known_healthy(run, data, data_path, wins, healthy_until, normal_data, relative)
+    check_failure_at(failure_at, t_fail, float(wins.end_times[0]), t_last, t_known, healthy_from, relative)
     step = max(cadence(wins.end_times), cadence(data.timestamps))
     scoring = Scoring(float(wins.end_times[0]), float(wins.end_times[-1]), len(channels),
                       merge_time(d.rule.clear_after, step), t_fail,
@@ -202,8 +222,22 @@ def evaluate_run(
         from . import plots as p
 
         p.evaluation_plots(run.path, data, spec, product, report, relative, t_healthy)
-    (run.path / f"evaluation_{data_stem(data_path)}.json").write_text(json.dumps(report, indent=2))
+    write_atomic(run.path / f"evaluation_{data_stem(data_path)}.json", json.dumps(report, indent=2))
     return report
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``path`` whole or not at all: a temporary sibling renamed over it (`convert` ships what is there)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _normal_auc(report: dict[str, Any], run: Run, model: Any, normal_data: str, product: Detection, ae: Detection,

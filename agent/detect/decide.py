@@ -12,6 +12,7 @@ bearing is not blamed for another's fault.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError
+from ..sections import checked
 
 
 def reconstruction_scores(
@@ -56,11 +58,12 @@ def alarm_levels(
 
 @dataclass(frozen=True)
 class AlarmRule:
-    """k-of-k debouncing with hysteresis; defaults suit windows that overlap (hop < T)."""
+    """k-of-k debouncing with hysteresis; defaults suit windows that overlap (hop < T). Also the ``[alarm]``
+    section of a training config (``agent.sections.parse_section``): each key typed and checked."""
 
-    raise_after: int = 3
-    clear_after: int = 6
-    hysteresis: float = 0.8
+    raise_after: int = checked(3, lambda v: v >= 1, "a whole number >= 1")
+    clear_after: int = checked(6, lambda v: v >= 1, "a whole number >= 1")
+    hysteresis: float = checked(0.8, lambda v: math.isfinite(v) and 0 < v <= 1, "a number in (0, 1]")
 
     def __post_init__(self) -> None:
         if self.raise_after < 1 or self.clear_after < 1:
@@ -73,11 +76,16 @@ class AlarmRule:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> AlarmRule:
+        """From a manifest's or a run's ``alarm``: whole numbers stay whole numbers, nothing is coerced."""
         known = {"raise_after", "clear_after", "hysteresis"}
         extra = set(d) - known
         if extra:
             raise ConfigError(f"alarm: unknown key(s) {sorted(extra)}; known: {sorted(known)}")
-        return cls(**{k: (float(v) if k == "hysteresis" else int(v)) for k, v in d.items()})
+        for k, v in d.items():
+            number = isinstance(v, int | float) and not isinstance(v, bool)
+            if not number or (k != "hysteresis" and not isinstance(v, int)):
+                raise ConfigError(f"alarm.{k}: {v!r} must be {'a number' if k == 'hysteresis' else 'a whole number'}")
+        return cls(**{k: (float(v) if k == "hysteresis" else v) for k, v in d.items()})
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import csv
 import json
+import zipfile
+import zlib
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -83,7 +85,7 @@ def load_snapshot_npz(path: str | Path) -> Recording:
         z = np.load(p, allow_pickle=False)
     except ValueError as e:
         raise DataFormatError(p, f"cannot be read without pickle ({e})", expected="plain numeric arrays") from None
-    except (OSError, EOFError) as e:
+    except (OSError, EOFError, zipfile.BadZipFile) as e:  # not a zip at all, or cut short
         raise DataFormatError(p, f"not a readable .npz archive ({e})") from None
     with z:
         missing = [k for k in ("data", "timestamps", "fs_hz", "channels") if k not in z.files]
@@ -98,6 +100,8 @@ def load_snapshot_npz(path: str | Path) -> Recording:
             labels = z["labels"] if "labels" in z.files else None
         except ValueError as e:
             raise DataFormatError(p, f"cannot be read without pickle ({e})", expected="plain numeric arrays") from None
+        except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:  # a member cut short or damaged
+            raise DataFormatError(p, f"not a readable .npz archive ({e})") from None
     if data.ndim != 3 or not np.issubdtype(data.dtype, np.number):
         raise DataFormatError(p, f"array 'data' is {data.dtype} {data.shape}", where="array 'data'",
                               expected="numbers shaped (snapshots, samples, channels)")
