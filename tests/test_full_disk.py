@@ -51,7 +51,7 @@ host = "127.0.0.1"
 port = {broker.port}
 max_backoff_s = 1
 ''')
-    cmd = ["bwrap", "--dev-bind", "/", "/", "--size", str(1024 * 1024), "--tmpfs", str(disk),
+    cmd = ["bwrap", "--die-with-parent", "--dev-bind", "/", "/", "--size", str(1024 * 1024), "--tmpfs", str(disk),
            *agent_command("run", "--config", str(cfg))]
     agent = subprocess.Popen(cmd, env=gateway_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                              text=True)
