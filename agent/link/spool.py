@@ -78,6 +78,7 @@ class Spool:
         self._unrecorded = 0  # dropped, counted here, not yet in the file (a full disk): with the next message
         self._undeleted: list[int] = []  # acknowledged, but a full disk refused their delete: the next ack's too
         self.disk_short = False  # the last drops were for want of disk, not for the bound
+        self._log_short = False  # the disk's free space was below the log's reserve at the last put
         self._lock_fd = self._claim()
         try:
             self._open()
@@ -126,37 +127,42 @@ class Spool:
         # run left (a full disk: later)
 
     def _free_bytes(self) -> int | None:
+        """The disk's free bytes under the spool (None where it cannot be told), asked at every put: the log's
+        growth uses the disk too, and a look that is a moment old may already be wrong on a small disk."""
         try:
             st = os.statvfs(self.path.parent)
         except OSError:
             return None
         return st.f_bavail * st.f_frsize
 
-    def _room(self) -> int:
-        """Bytes the database may use now: its bound, or what its file holds plus the disk's free space beyond
-        the log's reserve when that is less (``disk_short``)."""
+    def _pages(self) -> int:
+        return int(self._db.execute("PRAGMA page_count").fetchone()[0])
+
+    def _room(self) -> tuple[int, int]:
+        """(bytes the database may use now, its pages): its bound, or what its file holds plus the disk's free
+        space beyond the log's reserve when that is less (``disk_short``; ``_log_short``: the log's reserve
+        itself is not free)."""
+        pages = self._pages()
         free = self._free_bytes()
         if free is None:
-            return self._db_bytes
-        pages = int(self._db.execute("PRAGMA page_count").fetchone()[0])
+            return self._db_bytes, pages
         room = (pages - RESERVE_PAGES) * self._page + free
-        self.disk_short = room < self._db_bytes
-        return min(room, self._db_bytes)
+        self.disk_short, self._log_short = room < self._db_bytes, free < RESERVE_PAGES * self._page
+        return min(room, self._db_bytes), pages
 
     def _spare_the_disk(self) -> None:
-        """On a disk short of the log's reserve, move the log into the database now and truncate it (SQLite would
-        let it grow to its checkpoint size first, which a small disk may not have)."""
-        free = self._free_bytes()
-        if free is not None and free < RESERVE_PAGES * self._page:
+        """On a disk short of the log's reserve (seen by the last put), move the log into the database now and
+        truncate it (SQLite would let it grow to its checkpoint size first, which a small disk may not have)."""
+        if self._log_short:
             try:
                 self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             except sqlite3.OperationalError as e:
                 if not _cannot_write(e):
                     raise
 
-    def _used_bytes(self) -> int:
+    def _used_bytes(self, pages: int | None = None) -> int:
         """Bytes of the database file in use (free pages are reused before the file grows)."""
-        pages = int(self._db.execute("PRAGMA page_count").fetchone()[0])
+        pages = self._pages() if pages is None else pages
         free = int(self._db.execute("PRAGMA freelist_count").fetchone()[0])
         return (pages - free) * self._page
 
@@ -204,8 +210,9 @@ class Spool:
                                        (self._unwritten,)).fetchone()[0])
             data = encode({**payload, "seq": seq})
             self._db.execute("INSERT INTO messages (topic, payload) VALUES (?, ?)", (topic, data))
-            room = self._room()
-            while self._used_bytes() > room:
+            room, pages = self._room()
+            used = self._used_bytes(pages)
+            while used > room:
                 # A page is freed only when all its rows are gone: drop a few at a time, oldest first.
                 ids = [int(r[0]) for r in self._db.execute(
                     "SELECT id FROM messages WHERE id > ? ORDER BY id LIMIT 8", (gone[-1] if gone else 0,)
@@ -214,6 +221,7 @@ class Spool:
                     break
                 self._db.execute(f"DELETE FROM messages WHERE id IN ({','.join('?' * len(ids))})", ids)
                 gone += ids
+                used = self._used_bytes()
             dropped = sum(1 for i in gone if i not in self._in_flight)
             late = self._unwritten + self._unrecorded  # what a full disk kept out of the file until now
             if dropped or late:
