@@ -40,6 +40,11 @@ def fit_problem(kind: str, source: Source, bundle: Bundle) -> str | None:
     if len(source.channels) != len(spec.channels):
         return (f"source {kind} has {len(source.channels)} channel(s) ({', '.join(source.channels)}), bundle "
                 f"{bundle.version} expects {len(spec.channels)} ({', '.join(spec.channels)})")
+    snapshot = getattr(source, "snapshot_samples", None)  # recordings and the simulator come in snapshots
+    if spec.input != "table" and snapshot is not None and snapshot < spec.frame_length:
+        return (f"source {kind} gives snapshots of {snapshot} samples, shorter than bundle {bundle.version}'s frames "
+                f"of {spec.frame_length} (a frame never straddles two snapshots): no window would ever be scored; "
+                "give longer snapshots or use a bundle trained on shorter frames")
     if spec.input != "table" and abs(source.fs_hz - spec.fs_hz) > 1e-6 * spec.fs_hz:
         got, want = two_rates(source.fs_hz, spec.fs_hz)
         return (f"source {kind} samples at {got} Hz, bundle {bundle.version} expects {want} Hz (its features.fs_hz); "

@@ -192,6 +192,12 @@ def test_a_source_that_does_not_fit_the_bundle_is_a_start_up_error(tiny_bundle: 
     p = subprocess.run(agent_command("check", "--config", str(cfg)), env=gateway_env(tmp_path), capture_output=True,
                        text=True, timeout=120)
     assert p.returncode == 2 and "rows of a feature table" in p.stderr, p.stderr
+    # snapshots shorter than a frame: before, the agent ran and never scored a window, without a word
+    short = simulator(0).replace("samples = 4096", "samples = 1000")
+    cfg = write_config(tmp_path / "short.toml", 1, tiny_bundle, short)
+    p = subprocess.run(agent_command("check", "--config", str(cfg)), env=gateway_env(tmp_path), capture_output=True,
+                       text=True, timeout=120)
+    assert p.returncode == 2 and "snapshots of 1000 samples, shorter than" in p.stderr, p.stderr
     # while the table replayed into the table model fits
     cfg = write_config(tmp_path / "fits.toml", 1, table_bundle, replay(table_csv, 0))
     p = subprocess.run(agent_command("check", "--config", str(cfg)), env=gateway_env(tmp_path), capture_output=True,

@@ -176,6 +176,7 @@ chunk = 2048                          # samples handed to the pipeline at a time
         else:
             self.fs_hz, self.provides = self.data.fs_hz, "samples"
             self.channels = self.data.channels
+        self.snapshot_samples: int | None = None if isinstance(self.data, FeatureTable) else self.data.data.shape[1]
 
     @classmethod
     def open(cls, s: ReplaySettings, ctx: SourceContext) -> ReplaySource:
@@ -273,6 +274,7 @@ chunk = 2048                          # samples handed to the pipeline at a time
         self.anchor = wall_anchor() if anchor else 0.0  # added to every time (see ReplaySource)
         self.fs_hz = sim.fs_hz
         self.channels = tuple(f"bearing{c + 1}" for c in range(sim.n_channels))
+        self.snapshot_samples: int | None = int(sim.snapshot_samples)  # frames never straddle two snapshots
 
     @classmethod
     def open(cls, s: SimulatorSettings, ctx: SourceContext) -> SimulatorSource:
