@@ -231,3 +231,15 @@ def test_remote_recalibrate_without_what_it_needs_is_one_line_naming_the_file(tm
     with pytest.raises(ConfigError) as e:
         load_agent_config(cfg)
     assert str(cfg) in str(e.value) and named in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("payload", [b"\xff\xfe\x00x", b"\x80\x81\x82"])
+def test_a_request_in_bytes_that_are_not_utf8_is_refused_as_such(payload: bytes) -> None:
+    """Before, json's own encoding guess read such bytes as UTF-16 and the refusal spoke of a UTF-16 codec."""
+    from vibrawatch.agent.model.command import RECALIBRATE
+    from vibrawatch.agent.model.deploy_request import DEPLOY
+    from vibrawatch.agent.model.signed_request import RequestFormatError, read_envelope
+
+    for kind in (RECALIBRATE, DEPLOY):
+        with pytest.raises(RequestFormatError, match=rf"^{kind.name} message is not UTF-8 text$"):
+            read_envelope(payload, kind)

@@ -70,8 +70,10 @@ class AlreadyHandled(Exception):
 def read_envelope(payload: bytes, kind: Kind) -> tuple[bytes, bytes | None]:
     """The request's exact bytes and its signature (None when unsigned) from ``{"v":1,"request":..,"signature":..}``."""
     try:
-        env = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        env = json.loads(payload.decode("utf-8"))  # UTF-8 only (RFC 8259): json's own guess reads binary as UTF-16
+    except UnicodeDecodeError:
+        raise RequestFormatError(f"{kind.name} message is not UTF-8 text") from None
+    except json.JSONDecodeError as e:
         raise RequestFormatError(f"{kind.name} message is not JSON ({e})") from None
     if not isinstance(env, dict) or env.get("v") != 1 or not isinstance(env.get("request"), str):
         raise RequestFormatError(f'{kind.name} message: expected {{"v": 1, "request": "<JSON text>", '
