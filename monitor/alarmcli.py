@@ -257,10 +257,15 @@ def register(app: typer.Typer, user_errors: Any) -> None:
         else:
             password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
         line = hash_line(name, password)
-        try:
-            fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        except OSError as e:
-            raise ConfigError(f"--file {file}: cannot write it ({e.strerror})") from None
-        with os.fdopen(fd, "a") as f:
-            f.write(line + "\n")
-        typer.echo(f"{file}: operator {name} added; the CLI sends VIBRAWATCH_TOKEN={name}:<password>")
+        try:  # as htpasswd does: an operator already there gets the new password (one line a name, never two)
+            old = file.read_text(encoding="utf-8").splitlines() if file.exists() else []
+            kept = [ln for ln in old if ln.split(":", 1)[0] != name]
+            tmp = file.with_name(f".{file.name}.tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write("".join(ln + "\n" for ln in [*kept, line]))
+            os.replace(tmp, file)
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"--file {file}: cannot write it ({getattr(e, 'strerror', None) or e})") from None
+        did = "password replaced" if len(kept) < len(old) else "added"
+        typer.echo(f"{file}: operator {name} {did}; the CLI sends VIBRAWATCH_TOKEN={name}:<password>")

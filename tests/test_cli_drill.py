@@ -226,3 +226,17 @@ def test_operators_add_to_a_directory_is_an_error(tmp_path: Path) -> None:
                                           ("1h", "within the known-healthy part of the run")])
 def test_failure_at_out_of_the_data_is_an_error(tiny_run: Path, tiny_data: Path, at: str, says: str) -> None:
     assert says in _fails("evaluate", tiny_run, "--data", tiny_data, "--failure-at", at, "--quiet")
+
+
+def test_operators_add_twice_replaces_the_password_on_one_line(tmp_path: Path) -> None:
+    """As htpasswd does; before, a second line for the same name was appended and the message said 'added'."""
+    from vibrawatch.monitor.auth import Operators
+
+    f = tmp_path / "operators"
+    for password, said in (("first password 1", "added"), ("second password 2", "password replaced")):
+        out = _invoke("operators", "add", "alice", "--file", f, "--password-stdin", input=password + "\n")
+        assert out.exit_code == 0 and f"operator alice {said}" in out.output, out.output
+    assert [ln.split(":", 1)[0] for ln in f.read_text().splitlines()] == ["alice"]
+    assert f.stat().st_mode & 0o777 == 0o600
+    ops = Operators.load(f)
+    assert ops.check("alice:second password 2") == "alice" and ops.check("alice:first password 1") is None
