@@ -228,8 +228,9 @@ def instant(ts: str | None) -> tuple[float, str]:
     (or none) comes before every one that does; the text breaks ties."""
     if not ts:
         return -math.inf, ""
-    try:
-        when = datetime.fromisoformat(ts.upper())
+    text = ts.upper()
+    try:  # Python 3.10's parser knows no "Z"
+        when = datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith("Z") else text)
     except ValueError:
         return -math.inf, ts
     return (when if when.tzinfo else when.replace(tzinfo=timezone.utc)).timestamp(), ts

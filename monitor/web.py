@@ -119,7 +119,7 @@ def device_detail(store: Store, site: str, device: str, now: float, cfg: Monitor
                               (site, device, ALARM_POINTS)),
         "statuses": store.query("SELECT ts, state, CASE WHEN LENGTH(payload) > ? THEN "
                                 "'{\"oversize_chars\":' || LENGTH(payload) || '}' ELSE payload END AS payload, "
-                                "received FROM statuses WHERE site = ? AND device = ? ORDER BY ts DESC LIMIT 50",
+                                "received FROM statuses WHERE site = ? AND device = ? ORDER BY received DESC LIMIT 50",
                                 (STATUS_MAX_CHARS, site, device)),
         "gaps": store.query("SELECT first_seq, last_seq, filled, detected FROM gaps WHERE site = ? AND device = ? "
                             "AND last_seq - first_seq + 1 > filled ORDER BY first_seq", (site, device)),
