@@ -82,11 +82,7 @@ class Agent(Reconfigurable):
         signal.signal(signal.SIGTERM, self.stop)  # from the start: a stop while the bundle loads is still clean
         signal.signal(signal.SIGINT, self.stop)
         signal.signal(signal.SIGHUP, self.reload)
-        if held:
-            stop = any(s != signal.SIGHUP for s in held)  # a reload before the start changes nothing: this config
-            self._stop = self._stop or stop  # is the newest
-            log.info("%s during start-up: %s", ", ".join(signal.Signals(s).name for s in held),
-                     "stopping once started" if stop else "the config as read now stands")
+        self._stop = self._stop or _stop_held(held)
         self.notify = Notifier()
         super().__init__()  # nothing runs yet: run() commits the first plan
         cfg = load_agent_config(self.config_path)
@@ -328,6 +324,16 @@ def _owner_only(spool: Path) -> None:
         if st.st_mode & 0o077 and st.st_uid == os.geteuid():
             os.chmod(p, 0o600)
             log.info("%s was mode %04o: now 0600 (owner only)", p, st.st_mode & 0o777)
+
+
+def _stop_held(held: Sequence[int]) -> bool:
+    """Whether a signal that came during start-up (cli._hold_signals) asks to stop; a reload then changes nothing
+    (the config just read is the newest). Said in the log either way."""
+    stop = any(s != signal.SIGHUP for s in held)
+    if held:
+        log.info("%s during start-up: %s", ", ".join(signal.Signals(s).name for s in held),
+                 "stopping once started" if stop else "the config as read now stands")
+    return stop
 
 
 def run(config_path: str | Path, held: Sequence[int] = ()) -> int:

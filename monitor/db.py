@@ -87,6 +87,15 @@ class Outage:
         """Seconds until the backoff allows the next try (0: now)."""
         return max(self.next_try - time.monotonic(), 0.0) if self.since is not None else 0.0
 
+    @contextmanager
+    def opening_scope(self) -> Iterator[None]:
+        """While the store opens (this thread): a failure is the caller's one error, not an outage ridden out."""
+        self.opening.on = True
+        try:
+            yield
+        finally:
+            self.opening.on = False
+
     def fault(self, reason: str) -> None:
         if getattr(self.opening, "on", False):
             return
@@ -172,6 +181,7 @@ class Database(Reads):
         self._all: list[Any] = []
         self._lock = threading.Lock()
         self._outage = Outage(self.safe_url)
+        self.opening = self._outage.opening_scope  # while the store opens: a failure is its one error, no outage
 
     # -- what a backend provides -------------------------------------------------------------------------
     def _connect(self) -> Any:
@@ -268,16 +278,6 @@ class Database(Reads):
                     conn.close()
             self._all.clear()
         self._local = threading.local()
-
-    @contextmanager
-    def opening(self) -> Iterator[None]:
-        """While the store opens: a lost database is the caller's one error (it stops), not an outage logged as
-        being ridden out with backoff."""
-        self._outage.opening.on = True
-        try:
-            yield
-        finally:
-            self._outage.opening.on = False
 
     def exists(self) -> bool:
         """Whether the database is there already (SQLite: its file; a server's database: by connecting)."""

@@ -43,6 +43,35 @@ SHORT_SESSION_S = 5.0  # connections dropped this soon after they were made, thr
 pahofast.install()
 
 
+class ClashWatch:
+    """As the agent's link does: a connection that keeps dropping seconds after it was made is, most often, another
+    client with this client id taking the session over (two monitors on one host with the default id); brokers do
+    not always say so (0x8E). Said once (an error) until a connection lasts again."""
+
+    def __init__(self) -> None:
+        self._connected_at = 0.0  # monotonic, of the last accepted connection
+        self._short = 0  # connections in a row dropped within SHORT_SESSION_S
+        self._told = False
+
+    def connected(self) -> None:
+        self._connected_at = time.monotonic()
+
+    def dropped(self, reason_code: Any, client_id: str) -> bool:
+        """A connection dropped; whether it looks like a clash (then it is logged)."""
+        short = time.monotonic() - self._connected_at < SHORT_SESSION_S
+        self._short = self._short + 1 if short else 0
+        if not short:
+            self._told = False
+        if getattr(reason_code, "value", None) != SESSION_TAKEN_OVER and self._short < 3:
+            return False
+        (log.info if self._told else log.error)(
+            "the broker keeps dropping this connection within seconds (%s): is another client using client id %r? "
+            "a second monitor on this host? give each monitor its own --client-id ([monitor] client_id)",
+            reason_code, client_id)
+        self._told = True
+        return True
+
+
 class Ingest:
     """Owns the MQTT client: connects, subscribes, falls back to 3.1.1, queues what arrives, acks what is stored."""
 
@@ -50,9 +79,7 @@ class Ingest:
         self.cfg, self.store = cfg, store
         self.batcher = Batcher(cfg.monitor, store, self._ack, on_batch)
         self.counters = self.batcher.counters
-        self.protocol = mqtt.MQTTv5
-        self.shared = cfg.monitor.shared
-        self.connected = threading.Event()
+        self.protocol, self.shared, self.connected = mqtt.MQTTv5, cfg.monitor.shared, threading.Event()
         self._queue, self._arrived = self.batcher.queue, self.batcher.arrived  # paho's thread feeds the batcher
         self._link = 0  # counts successful connections: a packet id is acknowledged only on the one it came in on
         # Arrival times of the messages not yet written (appended by paho's thread, taken from the left as batches
@@ -60,9 +87,7 @@ class Ingest:
         self._unwritten: deque[float] = deque()
         self._connack_seen = False
         self._refused = False  # the last CONNACK refused: the disconnect after it is the same failed attempt
-        self._connected_at = 0.0  # monotonic, of the last accepted connection
-        self._short_sessions = 0  # connections in a row dropped within SHORT_SESSION_S
-        self._clash_told = False  # the clash is logged once until a connection lasts again
+        self._clash = ClashWatch()
         self.fell_back = False
         # Says why the broker cannot be reached and when the next attempt comes, as the agent does (the same code).
         self.reach = Reach(cfg.host, cfg.port, MAX_BACKOFF_S, logger=log,
@@ -132,7 +157,7 @@ class Ingest:
                  version, "resumed" if getattr(flags, "session_present", False) else "new", self.reach.reached(),
                  self.subscription)
         self._link += 1
-        self._connected_at = time.monotonic()
+        self._clash.connected()
         client.subscribe(self.subscription, qos=1)
         self.connected.set()
 
@@ -153,24 +178,9 @@ class Ingest:
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any,
                        properties: Any) -> None:
-        # As the agent's link does: a connection that keeps dropping seconds after it was made is, most often,
-        # another client with this client id taking the session over (two monitors on one host with the default
-        # id); brokers do not always say so (0x8E).
-        short = self.connected.is_set() and time.monotonic() - self._connected_at < SHORT_SESSION_S
-        self._short_sessions = self._short_sessions + 1 if short else 0
-        if self.connected.is_set() and not short:
-            self._clash_told = False
-        if self.connected.is_set() and (getattr(reason_code, "value", None) == SESSION_TAKEN_OVER
-                                        or self._short_sessions >= 3):
-            (log.info if self._clash_told else log.error)(
-                "the broker keeps dropping this connection within seconds (%s): is another client using client id "
-                "%r? a second monitor on this host? give each monitor its own --client-id ([monitor] client_id)",
-                reason_code, self.cfg.client_id)
-            self._clash_told = True
-            self.reach.lost()
-        elif self.connected.is_set():
-            log.warning("disconnected from the broker (%s); reconnecting, the session keeps our messages",
-                        reason_code)
+        if self.connected.is_set():  # a clash is said in its own line (ClashWatch), any other drop in this one
+            self._clash.dropped(reason_code, self.cfg.client_id) or log.warning(
+                "disconnected from the broker (%s); reconnecting, the session keeps our messages", reason_code)
             self.reach.lost()
         elif not self.batcher.stopping.is_set() and not self._refused:  # closed before the broker accepted it
             self.reach.failed(f"the connection closed before the broker answered ({reason_code})", answered=True)
@@ -190,11 +200,10 @@ class Ingest:
 
     def lag(self, now: float | None = None) -> tuple[int, float]:
         """Messages received but not yet written, and the age in seconds of the oldest of them (0 when none)."""
-        now = time.time() if now is None else now
-        times = self._unwritten
+        times, now = self._unwritten, time.time() if now is None else now
         try:
             oldest = times[0]
-        except IndexError:
+        except IndexError:  # empty, or emptied meanwhile by the writer thread
             return 0, 0.0
         return len(times), round(max(now - oldest, 0.0), 1)
 

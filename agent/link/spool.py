@@ -25,26 +25,18 @@ as for any drop.
 
 from __future__ import annotations
 
-import fcntl
-import os
-import sqlite3
 import threading
 import time
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from ..errors import ConfigError
+from .spool_file import SpoolFile
 from .topics import encode
 
-T = TypeVar("T")
-
 MIN_BYTES = 128 * 1024  # the log's share (64 KB at least), the schema's 5 pages and room for some messages
-MIN_WAL_BYTES, MAX_WAL_BYTES = 64 * 1024, 4 * 1024 * 1024
-CACHE_KB = 256  # SQLite's page cache (see Spool.__init__)
-COMMIT_PAGES = 12  # what one put's commit may add to the log past the checkpoint mark (message, meta, freelist)
-RESERVE_PAGES = 4 * COMMIT_PAGES  # disk kept free for the log's next commits when the disk, not the bound, is short
 
 
 @dataclass(frozen=True)
@@ -52,12 +44,6 @@ class Spooled:
     id: int
     topic: str
     payload: bytes
-
-
-def _cannot_write(e: sqlite3.Error) -> bool:
-    """The disk is full or failed a write (SQLITE_FULL, an SQLITE_IOERR): the write failed, not the spool."""
-    code = getattr(e, "sqlite_errorcode", None)
-    return code is not None and (code & 0xFF) in (sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR)
 
 
 class Spool:
@@ -77,94 +63,14 @@ class Spool:
         self._unwritten = 0  # lost to a full disk since the last message stored: the next seq skips them
         self._unrecorded = 0  # dropped, counted here, not yet in the file (a full disk): with the next message
         self._undeleted: list[int] = []  # acknowledged, but a full disk refused their delete: the next ack's too
-        self.disk_short = False  # the last drops were for want of disk, not for the bound
-        self._log_short = False  # the disk's free space was below the log's reserve at the last put
-        self._lock_fd = self._claim()
-        try:
-            self._open()
-        except sqlite3.DatabaseError as e:  # a directory, a device, another program's file, a damaged spool
-            raise ConfigError(f"{self.path}: cannot use it as the spool ({e}); [agent] spool must name an SQLite "
-                              "file the agent can write (a damaged one: move it aside, it starts a new one)"
-                              ) from None
-
-    def _claim(self) -> int:
-        """One spool, one agent: a second copy beside the first (the same config started twice) would publish
-        the same device's messages from two timelines under one client id. Held until ``close`` (or death)."""
-        lock = self.path.with_name(self.path.name + ".lock")
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
-            os.close(fd)
-            raise ConfigError(f"{self.path}: in use by another vibrawatch-agent (pid {holder}); one spool serves one "
-                              "agent: stop that one, or give this one its own [agent] spool and device") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
-        return fd
-
-    def _open(self) -> None:
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        # SQLite's page cache, 2 MB by default: a put touches a few pages and a drain after an outage reads each
-        # page once, so 256 KB costs nothing in speed and keeps a resident 1.8 MB off the gateway after an outage.
-        self._db.execute(f"PRAGMA cache_size=-{CACHE_KB}")
-        self._page = int(self._db.execute("PRAGMA page_size").fetchone()[0])
-        # The log: checkpointed (by SQLite, after a commit) once it holds this many pages, truncated back to
-        # wal_bytes when it restarts, so it never passes wal_bytes (a commit beyond COMMIT_PAGES excepted).
-        wal_bytes = max(min(self.max_bytes // 8, MAX_WAL_BYTES), MIN_WAL_BYTES)
-        self._db.execute(f"PRAGMA journal_size_limit={wal_bytes}")
-        self._db.execute(f"PRAGMA wal_autocheckpoint={max(wal_bytes // self._page - COMMIT_PAGES, 1)}")
-        # The database file: the rest, less two pages a put may take before it drops (the file's high mark).
-        self._db_bytes = self.max_bytes - wal_bytes - 2 * self._page
-        self._db.execute("CREATE TABLE IF NOT EXISTS messages (id INTEGER PRIMARY KEY AUTOINCREMENT, "
-                         "topic TEXT NOT NULL, payload BLOB NOT NULL)")
-        self._db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)")
-        self._db.execute("INSERT OR IGNORE INTO meta VALUES ('seq', 0), ('dropped', 0)")
+        self._file = SpoolFile(self.path, self.max_bytes)  # this agent's only: a second copy stops here
+        self._db = self._file.db
         self._dropped = int(self._db.execute("SELECT value FROM meta WHERE key = 'dropped'").fetchone()[0])
-        self._write(lambda: self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)"))  # start small whatever the last
-        # run left (a full disk: later)
 
-    def _free_bytes(self) -> int | None:
-        """The disk's free bytes under the spool (None where it cannot be told), asked at every put: the log's
-        growth uses the disk too, and a look that is a moment old may already be wrong on a small disk."""
-        try:
-            st = os.statvfs(self.path.parent)
-        except OSError:
-            return None
-        return st.f_bavail * st.f_frsize
-
-    def _pages(self) -> int:
-        return int(self._db.execute("PRAGMA page_count").fetchone()[0])
-
-    def _room(self) -> tuple[int, int]:
-        """(bytes the database may use now, its pages): its bound, or what its file holds plus the disk's free
-        space beyond the log's reserve when that is less (``disk_short``; ``_log_short``: the log's reserve
-        itself is not free)."""
-        pages = self._pages()
-        free = self._free_bytes()
-        if free is None:
-            return self._db_bytes, pages
-        room = (pages - RESERVE_PAGES) * self._page + free
-        self.disk_short, self._log_short = room < self._db_bytes, free < RESERVE_PAGES * self._page
-        return min(room, self._db_bytes), pages
-
-    def _spare_the_disk(self) -> None:
-        """On a disk short of the log's reserve (seen by the last put), move the log into the database now and
-        truncate it (SQLite would let it grow to its checkpoint size first, which a small disk may not have)."""
-        if self._log_short:
-            try:
-                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            except sqlite3.OperationalError as e:
-                if not _cannot_write(e):
-                    raise
-
-    def _used_bytes(self, pages: int | None = None) -> int:
-        """Bytes of the database file in use (free pages are reused before the file grows)."""
-        pages = self._pages() if pages is None else pages
-        free = int(self._db.execute("PRAGMA freelist_count").fetchone()[0])
-        return (pages - free) * self._page
+    @property
+    def disk_short(self) -> bool:
+        """The last drops were for want of disk, not for the bound."""
+        return self._file.disk_short
 
     def put(self, topic: str, payload: Mapping[str, Any]) -> int | None:
         """Number a message with the device's next ``seq``, append it, and return the seq.
@@ -176,52 +82,23 @@ class Spool:
         truncated; it is counted in ``dropped`` and the next seq skips it.
         """
         with self._lock:
-            self._spare_the_disk()
-            done, seq = self._write(lambda: self._put(topic, payload))
+            if self._file.log_short:
+                self._file.truncate_log()
+            done, seq = self._file.write(lambda: self._put(topic, payload))
             if not done:
                 self._unwritten += 1
                 self._dropped += 1
             return seq
 
-    def _write(self, fn: Callable[[], T]) -> tuple[bool, T | None]:
-        """(True, ``fn()``); when the disk will not take the write, the log checkpointed and truncated (its pages
-        are the room to win back) and ``fn`` tried once more; (False, None) if it still cannot be written. The
-        caller holds the lock; ``fn`` is one transaction, rolled back when it fails."""
-        for attempt in range(2):
-            try:
-                return True, fn()
-            except sqlite3.OperationalError as e:
-                if not _cannot_write(e):
-                    raise
-            if attempt == 0:
-                try:
-                    self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-                except sqlite3.OperationalError as e:
-                    if not _cannot_write(e):
-                        raise
-        return False, None
-
     def _put(self, topic: str, payload: Mapping[str, Any]) -> int:
         """``put``'s one transaction; the in-memory bookkeeping follows only once it has committed."""
-        gone: list[int] = []
         self._db.execute("BEGIN IMMEDIATE")
         try:
             seq = int(self._db.execute("UPDATE meta SET value = value + 1 + ? WHERE key = 'seq' RETURNING value",
                                        (self._unwritten,)).fetchone()[0])
             data = encode({**payload, "seq": seq})
             self._db.execute("INSERT INTO messages (topic, payload) VALUES (?, ?)", (topic, data))
-            room, pages = self._room()
-            used = self._used_bytes(pages)
-            while used > room:
-                # A page is freed only when all its rows are gone: drop a few at a time, oldest first.
-                ids = [int(r[0]) for r in self._db.execute(
-                    "SELECT id FROM messages WHERE id > ? ORDER BY id LIMIT 8", (gone[-1] if gone else 0,)
-                ).fetchall()][:-1]  # never the newest
-                if not ids:
-                    break
-                self._db.execute(f"DELETE FROM messages WHERE id IN ({','.join('?' * len(ids))})", ids)
-                gone += ids
-                used = self._used_bytes()
+            gone = self._file.drop_oldest()
             dropped = sum(1 for i in gone if i not in self._in_flight)
             late = self._unwritten + self._unrecorded  # what a full disk kept out of the file until now
             if dropped or late:
@@ -251,7 +128,7 @@ class Spool:
             self._in_flight.clear()
             self._dropped_in_flight.clear()
             if lost:
-                done, _ = self._write(lambda: self._db.execute(
+                done, _ = self._file.write(lambda: self._db.execute(
                     "UPDATE meta SET value = value + ? WHERE key = 'dropped'", (lost,)))
                 if not done:
                     self._unrecorded += lost  # into the file with the next message stored
@@ -276,7 +153,7 @@ class Spool:
             self._dropped_in_flight.difference_update(message_ids)  # delivered after all
             ids = self._undeleted + list(message_ids)
             marks = ",".join("?" * len(ids))
-            done, _ = self._write(lambda: self._db.execute(f"DELETE FROM messages WHERE id IN ({marks})", ids))
+            done, _ = self._file.write(lambda: self._db.execute(f"DELETE FROM messages WHERE id IN ({marks})", ids))
             self._undeleted = [] if done else ids
             self._acked.notify_all()
 
@@ -313,10 +190,6 @@ class Spool:
         try:
             self.unsent()
             with self._lock:
-                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        except sqlite3.OperationalError as e:
-            if not _cannot_write(e):
-                raise
+                self._file.truncate_log()
         finally:
-            self._db.close()
-            os.close(self._lock_fd)
+            self._file.close()

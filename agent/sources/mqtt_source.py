@@ -165,6 +165,37 @@ def parse_samples(payload: bytes, max_bytes: int | None = None) -> Chunk:
     return Chunk(samples.astype(np.float32), t, fs_hz=fs_hz)
 
 
+def resent_run(behind: tuple[float, float] | None, t_start: float, n: int, fs_hz: float
+               ) -> tuple[tuple[float, float], float]:
+    """The run of messages refused as re-sent, in sequence, with this one (``n`` samples from ``t_start``): (its
+    first time, the next one due) and how many seconds it covers. A message that does not follow starts a run."""
+    start, due = behind or (t_start, t_start)
+    if abs(t_start - due) > 1.5 / fs_hz:
+        start = t_start
+    end = t_start + n / fs_hz
+    return (start, end), end - start
+
+
+class RefusalLog:
+    """Refused samples messages in the log: the first of each reason at once, then at most one line per reason per
+    LOG_EVERY_S with the count since (a flood must not fill the disk)."""
+
+    def __init__(self, topic: str) -> None:
+        self.topic = topic
+        self._logged: dict[str, tuple[float, int]] = {}  # reason -> (when last logged, count then)
+        self._counts: dict[str, int] = {}
+
+    def say(self, reason: str, message: str, size: int, rejected: int) -> None:
+        n = self._counts[reason] = self._counts.get(reason, 0) + 1
+        now = time.monotonic()
+        last = self._logged.get(reason)
+        if last is None or now - last[0] >= LOG_EVERY_S:
+            more = "" if last is None else f" ({n - last[1]} more since the last line)"
+            log.warning("%s: samples message refused (%d bytes; %d refused in all)%s: %s", self.topic, size,
+                        rejected, more, message)
+            self._logged[reason] = (now, n)
+
+
 @dataclass(frozen=True)
 class MqttSourceSettings:
     topic: str = ""  # where the sensor node publishes raw samples
@@ -236,8 +267,7 @@ topic = "sensors/press7/raw"          # on the agent's own broker connection ([m
         self.overflowed = 0
         self.trimmed = 0  # rows cut from messages that overlapped the last accepted one
         self.resent = 0  # messages refused whole because every sample in them was accepted before
-        self._logged: dict[str, tuple[float, int]] = {}  # reason -> (when last logged, count then)
-        self._counts: dict[str, int] = {}
+        self._said = RefusalLog(topic)
         self._last_t = 0.0
         self._end_t: float | None = None  # when the sample after the last accepted one is due (None: none yet)
         self._behind: tuple[float, float] | None = None  # refused as re-sent, in sequence: (first t, next t due)
@@ -285,16 +315,12 @@ topic = "sensors/press7/raw"          # on the agent's own broker connection ([m
                         "clock set back?)", self.topic, chunk.t_start, end_t - chunk.t_start)
             return chunk
         if k == n:
-            start, due = self._behind or (chunk.t_start, chunk.t_start)
-            if abs(chunk.t_start - due) > 1.5 / self.fs_hz:  # not the next of the run: a run of its own
-                start = chunk.t_start
-            chunk_end = chunk.t_start + n / self.fs_hz
-            if chunk_end - start >= RESYNC_S:
+            self._behind, run_s = resent_run(self._behind, chunk.t_start, n, self.fs_hz)
+            if run_s >= RESYNC_S:
                 log.warning("%s: samples have come in sequence for %.0f s, all %.0f s before the last accepted one: "
                             "taken as the timeline (a message stamped ahead, or a clock set back?)", self.topic,
-                            chunk_end - start, end_t - chunk_end)
+                            run_s, end_t - self._behind[1])
                 return chunk
-            self._behind = (start, chunk_end)
             last = end_t - 1 / self.fs_hz
             raise SamplesRefused(ALREADY_SEEN, detail=f"{n} samples from t={chunk.t_start:.6f}, the last accepted "
                                  f"one at t={last:.6f}")
@@ -309,14 +335,7 @@ topic = "sensors/press7/raw"          # on the agent's own broker connection ([m
 
     def _refuse(self, reason: str, message: str, size: int) -> None:
         self.rejected += 1
-        n = self._counts[reason] = self._counts.get(reason, 0) + 1
-        now = time.monotonic()
-        last = self._logged.get(reason)
-        if last is None or now - last[0] >= LOG_EVERY_S:
-            more = "" if last is None else f" ({n - last[1]} more since the last line)"
-            log.warning("%s: samples message refused (%d bytes; %d refused in all)%s: %s", self.topic, size,
-                        self.rejected, more, message)
-            self._logged[reason] = (now, n)
+        self._said.say(reason, message, size, self.rejected)
 
     def _put(self, chunk: Chunk) -> None:
         try:
