@@ -88,3 +88,43 @@ def test_train_takes_the_layout_by_channel_name(tiny_data: Path, tmp_path: Path)
     res = CliRunner().invoke(app, ["train", "--data", str(tiny_data), "--config", str(cfg), "--out",
                                    str(tmp_path / "r2"), "--quiet"])
     assert res.exit_code == 2 and "same_bearing: no channel 'bearing9'" in res.output and "bearing4" in res.output
+
+
+def test_directions_are_read_from_names_only_when_they_say_it() -> None:
+    """One direction word each, the rest of the name equal: one measuring point. Anything less plain stays apart."""
+    from vibrawatch.train.sensor_layout import bearing_indices, directions_by_name
+
+    assert directions_by_name(("horiz_acc_g", "vert_acc_g")) == (("horiz_acc_g", "vert_acc_g"),)
+    assert bearing_indices(None, ("B1_x", "B2_x", "B1_y", "B2_y")) == (0, 1, 0, 1)
+    assert bearing_indices(None, ("Horizontal_vibration_signals", "Vertical_vibration_signals")) == (0, 0)
+    for apart in [("bearing1", "bearing2", "bearing3", "bearing4"), ("DE_time", "FE_time", "BA_time"),
+                  ("b1_x", "b2_y"), ("b1_x", "b1_x_2"), ("x_h", "y_h")]:
+        assert bearing_indices(None, apart) is None, apart
+    assert bearing_indices((), ("horiz_acc_g", "vert_acc_g")) is None  # `same_bearing = []`: every channel apart
+
+
+def test_train_reads_the_directions_from_the_names_and_says_so(tiny_data: Path, tmp_path: Path) -> None:
+    """Through the CLI: a recording whose channels are two bearings' x and y gets that layout in its run, with a
+    note naming the channels read together; `same_bearing = []` in the config keeps them apart, silently."""
+    from typer.testing import CliRunner
+
+    from vibrawatch.convert.cli import app
+
+    with np.load(tiny_data) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["channels"] = np.array(["B1_x", "B1_y", "B2_x", "B2_y"])
+    data = tmp_path / "xy.npz"
+    np.savez(data, **arrays)
+    runner = CliRunner()
+    res = runner.invoke(app, ["train", "--data", str(data), "--healthy-until", "50%", "--config", str(TINY_CONFIG),
+                              "--out", str(tmp_path / "r"), "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "r" / "run.json").read_text())["events"]["bearings"] == [0, 0, 1, 1]
+    assert "channels B1_x and B1_y are read as directions of one bearing" in res.output
+    cfg = tmp_path / "apart.toml"
+    cfg.write_text(TINY_CONFIG.read_text() + "\n[product]\nsame_bearing = []\n")
+    res = runner.invoke(app, ["train", "--data", str(data), "--healthy-until", "50%", "--config", str(cfg),
+                              "--out", str(tmp_path / "r2"), "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert "bearings" not in json.loads((tmp_path / "r2" / "run.json").read_text())["events"]
+    assert "directions of one bearing" not in res.output

@@ -81,7 +81,8 @@ class ProductConfig:
     absolute: tuple[float, ...] | None = None
     # Channels that measure one bearing in several directions (horizontal, vertical, axial), e.g.
     # [["horiz_acc_g", "vert_acc_g"]]: the sensor layout, a fact of the installation, not a tuning. Attribution
-    # then compares bearings, so one bearing's directions never mask each other; by default every channel is a
+    # then compares bearings, so one bearing's directions never mask each other. None (not given): read from the
+    # channel names where they differ only by a direction word (train/sensor_layout.py); [] keeps every channel a
     # bearing of its own.
     same_bearing: tuple[tuple[str, ...], ...] | None = None
 

@@ -26,6 +26,7 @@ from vibrawatch.agent.errors import ConfigError
 from vibrawatch.agent.sources.simulate import BearingGeometry
 
 from .config import DiagnosisConfig, ProductConfig
+from .sensor_layout import bearing_indices, directions_by_name
 
 
 def frame_floor_values(data: Recording | FeatureTable, spec: FeatureSpec) -> np.ndarray:
@@ -75,27 +76,6 @@ def diagnosis_from_config(cfg: DiagnosisConfig, fs_hz: float, frame_length: int,
                      float(cfg.margin), str(cfg.statistic), own_lines=bool(cfg.own_lines))
 
 
-
-def bearing_indices(same_bearing: tuple[tuple[str, ...], ...] | None, channels: tuple[str, ...]
-                    ) -> tuple[int, ...] | None:
-    """``[product] same_bearing`` (lists of channel names, each one bearing's directions) -> each channel's bearing
-    index (``EventRule.bearings``); a channel in no list is a bearing of its own. None when not given."""
-    if not same_bearing:
-        return None
-    index: dict[str, int] = {}
-    for b, names in enumerate(same_bearing):
-        for name in names:
-            if name not in channels:
-                raise ConfigError(f"[product] same_bearing: no channel {name!r}; the channels are "
-                                  f"{', '.join(channels)}")
-            if name in index:
-                raise ConfigError(f"[product] same_bearing: channel {name!r} is on two bearings")
-            index[name] = b
-    compact: dict[tuple[str, int], int] = {}  # numbered in channel order: every index below the channel count
-    return tuple(compact.setdefault(("bearing", index[c]) if c in index else ("alone", i), len(compact))
-                 for i, c in enumerate(channels))
-
-
 def fit_product(
     data: Recording | FeatureTable,
     base: Detector,
@@ -123,12 +103,17 @@ def fit_product(
     # Axes from the first 80% of the healthy frames (they are the model's; commissioning keeps them); thresholds
     # from every healthy window: residuals of frames the axes were fitted on are optimistic.
     mean, axes = fit_pca(frames_scaled[: max(2, int(0.8 * last_healthy))], cfg.pca_variance)
+    bearings = bearing_indices(cfg.same_bearing, spec.channels)
+    if cfg.same_bearing is None:
+        for group in directions_by_name(spec.channels):
+            print(f"note: channels {' and '.join(group)} are read as directions of one bearing (their names differ "
+                  "only by a direction word); [product] same_bearing = [] keeps them apart", file=sys.stderr)
     parts: dict[str, Any] = {
         "floor": Floor(names, np.ones((k, n_ch)), np.ones((k, n_ch)), np.ones(n_ch)),
         "pca": PcaResidual(mean, axes, 1.0, np.ones(n_ch), pca_weights(frames_scaled[:last_healthy], mean, axes)),
         "own": OwnDeviation(np.zeros(spec.n_features), np.ones(spec.n_features)),
         "events": EventRule(cfg.transient_s, cfg.relaxed, cfg.grows, cfg.history, cfg.share, cfg.absolute,
-                            bearing_indices(cfg.same_bearing, spec.channels)),
+                            bearings),
     }
     if cfg.absolute is not None and len(cfg.absolute) != n_ch:
         raise ConfigError(f"[product] absolute: {len(cfg.absolute)} levels, expected one per channel "
