@@ -12,12 +12,13 @@ import io
 import json
 import os
 import platform
+import secrets
 import subprocess
 import tarfile
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -210,12 +211,7 @@ def check_bundle_out(out: Path) -> None:
 def write_bundle(files: dict[str, bytes], out: Path) -> None:
     """A directory, or a tar of regular files (no paths, fixed metadata) when ``out`` ends in .tar."""
     if out.suffix == ".tar":
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with tarfile.open(out, "w") as tar:
-            for name, data in files.items():
-                info = tarfile.TarInfo(name)
-                info.size, info.mode, info.mtime = len(data), 0o644, 0
-                tar.addfile(info, io.BytesIO(data))
+        _write_tar_atomic(files, out)
         return
     out.mkdir(parents=True, exist_ok=True)
     for stale in (SIGNATURE,):
@@ -223,6 +219,54 @@ def write_bundle(files: dict[str, bytes], out: Path) -> None:
             (out / stale).unlink()  # an old signature would not match the new manifest
     for name, data in files.items():
         (out / name).write_bytes(data)
+
+
+def _write_tar_atomic(files: dict[str, bytes], out: Path) -> None:
+    """The tar whole or not at all: written to a hidden temporary sibling, fsynced, renamed over ``out``; an
+    interrupted or failed convert (Ctrl-C, a full disk) leaves the previous bundle byte-identical."""
+    target = out.resolve() if out.is_symlink() else out  # a link to a bundle: the bundle it names is replaced
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # as tarfile made it: the user's umask
+    except OSError as e:
+        raise _not_written(out, e) from None
+    try:
+        with open(fd, "wb") as fh:
+            _tar_into(fh, files)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise _not_written(out, e) from None
+        raise
+    _fsync_dir(target.parent)
+
+
+def _tar_into(fh: BinaryIO, files: dict[str, bytes]) -> None:
+    """Regular files only, no paths, fixed metadata: the same bytes for the same files."""
+    with tarfile.open(fileobj=fh, mode="w") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(data), 0o644, 0
+            tar.addfile(info, io.BytesIO(data))
+
+
+def _not_written(out: Path, e: OSError) -> ConfigError:
+    """A full disk or a refused write said in one line, with what became of the previous bundle."""
+    kept = "the previous bundle is as it was" if out.exists() else "nothing was written"
+    return ConfigError(f"--out {out}: the bundle could not be written ({e.strerror or e}); {kept}")
+
+
+def _fsync_dir(d: Path) -> None:
+    """The rename itself on disk (POSIX: a directory's entries are made durable by fsyncing the directory)."""
+    fd = os.open(d, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def describe(path: str | Path) -> str:

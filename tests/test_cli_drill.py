@@ -3,10 +3,16 @@ all at once, and every mistake answered with one `error:` line and exit code 2, 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import os
 import shutil
+import subprocess
+import sys
+import tarfile
 from pathlib import Path
+from typing import IO
 
 import pytest
 from conftest import TINY_CONFIG, cli
@@ -82,6 +88,64 @@ def test_training_again_replaces_the_whole_run(own_run: Path, tiny_data: Path, t
                                                          "run.json", "windows.npz"]
     assert json.loads((own_run / "run.json").read_text())["window"]["length"] == 5
     assert _siblings(own_run) == []
+
+
+def test_a_train_removes_what_a_killed_train_left_and_only_that(own_run: Path, tiny_data: Path) -> None:
+    """A train killed by SIGKILL leaves its hidden work directory behind; the next train into the same run
+    removes it once the process that made it is gone, and leaves one whose process still runs (a second train
+    at work) or whose maker it cannot tell, saying so on one line."""
+    from vibrawatch.train.workdirs import host_tag
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    beside = own_run.parent
+    gone = beside / f".r.training-{dead.pid}-{host_tag()}-0123abcd"
+    alive = beside / f".r.training-{os.getpid()}-{host_tag()}-4567cdef"
+    unknown = beside / ".r.training-89abcdef"  # an older vibrawatch's name: no maker in it
+    for d in (gone, alive, unknown):
+        d.mkdir()
+        (d / "model.keras").write_bytes(b"half a model")
+    result = _invoke("train", "--data", tiny_data, "--healthy-until", "50%", "--config", TINY_CONFIG,
+                     "--out", own_run, "--quiet")
+    assert result.exit_code == 0, result.output
+    assert _siblings(own_run) == sorted([alive.name, unknown.name])
+    assert f"note: {alive}: an unfinished train's directory left in place (process {os.getpid()} that made it is " \
+           f"still running); remove it once no train writes to {own_run}" in result.stderr.splitlines()
+    assert f"note: {unknown}: an unfinished train's directory left in place (no maker" in result.stderr
+    assert str(gone) not in result.stderr
+
+
+def test_a_convert_that_fails_half_way_leaves_the_old_bundle_byte_identical(
+        tiny_run: Path, tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A disk full after the tar's first member: before, the .tar was rewritten in place and left truncated; now
+    the bundle is written to a hidden temporary file renamed over it when complete, removed on failure."""
+    from vibrawatch.agent.model.bundle import load_bundle
+
+    folder = tmp_path / "bundles"
+    folder.mkdir()
+    bundle = folder / "b.tar"
+    shutil.copyfile(tiny_bundle, bundle)
+    before = bundle.read_bytes()
+    add = tarfile.TarFile.addfile
+    written: list[str] = []
+
+    def full_disk(self: tarfile.TarFile, info: tarfile.TarInfo, fileobj: IO[bytes] | None = None) -> None:
+        if written:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        written.append(info.name)
+        add(self, info, fileobj)
+
+    monkeypatch.setattr(tarfile.TarFile, "addfile", full_disk)
+    out = _fails("convert", tiny_run, "--out", bundle)
+    assert f"--out {bundle}: the bundle could not be written ({os.strerror(errno.ENOSPC)}); the previous bundle " \
+           "is as it was" in out
+    assert written and bundle.read_bytes() == before
+    assert sorted(p.name for p in folder.iterdir()) == ["b.tar"]  # no temporary file left beside it
+
+    monkeypatch.undo()  # the disk has room again: the bundle is replaced whole
+    cli("convert", tiny_run, "--out", bundle)
+    load_bundle(bundle)
+    assert sorted(p.name for p in folder.iterdir()) == ["b.tar"]
 
 
 def test_train_refuses_an_out_that_is_a_file_or_holds_other_files_before_training(tmp_path: Path) -> None:

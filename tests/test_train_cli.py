@@ -46,6 +46,17 @@ def _fails(*args: object) -> str:
     return result.output
 
 
+def _apart(*args: object) -> tuple[str, str]:
+    """A command's stdout and stderr apart: the JSON a script reads, and the notes beside it."""
+    from typer.testing import CliRunner
+
+    from vibrawatch.convert.cli import app
+
+    result = CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.stdout, result.stderr
+
+
 def test_config_typo_is_an_error_naming_file_and_key(tmp_path: Path, tiny_data: Path) -> None:
     cfg = tmp_path / "typo.toml"
     cfg.write_text("[model]\nwindwo = 5\n")
@@ -212,8 +223,14 @@ def test_train_takes_a_tables_time_column_by_name(tmp_path: Path) -> None:
     meta = json.loads((tmp_path / "r" / "run.json").read_text())
     assert meta["features"]["channels"] == ["bearing1", "bearing2", "bearing3"]
     assert meta["training"]["time_column"] == "RECORDED"
-    r = json.loads(cli("evaluate", tmp_path / "r", "--data", data, "--json", "--quiet"))
+    out, err = _apart("evaluate", tmp_path / "r", "--data", data, "--json", "--quiet")
+    r = json.loads(out)
     assert r["warning"]["channel"] == "bearing1" and r["failure_at"] == "2024-03-03 01:50:00"
+    # taken without being asked: said on stderr, so a table read oddly has its likeliest reason in sight
+    assert f"note: {data}: time column 'RECORDED' taken from the training run ({tmp_path / 'r' / 'run.json'}); " \
+           "give --time-column to choose another" in err.splitlines()
+    out, err = _apart("evaluate", tmp_path / "r", "--data", data, "--time-column", "recorded", "--json", "--quiet")
+    assert json.loads(out)["warning"]["channel"] == "bearing1" and "time column" not in err
 
     out = _fails("train", "--data", data, "--time-column", "when", "--config", cfg, "--out", tmp_path / "x")
     assert "no column named 'when' for the time" in out and "'recorded'" in out

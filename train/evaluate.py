@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -126,11 +127,7 @@ def evaluate_run(
     if set(outside_names) - set(OWN):
         require_pyod()  # before the slow part: a missing extra is said at once
     run = Run.open(run_dir)
-    # a table the run was trained on with --time-column is read the same way unless told otherwise
-    trained_tc = run.meta.get("training", {}).get("time_column")
-    if time_column is None and trained_tc is not None and detect_format(data_path) == "csv":
-        time_column = str(trained_tc)
-    data = load_data(data_path, time_column)
+    data = load_data(data_path, _time_column(run, data_path, time_column))
     check_data(run, data)
     d = run.detector
     spec = d.spec
@@ -224,6 +221,17 @@ def evaluate_run(
         p.evaluation_plots(run.path, data, spec, product, report, relative, t_healthy)
     write_atomic(run.path / f"evaluation_{data_stem(data_path)}.json", json.dumps(report, indent=2))
     return report
+
+
+def _time_column(run: Run, data_path: str, time_column: str | None) -> str | None:
+    """A table the run was trained on with --time-column is read the same way unless told otherwise; said on
+    stderr, since a reused column the user did not name is the likeliest reason a table reads oddly."""
+    trained = run.meta.get("training", {}).get("time_column")
+    if time_column is not None or trained is None or detect_format(data_path) != "csv":
+        return time_column
+    print(f"note: {data_path}: time column {str(trained)!r} taken from the training run ({run.path / 'run.json'}); "
+          "give --time-column to choose another", file=sys.stderr)
+    return str(trained)
 
 
 def write_atomic(path: Path, text: str) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import secrets
 import shutil
 import sys
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from vibrawatch.agent.sources.loaders import detect_format
 
 from .config import TrainConfig, load_config
 from .dataset import build_spec, featurize, format_time, healthy_end_time, load_data, make_windows
+from .workdirs import sibling, sweep_abandoned
 
 RUN_SCHEMA = "vibrawatch.run/2"  # /2: the detector's fields under the bundle manifest's keys
 DEFAULT_HEALTHY = "30%"
@@ -165,6 +165,7 @@ def train_run(
     from . import plots
 
     out = check_out_dir(Path(out_dir))  # before the slow part: a wrong --out is said at once
+    sweep_abandoned(out, "training")  # what a train killed by SIGKILL left beside this run
     cfg: TrainConfig = load_config(config_path)
     data = load_data(data_path, time_column)
     spec = build_spec(data, cfg)
@@ -220,7 +221,7 @@ def train_run(
     ch_thr = fit_channel_thresholds(contrib[healthy], cfg.threshold)
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    work = _sibling(out, "training")
+    work = sibling(out, "training")
     work.mkdir()  # as the run will be: with the user's umask
     try:
         m.save(model, work / "model.keras")
@@ -315,11 +316,6 @@ def check_out_dir(out: Path) -> Path:
     return out
 
 
-def _sibling(out: Path, what: str) -> Path:
-    """A hidden name beside ``out`` for a run being built or replaced (never a name a user would pick)."""
-    return out.parent / f".{out.name}.{what}-{secrets.token_hex(4)}"
-
-
 def _fsync_tree(d: Path) -> None:
     for q in d.iterdir():
         if q.is_file():
@@ -336,7 +332,7 @@ def publish(work: Path, out: Path) -> None:
     if not out.exists():
         os.rename(work, out)  # an empty directory made meanwhile is replaced too
         return
-    old = _sibling(out, "old")  # two renames: between them (microseconds) the old run waits under a hidden name
+    old = sibling(out, "old")  # two renames: between them (microseconds) the old run waits under a hidden name
     moved = False
     try:
         os.rename(out, old)
