@@ -16,6 +16,7 @@ import secrets
 import subprocess
 import tarfile
 import tempfile
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -24,7 +25,7 @@ import numpy as np
 
 from vibrawatch.agent.detect.decide import Decision, reconstruction_scores, run_alarms
 from vibrawatch.agent.detect.infer import TFLiteModel
-from vibrawatch.agent.errors import ConfigError
+from vibrawatch.agent.errors import ConfigError, VibrawatchError
 from vibrawatch.agent.model.bundle import MANIFEST, MODEL, SCHEMA, SIGNATURE, load_bundle, sha256
 
 from .tflite import ConversionError, check_ops, convert_keras, n_lstm_layers, rebuild_batch1
@@ -172,8 +173,7 @@ def build_bundle(run_dir: str | Path, out: str | Path, quantize: str = "none", s
         from vibrawatch.agent.model.signing import sign
 
         files[SIGNATURE] = sign(files[MANIFEST], sign_key)
-    write_bundle(files, Path(out))
-    load_bundle(out)  # the agent's own checks, before anyone ships it
+    write_bundle(files, Path(out), check=load_bundle)  # the agent's own checks, before anyone ships it
     return {"bundle": str(out), "version": manifest["version"], "quantize": quantize, "size_bytes": len(content),
             "ops": dict(sorted(ops.items())), "parity": metrics, "runtimes": runtimes, "signed": sign_key is not None,
             "forced": bool(problems)}
@@ -208,10 +208,12 @@ def check_bundle_out(out: Path) -> None:
         raise ConfigError(f"--out {out}: {parent} is a file, not a directory")
 
 
-def write_bundle(files: dict[str, bytes], out: Path) -> None:
-    """A directory, or a tar of regular files (no paths, fixed metadata) when ``out`` ends in .tar."""
+def write_bundle(files: dict[str, bytes], out: Path, check: Callable[[Path], object] | None = None) -> None:
+    """A directory, or a tar of regular files (no paths, fixed metadata) when ``out`` ends in .tar. ``check`` (the
+    agent's ``load_bundle``) reads the new bundle before it replaces a tar: one that fails it never takes the old
+    one's place."""
     if out.suffix == ".tar":
-        _write_tar_atomic(files, out)
+        _write_tar_atomic(files, out, check)
         return
     out.mkdir(parents=True, exist_ok=True)
     for stale in (SIGNATURE,):
@@ -219,9 +221,11 @@ def write_bundle(files: dict[str, bytes], out: Path) -> None:
             (out / stale).unlink()  # an old signature would not match the new manifest
     for name, data in files.items():
         (out / name).write_bytes(data)
+    if check is not None:
+        check(out)
 
 
-def _write_tar_atomic(files: dict[str, bytes], out: Path) -> None:
+def _write_tar_atomic(files: dict[str, bytes], out: Path, check: Callable[[Path], object] | None) -> None:
     """The tar whole or not at all: written to a hidden temporary sibling, fsynced, renamed over ``out``; an
     interrupted or failed convert (Ctrl-C, a full disk) leaves the previous bundle byte-identical."""
     target = out.resolve() if out.is_symlink() else out  # a link to a bundle: the bundle it names is replaced
@@ -236,6 +240,8 @@ def _write_tar_atomic(files: dict[str, bytes], out: Path) -> None:
             _tar_into(fh, files)
             fh.flush()
             os.fsync(fh.fileno())
+        if check is not None:
+            _checked(check, tmp, out)
         os.replace(tmp, target)
     except BaseException as e:
         tmp.unlink(missing_ok=True)
@@ -243,6 +249,15 @@ def _write_tar_atomic(files: dict[str, bytes], out: Path) -> None:
             raise _not_written(out, e) from None
         raise
     _fsync_dir(target.parent)
+
+
+def _checked(check: Callable[[Path], object], tmp: Path, out: Path) -> None:
+    """The new bundle read back by the agent's own checks; a failure is said of ``out``, not of the hidden file."""
+    try:
+        check(tmp)
+    except (VibrawatchError, ValueError, OSError) as e:
+        kept = "the previous bundle is as it was" if out.exists() else "nothing was written"
+        raise ConfigError(f"--out {out}: the new bundle fails the agent's checks ({e}); {kept}") from None
 
 
 def _tar_into(fh: BinaryIO, files: dict[str, bytes]) -> None:

@@ -148,6 +148,29 @@ def test_a_convert_that_fails_half_way_leaves_the_old_bundle_byte_identical(
     assert sorted(p.name for p in folder.iterdir()) == ["b.tar"]
 
 
+def test_a_new_bundle_that_fails_the_agents_checks_never_replaces_the_old_one(
+        tiny_run: Path, tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`convert` reads the new tar back with the agent's own checks before the rename: before, a bundle whose
+    self-test failed had already replaced the good one when the error was said."""
+    from vibrawatch.agent.model.bundle import BundleSelfTestError
+    from vibrawatch.convert import bundle as writer
+
+    folder = tmp_path / "bundles"
+    folder.mkdir()
+    bundle = folder / "b.tar"
+    shutil.copyfile(tiny_bundle, bundle)
+    before = bundle.read_bytes()
+
+    def failing(path: Path) -> None:
+        raise BundleSelfTestError(f"{path}: golden outputs differ by 0.5")
+
+    monkeypatch.setattr(writer, "load_bundle", failing)
+    out = _fails("convert", tiny_run, "--out", bundle)
+    assert f"--out {bundle}: the new bundle fails the agent's checks" in out and "golden outputs differ" in out
+    assert "the previous bundle is as it was" in out
+    assert bundle.read_bytes() == before and sorted(p.name for p in folder.iterdir()) == ["b.tar"]
+
+
 def test_train_refuses_an_out_that_is_a_file_or_holds_other_files_before_training(tmp_path: Path) -> None:
     f = tmp_path / "notes.txt"
     f.write_text("mine")
