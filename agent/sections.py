@@ -43,6 +43,16 @@ def checked(default: Any, ok: Callable[[Any], bool], expected: str) -> Any:
     return field(default=default, metadata={"check": (ok, expected)})
 
 
+def check_fields(obj: Any, where: str) -> None:
+    """Every ``checked`` field of dataclass ``obj`` against its own bound: the one rule for a value from a config
+    file (``parse_section`` says it with the file) and one made in code or read from a manifest."""
+    for f in fields(obj):
+        check = f.metadata.get("check")
+        value = getattr(obj, f.name)
+        if check is not None and not check[0](value):
+            raise ConfigError(f"{where}.{f.name} = {value!r}: expected {check[1]}")
+
+
 def path_field(default: Any = None) -> Any:
     """A field naming a file: a relative name is taken relative to the config file."""
     return field(default=default, metadata={"path": True})

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError
-from ..sections import checked
+from ..sections import check_fields, checked
 
 
 def reconstruction_scores(
@@ -66,10 +66,7 @@ class AlarmRule:
     hysteresis: float = checked(0.8, lambda v: math.isfinite(v) and 0 < v <= 1, "a number in (0, 1]")
 
     def __post_init__(self) -> None:
-        if self.raise_after < 1 or self.clear_after < 1:
-            raise ConfigError("alarm: raise_after and clear_after must be >= 1")
-        if not 0 < self.hysteresis <= 1:
-            raise ConfigError(f"alarm.hysteresis: {self.hysteresis} must be in (0, 1]")
+        check_fields(self, "alarm")
 
     def to_dict(self) -> dict[str, Any]:
         return {"raise_after": self.raise_after, "clear_after": self.clear_after, "hysteresis": self.hysteresis}
