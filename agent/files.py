@@ -17,3 +17,13 @@ def creatable_dir(d: Path) -> tuple[bool, Path]:
     while not anc.exists() and anc != anc.parent:
         anc = anc.parent
     return anc.is_dir() and os.access(anc, os.W_OK | os.X_OK), anc
+
+
+def fsync_dir(d: Path) -> None:
+    """Make a rename or a new entry in ``d`` durable (POSIX: a directory's entries are on disk once the directory
+    itself is fsynced)."""
+    fd = os.open(d, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -26,6 +26,7 @@ import numpy as np
 from vibrawatch.agent.detect.decide import Decision, reconstruction_scores, run_alarms
 from vibrawatch.agent.detect.infer import TFLiteModel
 from vibrawatch.agent.errors import ConfigError, VibrawatchError
+from vibrawatch.agent.files import fsync_dir
 from vibrawatch.agent.model.bundle import MANIFEST, MODEL, SCHEMA, SIGNATURE, load_bundle, sha256
 
 from .tflite import ConversionError, check_ops, convert_keras, n_lstm_layers, rebuild_batch1
@@ -248,7 +249,7 @@ def _write_tar_atomic(files: dict[str, bytes], out: Path, check: Callable[[Path]
         if isinstance(e, OSError):
             raise _not_written(out, e) from None
         raise
-    _fsync_dir(target.parent)
+    fsync_dir(target.parent)
 
 
 def _checked(check: Callable[[Path], object], tmp: Path, out: Path) -> None:
@@ -273,15 +274,6 @@ def _not_written(out: Path, e: OSError) -> ConfigError:
     """A full disk or a refused write said in one line, with what became of the previous bundle."""
     kept = "the previous bundle is as it was" if out.exists() else "nothing was written"
     return ConfigError(f"--out {out}: the bundle could not be written ({e.strerror or e}); {kept}")
-
-
-def _fsync_dir(d: Path) -> None:
-    """The rename itself on disk (POSIX: a directory's entries are made durable by fsyncing the directory)."""
-    fd = os.open(d, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def describe(path: str | Path) -> str:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..files import fsync_dir
 from ..link.topics import iso
 from ..sections import checked, within
 from .bundle import Bundle, load_bundle
@@ -43,14 +44,6 @@ class DeploySection:
     probation_restarts: int = checked(2, within(0, 1000), "a number of restarts, 0 to 1000")
     # how long to wait for the bundle after its request
     fetch_timeout_s: float = checked(120.0, within(1e-3, 86400), "seconds above 0, at most a day")
-
-
-def _fsync_dir(d: Path) -> None:
-    fd = os.open(d, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _crash_point(name: str) -> None:
@@ -87,7 +80,7 @@ class StateDir:
         tmp.unlink(missing_ok=True)
         os.symlink(target, tmp)
         os.replace(tmp, self.root / name)
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
 
     def read_state(self) -> dict[str, Any]:
         """``state.json``, or the state of a gateway that never took a deploy."""
@@ -106,7 +99,7 @@ class StateDir:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, self.state_file)
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
 
 
 def bundle_path(section: DeploySection, configured: str | Path) -> Path:
@@ -136,7 +129,7 @@ def swap(sd: StateDir, staged: Path, state: dict[str, Any], record: dict[str, An
     knows whether the swap happened."""
     final = sd.bundles / staged.name
     os.replace(staged, final)
-    _fsync_dir(sd.bundles)
+    fsync_dir(sd.bundles)
     _crash_point("staged")
     record["path"] = str(final)
     sd.write_state({**state, "last_deployment": record["deployment"], "probation": record})
