@@ -366,3 +366,19 @@ def test_the_gateway_refuses_a_mat_file_and_says_where_it_is_read(tmp_path: Path
     p = _cwru_mat(tmp_path / "105.mat", {"X105_DE_time": np.ones((50, 1))})
     with pytest.raises(DataFormatError, match="read on the workstation"):
         load(p)
+
+
+def test_an_eight_channel_ims_directory_names_each_bearings_two_directions(tmp_path: Path) -> None:
+    """IMS test 1 records two accelerometers a bearing (x and y): the names say so, and training reads them as
+    one bearing's directions (train/sensor_layout.py) rather than eight bearings."""
+    from vibrawatch.train.sensor_layout import bearing_indices
+
+    d = _ims_copy(tmp_path, 2)
+    for p in d.iterdir():
+        rows = [ln.split("\t") for ln in p.read_text().splitlines() if ln.strip()]
+        p.write_text("".join("\t".join(r + r) + "\n" for r in rows))  # eight columns, as test 1 has
+    rec = load(d)
+    assert rec.data.shape[2] == 8
+    assert rec.channels == ("bearing1_x", "bearing1_y", "bearing2_x", "bearing2_y", "bearing3_x", "bearing3_y",
+                            "bearing4_x", "bearing4_y")
+    assert bearing_indices(None, rec.channels) == (0, 0, 1, 1, 2, 2, 3, 3)

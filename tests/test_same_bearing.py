@@ -97,6 +97,8 @@ def test_directions_are_read_from_names_only_when_they_say_it() -> None:
     assert directions_by_name(("horiz_acc_g", "vert_acc_g")) == (("horiz_acc_g", "vert_acc_g"),)
     assert bearing_indices(None, ("B1_x", "B2_x", "B1_y", "B2_y")) == (0, 1, 0, 1)
     assert bearing_indices(None, ("Horizontal_vibration_signals", "Vertical_vibration_signals")) == (0, 0)
+    assert bearing_indices(None, ("b1x", "b1y", "b2x", "b2y")) == (0, 0, 1, 1)  # a direction glued to a number
+    assert bearing_indices(None, ("x1", "x2", "x3")) is None  # one direction at three points: three bearings
     for apart in [("bearing1", "bearing2", "bearing3", "bearing4"), ("DE_time", "FE_time", "BA_time"),
                   ("b1_x", "b2_y"), ("b1_x", "b1_x_2"), ("x_h", "y_h")]:
         assert bearing_indices(None, apart) is None, apart

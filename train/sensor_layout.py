@@ -4,9 +4,9 @@ names when they say it plainly (docs/detection.md, "Attribution").
 A bearing housing is measured in up to three directions (horizontal, vertical, axial; x, y, z on a triaxial
 sensor), and condition monitoring reads those directions as one measuring point: a fault shows in whichever
 direction the load and the housing's stiffness favour, and may move from one to another as it grows. Channels
-whose names differ only by a direction word (``horiz_acc_g`` / ``vert_acc_g``, ``B1_x`` / ``B1_y``) are such a
-point. Nothing is guessed beyond that: names with no direction word, or whose other words differ, stay bearings of
-their own, and ``same_bearing = []`` keeps every channel apart whatever its name."""
+whose names differ only by a direction word (``horiz_acc_g`` / ``vert_acc_g``, ``B1_x`` / ``B1_y``, ``b1x`` /
+``b1y``) are such a point. Nothing is guessed beyond that: names with no direction word, or whose other words
+differ, stay bearings of their own, and ``same_bearing = []`` keeps every channel apart whatever its name."""
 
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ DIRECTIONS = frozenset({"x", "y", "z", "h", "v", "hor", "horiz", "horizontal", "
 
 
 def _words(name: str) -> list[str]:
-    return [w for w in re.split(r"[^0-9a-z]+", name.lower()) if w]
+    """Lower-case words, split at anything not a letter or a digit and where letters meet digits (``b1x``: b, 1, x)."""
+    return re.findall(r"[a-z]+|[0-9]+", name.lower())
 
 
 def directions_by_name(channels: tuple[str, ...]) -> tuple[tuple[str, ...], ...]:

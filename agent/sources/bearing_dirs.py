@@ -106,7 +106,7 @@ def load_ims_dir(path: str | Path, fs_hz: float = IMS_FS_HZ) -> Recording:
     for i, (_, p) in enumerate(timed[1:], start=1):
         data[i] = read_ims_file(p, n_channels=first.shape[1], n_rows=first.shape[0])
     channels = tuple(f"bearing{i + 1}" for i in range(first.shape[1])) if first.shape[1] == 4 else tuple(
-        f"bearing{i // 2 + 1}{'xy'[i % 2]}" for i in range(first.shape[1])
+        f"bearing{i // 2 + 1}_{'xy'[i % 2]}" for i in range(first.shape[1])  # test 1: two directions a bearing
     )
     times = np.array([t for t, _ in timed], dtype=np.float64)
     return Recording(data, times, float(fs_hz), channels, str(d))
