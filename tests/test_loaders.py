@@ -12,7 +12,7 @@ from conftest import shared
 
 from vibrawatch.agent.detect.recording import FeatureTable, Recording
 from vibrawatch.agent.errors import DataFormatError
-from vibrawatch.agent.sources.bearing_dirs import load_ims_dir
+from vibrawatch.agent.sources.bearing_dirs import load_ims_dir, load_xjtu_dir
 from vibrawatch.agent.sources.loaders import detect_format, load, save_snapshot_npz
 from vibrawatch.train import cwru
 
@@ -382,3 +382,48 @@ def test_an_eight_channel_ims_directory_names_each_bearings_two_directions(tmp_p
     assert rec.channels == ("bearing1_x", "bearing1_y", "bearing2_x", "bearing2_y", "bearing3_x", "bearing3_y",
                             "bearing4_x", "bearing4_y")
     assert bearing_indices(None, rec.channels) == (0, 0, 1, 1, 2, 2, 3, 3)
+
+
+XJTU_HEADER = "Horizontal_vibration_signals,Vertical_vibration_signals"
+
+
+def _xjtu_dir(tmp_path: Path, acc: np.ndarray, first: int = 1) -> Path:
+    """An XJTU-SY bearing directory as published: N.csv a minute, a header, then horizontal,vertical per row."""
+    d = tmp_path / "Bearing1_1"
+    d.mkdir()
+    for i, snap in enumerate(acc):
+        rows = "".join(f"{h:.6g},{v:.6g}\n" for h, v in snap)
+        (d / f"{first + i}.csv").write_text(f"{XJTU_HEADER}\n{rows}")
+    return d
+
+
+def test_xjtu_directory_as_published(tmp_path: Path) -> None:
+    """Numbered by minute, channels named by the header (one bearing's two directions: the layout is read from
+    those names), every file checked against the first."""
+    from vibrawatch.train.sensor_layout import bearing_indices
+
+    acc = np.random.default_rng(1).normal(size=(3, 50, 2)).astype(np.float32)
+    d = _xjtu_dir(tmp_path, acc)
+    assert detect_format(d) == "xjtu_dir"
+    rec = load(d)
+    assert isinstance(rec, Recording) and rec.relative_time and rec.fs_hz == 25600.0
+    assert rec.channels == ("Horizontal_vibration_signals", "Vertical_vibration_signals")
+    assert list(rec.timestamps) == [0.0, 60.0, 120.0]  # 1.csv, 2.csv, 3.csv: a file a minute
+    np.testing.assert_allclose(rec.data, acc, rtol=1e-5)
+    assert bearing_indices(None, rec.channels) == (0, 0)
+
+    lines = (d / "2.csv").read_text().splitlines()
+    lines[7] = "0.1,abc"
+    (d / "2.csv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataFormatError, match=r"2\.csv.*line 8, column 2: 'abc' is not a finite number"):
+        load(d)
+    (d / "2.csv").write_text("a,b\n" + "\n".join(lines[1:7]) + "\n")
+    with pytest.raises(DataFormatError, match=r"2\.csv.*line 1: header 'a,b'"):
+        load(d)
+    (d / "2.csv").write_text(f"{XJTU_HEADER}\n" + "\n".join(lines[1:7]) + "\n")
+    with pytest.raises(DataFormatError, match=r"2\.csv: 6 rows \(expected 50 rows like the first"):
+        load(d)
+    (d / "2.csv").unlink()
+    (d / "notes.txt").write_text("hello")
+    with pytest.raises(DataFormatError, match="not an XJTU-SY snapshot file name"):
+        load_xjtu_dir(d)

@@ -106,23 +106,29 @@ def test_directions_are_read_from_names_only_when_they_say_it() -> None:
 
 
 def test_train_reads_the_directions_from_the_names_and_says_so(tiny_data: Path, tmp_path: Path) -> None:
-    """Through the CLI: a recording whose channels are two bearings' x and y gets that layout in its run, with a
-    note naming the channels read together; `same_bearing = []` in the config keeps them apart, silently."""
+    """Through the CLI, on an XJTU-SY directory as published (N.csv a minute, a header naming the horizontal and
+    vertical columns): the run gets that layout, with a note naming the channels read together; `same_bearing =
+    []` in the config keeps them apart, silently."""
     from typer.testing import CliRunner
 
     from vibrawatch.convert.cli import app
 
     with np.load(tiny_data) as z:
-        arrays = {k: z[k] for k in z.files}
-    arrays["channels"] = np.array(["B1_x", "B1_y", "B2_x", "B2_y"])
-    data = tmp_path / "xy.npz"
-    np.savez(data, **arrays)
+        acc = z["data"][:, :, :2]  # the simulator's failing bearing and a neighbour, as two columns
+    data = tmp_path / "Bearing1_1"
+    data.mkdir()
+    for i, snap in enumerate(acc, start=1):
+        body = "\n".join(f"{h:.6g},{v:.6g}" for h, v in snap.tolist())
+        (data / f"{i}.csv").write_text(f"Horizontal_vibration_signals,Vertical_vibration_signals\n{body}\n")
     runner = CliRunner()
     res = runner.invoke(app, ["train", "--data", str(data), "--healthy-until", "50%", "--config", str(TINY_CONFIG),
                               "--out", str(tmp_path / "r"), "--quiet"])
     assert res.exit_code == 0, res.output
-    assert json.loads((tmp_path / "r" / "run.json").read_text())["events"]["bearings"] == [0, 0, 1, 1]
-    assert "channels B1_x and B1_y are read as directions of one bearing" in res.output
+    run = json.loads((tmp_path / "r" / "run.json").read_text())
+    assert run["events"]["bearings"] == [0, 0]
+    assert run["features"]["channels"] == ["Horizontal_vibration_signals", "Vertical_vibration_signals"]
+    assert ("channels Horizontal_vibration_signals and Vertical_vibration_signals are read as directions of one "
+            "bearing") in res.output
     cfg = tmp_path / "apart.toml"
     cfg.write_text(TINY_CONFIG.read_text() + "\n[product]\nsame_bearing = []\n")
     res = runner.invoke(app, ["train", "--data", str(data), "--healthy-until", "50%", "--config", str(cfg),

@@ -6,8 +6,11 @@
   minute, second, microsecond, horizontal and vertical acceleration (g), separated by ``,`` or ``;``;
   ``temp_NNNNN.csv`` files beside them are skipped. Time is the file number x 10 s (the row times are the
   test bench's clock, which wraps at midnight and is corrupt in a few published files).
+- XJTU-SY (``xjtu_dir``): ``N.csv``, one file per snapshot (every minute, 32,768 samples at 25.6 kHz), a header
+  naming the two columns (``Horizontal_vibration_signals,Vertical_vibration_signals``) then one row per sample.
+  Time is (the file number - the first's) x 60 s; the channels are named by the header, as published.
 
-Both check every row of every file: a short row, a word where a number belongs, a foreign file name or two
+Each checks every row of every file: a short row, a word where a number belongs, a foreign file name or two
 files for one moment stop the load with the file, the line and what was expected. ``loaders`` recognises
 the directories and calls these.
 """
@@ -28,6 +31,9 @@ IMS_FS_HZ = 20000.0
 FEMTO_NAME = re.compile(r"^acc_(\d+)\.csv$")
 FEMTO_INTERVAL_S = 10.0
 FEMTO_FS_HZ = 25600.0
+XJTU_NAME = re.compile(r"^(\d+)\.csv$")
+XJTU_INTERVAL_S = 60.0
+XJTU_FS_HZ = 25600.0
 
 
 def ims_time(name: str) -> float | None:
@@ -127,24 +133,7 @@ def read_femto_file(path: Path, n_rows: int | None = None) -> np.ndarray:
                               "microsecond, horizontal acc, vertical acc")
     sep = ";" if ";" in lines[0] else ","
     expected = f"6 '{sep}'-separated numbers: hour, minute, second, microsecond, horizontal acc, vertical acc"
-    try:
-        arr = np.array([ln.split(sep) for ln in lines], dtype=np.float64)
-    except ValueError:
-        arr = None
-    if arr is None or arr.ndim != 2 or arr.shape[1] != 6 or not np.all(np.isfinite(arr)):
-        for i, ln in enumerate(lines, start=1):
-            cells = ln.split(sep)
-            if len(cells) != 6:
-                raise DataFormatError(path, f"{len(cells)} columns", where=f"line {i}", expected=expected)
-            for j, c in enumerate(cells, start=1):
-                try:
-                    ok = np.isfinite(float(c))
-                except ValueError:
-                    ok = False
-                if not ok:
-                    raise DataFormatError(path, f"{c.strip()!r} is not a finite number",
-                                          where=f"line {i}, column {j}", expected=expected)
-        raise DataFormatError(path, "could not be read as a table of numbers")  # pragma: no cover
+    arr = rows(path, lines, sep, 6, expected)
     if n_rows is not None and len(arr) != n_rows:
         raise DataFormatError(path, f"{len(arr)} rows", expected=f"{n_rows} rows like the first acc_ file")
     return arr[:, 4:6].astype(np.float32)
@@ -175,3 +164,71 @@ def load_femto_dir(path: str | Path, fs_hz: float = FEMTO_FS_HZ) -> Recording:
         data[i] = read_femto_file(p, n_rows=first.shape[0])
     times = np.array([(n - numbered[0][0]) * FEMTO_INTERVAL_S for n, _ in numbered], dtype=np.float64)
     return Recording(data, times, float(fs_hz), ("horiz_acc_g", "vert_acc_g"), str(d), relative_time=True)
+
+
+def rows(path: Path, lines: list[str], sep: str, width: int, expected: str, first_line: int = 1) -> np.ndarray:
+    """``lines`` as a (rows, ``width``) float64 table of finite numbers; the first bad cell is an error naming its
+    line (counted from ``first_line``) and column."""
+    try:
+        arr = np.array([ln.split(sep) for ln in lines], dtype=np.float64)
+    except ValueError:
+        arr = None
+    if arr is not None and arr.ndim == 2 and arr.shape[1] == width and np.all(np.isfinite(arr)):
+        return arr
+    for i, ln in enumerate(lines, start=first_line):
+        cells = ln.split(sep)
+        if len(cells) != width:
+            raise DataFormatError(path, f"{len(cells)} columns", where=f"line {i}", expected=expected)
+        for j, c in enumerate(cells, start=1):
+            try:
+                ok = np.isfinite(float(c))
+            except ValueError:
+                ok = False
+            if not ok:
+                raise DataFormatError(path, f"{c.strip()!r} is not a finite number",
+                                      where=f"line {i}, column {j}", expected=expected)
+    raise DataFormatError(path, "could not be read as a table of numbers")  # pragma: no cover
+
+
+def read_xjtu_file(path: Path, header: str | None = None, n_rows: int | None = None) -> tuple[str, np.ndarray]:
+    """One XJTU-SY ``N.csv`` -> (its header line, (samples, 2) float32), checking every row."""
+    try:
+        lines = path.read_text(encoding="ascii").splitlines()
+    except UnicodeDecodeError as e:
+        raise DataFormatError(path, f"not ASCII text (byte {e.start})", expected="comma-separated numbers") from None
+    while lines and not lines[-1].strip():
+        lines.pop()
+    names = lines[0].strip() if lines else ""
+    if len(lines) < 2 or len(names.split(",")) != 2 or any(c[:1].isdigit() or c[:1] == "-" for c in names.split(",")):
+        raise DataFormatError(path, "no header naming two columns, or no samples", where="line 1",
+                              expected="Horizontal_vibration_signals,Vertical_vibration_signals, then one row a sample")
+    if header is not None and names != header:
+        raise DataFormatError(path, f"header {names!r}", where="line 1", expected=f"{header!r} like the first file")
+    arr = rows(path, lines[1:], ",", 2, "2 comma-separated numbers: horizontal, vertical", first_line=2)
+    if n_rows is not None and len(arr) != n_rows:
+        raise DataFormatError(path, f"{len(arr)} rows", expected=f"{n_rows} rows like the first snapshot file")
+    return names, arr.astype(np.float32)
+
+
+def load_xjtu_dir(path: str | Path, fs_hz: float = XJTU_FS_HZ) -> Recording:
+    """An XJTU-SY bearing directory (see the module docstring); any other file name is an error."""
+    d = Path(path)
+    numbered: list[tuple[int, Path]] = []
+    for p in sorted(q for q in d.iterdir() if not q.name.startswith(".")):
+        m = XJTU_NAME.match(p.name)
+        if not (m and p.is_file()):
+            raise DataFormatError(d, f"{p.name!r} is not an XJTU-SY snapshot file name", expected="only N.csv files")
+        numbered.append((int(m.group(1)), p))
+    numbered.sort(key=lambda np_: np_[0])
+    for (n0, p0), (n1, p1) in zip(numbered, numbered[1:], strict=False):
+        if n1 == n0:
+            raise DataFormatError(d, f"{p0.name} and {p1.name} are the same snapshot number",
+                                  expected="one file per number")
+    header, first = read_xjtu_file(numbered[0][1])
+    data = np.empty((len(numbered), *first.shape), dtype=np.float32)
+    data[0] = first
+    for i, (_, p) in enumerate(numbered[1:], start=1):
+        data[i] = read_xjtu_file(p, header, first.shape[0])[1]
+    times = np.array([(n - numbered[0][0]) * XJTU_INTERVAL_S for n, _ in numbered], dtype=np.float64)
+    channels = tuple(c.strip() for c in header.split(","))
+    return Recording(data, times, float(fs_hz), channels, str(d), relative_time=True)

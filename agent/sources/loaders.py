@@ -1,8 +1,8 @@
 """Read vibration data from disk into a ``Recording`` (raw samples) or a ``FeatureTable`` (per-snapshot rows).
 
 Formats, recognised from the path (``detect_format``):
-- ``ims_dir`` and ``femto_dir``: an IMS or a PRONOSTIA/FEMTO test-rig directory, one text file per snapshot,
-  read by ``bearing_dirs`` (which describes both).
+- ``ims_dir``, ``femto_dir`` and ``xjtu_dir``: an IMS, a PRONOSTIA/FEMTO or an XJTU-SY test-rig directory, one
+  text file per snapshot, read by ``bearing_dirs`` (which describes them).
 - ``cwru_mat``: a Case Western Reserve ``.mat`` file, recognised here and read on the workstation only
   (``vibrawatch.train.cwru``, scipy): ``load`` here refuses it with that said.
 - ``npz``: a snapshot archive with ``data`` (snapshots, samples, channels), ``timestamps``, ``fs_hz`` and
@@ -30,7 +30,7 @@ import numpy as np
 
 from ..detect.recording import FeatureTable, Recording
 from ..errors import DataFormatError
-from .bearing_dirs import FEMTO_NAME, load_femto_dir, load_ims_dir
+from .bearing_dirs import FEMTO_NAME, XJTU_NAME, load_femto_dir, load_ims_dir, load_xjtu_dir
 
 RELATIVE_BEFORE = 315532800.0  # 1980-01-01: earlier timestamps count from the start of the run
 
@@ -39,7 +39,10 @@ def detect_format(path: str | Path) -> str:
     """The format of ``path`` from what it is: a directory, or the file's extension."""
     p = Path(path)
     if p.is_dir():
-        return "femto_dir" if any(FEMTO_NAME.match(q.name) for q in p.iterdir()) else "ims_dir"
+        names = [q.name for q in p.iterdir() if not q.name.startswith(".")]
+        if any(FEMTO_NAME.match(n) for n in names):
+            return "femto_dir"
+        return "xjtu_dir" if names and all(XJTU_NAME.match(n) for n in names) else "ims_dir"
     if not p.exists():
         raise DataFormatError(p, "no such file or directory")
     ext = p.suffix.lower()
@@ -53,8 +56,8 @@ def detect_format(path: str | Path) -> str:
         return "cwru_mat"
     raise DataFormatError(
         p, f"unknown data format {ext or '(no extension)'!r}",
-        expected="an IMS snapshot directory, a FEMTO acc_NNNNN.csv directory, a .npz snapshot archive, "
-        "a .csv feature table, a .json stream or a Case Western Reserve .mat file",
+        expected="an IMS snapshot directory, a FEMTO acc_NNNNN.csv or XJTU-SY N.csv directory, a .npz snapshot "
+        "archive, a .csv feature table, a .json stream or a Case Western Reserve .mat file",
     )
 
 
@@ -68,6 +71,8 @@ def load(path: str | Path, time_column: str | None = None) -> Recording | Featur
         return load_ims_dir(path)
     if fmt == "femto_dir":
         return load_femto_dir(path)
+    if fmt == "xjtu_dir":
+        return load_xjtu_dir(path)
     if fmt == "cwru_mat":
         raise DataFormatError(Path(path), "a MATLAB file is read on the workstation (vibrawatch train, evaluate), "
                               "not by the gateway", expected="an .npz archive or the published format")
