@@ -43,6 +43,7 @@ class Counters:
     batches: int = 0
     write_errors: int = 0
     refused: int = 0  # messages the database refused, stored as dead letters after their batch was split
+    expired: int = 0  # scores redelivered after retention rolled them up: dropped (rows.Written.expired)
 
 
 class Unfinished(Exception):
@@ -198,6 +199,7 @@ class Batcher:
         c.duplicates += written.duplicates
         c.dead += written.dead
         c.lost += written.lost
+        c.expired += written.expired
         c.batches += 1
         if self.on_batch is not None:
             self.on_batch(written)

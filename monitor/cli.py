@@ -15,7 +15,7 @@ import typer
 
 from . import alarmcli, fleet
 from .config import MonitorConfig, load_monitor_config
-from .measures import measures
+from .measures import READS, measures
 
 
 def register(app: typer.Typer, user_errors: Callable[[Any], Any]) -> None:
@@ -71,9 +71,13 @@ def register(app: typer.Typer, user_errors: Callable[[Any], Any]) -> None:
 
         Example: vibrawatch fleet --db sqlite:///fleet.db
         """
-        from .store import open_store
+        from .schema import DEVICE_COLUMNS
+        from .store import COUNTED, open_store
 
-        store = open_store(db, create=False)  # a typo in --db is an error, not an empty fleet
+        # It only reads: a typo in --db is an error, not an empty fleet; a database an older monitor made is read
+        # as it is when it has what is read here, else refused in one line (never migrated: schema.readable).
+        reads: dict[str, tuple[str, ...]] = {**{t: () for t in COUNTED}, **READS, "devices": DEVICE_COLUMNS}
+        store = open_store(db, reads=reads)
         try:
             now = time.time()
             rows = fleet.table(store, now, silent_factor, min_silent_s)

@@ -120,15 +120,29 @@ class Outage:
 
 
 class Reads:
-    """The read side of a ``Database``: read-only statements as dicts, and the health probe."""
+    """The read side of a ``Database``: read-only statements as dicts, the columns a table has, the health probe."""
 
     param: ClassVar[str]
-    safe_url: str
+    columns_sql: ClassVar[str]  # the dialect's catalog: one row (name) per column of the table given
+    url: str
     _conn: Callable[[], Any]
     release: Callable[[], None]
     lost: Callable[[BaseException], bool]
     why: Callable[[BaseException], str]
     outage: str | None
+
+    @property
+    def safe_url(self) -> str:
+        """The URL without its password, for messages and logs."""
+        u = urlparse(self.url)
+        if u.password:
+            return self.url.replace(f":{u.password}@", ":***@")
+        return self.url
+
+    def columns(self, table: str) -> set[str]:
+        """The columns ``table`` has (none: no such table), read from the catalog: what a command that only
+        reads checks before it reads, as it may not migrate."""
+        return {str(r["name"]) for r in self.query(self.columns_sql, (table,))}
 
     def query(self, sql: str, args: Sequence[Any] = ()) -> list[dict[str, Any]]:
         """Rows of a read-only statement as dicts (for the web API and the CLI); a connection lost since the
@@ -175,8 +189,8 @@ class Database(Reads):
     hour_of_t: ClassVar[str] = "CAST(t / 3600 AS INTEGER) * 3600"
     lock_rows: ClassVar[str] = ""
 
-    def __init__(self, url: str) -> None:
-        self.url = url
+    def __init__(self, url: str, read_only: bool = False) -> None:
+        self.url, self.read_only = url, read_only  # read_only: connections that cannot write (the reports)
         self._local = threading.local()
         self._all: list[Any] = []
         self._lock = threading.Lock()
@@ -201,14 +215,6 @@ class Database(Reads):
     def _changes(self, conn: Any) -> int | None:
         """Rows ``conn`` has changed so far, where the driver knows (a commit that changed none proves no disk)."""
         return None
-
-    @property
-    def safe_url(self) -> str:
-        """The URL without its password, for messages and logs."""
-        u = urlparse(self.url)
-        if u.password:
-            return self.url.replace(f":{u.password}@", ":***@")
-        return self.url
 
     # -- faults: tell the database's from the values', ride out the former ---------------------------------
     def lost(self, exc: BaseException) -> bool:
@@ -320,8 +326,9 @@ class SQLiteDatabase(Database):
     """One file, WAL: readers (the page, `vibrawatch fleet`) never block the writer."""
 
     scheme = "sqlite"
+    columns_sql = "SELECT name FROM pragma_table_info(?)"
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, read_only: bool = False) -> None:
         u = urlparse(url)
         path = url[len("sqlite:///"):] if url.startswith("sqlite:///") else ""
         if u.scheme != "sqlite" or not path:
@@ -329,7 +336,7 @@ class SQLiteDatabase(Database):
         self.path = Path(path)  # as SQLAlchemy reads it: sqlite:///rel.db is relative, sqlite:////abs.db absolute
         if not self.path.parent.exists():
             raise StoreError(f"--db {url}: folder {self.path.parent} does not exist")
-        super().__init__(url)
+        super().__init__(url, read_only)
 
     def exists(self) -> bool:
         return self.path.is_file()
@@ -337,12 +344,16 @@ class SQLiteDatabase(Database):
     def _connect(self) -> sqlite3.Connection:
         # The fleet's data is nobody else's business: a new database file is the owner's alone (0600), and SQLite
         # gives its -wal and -shm files the database file's mode.
-        with contextlib.suppress(FileExistsError):
-            os.close(os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        if not self.read_only:
+            with contextlib.suppress(FileExistsError):
+                os.close(os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
         try:
             conn = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a commit survives a crash of the process
+            if self.read_only:  # writes nothing, not even the journal mode; closing removes the -wal it used
+                conn.execute("PRAGMA query_only=ON")  # (mode=ro would leave -wal and -shm behind)
+            else:
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a commit survives a crash of the process
             conn.execute("PRAGMA busy_timeout=60000")
         except sqlite3.OperationalError as e:
             raise Unavailable(f"--db {self.url}: cannot open: {e}") from None
@@ -374,20 +385,24 @@ class PostgresDatabase(Database):
     least, greatest = "LEAST", "GREATEST"
     hour_of_t = "floor(t / 3600) * 3600"
     lock_rows = "FOR UPDATE"
+    columns_sql = ("SELECT column_name AS name FROM information_schema.columns WHERE table_name = ? "
+                   "AND table_schema = current_schema()")
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, read_only: bool = False) -> None:
         try:
             import psycopg  # noqa: F401
         except ImportError:
             raise StoreError(f"--db {url}: PostgreSQL needs psycopg 3: pip install 'vibrawatch[monitor]'") from None
-        super().__init__(url)
+        super().__init__(url, read_only)
 
     def _connect(self) -> Any:
         import psycopg
 
         extra = {} if "connect_timeout" in self.url else {"connect_timeout": 10}  # a silent network: not forever
         try:
-            return psycopg.connect(self.url, autocommit=False, **extra)
+            conn = psycopg.connect(self.url, autocommit=False, **extra)
+            conn.read_only = self.read_only  # the server refuses any write in its transactions
+            return conn
         except psycopg.OperationalError as e:
             raise Unavailable(f"--db {self.safe_url}: cannot connect: {str(e).strip().splitlines()[0]}") from None
 

@@ -12,6 +12,8 @@ import statistics
 from typing import Any
 
 MONTH_S = 30 * 86_400.0
+READS = {"episodes": ("site", "device", "model", "state", "verdict", "raised_at", "closed_at"),
+         "devices": ("site", "device", "model", "first_seen", "last_seen")}  # what ``measures`` reads
 
 
 def _group(rows: list[dict[str, Any]], months: float) -> dict[str, Any]:
@@ -31,8 +33,8 @@ def _group(rows: list[dict[str, Any]], months: float) -> dict[str, Any]:
 
 def measures(db: Any, now: float) -> dict[str, Any]:
     """``{"fleet": {...}, "sites": {site: {...}}, "models": {model: {...}}}`` (the measures above)."""
-    eps = db.query("SELECT site, device, model, state, verdict, raised_at, closed_at FROM episodes")
-    devices = db.query("SELECT site, device, model, first_seen, last_seen FROM devices")
+    eps = db.query(f"SELECT {', '.join(READS['episodes'])} FROM episodes")
+    devices = db.query(f"SELECT {', '.join(READS['devices'])} FROM devices")
     span: dict[tuple[str, str], float] = {}
     for d in devices:
         if d["first_seen"] is not None:

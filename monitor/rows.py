@@ -108,7 +108,8 @@ class Batch:
 
 @dataclass
 class Written:
-    """What a batch changed: new rows per kind (repeats are not counted), alerts raised, seqs found missing."""
+    """What a batch changed: new rows per kind (repeats are not counted), alerts raised, seqs found missing,
+    redeliveries of rows retention rolled up."""
 
     scores: int = 0
     alarms: int = 0
@@ -118,3 +119,4 @@ class Written:
     duplicates: int = 0
     alerts: int = 0
     lost: int = 0
+    expired: int = 0  # scores redelivered after retention rolled them up: dropped, neither stored nor counted

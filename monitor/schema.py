@@ -2,13 +2,16 @@
 
 Every write is idempotent because of the keys here: scores, alarms and events by (site, device, seq),
 statuses by (site, device, timestamp, state), dead letters by a digest of topic and payload, alerts by a
-key naming their cause. ``ensure`` runs when a store opens, in one transaction: it creates what is missing,
-adds the columns later versions brought, and refuses a database a newer vibrawatch wrote.
+key naming their cause. ``ensure`` runs when the monitor opens its store, in one transaction: it creates what is
+missing, adds the columns later versions brought, and refuses a database a newer vibrawatch wrote. A command that
+only reads (`vibrawatch fleet`) never migrates (an older monitor may still be writing there, and looking must
+change nothing): ``readable`` checks that the tables and columns it reads are there, else refuses in one line.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable, Mapping
 
 from .db import Cursor, Database, StoreError
 
@@ -126,8 +129,7 @@ def ensure(db: Database) -> None:
         if row is None:
             cur.execute("INSERT INTO meta (key, value) VALUES (?, ?)", ("schema", str(SCHEMA_VERSION)))
         elif int(row[0]) > SCHEMA_VERSION:
-            raise StoreError(f"{db.safe_url}: database schema {row[0]} is newer than this vibrawatch "
-                             f"(it reads {SCHEMA_VERSION} and older): upgrade vibrawatch")
+            raise _newer(db, int(row[0]))
         elif int(row[0]) < SCHEMA_VERSION:
             for version, table, column, kind in MIGRATIONS:
                 if version > int(row[0]) and column not in columns(cur, table):
@@ -137,9 +139,14 @@ def ensure(db: Database) -> None:
             cur.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (str(SCHEMA_VERSION),))
 
 
-def require(db: Database) -> None:
-    """Refuse a database that is not there or holds no vibrawatch schema (a typo in ``--db``), before anything
-    is created: a report on an empty database would say the fleet is empty."""
+def _newer(db: Database, version: int) -> StoreError:
+    return StoreError(f"{db.safe_url}: database schema {version} is newer than this vibrawatch "
+                      f"(it reads {SCHEMA_VERSION} and older): upgrade vibrawatch")
+
+
+def require(db: Database) -> int:
+    """The schema version of a monitor's database; refuse one that is not there or holds no vibrawatch schema (a
+    typo in ``--db``), before anything is created: a report on an empty database would say the fleet is empty."""
     if not db.exists():
         raise StoreError(f"{db.safe_url}: no such database (the monitor creates it; check --db)")
     try:
@@ -148,6 +155,34 @@ def require(db: Database) -> None:
         raise StoreError(f"{db.safe_url}: cannot read a vibrawatch monitor's schema there ({db.why(e)})") from None
     if not rows:
         raise StoreError(f"{db.safe_url}: not a vibrawatch monitor's database (no schema version in meta)")
+    try:
+        return int(rows[0]["value"])
+    except ValueError:
+        raise StoreError(f"{db.safe_url}: not a vibrawatch monitor's database (schema version "
+                         f"{str(rows[0]['value'])[:40]!r} in meta)") from None
+
+
+def readable(db: Database, reads: Mapping[str, Iterable[str]]) -> int:
+    """For a command that only reads: the database's schema version, as it is. One a newer vibrawatch wrote is
+    refused; an older one is read when every table and column in ``reads`` is there (nothing is migrated), else
+    refused in one line naming both versions and how to upgrade it."""
+    version = require(db)
+    if version > SCHEMA_VERSION:
+        raise _newer(db, version)
+    missing = []
+    for table, wanted in reads.items():
+        have = db.columns(table)
+        missing += [f"table {table}"] if not have else [f"{table}.{c}" for c in wanted if c not in have]
+    if missing:
+        lacks = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
+        if version == SCHEMA_VERSION:  # not as a monitor left it: nothing to upgrade
+            raise StoreError(f"{db.safe_url}: database schema {version} lacks what this command reads ({lacks}): "
+                             "not as a vibrawatch monitor of this version left it")
+        raise StoreError(f"{db.safe_url}: database schema {version} is older than this vibrawatch's "
+                         f"{SCHEMA_VERSION} and lacks what this command reads ({lacks}); it only reads and leaves "
+                         "the database as it is: upgrade the monitor that writes it (`vibrawatch monitor` of this "
+                         "version migrates it when it starts), then run this again")
+    return version
 
 
 def _episodes_from_alarms(cur: Cursor) -> None:

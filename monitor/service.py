@@ -139,6 +139,6 @@ class Monitor:
         if self.dispatcher is not None:
             self.dispatcher.stop()
         c = self.ingest.counters
-        log.info("stopped: %d messages received, %d stored, %d repeats dropped, %d dead letters, %d lost seen",
-                 c.received, c.stored, c.duplicates, c.dead, c.lost)
+        log.info("stopped: %d messages received, %d stored, %d repeats dropped, %d expired redeliveries dropped, "
+                 "%d dead letters, %d lost seen", c.received, c.stored, c.duplicates, c.expired, c.dead, c.lost)
         self.store.close()

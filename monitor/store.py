@@ -2,14 +2,14 @@
 PostgreSQL (``postgresql://...``, psycopg 3), opened by ``open_store``.
 
 A ``Store`` is its parts put together, one job each: the connections and the dialect (db.py), the schema,
-made sure of on open (schema.py), the batch writer (writer.py, with bulk.py's multi-row statements), and
-here the few reads the page and the CLI share. Backends register by URL scheme (``BACKENDS``), so a third
-(TimescaleDB is PostgreSQL already) is one new entry.
+made sure of on open, or only checked for a command that only reads (schema.py), the batch writer (writer.py,
+with bulk.py's multi-row statements), and here the few reads the page and the CLI share. Backends register by
+URL scheme (``BACKENDS``), so a third (TimescaleDB is PostgreSQL already) is one new entry.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, NamedTuple
 from urllib.parse import urlparse
@@ -21,16 +21,19 @@ from .rows import Batch, Written
 from .state import AlertEvent
 from .writer import BatchWriter
 
+COUNTED = ("scores", "alarms", "statuses", "events", "gaps", "dead_letters", "devices", "alerts", "score_hourly")
+
 
 class Store:
     """One database: its transactions and reads (``db``), batch writes (``writer``), the fleet's rows and counts."""
 
-    def __init__(self, db: Database, bulk: Bulk, create: bool = True) -> None:
+    def __init__(self, db: Database, bulk: Bulk, reads: Mapping[str, Iterable[str]] | None = None) -> None:
         self.db = db
         with db.opening():  # a failure here is the caller's one error, not an outage ridden out
-            if not create:
-                schema.require(db)
-            schema.ensure(db)
+            if reads is None:
+                schema.ensure(db)
+            else:  # a report: the database as it is, or one line on why it cannot be read
+                schema.readable(db, reads)
         self.writer = BatchWriter(db, bulk)
 
     @property
@@ -78,8 +81,7 @@ class Store:
     def counts(self) -> dict[str, int]:
         """Rows per table (the tests and the bench compare these across backends)."""
         out = {}
-        for table in ("scores", "alarms", "statuses", "events", "gaps", "dead_letters", "devices", "alerts",
-                      "score_hourly"):
+        for table in COUNTED:
             out[table] = int(self.query(f"SELECT COUNT(*) AS n FROM {table}")[0]["n"])
         return out
 
@@ -96,11 +98,14 @@ BACKENDS: dict[str, Backend] = {"sqlite": Backend(SQLiteDatabase, Bulk),
                                 "postgres": Backend(PostgresDatabase, PostgresBulk)}
 
 
-def open_store(url: str, create: bool = True) -> Store:
-    """The backend for a ``--db`` URL, by its scheme. ``create`` False (the reports: `vibrawatch fleet`) refuses a
-    database that is not there or is not a monitor's, instead of making an empty one."""
+def open_store(url: str, reads: Mapping[str, Iterable[str]] | None = None) -> Store:
+    """The backend for a ``--db`` URL, by its scheme, its schema created or migrated (the monitor).
+
+    With ``reads`` (the tables and columns a report reads: `vibrawatch fleet`) it changes nothing: connections
+    that cannot write, no schema made or migrated; a database that is not there, is not a monitor's, or lacks one
+    of those columns is refused in one line (an empty one would report an empty fleet)."""
     scheme = urlparse(url).scheme
     if scheme not in BACKENDS:
         raise StoreError(f"--db {url}: unknown database; use sqlite:///PATH or postgresql://USER@HOST/DB")
     backend = BACKENDS[scheme]
-    return Store(backend.database(url), backend.bulk(), create)
+    return Store(backend.database(url, read_only=reads is not None), backend.bulk(), reads)

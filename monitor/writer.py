@@ -3,7 +3,8 @@
 A batch's rows, the devices' state (``state.apply``), the seq gaps and the alerts it raises commit together
 or not at all, and ingest acknowledges the MQTT messages only after the commit. Rows already stored (a
 redelivery) are skipped and counted, and only the new ones move a device's state, so a batch written twice
-changes nothing the second time.
+changes nothing the second time. A score redelivered after retention rolled up its row (retention.py) is no new
+row either: its seq was counted when it first came, so it is dropped as expired (``_seen``).
 """
 
 from __future__ import annotations
@@ -72,12 +73,14 @@ class BatchWriter:
             events = list({(e.site, e.device, e.seq): e for e in batch.events
                            if (e.site, e.device, e.seq) in new_events}.values())
             if scores or alarms or statuses or events:
-                lost, alerts = self._apply_to_devices(cur, scores, alarms, statuses, now, events)
-                w.lost, w.alerts = lost, alerts
+                w.lost, w.alerts, w.expired = self._apply_to_devices(cur, scores, alarms, statuses, now, events)
+                w.scores -= w.expired
         return w
 
     def _apply_to_devices(self, cur: Cursor, scores: list[Score], alarms: list[Alarm], statuses: list[Status],
-                          now: float, events: Sequence[Event] = ()) -> tuple[int, int]:
+                          now: float, events: Sequence[Event] = ()) -> tuple[int, int, int]:
+        """Move the devices' state, gaps, episodes and alerts by the new rows; ``lost`` found, alerts queued and
+        scores dropped as expired (deleted again: redeliveries of scores retention rolled up)."""
         keys = sorted({(m.site, m.device) for m in (*scores, *alarms, *statuses, *events)})
         # Create missing device rows, then lock them in one order (PostgreSQL: two monitors never deadlock).
         for part in chunks(keys):
@@ -99,12 +102,16 @@ class BatchWriter:
             by_device[(st.site, st.device)].statuses.append(st)
         for e in events:
             by_device[(e.site, e.device)].events.append(e)
-        updates, gaps_new, gaps_filled, alerts = [], [], [], []
+        updates, gaps_new, gaps_filled, alerts, expired = [], [], [], [], []
         tracked: list[Alarm] = []
         lost = 0
         for k in keys:
-            before = current[k]
-            change = state.apply(before, by_device[k], now, self._counted(cur, before, by_device[k]))
+            before, msgs = current[k], by_device[k]
+            counted, gone = _seen(cur, before, msgs)
+            if gone:  # not stored again, moving nothing: its seq (whatever kind holds it here) counted already
+                msgs.scores = [m for m in msgs.scores if m.seq not in gone]
+                expired += [(k[0], k[1], q) for q in gone]
+            change = state.apply(before, msgs, now, counted | gone)
             updates.append(change.state)
             tracked += [a for a in by_device[k].alarms if a.seq not in change.odd]
             gaps_new += [(k[0], k[1], a, b, now) for a, b in change.gaps]
@@ -129,30 +136,8 @@ class BatchWriter:
         if gaps_filled:
             cur.executemany("UPDATE gaps SET filled = filled + 1 WHERE site = ? AND device = ? "
                             "AND first_seq <= ? AND last_seq >= ?", [(s, d, q, q) for s, d, q in gaps_filled])
-        return lost, self.add_alerts(cur, alerts, now)
-
-    def _counted(self, cur: Cursor, row: dict[str, Any], msgs: state.Messages) -> frozenset[int]:
-        """The new messages' seqs inside the device's known range that a message of another kind stored before
-        holds (scores, alarms and events share one seq): counted already, so no late arrival. Only a seq inside
-        the range is looked up, so a device sending in order costs no query."""
-        first, top = row["first_seq"], row["last_seq"]
-        if first is None:
-            return frozenset()
-        mine: dict[int, int] = {}  # seq -> this batch's new rows holding it
-        for m in (*msgs.scores, *msgs.alarms, *msgs.events):
-            if first <= m.seq <= top:
-                mine[m.seq] = mine.get(m.seq, 0) + 1
-        if not mine:
-            return frozenset()
-        stored: dict[int, int] = {}
-        for part in chunks(sorted(mine), 300):  # 3 x 302 parameters: under SQLite's oldest limit (999)
-            marks = ", ".join("?" * len(part))
-            cur.execute(" UNION ALL ".join(f"SELECT seq FROM {t} WHERE site = ? AND device = ? AND seq IN ({marks})"
-                                           for t in ("scores", "alarms", "events")),
-                        [v for _ in range(3) for v in (row["site"], row["device"], *part)])
-            for (q,) in cur.fetchall():
-                stored[int(q)] = stored.get(int(q), 0) + 1
-        return frozenset(q for q, n in mine.items() if stored.get(q, 0) > n)
+        cur.executemany("DELETE FROM scores WHERE site = ? AND device = ? AND seq = ?", expired)
+        return lost, self.add_alerts(cur, alerts, now), len(expired)
 
     def add_alerts(self, cur: Cursor, alerts: Iterable[state.AlertEvent], now: float) -> int:
         """Queue alerts for the sinks (in the caller's transaction); an alert already queued is not repeated."""
@@ -163,3 +148,61 @@ class BatchWriter:
         new = self.bulk.insert_returning(cur, "alerts", ("key", "kind", "site", "device", "payload", "created",
                                                          "next_try"), rows, ("key",), ("key",))
         return len(new)
+
+
+_SEQ_TABLES = ("scores", "alarms", "events")  # the kinds that share a device's seq
+
+
+def _seen(cur: Cursor, row: dict[str, Any], msgs: state.Messages) -> tuple[frozenset[int], frozenset[int]]:
+    """Which of the new messages' seqs inside the device's known range were counted before. ``counted``: a
+    stored message of another kind holds it (scores, alarms and events share one seq), so no late arrival.
+    ``expired``: new scores whose seq no stored row holds but which came before all the same, as they fill no
+    gap (``_expired``): their rows were rolled up by retention, so these are redeliveries, neither late nor
+    lost. Only a seq inside the range is looked up, so a device sending in order costs no query."""
+    first, top = row["first_seq"], row["last_seq"]
+    if first is None:
+        return frozenset(), frozenset()
+    mine: dict[int, int] = {}  # seq -> this batch's new rows holding it
+    for m in (*msgs.scores, *msgs.alarms, *msgs.events):
+        if first <= m.seq <= top:
+            mine[m.seq] = mine.get(m.seq, 0) + 1
+    if not mine:
+        return frozenset(), frozenset()
+    stored: dict[int, int] = {}
+    for part in chunks(sorted(mine), 300):  # 3 x 302 parameters: under SQLite's oldest limit (999)
+        marks = ", ".join("?" * len(part))
+        cur.execute(" UNION ALL ".join(f"SELECT seq FROM {t} WHERE site = ? AND device = ? AND seq IN ({marks})"
+                                       for t in _SEQ_TABLES),
+                    [v for _ in _SEQ_TABLES for v in (row["site"], row["device"], *part)])
+        for (q,) in cur.fetchall():
+            stored[int(q)] = stored.get(int(q), 0) + 1
+    counted = frozenset(q for q, n in mine.items() if stored.get(q, 0) > n)
+    fresh = sorted({m.seq for m in msgs.scores if first <= m.seq <= top} - counted)
+    return counted, _expired(cur, row["site"], row["device"], fresh, mine) if fresh else frozenset()
+
+
+def _expired(cur: Cursor, site: str, device: str, seqs: list[int], mine: dict[int, int]) -> frozenset[int]:
+    """Of ``seqs`` (new scores inside the range that no message stored before holds), those that came before,
+    so retention deleted their rows: a seq in no gap came in its turn; one in a gap, when every seq of the gap
+    came late already, or when fewer of its seqs are stored (not counting this batch's rows, ``mine``) than came
+    late into it: a late arrival of it was rolled up, and this may be that one. Taken as expired then, so
+    ``lost`` may err high, never low."""
+    cur.execute("SELECT first_seq, last_seq, filled FROM gaps WHERE site = ? AND device = ? AND first_seq <= ? "
+                "AND last_seq >= ?", (site, device, seqs[-1], seqs[0]))
+    gaps = [(int(a), int(b), int(n)) for a, b, n in cur.fetchall()]
+    kept: dict[tuple[int, int, int], int] = {}  # gap -> its seqs stored before this batch
+
+    def came_before(q: int) -> bool:
+        gap = next((g for g in gaps if g[0] <= q <= g[1]), None)
+        if gap is None or gap[2] >= gap[1] - gap[0] + 1:
+            return True
+        if gap not in kept:
+            cur.execute(" UNION ALL ".join(f"SELECT seq FROM {t} WHERE site = ? AND device = ? AND seq BETWEEN ? "
+                                           "AND ?" for t in _SEQ_TABLES), [site, device, gap[0], gap[1]] * 3)
+            held: dict[int, int] = {}
+            for (s,) in cur.fetchall():
+                held[int(s)] = held.get(int(s), 0) + 1
+            kept[gap] = sum(1 for s, n in held.items() if n > mine.get(s, 0))
+        return kept[gap] < gap[2]
+
+    return frozenset(q for q in seqs if came_before(q))

@@ -3,7 +3,8 @@ involved: a score near a double's limit stops neither retention nor the page's J
 bytes in requests are a 400, not a traceback; a seq shared by two message kinds leaves ``lost`` truthful;
 statuses are ordered by the instant their timestamp names; a report refuses a database that is not there; a
 failure at the start is one error line; operators' notes follow the MQTT free-text rule; a client-id clash is
-named in the log."""
+named in the log; a report never migrates a database an older monitor made; a score redelivered after retention
+rolled it up is expired, not late."""
 
 from __future__ import annotations
 
@@ -195,7 +196,7 @@ def test_a_failure_at_the_start_is_one_error_not_an_outage_ridden_out(tmp_path: 
         assert [r.getMessage() for r in caplog.records] == [], url  # not "reconnecting with backoff"
         assert url.split("?")[0].split("@")[-1] in str(e.value)
     with pytest.raises(StoreError, match="cannot read a vibrawatch"):
-        open_store(f"sqlite:///{junk}", create=False)
+        open_store(f"sqlite:///{junk}", reads={})
     assert junk.read_bytes() == content  # left as it was
 
 
@@ -215,3 +216,122 @@ def test_a_connection_dropped_within_seconds_again_and_again_names_the_client_id
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     assert len(errors) == 1 and "client id 'mon-a'" in errors[0], errors  # named once, not every second
     s.close()
+
+
+# -- 9. a report on a database an older monitor made --------------------------------------------------------------
+def _as_schema_4(url: str) -> None:
+    """Take a monitor's database back to what vibrawatch with schema 4 made (no episodes, audit, diagnosis, nor
+    ``first_seen``), with one device in it."""
+    s = open_store(url)
+    s.write(Batch(scores=[score(1), score(2), score(4)]), now=1000.0)
+    with s.transaction() as cur:
+        for table in ("episodes", "audit"):
+            cur.execute(f"DROP TABLE {table}")
+        cur.execute("ALTER TABLE alarms DROP COLUMN diagnosis")
+        cur.execute("ALTER TABLE devices DROP COLUMN first_seen")
+        cur.execute("UPDATE meta SET value = '4' WHERE key = 'schema'")
+    s.close()
+
+
+def _fingerprint(url: str) -> Any:
+    """What a report must leave as it was: a SQLite database's bytes (and no -wal or -shm left beside it); a
+    PostgreSQL database's schema version row and every table's columns."""
+    if url.startswith("sqlite"):
+        path = Path(url.removeprefix("sqlite:///"))
+        return path.read_bytes(), sorted(p.name for p in path.parent.iterdir())
+    import psycopg
+
+    with psycopg.connect(url) as conn:
+        version = conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchall()
+        cols = conn.execute("SELECT table_name, column_name FROM information_schema.columns "
+                            "WHERE table_schema = current_schema() ORDER BY 1, 2").fetchall()
+    return version, cols
+
+
+def test_a_report_never_migrates_an_older_database_and_says_how_to_upgrade_it(db_url: str) -> None:
+    """`vibrawatch fleet` on a database of schema 4 ran the migrations (an older monitor may still write there,
+    and the user only asked to look); it refuses in one line, naming the database, both versions and the cure."""
+    import subprocess
+
+    from monitor_helpers import vibrawatch_command
+
+    _as_schema_4(db_url)
+    before = _fingerprint(db_url)
+    for args in ((), ("--json",)):
+        run = subprocess.run(vibrawatch_command("fleet", "--db", db_url, *args), capture_output=True, text=True,
+                             timeout=120)
+        assert run.returncode == 2 and run.stdout == "", (run.stdout, run.stderr)
+        [line] = run.stderr.splitlines()
+        assert line.startswith(f"error: {db_url}: database schema 4 is older than this vibrawatch's 5"), line
+        assert "episodes" in line and "vibrawatch monitor" in line and "Traceback" not in line, line
+        assert _fingerprint(db_url) == before
+    open_store(db_url).close()  # the monitor of this version migrates it
+    with pytest.raises(StoreError, match=r"schema 5 lacks what this command reads \(devices.nope\): not as"):
+        open_store(db_url, reads={"devices": ("nope",)})
+    run = subprocess.run(vibrawatch_command("fleet", "--db", db_url), capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and run.stdout.splitlines()[1].startswith("s/d "), run.stderr
+
+
+def test_a_report_reads_an_older_database_that_has_what_it_reads_and_leaves_it_as_it_was(db_url: str) -> None:
+    """The version row says older, but every table and column the report reads is there: it reads, unmigrated."""
+    import subprocess
+
+    from monitor_helpers import vibrawatch_command
+
+    s = open_store(db_url)
+    s.write(Batch(scores=[score(1), score(2), score(4)]), now=1000.0)
+    with s.transaction() as cur:
+        cur.execute("ALTER TABLE dead_letters DROP COLUMN size")  # schema 3: a column the report does not read
+        cur.execute("UPDATE meta SET value = '3' WHERE key = 'schema'")
+    s.close()
+    before = _fingerprint(db_url)
+    run = subprocess.run(vibrawatch_command("fleet", "--db", db_url, "--json"), capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0, run.stderr
+    [device] = json.loads(run.stdout)["devices"]
+    assert (device["site"], device["device"], device["received"], device["lost"]) == ("s", "d", 3, 1)
+    assert _fingerprint(db_url) == before
+    report = open_store(db_url, reads={"meta": ("key", "value")})  # the reports' connections cannot write
+    try:
+        with pytest.raises(Exception, match="read-only|readonly"):
+            report.try_write()
+    finally:
+        report.close()
+    assert _fingerprint(db_url) == before
+
+
+# -- 10. a score redelivered after retention rolled it up -------------------------------------------------------
+def _item(seq: int, received: float) -> tuple[str, bytes, int, int, float, int]:
+    p = {**score_payload(t=3600.0 + seq, score=0.1, threshold=0.5, level=0.2, contributions={"a": 0.1}, model="m"),
+         "seq": seq}
+    return "vibrawatch/v1/s/d/score", encode(p), seq, 1, received, 1
+
+
+def test_a_score_redelivered_after_retention_rolled_it_up_is_expired_not_late(store: Store) -> None:
+    """QoS 1 redelivery (after a monitor restart) of a score whose row retention had deleted: it was stored
+    again and counted as a late arrival (``lost`` down by one, below zero here), and rolled up a second time.
+    It is dropped as expired: not stored, counted as expired, neither late nor lost."""
+    from vibrawatch.monitor.batcher import Batcher
+
+    day = 86400.0
+    batcher = Batcher(MonitorSection(), store, lambda items: None)
+    batcher.write([_item(q, 1000.0) for q in (1, 2, 3, 6, 7)])  # 4 and 5 missing
+    batcher.write([_item(4, 1000.0)])  # late: fills one of its gap
+    batcher.write([_item(8, 40 * day)])
+    assert retention.roll_up(store, raw_days=30, now=40 * day) == 6
+    row = lambda: {k: store.devices()[0][k] for k in ("first_seq", "last_seq", "received", "lost")}  # noqa: E731
+    assert row() == {"first_seq": 1, "last_seq": 8, "received": 7, "lost": 1}
+
+    batcher.write([_item(2, 40 * day), _item(7, 40 * day), _item(4, 40 * day)])  # redelivered, all rolled up
+    assert row() == {"first_seq": 1, "last_seq": 8, "received": 7, "lost": 1}  # 5 is still lost
+    assert store.query("SELECT seq FROM scores") == [{"seq": 8}]
+    assert store.query("SELECT filled FROM gaps") == [{"filled": 1}]
+    c = batcher.counters
+    assert (c.stored, c.duplicates, c.lost, c.expired) == (7, 0, 1, 3)
+    # A gap none of whose seqs was rolled up: a late message still fills it.
+    batcher.write([_item(10, 40 * day)])
+    batcher.write([_item(9, 40 * day)])
+    assert row() == {"first_seq": 1, "last_seq": 10, "received": 9, "lost": 1}
+    assert (c.stored, c.lost, c.expired) == (9, 1, 3)
+    assert retention.roll_up(store, raw_days=30, now=80 * day) == 3  # 8, 9, 10: nothing rolled up twice
+    assert store.query("SELECT SUM(n) AS n FROM score_hourly") == [{"n": 9}]
