@@ -207,7 +207,8 @@ class Agent(Reconfigurable):
         log.info("stopping after %d windows; draining %d spooled message(s)", windows, len(self.spool))
         drained = self.publisher.wait_drained(self.cfg.agent.drain_timeout_s)
         if not drained:
-            log.warning("%d message(s) stay in the spool for the next start", len(self.spool))
+            log.warning("%d message(s) %s", len(self.spool), "lost: held in memory, the spool's file is read-only"
+                        if self.spool.file.in_memory else "stay in the spool for the next start")
         if self.commission is not None:
             self.commission.save()
         if crash is None:

@@ -5,7 +5,8 @@ A message leaves the spool only on its PUBACK. At most ``inflight`` are unacknow
 reconnect the unacknowledged ones go again (at-least-once: a consumer drops repeats by ``seq``). paho's own
 queue is in memory and unbounded, so nothing is handed to paho while disconnected. Messages the full spool
 drops are logged as they go (rate-limited) and the retained status's ``spool_dropped`` is refreshed; the log
-states every count the status carries.
+states every count the status carries. A spool whose file went read-only (it goes on in memory) is in the
+status at once: ``spool_read_only``.
 """
 
 from __future__ import annotations
@@ -60,7 +61,9 @@ class Drops:
 
     def _log(self, connected: bool, total: int | None = None) -> None:
         total = self.spool.dropped if total is None else total
-        why = ("the disk under it is full" if self.spool.disk_short
+        f = self.spool.file
+        why = ("the disk under it is full" if f.disk_short
+               else f"{f.db_bytes / 2**20:g} MB in memory at most, its file read-only" if f.in_memory
                else f"{self.spool.max_bytes / 2**20:g} MB on disk at most")
         log.warning("spool full (%s): %d oldest message(s) dropped since the last report, %d "
                     "in all; %s", why, total - self._logged[1], total,
@@ -84,6 +87,7 @@ class Sender:
         self.resubscribe = False  # a subscription was added while connected: subscribe, nothing else
         self._inflight: dict[int, int] = {}  # paho mid -> spool id; touched by the sender thread only
         self._last_sent = 0
+        self._in_memory = spool.file.in_memory  # as the status said it last (spool_read_only)
         self.thread = threading.Thread(target=self._loop, name="vibrawatch-sender", daemon=True)
 
     def start(self) -> None:
@@ -104,6 +108,8 @@ class Sender:
         seq = self.spool.put(topic_name, payload)
         if self.spool.dropped != self.drops.seen:
             self.drops.report(self.connection.connected)
+        if self.spool.file.in_memory != self._in_memory:  # its file went read-only: the status says so at once
+            self._in_memory = self.connection.status.dirty = True
         self.connection.wake.set()
         return seq
 
@@ -157,7 +163,8 @@ class Sender:
             status.dirty = True
         if status.dirty:
             status.dirty = False
-            c.client.publish(status.topic, status.stamped(self.drops.stamp(c.connected)), qos=1, retain=True)
+            payload = status.stamped(self.drops.stamp(c.connected), spool_read_only=self.spool.file.in_memory)
+            c.client.publish(status.topic, payload, qos=1, retain=True)
         room = self.max_inflight - len(self._inflight)
         if room <= 0:
             return

@@ -21,10 +21,14 @@ A write the disk refuses all the same (another program took the space, a failing
 checkpointed and truncated to win room back and the write tried once more; a message that still cannot be
 written is lost, counted in ``dropped``, and the next one stored takes a seq past it, so consumers see the gap
 as for any drop.
+
+A filesystem that goes read-only under the spool (an SD card's ext4 after an error) is not a reason to stop either:
+the spool goes on in memory, bounded, with the seq and the counts it had (agent.link.spool_memory); ``file`` says so.
 """
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 from collections.abc import Collection, Iterable, Mapping
@@ -54,7 +58,6 @@ class Spool:
         if max_bytes < MIN_BYTES:
             raise ConfigError(f"{self.path}: a spool needs at least {MIN_BYTES} bytes on disk "
                               f"([agent] spool_max_mb >= {MIN_BYTES / 2**20:g}), got {max_bytes}")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.max_bytes = int(max_bytes)
         self._lock = threading.Lock()
         self._acked = threading.Condition(self._lock)  # notified when acknowledged messages leave (wait_empty)
@@ -63,14 +66,12 @@ class Spool:
         self._unwritten = 0  # lost to a full disk since the last message stored: the next seq skips them
         self._unrecorded = 0  # dropped, counted here, not yet in the file (a full disk): with the next message
         self._undeleted: list[int] = []  # acknowledged, but a full disk refused their delete: the next ack's too
-        self._file = SpoolFile(self.path, self.max_bytes)  # this agent's only: a second copy stops here
-        self._db = self._file.db
+        self.file = SpoolFile(self.path, self.max_bytes)  # this agent's only: a second copy stops here
         self._dropped = int(self._db.execute("SELECT value FROM meta WHERE key = 'dropped'").fetchone()[0])
 
     @property
-    def disk_short(self) -> bool:
-        """The last drops were for want of disk, not for the bound."""
-        return self._file.disk_short
+    def _db(self) -> sqlite3.Connection:
+        return self.file.db  # in memory once the filesystem went read-only
 
     def put(self, topic: str, payload: Mapping[str, Any]) -> int | None:
         """Number a message with the device's next ``seq``, append it, and return the seq.
@@ -82,9 +83,12 @@ class Spool:
         truncated; it is counted in ``dropped`` and the next seq skips it.
         """
         with self._lock:
-            if self._file.log_short:
-                self._file.truncate_log()
-            done, seq = self._file.write(lambda: self._put(topic, payload))
+            if self.file.log_short:
+                self.file.truncate_log()
+            done, seq = self.file.write(lambda: self._put(topic, payload))
+            if not done and self.file.gone_read_only():  # the message goes into memory, with what the file held
+                self._dropped += self.file.to_memory(self._in_flight, self._undeleted)
+                done, seq = self.file.write(lambda: self._put(topic, payload))
             if not done:
                 self._unwritten += 1
                 self._dropped += 1
@@ -98,7 +102,7 @@ class Spool:
                                        (self._unwritten,)).fetchone()[0])
             data = encode({**payload, "seq": seq})
             self._db.execute("INSERT INTO messages (topic, payload) VALUES (?, ?)", (topic, data))
-            gone = self._file.drop_oldest()
+            gone = self.file.drop_oldest()
             dropped = sum(1 for i in gone if i not in self._in_flight)
             late = self._unwritten + self._unrecorded  # what a full disk kept out of the file until now
             if dropped or late:
@@ -128,7 +132,7 @@ class Spool:
             self._in_flight.clear()
             self._dropped_in_flight.clear()
             if lost:
-                done, _ = self._file.write(lambda: self._db.execute(
+                done, _ = self.file.write(lambda: self._db.execute(
                     "UPDATE meta SET value = value + ? WHERE key = 'dropped'", (lost,)))
                 if not done:
                     self._unrecorded += lost  # into the file with the next message stored
@@ -153,7 +157,7 @@ class Spool:
             self._dropped_in_flight.difference_update(message_ids)  # delivered after all
             ids = self._undeleted + list(message_ids)
             marks = ",".join("?" * len(ids))
-            done, _ = self._file.write(lambda: self._db.execute(f"DELETE FROM messages WHERE id IN ({marks})", ids))
+            done, _ = self.file.write(lambda: self._db.execute(f"DELETE FROM messages WHERE id IN ({marks})", ids))
             self._undeleted = [] if done else ids
             self._acked.notify_all()
 
@@ -190,6 +194,6 @@ class Spool:
         try:
             self.unsent()
             with self._lock:
-                self._file.truncate_log()
+                self.file.truncate_log()
         finally:
-            self._file.close()
+            self.file.close()

@@ -55,9 +55,9 @@ class Status:
         """The retained 'offline' a clean stop sends itself (a clean disconnect sends no will)."""
         return encode(status_payload("offline", reason=reason, link=self.link, **fields))
 
-    def stamped(self, spool_dropped: int) -> bytes:
+    def stamped(self, spool_dropped: int, spool_read_only: bool = False) -> bytes:
         """The current status as sent now. Stamped when sent: a status sent again (after a reconnect, with a new
         spool_dropped) is news, and a consumer keying statuses by (timestamp, state) must not take it for the
-        earlier one."""
+        earlier one. ``spool_read_only``: the spool's file went read-only (it goes on in memory), said from then on."""
         return encode({**self.payload, **self.counts, "timestamp": iso(time.time()), "spool_dropped": spool_dropped,
-                       "link": self.link})
+                       **({"spool_read_only": True} if spool_read_only else {}), "link": self.link})
