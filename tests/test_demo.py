@@ -12,6 +12,8 @@ def test_demo_runs_end_to_end_and_the_edge_agrees_with_the_workstation(tmp_path:
     out = cli("demo", "--out", tmp_path / "demo", "--quiet", "--for", "120")
     report = json.loads((tmp_path / "demo" / "report.json").read_text())
     assert report["alarm_channel"] == "bearing1" and report["false_alarms"] == 0 and report["lead_hours"] > 0
+    run = json.loads((tmp_path / "demo" / "run" / "run.json").read_text())
+    assert "floor" in run and "own" in run and "pca" not in run  # the default: no PCA residual (docs/detection.md)
     assert report["edge"]["windows"] == report["windows"]
     assert report["edge"]["max_abs_score_diff_vs_evaluate"] < 1e-5
     assert report["edge"]["first_alarm_s"] == report["first_alarm_s"]  # the gateway alarms at the same window

@@ -77,14 +77,16 @@ def test_train_takes_the_layout_by_channel_name(tiny_data: Path, tmp_path: Path)
     from vibrawatch.convert.cli import app
 
     cfg = tmp_path / "layout.toml"
-    cfg.write_text(TINY_CONFIG.read_text() + '\n[product]\nsame_bearing = [["bearing2", "bearing4"]]\n')
+    cfg.write_text(TINY_CONFIG.read_text().replace("[product]\n",
+                                                   '[product]\nsame_bearing = [["bearing2", "bearing4"]]\n'))
     cli("train", "--data", tiny_data, "--healthy-until", "50%", "--config", cfg, "--out", tmp_path / "r", "--quiet")
     assert json.loads((tmp_path / "r" / "run.json").read_text())["events"]["bearings"] == [0, 1, 2, 1]
     cli("convert", tmp_path / "r", "--out", tmp_path / "b.tar")
     detector = load_bundle(tmp_path / "b.tar").detector
     assert detector.events is not None and detector.events.bearings == (0, 1, 2, 1)
 
-    cfg.write_text(TINY_CONFIG.read_text() + '\n[product]\nsame_bearing = [["bearing2", "bearing9"]]\n')
+    cfg.write_text(TINY_CONFIG.read_text().replace("[product]\n",
+                                                   '[product]\nsame_bearing = [["bearing2", "bearing9"]]\n'))
     res = CliRunner().invoke(app, ["train", "--data", str(tiny_data), "--config", str(cfg), "--out",
                                    str(tmp_path / "r2"), "--quiet"])
     assert res.exit_code == 2 and "same_bearing: no channel 'bearing9'" in res.output and "bearing4" in res.output
@@ -130,7 +132,7 @@ def test_train_reads_the_directions_from_the_names_and_says_so(tiny_data: Path, 
     assert ("channels Horizontal_vibration_signals and Vertical_vibration_signals are read as directions of one "
             "bearing") in res.output
     cfg = tmp_path / "apart.toml"
-    cfg.write_text(TINY_CONFIG.read_text() + "\n[product]\nsame_bearing = []\n")
+    cfg.write_text(TINY_CONFIG.read_text().replace("[product]\n", "[product]\nsame_bearing = []\n"))
     res = runner.invoke(app, ["train", "--data", str(data), "--healthy-until", "50%", "--config", str(cfg),
                               "--out", str(tmp_path / "r2"), "--quiet"])
     assert res.exit_code == 0, res.output

@@ -100,9 +100,6 @@ def fit_product(
     ends = end_frames[healthy]
     names = ("value",) if spec.input == "table" else FLOOR_FEATURES
     k = len(names)
-    # Axes from the first 80% of the healthy frames (they are the model's; commissioning keeps them); thresholds
-    # from every healthy window: residuals of frames the axes were fitted on are optimistic.
-    mean, axes = fit_pca(frames_scaled[: max(2, int(0.8 * last_healthy))], cfg.pca_variance)
     bearings = bearing_indices(cfg.same_bearing, spec.channels)
     if cfg.same_bearing is None:
         for group in directions_by_name(spec.channels):
@@ -110,11 +107,16 @@ def fit_product(
                   "only by a direction word); [product] same_bearing = [] keeps them apart", file=sys.stderr)
     parts: dict[str, Any] = {
         "floor": Floor(names, np.ones((k, n_ch)), np.ones((k, n_ch)), np.ones(n_ch)),
-        "pca": PcaResidual(mean, axes, 1.0, np.ones(n_ch), pca_weights(frames_scaled[:last_healthy], mean, axes)),
         "own": OwnDeviation(np.zeros(spec.n_features), np.ones(spec.n_features)),
         "events": EventRule(cfg.transient_s, cfg.relaxed, cfg.grows, cfg.history, cfg.share, cfg.absolute,
                             bearings),
     }
+    if cfg.pca:
+        # Axes from the first 80% of the healthy frames (they are the model's; commissioning keeps them);
+        # thresholds from every healthy window: residuals of frames the axes were fitted on are optimistic.
+        mean, axes = fit_pca(frames_scaled[: max(2, int(0.8 * last_healthy))], cfg.pca_variance)
+        parts["pca"] = PcaResidual(mean, axes, 1.0, np.ones(n_ch), pca_weights(frames_scaled[:last_healthy], mean,
+                                                                                axes))
     if cfg.absolute is not None and len(cfg.absolute) != n_ch:
         raise ConfigError(f"[product] absolute: {len(cfg.absolute)} levels, expected one per channel "
                           f"({', '.join(spec.channels)})")
