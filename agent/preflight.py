@@ -36,10 +36,11 @@ def _writable_dir(d: Path, what: str, cfg: AgentConfig) -> None:
     ok, anc = creatable_dir(d)
     if ok:
         return  # there and writable, or created by the agent at start (umask 077: owner only)
-    if anc.is_dir() and os.statvfs(anc).f_flag & os.ST_RDONLY:  # chown would not help: the card went read-only
-        raise ConfigError(f"{cfg.path}: {what}: directory {anc} is on a read-only filesystem (an SD card remounted "
-                          "read-only after errors?): repair it (fsck, or a new card), or point the path at a "
-                          "writable disk")
+    if anc.is_dir() and os.statvfs(anc).f_flag & os.ST_RDONLY:  # chown would not help there
+        raise ConfigError(f"{cfg.path}: {what}: directory {anc} is on a read-only filesystem: under the unit "
+                          "(ProtectSystem=strict) only its StateDirectory= (/var/lib/vibrawatch) is writable, so point "
+                          "the path there; if it is there, the card went read-only (after errors?): repair it (fsck, "
+                          "or a new card)")
     if anc != d:
         why = "is not a directory" if not anc.is_dir() else f"is not writable by {_who()}"
         raise ConfigError(f"{cfg.path}: {what}: directory {d} does not exist and cannot be created ({anc} {why}): "

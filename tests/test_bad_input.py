@@ -111,7 +111,7 @@ def test_under_the_unit_an_unwritable_state_directory_and_an_unreadable_password
     head = f'[agent]\nsite = "s"\ndevice = "d"\nbundle = "{d["state"]}/bundle.tar"\n'
     # /var/lib exists, read-only under ProtectSystem=strict (the unit's StateDirectory is its only writable part)
     cfg, res = under_unit(head + 'spool = "/var/lib/spool.sqlite"\n[source]\nkind = "replay"\npath = "x.npz"\n')
-    one_line_error(res, str(cfg), "directory /var/lib is not writable by uid 61873")
+    one_line_error(res, str(cfg), "directory /var/lib is on a read-only filesystem", "StateDirectory=")
     cfg, res = under_unit(head + f'spool = "{d["state"]}/spool.sqlite"\n[source]\nkind = "replay"\npath = "x.npz"\n'
                           f'[mqtt]\nusername = "u"\npassword_file = "{secret}"\n')
     one_line_error(res, str(cfg), str(secret), "not readable by uid 61873", "LoadCredential=")
