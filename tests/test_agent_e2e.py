@@ -89,19 +89,22 @@ def broker(tmp_path: Path) -> Iterator[Broker]:
     b.stop()
 
 
-def write_config(tmp_path: Path, port: int, bundle: Path, data: Path, speed: float = 0) -> Path:
+def write_config(tmp_path: Path, port: int, bundle: Path, data: Path, speed: float = 0, spool: Path | None = None,
+                 loop: bool = False) -> Path:
+    """A gateway replaying ``data`` to the broker on ``port``; the spool in ``tmp_path`` unless ``spool`` says."""
     cfg = tmp_path / "agent.toml"
     cfg.write_text(f'''
 [agent]
 site = "plant1"
 device = "press7"
 bundle = "{bundle}"
-spool = "{tmp_path / 'spool.sqlite'}"
+spool = "{spool or tmp_path / 'spool.sqlite'}"
 
 [source]
 kind = "replay"
 path = "{data}"
 speed = {speed}
+{"loop = true" if loop else ""}
 anchor = false
 
 [mqtt]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from mosquitto import Broker
-from test_agent_e2e import Subscriber, agent_command, gateway_env
+from test_agent_e2e import Subscriber, agent_command, gateway_env, write_config
 
 from vibrawatch.agent.errors import ConfigError
 from vibrawatch.agent.link.spool import Spool
@@ -32,25 +32,7 @@ def test_a_full_disk_loses_only_what_it_cannot_hold_and_the_agent_goes_on(tiny_b
     disk.mkdir()
     (tmp_path / "broker").mkdir()
     broker = Broker(tmp_path / "broker")  # its port is chosen; it starts later
-    cfg = tmp_path / "agent.toml"
-    cfg.write_text(f'''[agent]
-site = "plant1"
-device = "press7"
-bundle = "{tiny_bundle}"
-spool = "{disk / 'spool.sqlite'}"
-
-[source]
-kind = "replay"
-path = "{tiny_data}"
-speed = 0
-loop = true
-anchor = false
-
-[mqtt]
-host = "127.0.0.1"
-port = {broker.port}
-max_backoff_s = 1
-''')
+    cfg = write_config(tmp_path, broker.port, tiny_bundle, tiny_data, spool=disk / "spool.sqlite", loop=True)
     cmd = ["bwrap", "--die-with-parent", "--dev-bind", "/", "/", "--size", str(1024 * 1024), "--tmpfs", str(disk),
            *agent_command("run", "--config", str(cfg))]
     agent = subprocess.Popen(cmd, env=gateway_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

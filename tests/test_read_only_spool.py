@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 from mosquitto import Broker
-from test_agent_e2e import Subscriber, agent_command, gateway_env
+from test_agent_e2e import Subscriber, agent_command, gateway_env, write_config
 
 from vibrawatch.agent.link.spool import Spool
 from vibrawatch.agent.link.spool_file import tables
@@ -64,27 +64,19 @@ def on_card(dev: str, mount: Path, cmd: list[str], then: str = "") -> list[str]:
             "sh", dev, str(mount), *cmd]
 
 
-def write_config(tmp_path: Path, port: int, bundle: Path, data: Path, spool: Path) -> Path:
-    cfg = tmp_path / "agent.toml"
-    cfg.write_text(f'''[agent]
-site = "plant1"
-device = "press7"
-bundle = "{bundle}"
-spool = "{spool}"
-
-[source]
-kind = "replay"
-path = "{data}"
-speed = 3000
-loop = true
-anchor = false
-
-[mqtt]
-host = "127.0.0.1"
-port = {port}
-max_backoff_s = 1
-''')
-    return cfg
+def start_on_card(card: str, bundle: Path, data: Path, tmp_path: Path, then: str) -> tuple[Path, str]:
+    """``vibrawatch-agent run`` with its spool on the card (mounted on ``tmp_path / "card"``) after the shell line
+    ``then``: it must stop at start with exit 2 and one line; the spool's path and that line."""
+    mount = tmp_path / "card"
+    mount.mkdir()
+    spool = mount / "state" / "spool.sqlite"
+    cfg = write_config(tmp_path, 1, bundle, data, spool=spool)
+    done = subprocess.run(on_card(card, mount, agent_command("run", "--config", str(cfg)), then=then),
+                          env=gateway_env(tmp_path), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, lines
+    return spool, lines[0]
 
 
 def scores_past(sub: Subscriber, seq: int, n: int, timeout: float = 30) -> bool:
@@ -104,7 +96,7 @@ def test_a_spool_gone_read_only_mid_run_keeps_scores_flowing_and_says_so_once(
     (tmp_path / "broker").mkdir()
     broker = Broker(tmp_path / "broker").start()
     sub = Subscriber(broker.port, "plant1", "press7")
-    cfg = write_config(tmp_path, broker.port, tiny_bundle, tiny_data, mount / "state" / "spool.sqlite")
+    cfg = write_config(tmp_path, broker.port, tiny_bundle, tiny_data, 3000, mount / "state" / "spool.sqlite", loop=True)
     agent = subprocess.Popen(on_card(card, mount, agent_command("run", "--config", str(cfg))),
                              env=gateway_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -141,15 +133,8 @@ def test_a_spool_on_a_read_only_card_at_start_is_one_line_and_exit_2(
         card: str, tiny_bundle: Path, tiny_data: Path, tmp_path: Path) -> None:
     """Exit 2, as every other state-directory problem at start: systemd does not restart on it (a card does not
     become writable by restarting every 10 s), and the line says what to do."""
-    mount = tmp_path / "card"
-    mount.mkdir()
-    spool = mount / "state" / "spool.sqlite"
-    cfg = write_config(tmp_path, 1, tiny_bundle, tiny_data, spool)
-    done = subprocess.run(on_card(card, mount, agent_command("run", "--config", str(cfg)), then=fail(card)),
-                          env=gateway_env(tmp_path), capture_output=True, text=True, timeout=120)
-    assert done.returncode == 2, done.stderr
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"error: {spool}: the spool's filesystem is read-only"), lines
+    spool, line = start_on_card(card, tiny_bundle, tiny_data, tmp_path, then=fail(card))
+    assert line.startswith(f"error: {spool}: the spool's filesystem is read-only"), line
 
 
 @needs_a_card
@@ -159,16 +144,9 @@ def test_a_card_flagged_read_only_at_start_is_named_so_not_as_a_permission(
     error): the start-up check said the directory was not writable by the service's user, whose fix (chown)
     cannot help; it names the read-only filesystem."""
     mount = tmp_path / "card"
-    mount.mkdir()
-    spool = mount / "state" / "spool.sqlite"
-    cfg = write_config(tmp_path, 1, tiny_bundle, tiny_data, spool)
-    done = subprocess.run(on_card(card, mount, agent_command("run", "--config", str(cfg)),
-                                  then=f'mount -o remount,ro "{mount}"'),
-                          env=gateway_env(tmp_path), capture_output=True, text=True, timeout=120)
-    assert done.returncode == 2, done.stderr
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and "is on a read-only filesystem" in lines[0] and str(mount) in lines[0], lines
-    assert "give it to the service's user" not in lines[0]
+    _, line = start_on_card(card, tiny_bundle, tiny_data, tmp_path, then=f'mount -o remount,ro "{mount}"')
+    assert "is on a read-only filesystem" in line and str(mount) in line, line
+    assert "give it to the service's user" not in line
 
 
 def test_the_memory_takes_the_newest_the_in_flight_and_the_counters_never_the_delivered(tmp_path: Path) -> None:
