@@ -113,10 +113,11 @@ MIGRATIONS = [
 ]
 
 
-def columns(cur: Cursor, table: str) -> set[str]:
-    """The columns ``table`` has now (what a migration still has to add)."""
-    cur.execute(f"SELECT * FROM {table} LIMIT 0")
-    return {d[0] for d in cur.raw.description}
+def columns(db: Database, cur: Cursor, table: str) -> set[str]:
+    """The columns ``table`` has now, seen from ``cur``'s transaction (what a migration still has to add), read
+    from the catalog as ``Reads.columns`` reads it outside one."""
+    cur.execute(db.columns_sql, (table,))
+    return {str(r[0]) for r in cur.fetchall()}
 
 
 def ensure(db: Database) -> None:
@@ -132,7 +133,7 @@ def ensure(db: Database) -> None:
             raise _newer(db, int(row[0]))
         elif int(row[0]) < SCHEMA_VERSION:
             for version, table, column, kind in MIGRATIONS:
-                if version > int(row[0]) and column not in columns(cur, table):
+                if version > int(row[0]) and column not in columns(db, cur, table):
                     cur.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
             if int(row[0]) < 5:
                 _episodes_from_alarms(cur)
